@@ -1,0 +1,90 @@
+"""Messages of the internal links (docs/ARCHITECTURE.md): leaf <-> server. No I/O.
+
+They travel as msgpack maps: `model_dump()` on one side, `model_validate()` on the other.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JobStatus = Literal["pending", "running", "done"]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class JobView(_Message):
+    """Everything a leaf needs to answer devices for one job without asking the server again."""
+
+    job_id: str
+    job_name: str
+    status: JobStatus
+    model_version: int = Field(description="version devices train on now; -1 before the first")
+    round: int
+    selection_id: int
+    quota: int = Field(description="tasks this leaf may have out (leased or done) in this selection")
+    retry_wait: int
+    task_timeout: float
+    param_shapes: dict[str, list[int]]
+    config: dict[str, Any]
+    task_meta: dict[str, Any]
+    task_kind: str = "WEIGHTS"
+    device_groups: dict[str, int] = {}  # simulator groups: devices "<prefix>#0" .. "<prefix>#<n-1>"
+
+
+class LeafJobReport(_Message):
+    """A leaf's view of one job: slots in use, devices asking, and cumulative refusal counters."""
+
+    selection_id: int = -1
+    waiting: int = 0
+    assigned: int = 0
+    tasks_issued: int = 0
+    refused: int = 0
+    late: int = 0
+    duplicates: int = 0
+
+
+class SyncRequest(_Message):
+    leaf: str
+    boot: str
+    jobs: dict[str, LeafJobReport] = {}
+
+
+class SyncReply(_Message):
+    boot: str
+    jobs: list[JobView]
+
+
+class ModelRequest(_Message):
+    job_id: str
+    version: int
+
+
+class RegisterGroup(_Message):
+    """NVFlare's Python simulator announces N devices with the device id `<prefix>?N`."""
+
+    job_id: str
+    prefix: str
+    count: int
+
+
+class SubmitBatch(_Message):
+    """Validated results of one job and model version, summed: (Σ w·Δ, Σ w, n) plus task ids."""
+
+    leaf: str
+    seq: int
+    job_id: str
+    version: int
+    task_ids: list[str]
+    sum_weight: float
+    sum_update: dict[str, dict[str, Any]]  # {name: {dtype, shape, data}} float64
+
+
+class SubmitReply(_Message):
+    accepted: bool
+    late: bool = False
+    duplicates: list[str] = []
+    message: str = ""
