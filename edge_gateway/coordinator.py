@@ -1,0 +1,224 @@
+"""The server's core: jobs, sync FedAvg rounds, device-slot grants to leaves. No I/O.
+
+Time is passed in (`now`); what the shell must do (checkpoint, evaluate) comes back as
+`NewVersion` events. A round ("selection") is open until `devices_per_round` results are counted,
+or until its deadline, when it closes with at least `min_results` or opens a fresh selection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from device_protocol.messages import JobView, LeafJobReport, SubmitBatch, SubmitReply, SyncReply, SyncRequest
+
+from .fedavg import PartialSum
+from .jobs import JobSpec
+
+# A leaf that has not synced for this long no longer holds slots: its devices have moved on.
+LEAF_STALE_AFTER = 3.0
+# Simulator groups only list devices in the selection map; the cap keeps the map a sane size.
+MAX_GROUP_DEVICES = 100_000
+
+
+@dataclass(frozen=True)
+class NewVersion:
+    job_id: str
+    version: int
+
+
+@dataclass
+class LeafSlots:
+    report: LeafJobReport
+    granted: int
+    seen_at: float
+
+
+@dataclass
+class JobState:
+    job_id: str
+    spec: JobSpec
+    weights: dict[str, np.ndarray]
+    status: str = "running"
+    version: int = 0
+    round: int = 0
+    selection_id: int = 0
+    selection_opened_at: float = 0.0
+    partial: PartialSum = field(init=False)
+    counted: set[str] = field(default_factory=set)
+    leaves: dict[str, LeafSlots] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    device_groups: dict[str, int] = field(default_factory=dict)
+    late_batches: int = 0
+    late_results: int = 0
+    results_counted: int = 0
+
+    def __post_init__(self) -> None:
+        self.shapes = {name: tuple(arr.shape) for name, arr in self.weights.items()}
+        self.partial = PartialSum(self.shapes)
+
+    def leaf_totals(self) -> dict[str, int]:
+        keys = ("tasks_issued", "refused", "late", "duplicates")
+        return {k: sum(getattr(s.report, k) for s in self.leaves.values()) for k in keys}
+
+
+class JobNotFound(KeyError):
+    pass
+
+
+class Coordinator:
+    """All jobs of one server. Every method is synchronous and does no I/O."""
+
+    def __init__(self, boot: str) -> None:
+        self.boot = boot
+        self.jobs: dict[str, JobState] = {}
+
+    # -- jobs ---------------------------------------------------------------------------------
+    def add_job(self, job_id: str, spec: JobSpec, weights: Mapping[str, np.ndarray], now: float,
+                version: int = 0, round_: int = 0, history: list[dict[str, Any]] | None = None,
+                status: str = "running", device_groups: Mapping[str, int] | None = None) -> JobState:
+        job = JobState(job_id=job_id, spec=spec, weights=dict(weights), status=status, version=version,
+                       round=round_, selection_id=round_, selection_opened_at=now, history=list(history or []),
+                       device_groups=dict(device_groups or {}))
+        if job.round >= spec.rounds:
+            job.status = "done"
+        self.jobs[job_id] = job
+        return job
+
+    def job(self, job_id: str) -> JobState:
+        try:
+            return self.jobs[job_id]
+        except KeyError:
+            raise JobNotFound(job_id) from None
+
+    def end_job(self, job_id: str) -> None:
+        self.job(job_id).status = "done"
+
+    def register_group(self, job_id: str, prefix: str, count: int) -> None:
+        """Record a simulator's device group; refuses groups past the per-job cap."""
+        job = self.job(job_id)
+        others = sum(n for p, n in job.device_groups.items() if p != prefix)
+        if not 0 < count <= MAX_GROUP_DEVICES - others:
+            raise ValueError(f"a job lists at most {MAX_GROUP_DEVICES} simulated devices")
+        job.device_groups[prefix] = count
+
+    # -- leaves -------------------------------------------------------------------------------
+    def sync(self, request: SyncRequest, now: float) -> SyncReply:
+        """Record a leaf's reports and grant it task slots for each running job."""
+        views = []
+        for job in self.jobs.values():
+            report = request.jobs.get(job.job_id, LeafJobReport())
+            views.append(self._view(job, request.leaf, report, now))
+        return SyncReply(boot=self.boot, jobs=views)
+
+    def _view(self, job: JobState, leaf: str, report: LeafJobReport, now: float) -> JobView:
+        grant = 0
+        if job.status == "running":
+            grant = self._grant(job, leaf, report, now)
+        slots = job.leaves.get(leaf)
+        if slots is None:
+            job.leaves[leaf] = LeafSlots(report=report, granted=grant, seen_at=now)
+        else:
+            slots.report, slots.granted, slots.seen_at = report, grant, now
+        spec = job.spec
+        return JobView(
+            job_id=job.job_id, job_name=spec.name, status=job.status, model_version=job.version,
+            round=job.round, selection_id=job.selection_id, quota=grant, retry_wait=spec.retry_wait,
+            task_timeout=spec.task_timeout, param_shapes={k: list(v) for k, v in job.shapes.items()},
+            config=spec.app_config(), task_meta=spec.task_meta(), device_groups=job.device_groups,
+        )
+
+    def _grant(self, job: JobState, leaf: str, report: LeafJobReport, now: float) -> int:
+        # Slots other leaves hold: what they use or were granted, whichever is more, so two
+        # leaves are never granted the same free slot.
+        held = 0
+        for name, slots in job.leaves.items():
+            if name == leaf or now - slots.seen_at > LEAF_STALE_AFTER:
+                continue
+            used = slots.report.assigned if slots.report.selection_id == job.selection_id else 0
+            held += max(used, slots.granted)
+        assigned = report.assigned if report.selection_id == job.selection_id else 0
+        free = max(0, job.spec.tasks_per_selection - held - assigned)
+        waiting = report.waiting if report.selection_id == job.selection_id else 0
+        return assigned + min(waiting, free)
+
+    # -- results ------------------------------------------------------------------------------
+    def submit(self, batch: SubmitBatch, update: Mapping[str, np.ndarray], now: float) -> tuple[SubmitReply, list[NewVersion]]:
+        """Count a leaf's batch exactly once, or say why not; may close the round."""
+        job = self.job(batch.job_id)
+        if job.status != "running" or batch.version != job.version:
+            job.late_batches += 1
+            job.late_results += len(batch.task_ids)
+            return SubmitReply(accepted=False, late=True,
+                               message=f"results for model version {batch.version}; current is {job.version}"), []
+        duplicates = [t for t in batch.task_ids if t in job.counted]
+        if duplicates or len(set(batch.task_ids)) != len(batch.task_ids):
+            return SubmitReply(accepted=False, duplicates=duplicates or _repeats(batch.task_ids)), []
+        if set(update) != set(job.shapes) or any(update[k].shape != job.shapes[k] for k in job.shapes):
+            return SubmitReply(accepted=False, message="batch does not match the model's parameters"), []
+        job.partial.add_partial(update, batch.sum_weight, len(batch.task_ids))
+        job.counted.update(batch.task_ids)
+        job.results_counted += len(batch.task_ids)
+        events = []
+        if job.partial.count >= job.spec.devices_per_round:
+            events.append(self._close_round(job, now, reason="quorum"))
+        return SubmitReply(accepted=True), events
+
+    def tick(self, now: float) -> list[NewVersion]:
+        """Apply round deadlines."""
+        events = []
+        for job in self.jobs.values():
+            if job.status != "running" or now - job.selection_opened_at < job.spec.round_timeout:
+                continue
+            if job.partial.count >= job.spec.min_results:
+                events.append(self._close_round(job, now, reason="deadline"))
+            else:
+                # Too few results: open a fresh selection, keeping what was counted.
+                job.selection_id += 1
+                job.selection_opened_at = now
+        return events
+
+    def _close_round(self, job: JobState, now: float, reason: str) -> NewVersion:
+        job.weights = job.partial.apply_to(job.weights, job.spec.server_lr)
+        job.history.append({
+            "version": job.version + 1, "round": job.round + 1, "results": job.partial.count,
+            "weight": job.partial.weight, "closed_by": reason, "closed_at": now,
+        })
+        job.version += 1
+        job.round += 1
+        job.selection_id += 1
+        job.selection_opened_at = now
+        job.partial = PartialSum(job.shapes)
+        job.counted = set()
+        if job.round >= job.spec.rounds:
+            job.status = "done"
+        return NewVersion(job.job_id, job.version)
+
+    def record_evaluation(self, job_id: str, version: int, accuracy: float, loss: float) -> None:
+        for entry in self.job(job_id).history:
+            if entry["version"] == version:
+                entry["accuracy"], entry["loss"] = accuracy, loss
+
+    # -- status -------------------------------------------------------------------------------
+    def status(self, job_id: str, now: float) -> dict[str, Any]:
+        job = self.job(job_id)
+        fresh = [s for s in job.leaves.values() if now - s.seen_at <= LEAF_STALE_AFTER]
+        selected = sum(s.report.assigned for s in fresh if s.report.selection_id == job.selection_id)
+        totals = job.leaf_totals()
+        return {
+            "job_id": job.job_id, "name": job.spec.name, "status": job.status, "spec": job.spec.model_dump(),
+            "round": job.round, "model_version": job.version, "selection_id": job.selection_id,
+            "selected": selected, "reported": job.partial.count, "results_counted": job.results_counted,
+            "refused": totals["refused"], "late": totals["late"],
+            "duplicates": totals["duplicates"], "tasks_issued": totals["tasks_issued"],
+            "leaves": sorted(s for s, v in job.leaves.items() if now - v.seen_at <= LEAF_STALE_AFTER),
+            "history": job.history,
+        }
+
+
+def _repeats(ids: list[str]) -> list[str]:
+    seen: set[str] = set()
+    return [t for t in ids if t in seen or seen.add(t)]  # type: ignore[func-returns-value]

@@ -1,0 +1,69 @@
+"""Job specifications: what a user submits to the server."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ModelName = Literal["xor", "digits", "cifar10"]
+
+
+class JobSpec(BaseModel):
+    """A federated job: which model, how many rounds, how devices train."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    model: ModelName = "digits"
+    rounds: int = Field(default=5, ge=1, le=100_000)
+    devices_per_round: int = Field(default=10, ge=1, le=1_000_000, description="results that close a round")
+    over_selection: float = Field(default=0.2, ge=0.0, le=10.0, description="extra tasks handed out for drop-outs")
+    min_results_fraction: float = Field(default=0.5, gt=0.0, le=1.0, description="share of devices_per_round that may close a round at its deadline")
+    round_timeout: float = Field(default=300.0, gt=0.0, description="seconds before a round closes with what it has")
+    task_timeout: float = Field(default=120.0, gt=0.0, description="lease: seconds a selected device has to report")
+    retry_wait: int = Field(default=30, ge=1, le=3600, description="seconds devices wait after Model not ready / Device not selected")
+    epochs: int = Field(default=1, ge=1, le=1000)
+    lr: float = Field(default=0.01, gt=0.0)
+    batch_size: int = Field(default=4, ge=1, le=4096)
+    server_lr: float = Field(default=1.0, gt=0.0)
+    seed: int = 0
+    evaluate: bool = True
+
+    @model_validator(mode="after")
+    def _lease_fits_round(self) -> "JobSpec":
+        if self.task_timeout > self.round_timeout:
+            raise ValueError("task_timeout must not exceed round_timeout")
+        return self
+
+    @property
+    def tasks_per_selection(self) -> int:
+        return math.ceil(self.devices_per_round * (1.0 + self.over_selection))
+
+    @property
+    def min_results(self) -> int:
+        return max(1, math.ceil(self.devices_per_round * self.min_results_fraction))
+
+    def app_config(self) -> dict[str, Any]:
+        """`job_data.config` that tells the phone app which trainer to build (PROTOCOL.md §4)."""
+        return {
+            "components": [
+                {
+                    "type": "Trainer.DLTrainer",
+                    "name": "trainer",
+                    "args": {"epoch": self.epochs, "lr": self.lr, "batch_size": self.batch_size},
+                }
+            ],
+            "executors": {"train": "@trainer"},
+        }
+
+    def task_meta(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "epochs": self.epochs,
+            "total_epochs": self.epochs,
+            "lr": self.lr,
+            "learning_rate": self.lr,
+            "batch_size": self.batch_size,
+        }

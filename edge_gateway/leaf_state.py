@@ -1,0 +1,134 @@
+"""A leaf's per-job bookkeeping: leases, who trained, who is waiting, duplicates. No I/O.
+
+Slots come from the server (`JobView.quota`); within them the leaf hands tasks to devices that
+ask, first come first served, and takes a slot back when its lease runs out.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from enum import Enum
+
+from device_protocol.messages import JobView, LeafJobReport
+
+
+class TaskDecision(Enum):
+    NO_JOB = "no_job"
+    NOT_READY = "not_ready"
+    NOT_SELECTED = "not_selected"  # no free slot: may be worth waiting a moment for one
+    ALREADY_TRAINED = "already_trained"  # trained in this selection: wait for the next
+    TASK = "task"
+
+
+class ResultVerdict(Enum):
+    COUNT = "count"
+    LATE = "late"
+    DUPLICATE = "duplicate"
+
+
+@dataclass
+class Lease:
+    task_id: str
+    device_id: str
+    version: int
+    selection_id: int
+    expires_at: float
+    reported: bool = False
+
+
+@dataclass
+class LeafJob:
+    view: JobView
+    waiting_window: float
+    leases: dict[str, Lease] = field(default_factory=dict)  # by device id, this selection
+    by_task: dict[str, Lease] = field(default_factory=dict)
+    expired_tasks: set[str] = field(default_factory=set)
+    reported_tasks: set[str] = field(default_factory=set)  # this model version
+    waiting: dict[str, float] = field(default_factory=dict)  # device id -> last ask
+    tasks_issued: int = 0
+    refused: int = 0
+    late: int = 0
+    duplicates: int = 0
+
+    # -- server view --------------------------------------------------------------------------
+    def apply_view(self, view: JobView) -> None:
+        old = self.view
+        self.view = view
+        if view.model_version != old.model_version:
+            self.reported_tasks.clear()
+            self.expired_tasks.clear()
+        if view.selection_id != old.selection_id or view.model_version != old.model_version:
+            self.leases.clear()
+            self.by_task.clear()
+
+    def report(self, now: float) -> LeafJobReport:
+        self.expire(now)
+        horizon = now - self.waiting_window
+        for device, seen in list(self.waiting.items()):
+            if seen < horizon or device in self.leases:
+                del self.waiting[device]
+        return LeafJobReport(
+            selection_id=self.view.selection_id, waiting=len(self.waiting), assigned=len(self.leases),
+            tasks_issued=self.tasks_issued, refused=self.refused, late=self.late, duplicates=self.duplicates,
+        )
+
+    def expire(self, now: float) -> None:
+        """Leases past their deadline free their slot; their results will count as late."""
+        for device, lease in list(self.leases.items()):
+            if not lease.reported and lease.expires_at <= now:
+                del self.leases[device]
+                del self.by_task[lease.task_id]
+                self.expired_tasks.add(lease.task_id)
+
+    # -- devices ------------------------------------------------------------------------------
+    def decide_task(self, device_id: str, now: float, model_ready: bool) -> tuple[TaskDecision, Lease | None]:
+        view = self.view
+        if view.status == "done":
+            return TaskDecision.NO_JOB, None
+        if view.status != "running" or view.model_version < 0 or not model_ready:
+            return TaskDecision.NOT_READY, None
+        lease = self.leases.get(device_id)
+        if lease is not None and lease.expires_at <= now and not lease.reported:
+            self.expire(now)
+            lease = None
+        if lease is not None:
+            if lease.reported:
+                return TaskDecision.ALREADY_TRAINED, None
+            return TaskDecision.TASK, lease  # the same task again: its answer may have been lost
+        if len(self.leases) >= view.quota:
+            self.expire(now)  # only when full: a scan per request would cost O(leases)
+        if len(self.leases) >= view.quota:
+            self.waiting[device_id] = now
+            return TaskDecision.NOT_SELECTED, None
+        self.waiting.pop(device_id, None)
+        lease = Lease(task_id=uuid.uuid4().hex, device_id=device_id, version=view.model_version,
+                      selection_id=view.selection_id, expires_at=now + view.task_timeout)
+        self.leases[device_id] = lease
+        self.by_task[lease.task_id] = lease
+        self.tasks_issued += 1
+        return TaskDecision.TASK, lease
+
+    def judge_result(self, task_id: str, version: int) -> ResultVerdict:
+        """Decide whether an authentic result (cookie verified) can still count."""
+        if version != self.view.model_version or self.view.status != "running" or task_id in self.expired_tasks:
+            self.late += 1
+            return ResultVerdict.LATE
+        if task_id in self.reported_tasks:
+            self.duplicates += 1
+            return ResultVerdict.DUPLICATE
+        self.reported_tasks.add(task_id)
+        lease = self.by_task.get(task_id)
+        if lease is not None:
+            lease.reported = True
+        return ResultVerdict.COUNT
+
+    def forget_result(self, task_id: str) -> None:
+        """The result could not be made durable: let the device's retry count."""
+        self.reported_tasks.discard(task_id)
+        lease = self.by_task.get(task_id)
+        if lease is not None:
+            lease.reported = False
+
+    def selection(self) -> dict[str, int]:
+        return {device: lease.selection_id for device, lease in self.leases.items()}

@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+
+from device_protocol.messages import LeafJobReport, SubmitBatch, SyncRequest
+from device_protocol.tensors import tensors_to_binary
+from edge_gateway.coordinator import Coordinator
+from edge_gateway.jobs import JobSpec
+
+W = {"w": np.zeros((2, 2), np.float32)}
+
+
+def make(**spec):
+    c = Coordinator(boot="b")
+    c.add_job("j", JobSpec(name="n", model="xor", **spec), W, now=0.0)
+    return c
+
+
+def sync(c, leaf, now, waiting=0, assigned=0, selection=None):
+    sel = c.jobs["j"].selection_id if selection is None else selection
+    reply = c.sync(SyncRequest(leaf=leaf, boot="x", jobs={"j": LeafJobReport(selection_id=sel, waiting=waiting,
+                                                                               assigned=assigned)}), now)
+    return reply.jobs[0]
+
+
+def batch(c, ids, version=None, value=1.0, weight=None, leaf="a"):
+    w = float(len(ids)) if weight is None else weight
+    upd = {"w": np.full((2, 2), value * w, np.float64)}
+    b = SubmitBatch(leaf=leaf, seq=1, job_id="j", version=c.jobs["j"].version if version is None else version,
+                    task_ids=ids, sum_weight=w, sum_update=tensors_to_binary(upd))
+    return c.submit(b, upd, now=1.0)
+
+
+def test_grants_never_exceed_tasks_per_selection_across_leaves():
+    c = make(devices_per_round=10, over_selection=0.2)  # 12 tasks per selection
+    a = sync(c, "a", 0.1, waiting=8)
+    b = sync(c, "b", 0.1, waiting=8)
+    assert a.quota == 8 and b.quota == 4
+    # a used 5 and has nobody waiting: its unused grant is released to b.
+    a = sync(c, "a", 0.3, waiting=0, assigned=5)
+    b = sync(c, "b", 0.3, waiting=8, assigned=4)
+    assert a.quota == 5 and b.quota == 7
+
+
+def test_stale_leaf_releases_its_slots():
+    c = make(devices_per_round=4, over_selection=0.0)
+    assert sync(c, "a", 0.0, waiting=4).quota == 4
+    assert sync(c, "b", 1.0, waiting=4).quota == 0
+    assert sync(c, "b", 10.0, waiting=4).quota == 4  # a has not synced for 10 s
+
+
+def test_report_for_an_old_selection_counts_nothing():
+    c = make(devices_per_round=4, over_selection=0.0)
+    view = sync(c, "a", 0.0, waiting=3, assigned=2, selection=99)
+    assert view.quota == 0
+
+
+def test_round_closes_at_quorum_and_applies_fedavg():
+    c = make(devices_per_round=3, rounds=2)
+    reply, events = batch(c, ["t1", "t2"], value=1.0)
+    assert reply.accepted and not events
+    reply, events = batch(c, ["t3"], value=4.0, weight=2.0)
+    assert reply.accepted and [e.version for e in events] == [1]
+    job = c.jobs["j"]
+    np.testing.assert_allclose(job.weights["w"], (2 * 1.0 + 2 * 4.0) / 4)
+    assert job.version == 1 and job.round == 1 and job.history[0]["results"] == 3
+    assert c.status("j", 1.0)["reported"] == 0 and c.status("j", 1.0)["results_counted"] == 3
+
+
+def test_duplicates_refused_whole_and_late_batches_marked():
+    c = make(devices_per_round=5)
+    assert batch(c, ["t1"])[0].accepted
+    reply, _ = batch(c, ["t2", "t1"])
+    assert not reply.accepted and reply.duplicates == ["t1"]
+    reply, _ = batch(c, ["t3", "t3"])
+    assert not reply.accepted and reply.duplicates == ["t3"]
+    reply, _ = batch(c, ["t4"], version=7)
+    assert reply.late and not reply.accepted
+    assert c.jobs["j"].partial.count == 1
+
+
+def test_last_round_ends_job_and_late_after():
+    c = make(devices_per_round=1, rounds=1)
+    _, events = batch(c, ["t1"])
+    assert events and c.jobs["j"].status == "done"
+    assert batch(c, ["t2"])[0].late
+
+
+def test_deadline_closes_with_min_results_or_reopens_selection():
+    c = make(devices_per_round=4, min_results_fraction=0.5, round_timeout=10.0, task_timeout=5.0)
+    batch(c, ["t1"])
+    assert c.tick(11.0) == [] and c.jobs["j"].selection_id == 1 and c.jobs["j"].partial.count == 1
+    batch(c, ["t2"])
+    assert c.tick(15.0) == []
+    events = c.tick(21.5)
+    assert [e.version for e in events] == [1] and c.jobs["j"].history[0]["closed_by"] == "deadline"
+
+
+def test_batch_with_wrong_shapes_refused():
+    c = make()
+    upd = {"w": np.ones((3, 3))}
+    b = SubmitBatch(leaf="a", seq=1, job_id="j", version=0, task_ids=["t"], sum_weight=1.0,
+                    sum_update=tensors_to_binary(upd))
+    reply, _ = c.submit(b, upd, 0.0)
+    assert not reply.accepted and "parameters" in reply.message
+
+
+def test_job_spec_rules():
+    with pytest.raises(ValueError):
+        JobSpec(name="x", task_timeout=100, round_timeout=10)
+    spec = JobSpec(name="x", devices_per_round=10, over_selection=0.25)
+    assert spec.tasks_per_selection == 13 and spec.min_results == 5
+    assert spec.app_config()["components"][0]["type"] == "Trainer.DLTrainer"

@@ -1,0 +1,64 @@
+from device_protocol.messages import JobView
+from edge_gateway.leaf_state import LeafJob, ResultVerdict, TaskDecision
+
+
+def view(**kw):
+    base = dict(job_id="j", job_name="n", status="running", model_version=0, round=0, selection_id=0, quota=2,
+                retry_wait=30, task_timeout=10.0, param_shapes={"w": [2]}, config={}, task_meta={})
+    return JobView(**{**base, **kw})
+
+
+def test_first_come_within_quota_then_not_selected():
+    job = LeafJob(view=view(), waiting_window=60)
+    d1, l1 = job.decide_task("a", 0.0, True)
+    d2, _ = job.decide_task("b", 0.0, True)
+    d3, _ = job.decide_task("c", 0.0, True)
+    assert (d1, d2, d3) == (TaskDecision.TASK, TaskDecision.TASK, TaskDecision.NOT_SELECTED)
+    # Asking again returns the same task: the first answer may have been lost.
+    again, l1b = job.decide_task("a", 1.0, True)
+    assert again is TaskDecision.TASK and l1b.task_id == l1.task_id
+    report = job.report(1.0)
+    assert (report.assigned, report.waiting, report.tasks_issued) == (2, 1, 2)
+
+
+def test_not_ready_and_done():
+    assert LeafJob(view=view(model_version=-1), waiting_window=1).decide_task("a", 0, True)[0] is TaskDecision.NOT_READY
+    assert LeafJob(view=view(), waiting_window=1).decide_task("a", 0, False)[0] is TaskDecision.NOT_READY
+    assert LeafJob(view=view(status="done"), waiting_window=1).decide_task("a", 0, True)[0] is TaskDecision.NO_JOB
+
+
+def test_lease_expiry_frees_slot_and_late_result():
+    job = LeafJob(view=view(quota=1), waiting_window=60)
+    _, lease = job.decide_task("a", 0.0, True)
+    assert job.decide_task("b", 5.0, True)[0] is TaskDecision.NOT_SELECTED
+    decision, lease_b = job.decide_task("b", 10.5, True)
+    assert decision is TaskDecision.TASK
+    assert job.judge_result(lease.task_id, 0) is ResultVerdict.LATE
+    assert job.judge_result(lease_b.task_id, 0) is ResultVerdict.COUNT
+    assert job.judge_result(lease_b.task_id, 0) is ResultVerdict.DUPLICATE
+    assert (job.late, job.duplicates) == (1, 1)
+
+
+def test_trained_device_waits_for_next_selection():
+    job = LeafJob(view=view(), waiting_window=60)
+    _, lease = job.decide_task("a", 0.0, True)
+    assert job.judge_result(lease.task_id, 0) is ResultVerdict.COUNT
+    assert job.decide_task("a", 1.0, True)[0] is TaskDecision.ALREADY_TRAINED
+    job.apply_view(view(selection_id=1, model_version=1))
+    assert job.decide_task("a", 2.0, True)[0] is TaskDecision.TASK
+    assert job.judge_result(lease.task_id, 0) is ResultVerdict.LATE
+
+
+def test_forget_result_lets_retry_count():
+    job = LeafJob(view=view(), waiting_window=60)
+    _, lease = job.decide_task("a", 0.0, True)
+    assert job.judge_result(lease.task_id, 0) is ResultVerdict.COUNT
+    job.forget_result(lease.task_id)
+    assert job.judge_result(lease.task_id, 0) is ResultVerdict.COUNT
+
+
+def test_waiting_forgets_devices_that_went_quiet():
+    job = LeafJob(view=view(quota=0), waiting_window=5)
+    job.decide_task("a", 0.0, True)
+    job.decide_task("b", 4.0, True)
+    assert job.report(6.0).waiting == 1
