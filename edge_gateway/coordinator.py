@@ -54,7 +54,6 @@ class JobState:
     device_groups: dict[str, int] = field(default_factory=dict)
     late_batches: int = 0
     late_results: int = 0
-    results_counted: int = 0
 
     def __post_init__(self) -> None:
         self.shapes = {name: tuple(arr.shape) for name, arr in self.weights.items()}
@@ -161,7 +160,6 @@ class Coordinator:
             return SubmitReply(accepted=False, message="batch does not match the model's parameters"), []
         job.partial.add_partial(update, batch.sum_weight, len(batch.task_ids))
         job.counted.update(batch.task_ids)
-        job.results_counted += len(batch.task_ids)
         events = []
         if job.partial.count >= job.spec.devices_per_round:
             events.append(self._close_round(job, now, reason="quorum"))
@@ -211,7 +209,8 @@ class Coordinator:
         return {
             "job_id": job.job_id, "name": job.spec.name, "status": job.status, "spec": job.spec.model_dump(),
             "round": job.round, "model_version": job.version, "selection_id": job.selection_id,
-            "selected": selected, "reported": job.partial.count, "results_counted": job.results_counted,
+            "selected": selected, "reported": job.partial.count,
+            "results_counted": sum(h["results"] for h in job.history) + job.partial.count,
             "refused": totals["refused"], "late": totals["late"],
             "duplicates": totals["duplicates"], "tasks_issued": totals["tasks_issued"],
             "leaves": sorted(s for s, v in job.leaves.items() if now - v.seen_at <= LEAF_STALE_AFTER),

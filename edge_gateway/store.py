@@ -67,7 +67,9 @@ class CheckpointStore:
              state: Mapping[str, Any]) -> None:
         folder = self.root / job_id
         folder.mkdir(exist_ok=True)
-        _write_atomic(folder / f"v{version}.npz", weights_to_npz(weights))
+        weights_file = folder / f"v{version}.npz"
+        if not weights_file.exists():  # a version's weights never change; its state may
+            _write_atomic(weights_file, weights_to_npz(weights))
         # The state names the weights file, so it is written last: a crash in between leaves the
         # previous state pointing at the previous, complete weights.
         record = {"spec": spec.model_dump(), "version": version, **state}

@@ -1,0 +1,54 @@
+"""One typed configuration per service; CLI flags and EDGEFL_* environment variables map onto it."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger("edgefl.config")
+
+# Used when no secret is configured, so a one-machine stack works out of the box; logged loudly.
+DEV_SECRET = "edgefl-development-secret"
+
+
+class _Settings(BaseSettings):
+    link_secret: str = Field(
+        default="", validation_alias=AliasChoices("link_secret", "EDGEFL_LINK_SECRET"),
+        description="shared secret of the internal links (proxy, leaves, server)")
+
+    def secret_bytes(self) -> bytes:
+        if not self.link_secret:
+            log.warning("no EDGEFL_LINK_SECRET set: internal links use the development secret")
+        return (self.link_secret or DEV_SECRET).encode()
+
+    def cookie_key(self) -> bytes:
+        # Every leaf must verify every other leaf's cookies (a device moves when its leaf dies).
+        return hmac.new(self.secret_bytes(), b"edgefl task cookies", hashlib.sha256).digest()
+
+
+class ServerConfig(_Settings):
+    model_config = SettingsConfigDict(env_prefix="EDGEFL_SERVER_", env_file=None, extra="ignore")
+
+    host: str = "127.0.0.1"
+    http_port: int = Field(default=8443, ge=0, le=65535, description="job API and status")
+    link_port: int = Field(default=8002, ge=0, le=65535, description="where leaves connect")
+    data_dir: Path = Path("edgefl-data/server")
+    tick_interval: float = 0.5
+
+
+class LeafConfig(_Settings):
+    model_config = SettingsConfigDict(env_prefix="EDGEFL_LEAF_", env_file=None, extra="ignore")
+
+    name: str = "leaf-0"
+    host: str = "127.0.0.1"
+    port: int = Field(default=9003, ge=0, le=65535, description="where the proxy connects")
+    server_host: str = "127.0.0.1"
+    server_port: int = Field(default=8002, ge=0, le=65535)
+    sync_interval: float = Field(default=0.2, gt=0.0)
+    quota_hold: float = Field(default=0.5, ge=0.0, description="seconds a /task may wait for a free slot")
+    result_hold: float = Field(default=20.0, gt=0.0, description="seconds a /result may wait for the server")

@@ -1,0 +1,287 @@
+"""The leaf aggregator: answers devices (via the proxy's link) and feeds partial sums upward."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from typing import Any
+
+import orjson
+
+from device_protocol.codecs import JSON, decode_body, encode, wants_msgpack
+from device_protocol.cookies import CookieSigner
+from device_protocol.errors import CookieInvalid, ProtocolError, UpdateRejected
+from device_protocol.feg import (
+    JobRequest, ResultRequest, SelectionRequest, Status, TaskRequest, error_response, parse_request, response,
+)
+from device_protocol.messages import JobView, RegisterGroup, SyncReply, SyncRequest
+from device_protocol.tensors import decode_update, tensors_from_binary
+
+from .config import LeafConfig
+from .leaf_state import LeafJob, ResultVerdict, TaskDecision
+from .payloads import TaskPayload
+from .rpc import RpcClient, RpcRemoteError, RpcServer, RpcUnavailable
+from .uplink import Outcome, ResultBatcher, ServerLink
+
+log = logging.getLogger("edgefl.leaf")
+
+# Bodies larger than this are decoded in a worker thread so other devices are not held up.
+INLINE_DECODE_LIMIT = 64 * 1024
+SIMULATOR_GROUP = re.compile(r"(?P<prefix>[^?#]+)\?(?P<count>[1-9][0-9]{0,5})")
+STARTING_RETRY_WAIT = 5
+
+FegReply = list[Any]  # [http_status, content_type, body]
+
+
+class Leaf:
+    """One leaf process: an RPC server for the proxy, a link to the server."""
+
+    def __init__(self, config: LeafConfig, link: ServerLink | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self.boot = uuid.uuid4().hex
+        secret = config.secret_bytes()
+        self._client = RpcClient(config.server_host, config.server_port, secret, name=f"{self.name}->server") if link is None else None
+        self._link: ServerLink = link if link is not None else self._client  # type: ignore[assignment]
+        self._rpc = RpcServer({"feg": self.handle_feg, "ping": self.handle_ping}, secret)
+        self._signer = CookieSigner(config.cookie_key())
+        self.batcher = ResultBatcher(self.name, self._link, hold_limit=config.result_hold)
+        self.jobs: dict[str, LeafJob] = {}
+        self._payloads: dict[str, TaskPayload] = {}
+        self._fetching: set[tuple[str, int]] = set()
+        self._server_boot: str | None = None
+        self._synced = asyncio.Event()  # replaced after every sync, so waiters see the next one
+        self._wake_sync = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.port = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> int:
+        if self._client is not None:
+            await self._client.start()
+        self.batcher.start()
+        self._tasks.append(asyncio.get_running_loop().create_task(self._sync_loop(), name="leaf-sync"))
+        self.port = await self._rpc.start(self.config.host, self.config.port)
+        log.info("leaf %s listening on %s:%d", self.name, self.config.host, self.port)
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop taking requests, flush waiting results upward, close the links."""
+        await self._rpc.close()
+        await self.batcher.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._client is not None:
+            await self._client.close()
+
+    # -- proxy-facing handlers ----------------------------------------------------------------
+    async def handle_ping(self, _: Any) -> str:
+        return "pong"
+
+    async def handle_feg(self, payload: Any) -> FegReply:
+        endpoint, query, headers, body = payload
+        as_msgpack = wants_msgpack(headers.get("accept", ""))
+        try:
+            content_type = headers.get("content-type", "")
+            if len(body) > INLINE_DECODE_LIMIT:
+                fields = await asyncio.to_thread(decode_body, content_type, body)
+            else:
+                fields = decode_body(content_type, body)
+            request = parse_request(endpoint, query, headers, fields)
+        except ProtocolError as exc:
+            log.info("refused %s request: %s", endpoint, exc.message)
+            return [exc.http_status, JSON, orjson.dumps(error_response(exc.status, exc.message, exc.errors))]
+        if not self._synced_once():
+            reply = response(Status.RETRY, retry_wait=STARTING_RETRY_WAIT, message="Gateway starting")
+        elif isinstance(request, JobRequest):
+            reply = self._job(request)
+        elif isinstance(request, TaskRequest):
+            return await self._task(request, as_msgpack)
+        elif isinstance(request, ResultRequest):
+            reply = await self._result(request)
+        else:
+            reply = await self._selection(request)
+        content_type, data = encode(reply, as_msgpack)
+        return [200, content_type, data]
+
+    def _synced_once(self) -> bool:
+        return self._server_boot is not None
+
+    def _job(self, request: JobRequest) -> dict[str, Any]:
+        # Jobs are looked up by exact name; a running one wins over a finished one of that name.
+        matches = [j.view for j in self.jobs.values() if j.view.job_name == request.job_name]
+        live = [v for v in matches if v.status != "done"]
+        if not live:
+            return response(Status.NO_JOB, message=f"no running job named {request.job_name!r}")
+        view = live[0]
+        return response(Status.OK, job_id=view.job_id, job_name=view.job_name, job_data={"config": view.config})
+
+    async def _task(self, request: TaskRequest, as_msgpack: bool) -> FegReply:
+        job = self.jobs.get(request.job_id)
+        device_id = request.identity.device_id
+        if job is None:
+            content_type, data = encode(response(Status.NO_JOB, message=f"unknown job {request.job_id!r}"), as_msgpack)
+            return [200, content_type, data]
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.config.quota_hold
+        while True:
+            payload = self._payloads.get(job.view.job_id)
+            ready = payload is not None and payload.version == job.view.model_version
+            decision, lease = job.decide_task(device_id, loop.time(), ready)
+            left = give_up - loop.time()
+            if decision is not TaskDecision.NOT_SELECTED or left <= 0:
+                break
+            # No free slot yet: ask the server now and give it a moment (a new round's slots
+            # arrive with the next sync) rather than sending the device away for retry_wait.
+            self._wake_sync.set()
+            await self._next_sync(left)
+        view = job.view
+        if decision is TaskDecision.TASK and lease is not None and payload is not None:
+            cookie = self._signer.issue(view.job_id, device_id, lease.task_id, lease.version, lease.selection_id)
+            content_type, data = payload.render(lease.task_id, cookie, as_msgpack)
+            return [200, content_type, data]
+        if decision is TaskDecision.NO_JOB:
+            reply = response(Status.NO_JOB, job_id=view.job_id, message="job finished")
+        elif decision is TaskDecision.NOT_READY:
+            reply = response(Status.RETRY, job_id=view.job_id, retry_wait=view.retry_wait, message="Model not ready")
+        else:
+            reply = response(Status.RETRY, job_id=view.job_id, retry_wait=view.retry_wait, message="Device not selected")
+        content_type, data = encode(reply, as_msgpack)
+        return [200, content_type, data]
+
+    async def _result(self, request: ResultRequest) -> dict[str, Any]:
+        ids = {"task_id": request.task_id, "task_name": request.task_name}
+        job = self.jobs.get(request.job_id)
+        if job is None:
+            return response(Status.ERROR, message=f"unknown job {request.job_id!r}", **ids)
+        if request.status != Status.OK.value:
+            job.refused += 1
+            return response(Status.ERROR, message=f"device reported status {request.status!r}: result not counted", **ids)
+        try:
+            version, _ = self._signer.verify(request.cookie, job.view.job_id, request.identity.device_id, request.task_id)
+        except CookieInvalid as exc:
+            job.refused += 1
+            log.info("refused result from %s: %s", request.identity.device_id, exc.message)
+            return response(Status.ERROR, message=exc.message, **ids)
+        if version != job.view.model_version or job.view.status != "running":
+            job.late += 1
+            return response(Status.OK, message=f"late result for model version {version}: not counted", **ids)
+        try:
+            shapes = {k: tuple(v) for k, v in job.view.param_shapes.items()}
+            update, weight = decode_update(request.result, shapes)
+        except UpdateRejected as exc:
+            job.refused += 1
+            log.info("refused result from %s: %s", request.identity.device_id, exc.message)
+            return response(Status.ERROR, message=exc.message, **ids)
+        verdict = job.judge_result(request.task_id, version)
+        if verdict is ResultVerdict.LATE:
+            return response(Status.OK, message="late result (lease expired or round closed): not counted", **ids)
+        if verdict is ResultVerdict.DUPLICATE:
+            return response(Status.OK, message="duplicate result for this task: counted once", **ids)
+        outcome = await self.batcher.submit(job.view.job_id, version, request.task_id, weight, update)
+        if outcome is Outcome.ACCEPTED:
+            return response(Status.OK, **ids)
+        if outcome is Outcome.LATE:
+            job.late += 1
+            return response(Status.OK, message="late result (round closed): not counted", **ids)
+        if outcome is Outcome.DUPLICATE:
+            job.duplicates += 1
+            return response(Status.OK, message="duplicate result for this task: counted once", **ids)
+        job.forget_result(request.task_id)
+        return response(Status.RETRY, retry_wait=STARTING_RETRY_WAIT, message="server unavailable: send the result again", **ids)
+
+    async def _selection(self, request: SelectionRequest) -> dict[str, Any]:
+        # NVFlare's Python simulator: it announces its devices as "<prefix>?N", reads which of
+        # "<prefix>#i" may ask for a task, and stops only on NO_JOB (docs/NVFLARE_SIMULATOR.md).
+        job = self.jobs.get(request.job_id)
+        if job is None or job.view.status == "done":
+            return response(Status.NO_JOB, message=f"no running job {request.job_id!r}")
+        group = SIMULATOR_GROUP.fullmatch(request.identity.device_id)
+        if group is not None:
+            register = RegisterGroup(job_id=job.view.job_id, prefix=group["prefix"], count=int(group["count"]))
+            try:
+                await self._link.call("register", register.model_dump(), 5.0)
+            except RpcUnavailable:
+                return response(Status.RETRY, retry_wait=STARTING_RETRY_WAIT, message="server unavailable")
+            except RpcRemoteError as exc:
+                return response(Status.RETRY, retry_wait=job.view.retry_wait, message=str(exc))
+            job.view = job.view.model_copy(update={"device_groups": {**job.view.device_groups, register.prefix: register.count}})
+        selection = job.selection()
+        # Every simulated device may ask; the leaves' slots decide who trains (PROTOCOL.md §4).
+        for prefix, count in job.view.device_groups.items():
+            selection.update((f"{prefix}#{i}", job.view.selection_id) for i in range(count))
+        return response(Status.OK, job_id=job.view.job_id, selection=selection)
+
+    # -- server sync --------------------------------------------------------------------------
+    async def _next_sync(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._synced.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    async def _sync_loop(self) -> None:
+        while True:
+            try:
+                await self._sync_once()
+            except (RpcUnavailable, RpcRemoteError) as exc:
+                log.debug("sync failed: %s", exc)
+            except Exception:
+                log.exception("sync failed")
+            try:
+                await asyncio.wait_for(self._wake_sync.wait(), self.config.sync_interval)
+            except TimeoutError:
+                pass
+            self._wake_sync.clear()
+
+    async def _sync_once(self) -> None:
+        now = asyncio.get_running_loop().time()
+        reports = {job_id: job.report(now) for job_id, job in self.jobs.items()}
+        request = SyncRequest(leaf=self.name, boot=self.boot, jobs=reports)
+        reply = SyncReply.model_validate(await self._link.call("sync", request.model_dump(), 5.0))
+        if reply.boot != self._server_boot:
+            if self._server_boot is not None:
+                log.warning("server restarted (boot %s): sending again what it had not checkpointed", reply.boot)
+                if not await self.batcher.resend_retained():
+                    return  # the next sync tries again
+            self._server_boot = reply.boot
+        seen = set()
+        for view in reply.jobs:
+            seen.add(view.job_id)
+            self._apply(view)
+        for job_id in [j for j in self.jobs if j not in seen]:
+            del self.jobs[job_id]
+            self._payloads.pop(job_id, None)
+        self._synced.set()
+        self._synced = asyncio.Event()
+
+    def _apply(self, view: JobView) -> None:
+        job = self.jobs.get(view.job_id)
+        if job is None:
+            self.jobs[view.job_id] = LeafJob(view=view, waiting_window=2.0 * view.retry_wait + 5.0)
+        else:
+            job.apply_view(view)
+        self.batcher.release(view.job_id, view.model_version)
+        payload = self._payloads.get(view.job_id)
+        key = (view.job_id, view.model_version)
+        if view.status != "done" and view.model_version >= 0 and (payload is None or payload.version != view.model_version) \
+                and key not in self._fetching:
+            self._fetching.add(key)
+            self._tasks.append(asyncio.get_running_loop().create_task(self._fetch_model(view)))
+
+    async def _fetch_model(self, view: JobView) -> None:
+        key = (view.job_id, view.model_version)
+        try:
+            reply = await self._link.call("model", {"job_id": view.job_id, "version": view.model_version}, 60.0)
+            weights = tensors_from_binary(reply["weights"])
+            payload = await asyncio.to_thread(TaskPayload, view.job_id, view.model_version, weights, view.task_meta)
+            current = self.jobs.get(view.job_id)
+            if current is not None and current.view.model_version == view.model_version:
+                self._payloads[view.job_id] = payload
+        except (RpcUnavailable, RpcRemoteError) as exc:
+            log.warning("fetching model %s v%d failed: %s", view.job_id, view.model_version, exc)
+        finally:
+            self._fetching.discard(key)
+            self._tasks = [t for t in self._tasks if not t.done()]

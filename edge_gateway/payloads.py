@@ -1,0 +1,45 @@
+"""Task responses built once per model version (PROTOCOL.md §4 "Selected").
+
+The model part of a `/task` OK answer is the same for every device, so it is encoded once, in
+JSON and in msgpack; per request only the task id and the cookie are spliced in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgpack
+import numpy as np
+import orjson
+
+from device_protocol.codecs import JSON, MSGPACK
+from device_protocol.tensors import tensors_to_binary
+
+TASK_NAME = "train"
+
+
+class TaskPayload:
+    """The encoded task data of one job's model version."""
+
+    def __init__(self, job_id: str, version: int, weights: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        self.version = version
+        full_meta = {**meta, "model_version": version}
+        task_json = orjson.dumps(
+            {"kind": "WEIGHTS", "data": {k: np.ascontiguousarray(v) for k, v in weights.items()}, "meta": full_meta},
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        )
+        task_msgpack = msgpack.packb(
+            {"kind": "WEIGHTS", "data": tensors_to_binary(weights), "meta": full_meta}, use_bin_type=True)
+        job = orjson.dumps(job_id)
+        self._json_head = b'{"status":"OK","job_id":' + job + b',"retry_wait":0,"task_name":"train","task_data":' + task_json
+        # A msgpack map of 7 entries; the head holds 5 of them.
+        self._msgpack_head = b"\x87" + b"".join(msgpack.packb(x, use_bin_type=True) for x in (
+            "status", "OK", "job_id", job_id, "retry_wait", 0, "task_name", TASK_NAME)) + \
+            msgpack.packb("task_data") + task_msgpack
+
+    def render(self, task_id: str, cookie: Mapping[str, Any], as_msgpack: bool) -> tuple[str, bytes]:
+        if as_msgpack:
+            tail = msgpack.packb("task_id") + msgpack.packb(task_id) + msgpack.packb("cookie") + msgpack.packb(cookie)
+            return MSGPACK, self._msgpack_head + tail
+        return JSON, self._json_head + b',"task_id":' + orjson.dumps(task_id) + b',"cookie":' + orjson.dumps(cookie) + b"}"

@@ -1,0 +1,248 @@
+"""The server process: job API over HTTP, the leaves' link, checkpoints and evaluation."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+import orjson
+from aiohttp import web
+from pydantic import ValidationError
+
+from device_protocol.messages import ModelRequest, RegisterGroup, SubmitBatch, SyncRequest
+from device_protocol.tensors import tensors_from_binary, tensors_to_binary
+
+from .config import ServerConfig
+from .coordinator import Coordinator, JobNotFound, NewVersion
+from .jobs import JobSpec
+from .rpc import RpcServer
+from .store import CheckpointStore, weights_to_npz
+
+log = logging.getLogger("edgefl.server")
+
+
+class Server:
+    """Coordinator + its I/O: RPC for leaves, HTTP for people, disk for checkpoints."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.coordinator = Coordinator(boot=uuid.uuid4().hex)
+        self.store = CheckpointStore(config.data_dir / "jobs")
+        self._rpc = RpcServer({"sync": self.handle_sync, "model": self.handle_model, "submit": self.handle_submit,
+                               "register": self.handle_register}, config.secret_bytes())
+        self._model_cache: dict[tuple[str, int], dict[str, Any]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._runner: web.AppRunner | None = None
+        self._tick_task: asyncio.Task[None] | None = None
+        self.http_port = 0
+        self.link_port = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._restore()
+        self.link_port = await self._rpc.start(self.config.host, self.config.link_port)
+        self._runner = web.AppRunner(create_api(self), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.http_port)
+        await site.start()
+        self.http_port = self._runner.addresses[0][1]
+        self._tick_task = asyncio.get_running_loop().create_task(self._tick_loop(), name="server-tick")
+        log.info("server: job API on http://%s:%d, leaf link on %s:%d",
+                 self.config.host, self.http_port, self.config.host, self.link_port)
+
+    async def stop(self) -> None:
+        """Stop taking work, finish checkpoints and evaluations, close."""
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+        await self._rpc.close()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def _restore(self) -> None:
+        now = time.monotonic()
+        for cp in self.store.load_all():
+            self.coordinator.add_job(cp.job_id, cp.spec, cp.weights, now, version=cp.state["version"],
+                                     round_=cp.state["round"], history=cp.state.get("history"),
+                                     status=cp.state.get("status", "running"),
+                                     device_groups=cp.state.get("device_groups"))
+            log.info("resumed job %s (%s) at model version %d", cp.job_id, cp.spec.name, cp.state["version"])
+
+    # -- jobs ---------------------------------------------------------------------------------
+    async def submit_job(self, spec: JobSpec) -> str:
+        from .models import initial_weights  # torch is loaded only when a job needs it
+
+        weights = await asyncio.to_thread(initial_weights, spec.model, spec.seed)
+        job_id = str(uuid.uuid4())
+        self.coordinator.add_job(job_id, spec, weights, time.monotonic())
+        self._checkpoint(job_id)
+        self._evaluate_later(job_id, 0)
+        log.info("job %s (%s) submitted: %d rounds, %d devices per round", job_id, spec.name, spec.rounds,
+                 spec.devices_per_round)
+        return job_id
+
+    async def end_job(self, job_id: str) -> None:
+        self.coordinator.end_job(job_id)
+        self._checkpoint(job_id)
+
+    def _checkpoint(self, job_id: str) -> None:
+        # On the loop, not in a thread: two writers could land out of order and leave an older
+        # state on disk than leaves were already told about.
+        job = self.coordinator.job(job_id)
+        state = {"round": job.round, "status": job.status, "history": [dict(h) for h in job.history],
+                 "device_groups": dict(job.device_groups)}
+        self.store.save(job_id, job.spec, job.version, job.weights, state)
+
+    def _evaluate_later(self, job_id: str, version: int) -> None:
+        job = self.coordinator.job(job_id)
+        if not job.spec.evaluate:
+            return
+        task = asyncio.get_running_loop().create_task(self._evaluate(job_id, version, job.spec.model, dict(job.weights)))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _evaluate(self, job_id: str, version: int, model: str, weights: dict[str, np.ndarray]) -> None:
+        from .evaluation import evaluate_on_test_split
+
+        try:
+            accuracy, loss = await asyncio.to_thread(evaluate_on_test_split, model, weights)
+        except Exception:
+            log.exception("evaluating %s v%d failed", job_id, version)
+            return
+        self.coordinator.record_evaluation(job_id, version, accuracy, loss)
+        log.info("job %s model v%d: test accuracy %.4f, loss %.4f", job_id, version, accuracy, loss)
+        self._checkpoint(job_id)  # keep the accuracy history with the checkpoint
+
+    def _on_versions(self, events: list[NewVersion]) -> None:
+        for event in events:
+            job = self.coordinator.job(event.job_id)
+            log.info("job %s: round %d closed, model v%d (%d results)", event.job_id, job.round, event.version,
+                     job.history[-1]["results"])
+            # Written before anything else runs on the loop: no leaf may see the new version (and
+            # drop the results it keeps for the old one) before it is on disk.
+            self._checkpoint(event.job_id)
+            self._evaluate_later(event.job_id, event.version)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.tick_interval)
+            try:
+                self._on_versions(self.coordinator.tick(time.monotonic()))
+            except Exception:
+                log.exception("tick failed")
+
+    # -- leaf link handlers -------------------------------------------------------------------
+    async def handle_sync(self, payload: Any) -> dict[str, Any]:
+        request = SyncRequest.model_validate(payload)
+        return self.coordinator.sync(request, time.monotonic()).model_dump()
+
+    async def handle_model(self, payload: Any) -> dict[str, Any]:
+        request = ModelRequest.model_validate(payload)
+        job = self.coordinator.job(request.job_id)
+        if request.version != job.version:
+            raise ValueError(f"model version {request.version} is not current ({job.version})")
+        key = (request.job_id, request.version)
+        cached = self._model_cache.get(key)
+        if cached is None:
+            self._model_cache = {k: v for k, v in self._model_cache.items() if k[0] != request.job_id}
+            cached = {"version": job.version, "weights": tensors_to_binary(job.weights)}
+            self._model_cache[key] = cached
+        return cached
+
+    async def handle_register(self, payload: Any) -> None:
+        request = RegisterGroup.model_validate(payload)
+        job = self.coordinator.job(request.job_id)
+        if job.device_groups.get(request.prefix) != request.count:
+            self.coordinator.register_group(request.job_id, request.prefix, request.count)
+            self._checkpoint(request.job_id)
+
+    async def handle_submit(self, payload: Any) -> dict[str, Any]:
+        batch = SubmitBatch.model_validate(payload)
+        update = tensors_from_binary(batch.sum_update)
+        reply, events = self.coordinator.submit(batch, update, time.monotonic())
+        # The version the batch went into is checkpointed before the leaf is answered.
+        self._on_versions(events)
+        return reply.model_dump()
+
+
+# -- HTTP API ---------------------------------------------------------------------------------
+SERVER_KEY = web.AppKey("server", Server)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"status": "ERROR", "message": message}, status)
+
+
+def create_api(server: Server) -> web.Application:
+    """The job API: submit, list, status, end, download the current model."""
+    app = web.Application(middlewares=[_errors_as_json], client_max_size=1 << 20)
+    app[SERVER_KEY] = server
+    app.router.add_get("/api/health", _health)
+    app.router.add_post("/api/jobs", _submit)
+    app.router.add_get("/api/jobs", _list)
+    app.router.add_get("/api/jobs/{job_id}", _status)
+    app.router.add_post("/api/jobs/{job_id}/end", _end)
+    app.router.add_get("/api/jobs/{job_id}/model", _model)
+    return app
+
+
+@web.middleware
+async def _errors_as_json(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except JobNotFound as exc:
+        return _error(404, f"no job {exc.args[0]!r}")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error(exc.status, exc.reason)
+
+
+async def _health(request: web.Request) -> web.Response:
+    server = request.app[SERVER_KEY]
+    return _json({"status": "OK", "boot": server.coordinator.boot, "jobs": len(server.coordinator.jobs)})
+
+
+async def _submit(request: web.Request) -> web.Response:
+    try:
+        spec = JobSpec.model_validate_json(await request.read())
+    except ValidationError as exc:
+        return _json({"status": "INVALID_REQUEST", "message": "invalid job spec",
+                      "errors": [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]}, 400)
+    server = request.app[SERVER_KEY]
+    job_id = await server.submit_job(spec)
+    return _json(server.coordinator.status(job_id, time.monotonic()), 201)
+
+
+async def _list(request: web.Request) -> web.Response:
+    coordinator = request.app[SERVER_KEY].coordinator
+    now = time.monotonic()
+    return _json({"jobs": [coordinator.status(job_id, now) for job_id in coordinator.jobs]})
+
+
+async def _status(request: web.Request) -> web.Response:
+    return _json(request.app[SERVER_KEY].coordinator.status(request.match_info["job_id"], time.monotonic()))
+
+
+async def _end(request: web.Request) -> web.Response:
+    server = request.app[SERVER_KEY]
+    job_id = request.match_info["job_id"]
+    await server.end_job(job_id)
+    return _json(server.coordinator.status(job_id, time.monotonic()))
+
+
+async def _model(request: web.Request) -> web.Response:
+    job = request.app[SERVER_KEY].coordinator.job(request.match_info["job_id"])
+    body = await asyncio.to_thread(weights_to_npz, dict(job.weights))
+    return web.Response(body=body, content_type="application/octet-stream",
+                        headers={"X-Model-Version": str(job.version),
+                                 "Content-Disposition": f'attachment; filename="{job.job_id}-v{job.version}.npz"'})
