@@ -26,6 +26,7 @@ class JobView(_Message):
     round: int
     selection_id: int
     quota: int = Field(description="tasks this leaf may have out (leased or done) in this selection")
+    free_slots: int = Field(default=0, description="slots of this selection no leaf holds yet")
     retry_wait: int
     task_timeout: float
     param_shapes: dict[str, list[int]]

@@ -114,9 +114,9 @@ class Coordinator:
         return SyncReply(boot=self.boot, jobs=views)
 
     def _view(self, job: JobState, leaf: str, report: LeafJobReport, now: float) -> JobView:
-        grant = 0
+        grant = free = 0
         if job.status == "running":
-            grant = self._grant(job, leaf, report, now)
+            grant, free = self._grant(job, leaf, report, now)
         slots = job.leaves.get(leaf)
         if slots is None:
             job.leaves[leaf] = LeafSlots(report=report, granted=grant, seen_at=now)
@@ -125,12 +125,13 @@ class Coordinator:
         spec = job.spec
         return JobView(
             job_id=job.job_id, job_name=spec.name, status=job.status, model_version=job.version,
-            round=job.round, selection_id=job.selection_id, quota=grant, retry_wait=spec.retry_wait,
+            round=job.round, selection_id=job.selection_id, quota=grant, free_slots=free, retry_wait=spec.retry_wait,
             task_timeout=spec.task_timeout, param_shapes={k: list(v) for k, v in job.shapes.items()},
             config=spec.app_config(), task_meta=spec.task_meta(), device_groups=job.device_groups,
         )
 
-    def _grant(self, job: JobState, leaf: str, report: LeafJobReport, now: float) -> int:
+    def _grant(self, job: JobState, leaf: str, report: LeafJobReport, now: float) -> tuple[int, int]:
+        """(slots granted to this leaf, slots still free for anyone)."""
         # Slots other leaves hold: what they use or were granted, whichever is more, so two
         # leaves are never granted the same free slot.
         held = 0
@@ -142,7 +143,8 @@ class Coordinator:
         assigned = report.assigned if report.selection_id == job.selection_id else 0
         free = max(0, job.spec.tasks_per_selection - held - assigned)
         waiting = report.waiting if report.selection_id == job.selection_id else 0
-        return assigned + min(waiting, free)
+        share = min(waiting, free)
+        return assigned + share, free - share
 
     # -- results ------------------------------------------------------------------------------
     def submit(self, batch: SubmitBatch, update: Mapping[str, np.ndarray], now: float) -> tuple[SubmitReply, list[NewVersion]]:

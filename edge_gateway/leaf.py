@@ -132,10 +132,10 @@ class Leaf:
             ready = payload is not None and payload.version == job.view.model_version
             decision, lease = job.decide_task(device_id, loop.time(), ready)
             left = give_up - loop.time()
-            if decision is not TaskDecision.NOT_SELECTED or left <= 0:
+            if decision is not TaskDecision.NOT_SELECTED or left <= 0 or job.view.free_slots == 0:
                 break
-            # No free slot yet: ask the server now and give it a moment (a new round's slots
-            # arrive with the next sync) rather than sending the device away for retry_wait.
+            # No slot here, but some are free: ask the server now and give it a moment rather
+            # than sending the device away for retry_wait.
             self._wake_sync.set()
             await self._next_sync(left)
         view = job.view

@@ -34,7 +34,7 @@ def test_grants_never_exceed_tasks_per_selection_across_leaves():
     c = make(devices_per_round=10, over_selection=0.2)  # 12 tasks per selection
     a = sync(c, "a", 0.1, waiting=8)
     b = sync(c, "b", 0.1, waiting=8)
-    assert a.quota == 8 and b.quota == 4
+    assert (a.quota, a.free_slots) == (8, 4) and (b.quota, b.free_slots) == (4, 0)
     # a used 5 and has nobody waiting: its unused grant is released to b.
     a = sync(c, "a", 0.3, waiting=0, assigned=5)
     b = sync(c, "b", 0.3, waiting=8, assigned=4)
