@@ -1,0 +1,126 @@
+"""What a simulated device does with a task: real PyTorch SGD on its own shard, or random diffs.
+
+Only `PytorchTrainer` touches torch, inside worker threads, so a synthetic run never imports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from .wire import TaskDataError, task_meta, task_shapes, task_weights
+
+TrainerKind = Literal["pytorch", "synthetic"]
+TRAINERS: tuple[str, ...] = ("pytorch", "synthetic")
+
+Diff = dict[str, np.ndarray]
+
+
+class Trainer(Protocol):
+    async def train(self, task_data: Mapping[str, Any]) -> tuple[Diff, int]:
+        """(float32 diff per parameter, number of samples) for one task; raises on bad task data."""
+        ...
+
+
+class SyntheticTrainer:
+    """Random small diffs of the task's shapes, for load: no torch, almost no CPU."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self._rng = rng
+
+    async def train(self, task_data: Mapping[str, Any]) -> tuple[Diff, int]:
+        diff: Diff = {}
+        for name, shape in task_shapes(task_data).items():
+            # Magnitudes bounded away from zero: the gateway refuses all-zero diffs.
+            magnitude = self._rng.uniform(1e-4, 1e-3, shape).astype(np.float32)
+            diff[name] = np.where(self._rng.random(shape) < 0.5, -magnitude, magnitude)
+        return diff, int(self._rng.integers(1, 101))
+
+
+class ShardedData:
+    """The training split of each model, loaded once and split over all devices (Dirichlet)."""
+
+    def __init__(self, num_devices: int, alpha: float, seed: int, pool: Executor) -> None:
+        self._num_devices = num_devices
+        self._alpha = alpha
+        self._seed = seed
+        self._pool = pool
+        self._loaded: dict[str, tuple[np.ndarray, np.ndarray, list[np.ndarray]]] = {}
+        self._lock = asyncio.Lock()  # the first task of many devices must load the data only once
+
+    async def shard(self, model: str, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) of device `index`'s share of `model`'s training split."""
+        if model not in self._loaded:
+            async with self._lock:
+                if model not in self._loaded:
+                    loop = asyncio.get_running_loop()
+                    self._loaded[model] = await loop.run_in_executor(self._pool, self._load, model)
+        x, y, parts = self._loaded[model]
+        return x[parts[index]], y[parts[index]]
+
+    def _load(self, model: str) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        from edge_gateway.models import dirichlet_partition, load_dataset
+
+        x, y = load_dataset(model, "train", seed=self._seed)
+        return x, y, dirichlet_partition(y, self._num_devices, self._alpha, seed=self._seed)
+
+
+class PytorchTrainer:
+    """Real local SGD (`edge_gateway.models.train_local`) on device `index`'s shard, off the loop."""
+
+    def __init__(self, data: ShardedData, index: int, seed: int, pool: Executor) -> None:
+        self._data = data
+        self._index = index
+        self._seed = seed
+        self._pool = pool
+
+    async def train(self, task_data: Mapping[str, Any]) -> tuple[Diff, int]:
+        meta = task_meta(task_data)
+        model = meta.get("model")
+        if not isinstance(model, str):
+            raise TaskDataError("task meta names no model")
+        x, y = await self._data.shard(model, self._index)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._train, model, meta, task_data, x, y)
+
+    def _train(self, model: str, meta: dict[str, Any], task_data: Mapping[str, Any],
+               x: np.ndarray, y: np.ndarray) -> tuple[Diff, int]:
+        from edge_gateway.models import train_local
+
+        weights = task_weights(task_data)  # decoded here: a large model's lists are slow to parse
+        # A fresh but reproducible shuffle per device and model version.
+        seed = int(np.random.SeedSequence([self._seed, self._index, int(meta.get("model_version", 0))]).generate_state(1)[0])
+        diff, num_samples, _ = train_local(
+            model, weights, x, y,
+            epochs=int(meta.get("epochs", meta.get("total_epochs", 1))),
+            lr=float(meta.get("lr", meta.get("learning_rate", 0.01))),
+            batch_size=int(meta.get("batch_size", 4)),
+            seed=seed,
+        )
+        return diff, num_samples
+
+
+def make_pool(kind: TrainerKind) -> ThreadPoolExecutor:
+    """The run's worker threads (one per core) for training and for encoding large bodies."""
+    initializer = _one_torch_thread if kind == "pytorch" else None
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="sim-worker", initializer=initializer)
+
+
+def make_trainers(kind: TrainerKind, num_devices: int, *, alpha: float, seed: int, pool: Executor) -> list[Trainer]:
+    """One trainer per device; PyTorch trainers share one `ShardedData`."""
+    if kind == "synthetic":
+        return [SyntheticTrainer(np.random.default_rng([seed, i])) for i in range(num_devices)]
+    data = ShardedData(num_devices, alpha, seed, pool)
+    return [PytorchTrainer(data, i, seed, pool) for i in range(num_devices)]
+
+
+def _one_torch_thread() -> None:
+    # The pool already runs one training per core; torch's own intra-op threads would oversubscribe.
+    import torch
+
+    torch.set_num_threads(1)

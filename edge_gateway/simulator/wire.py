@@ -1,0 +1,125 @@
+"""The device's side of the wire: headers, request bodies, task data and results. No I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+from urllib.parse import urlencode
+
+import msgpack
+import numpy as np
+import orjson
+
+from device_protocol.codecs import JSON, MSGPACK, decode_body
+from device_protocol.errors import ProtocolError
+from device_protocol.tensors import ERROR_KIND, from_binary, from_json_entry, tensors_to_binary, to_et_tensor_diff
+
+Codec = Literal["json", "msgpack"]
+CODECS: tuple[str, ...] = ("json", "msgpack")
+APP_NAME = "edgefl-sim"
+APP_VERSION = "1.0"
+PLATFORM = "sim"
+# The models our trainers can run, announced as capabilities on /job.
+METHODS: tuple[str, ...] = ("xor", "digits", "cifar10")
+RESULT_KIND = "WEIGHT_DIFF"
+TASK_KIND = "WEIGHTS"
+
+
+class TaskDataError(ValueError):
+    """Task data this simulator cannot train on (not WEIGHTS, malformed tensors)."""
+
+
+def identity_headers(device_id: str) -> dict[str, str]:
+    """The headers every request of one device carries (PROTOCOL.md §2, query-string form)."""
+    info = urlencode({"device_id": device_id, "app_name": APP_NAME, "app_version": APP_VERSION, "platform": PLATFORM})
+    return {"X-Flare-Device-ID": device_id, "X-Flare-Device-Info": info, "X-Flare-User-Info": "", "Content-Type": JSON}
+
+
+def job_body(job_name: str) -> bytes:
+    return orjson.dumps({"job_name": job_name, "capabilities": {"methods": list(METHODS)}})
+
+
+def task_body(cookie: Mapping[str, Any] | None) -> bytes:
+    return orjson.dumps({} if cookie is None else {"cookie": cookie})
+
+
+def result_body(codec: Codec, diff: Mapping[str, np.ndarray], num_samples: int,
+                cookie: Mapping[str, Any] | None) -> tuple[str, bytes]:
+    """(content type, body) of a `/result` carrying a weight diff; the cookie goes back verbatim."""
+    meta = {"num_samples": num_samples}
+    if codec == "msgpack":
+        arrays = {name: np.asarray(arr, dtype=np.float32) for name, arr in diff.items()}
+        result = {"kind": RESULT_KIND, "data": tensors_to_binary(arrays), "meta": meta}
+        return MSGPACK, msgpack.packb({"result": result, "cookie": cookie}, use_bin_type=True)
+    result = to_et_tensor_diff(diff, meta, kind=RESULT_KIND, prefix="")
+    return JSON, orjson.dumps({"result": result, "cookie": cookie})
+
+
+def error_result_body(codec: Codec, error: str, cookie: Mapping[str, Any] | None) -> tuple[str, bytes]:
+    """A failed training, reported as the iOS app does (PROTOCOL.md §5)."""
+    payload = {"result": {"kind": ERROR_KIND, "data": {"error": error}, "meta": {}}, "cookie": cookie}
+    if codec == "msgpack":
+        return MSGPACK, msgpack.packb(payload, use_bin_type=True)
+    return JSON, orjson.dumps(payload)
+
+
+def decode_reply(content_type: str, body: bytes) -> dict[str, Any] | None:
+    """A reply body as a dict, or None when it is neither a JSON nor a msgpack object."""
+    try:
+        return decode_body(content_type, body)
+    except ProtocolError:
+        return None
+
+
+def task_meta(task_data: Mapping[str, Any]) -> dict[str, Any]:
+    if task_data.get("kind") != TASK_KIND:
+        raise TaskDataError(f"task data of kind {task_data.get('kind')!r}; this simulator trains on {TASK_KIND}")
+    meta = task_data.get("meta")
+    if not isinstance(meta, Mapping):
+        raise TaskDataError("task data has no meta object")
+    return dict(meta)
+
+
+def task_weights(task_data: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The global weights in WEIGHTS task data: nested lists (JSON) or `{dtype, shape, data}` (msgpack)."""
+    task_meta(task_data)
+    try:
+        return {name: _tensor(entry) for name, entry in _tensor_entries(task_data).items()}
+    except ValueError as exc:
+        raise TaskDataError(f"malformed weights: {exc}") from None
+
+
+def task_shapes(task_data: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The weights' shapes, read without decoding the values (a synthetic device needs no more)."""
+    task_meta(task_data)
+    return {name: _shape(entry) for name, entry in _tensor_entries(task_data).items()}
+
+
+def _tensor_entries(task_data: Mapping[str, Any]) -> Mapping[str, Any]:
+    data = task_data.get("data")
+    if not isinstance(data, Mapping) or not data:
+        raise TaskDataError("task data holds no tensors")
+    return data
+
+
+def _tensor(entry: Any) -> np.ndarray:
+    if isinstance(entry, Mapping) and "dtype" in entry:
+        return from_binary(entry).astype(np.float32)
+    return from_json_entry(entry)
+
+
+def _shape(entry: Any) -> tuple[int, ...]:
+    if isinstance(entry, Mapping):
+        shape = entry.get("shape", entry.get("sizes"))
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise TaskDataError("tensor has no valid shape")
+        return tuple(shape)
+    dims: list[int] = []
+    while isinstance(entry, list):  # nested lists are regular: the first element speaks for all
+        dims.append(len(entry))
+        if not entry:
+            break
+        entry = entry[0]
+    if not dims:
+        raise TaskDataError("tensor is neither a nested list nor an object with a shape")
+    return tuple(dims)
