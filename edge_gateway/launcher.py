@@ -1,0 +1,221 @@
+"""`python -m edge_gateway local`: a whole stack on this machine — server, leaves, proxy, devices.
+
+Every part runs as its own process, exactly as it would across machines; the launcher writes the
+leaves' `lcp_map.json`, submits the job, runs the simulated devices in its own process, prints each
+round's accuracy, and stops everything by PID when the job ends or on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from . import runtime
+from .processes import Child, free_port, spawn, wait_ready_file
+
+log = logging.getLogger("edgefl.local")
+
+
+def add_local_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, default=4321, help="the proxy's port for devices (0 picks one)")
+    parser.add_argument("--host", default="127.0.0.1", help="the proxy's address (0.0.0.0 for phones on the LAN)")
+    parser.add_argument("--leaves", type=int, default=2)
+    parser.add_argument("--job", default="digits", help="job name devices ask for")
+    parser.add_argument("--model", default=None, help="xor | digits | cifar10 (default: from the job name, else digits)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--devices-per-round", type=int, default=10)
+    parser.add_argument("--simulated", type=int, default=20, help="simulated devices to run (0: wait for phones)")
+    parser.add_argument("--trainer", default="pytorch", choices=("pytorch", "synthetic"))
+    parser.add_argument("--codec", default="json", choices=("json", "msgpack"))
+    parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet α of the non-IID split")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--retry-wait", type=int, default=None, help="seconds devices wait between polls")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", type=Path, default=None, help="where logs and checkpoints go")
+    parser.add_argument("--demo", action="store_true",
+                        help="digits, 100 non-IID devices, 2 leaves, to completion, printing accuracy per round")
+
+
+@dataclass
+class Stack:
+    """The processes of one local stack and where to reach them."""
+
+    proxy_url: str
+    api_url: str
+    lcp_map: Path
+    env: dict[str, str]  # what every process of the stack shares (the link secret)
+    children: list[Child] = field(default_factory=list)
+
+    async def stop(self) -> dict[str, int]:
+        codes = {}
+        for child in reversed(self.children):  # proxy first, server last: nothing new comes in
+            codes[child.name] = await child.stop()
+        return codes
+
+
+async def start_stack(run_dir: Path, leaves: int, proxy_host: str, proxy_port: int) -> Stack:
+    logs = run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {"EDGEFL_LINK_SECRET": os.environ.get("EDGEFL_LINK_SECRET") or secrets.token_hex(16)}
+    children: list[Child] = []
+    try:
+        server = await spawn("server", ["edge_gateway", "server", "--http-port", "0", "--link-port", "0",
+                                        "--data-dir", str(run_dir / "server"), "--ready-file",
+                                        str(run_dir / "server.ready")], logs, env)
+        children.append(server)
+        ready = await wait_ready_file(server, run_dir / "server.ready")
+        lcp: dict[str, dict[str, Any]] = {}
+        for i in range(leaves):
+            name = f"leaf-{i}"
+            child = await spawn(name, ["edge_gateway", "leaf", "--name", name, "--port", "0",
+                                       "--server", f"127.0.0.1:{ready['link_port']}",
+                                       "--ready-file", str(run_dir / f"{name}.ready")], logs, env)
+            children.append(child)
+        for child in children[1:]:
+            info = await wait_ready_file(child, run_dir / f"{child.name}.ready")
+            lcp[child.name] = {"host": "127.0.0.1", "port": info["port"]}
+        lcp_map = run_dir / "lcp_map.json"
+        lcp_map.write_bytes(orjson.dumps(lcp, option=orjson.OPT_INDENT_2))
+        port = proxy_port or free_port(proxy_host)
+        proxy = await spawn("proxy", ["routing_proxy", str(port), str(lcp_map), "--host", proxy_host], logs, env)
+        children.append(proxy)
+        connect_host = "127.0.0.1" if proxy_host in ("0.0.0.0", "::") else proxy_host
+        stack = Stack(f"http://{connect_host}:{port}", f"http://127.0.0.1:{ready['http_port']}", lcp_map, env, children)
+        await _wait_http(proxy, f"{stack.proxy_url}/health")
+        return stack
+    except BaseException:
+        for child in reversed(children):
+            await child.stop()
+        raise
+
+
+async def _wait_http(child: Child, url: str, timeout: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with aiohttp.ClientSession() as session:
+        while loop.time() < deadline:
+            if not child.alive():
+                raise RuntimeError(f"{child.name} exited with {child.process.returncode}; see {child.log_path}")
+            try:
+                async with session.get(url) as reply:
+                    if reply.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{child.name} did not answer {url} within {timeout:.0f} s")
+
+
+def job_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """The job the launcher submits, from flags (or the demo's tuned settings)."""
+    if args.demo:
+        from .models.demo import DigitsDemo
+
+        demo = DigitsDemo()
+        return {"name": "digits-demo", "model": "digits", "rounds": demo.rounds,
+                "devices_per_round": demo.devices_per_round, "over_selection": 0.0, "epochs": demo.epochs,
+                "lr": demo.lr, "batch_size": demo.batch_size, "retry_wait": 1, "seed": demo.seed,
+                "task_timeout": 60.0, "round_timeout": 120.0}
+    model = args.model or next((m for m in ("xor", "cifar10", "digits") if m in args.job), "digits")
+    spec: dict[str, Any] = {"name": args.job, "model": model, "rounds": args.rounds,
+                            "devices_per_round": args.devices_per_round, "seed": args.seed}
+    for flag, key in (("epochs", "epochs"), ("lr", "lr"), ("batch_size", "batch_size"), ("retry_wait", "retry_wait")):
+        if getattr(args, flag) is not None:
+            spec[key] = getattr(args, flag)
+    return spec
+
+
+async def _submit(api_url: str, spec: dict[str, Any]) -> str:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{api_url}/api/jobs", data=orjson.dumps(spec),
+                                headers={"Content-Type": "application/json"}) as reply:
+            body = orjson.loads(await reply.read())
+            if reply.status != 201:
+                raise RuntimeError(f"job submission refused: {body}")
+            return str(body["job_id"])
+
+
+async def watch_job(api_url: str, job_id: str, stop: asyncio.Event, out: Any = print) -> dict[str, Any]:
+    """Print each new model version's accuracy; return the final status when the job is done."""
+    printed = 0
+    status: dict[str, Any] = {}
+    async with aiohttp.ClientSession() as session:
+        while not stop.is_set():
+            try:
+                async with session.get(f"{api_url}/api/jobs/{job_id}") as reply:
+                    status = orjson.loads(await reply.read())
+            except aiohttp.ClientError as exc:
+                log.warning("server status unavailable: %s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            history = status.get("history", [])
+            while printed < len(history) and "accuracy" in history[printed]:
+                h = history[printed]
+                out(f"round {h['round']:>3}  model v{h['version']:<3} results {h['results']:>5}  "
+                    f"test accuracy {h['accuracy']:.4f}  loss {h['loss']:.4f}")
+                printed += 1
+            if status.get("status") == "done" and printed == len(history):
+                return status
+            try:
+                await asyncio.wait_for(stop.wait(), 0.5)
+            except TimeoutError:
+                pass
+    return status
+
+
+async def run_local(args: argparse.Namespace) -> int:
+    if args.demo:
+        args.leaves, args.simulated, args.trainer, args.alpha = 2, 100, "pytorch", 0.5
+    run_dir = args.data_dir or Path("edgefl-data") / time.strftime("local-%Y%m%d-%H%M%S")
+    spec = job_spec(args)
+    stop = runtime.stop_event()
+    started = time.monotonic()
+    async with AsyncExitStack() as cleanup:
+        stack = await start_stack(run_dir, args.leaves, args.host, args.port)
+        cleanup.push_async_callback(_stop_stack, stack)
+        print(f"proxy {stack.proxy_url}  job API {stack.api_url}  lcp_map {stack.lcp_map}  logs {run_dir / 'logs'}",
+              flush=True)
+        job_id = await _submit(stack.api_url, spec)
+        print(f"job {spec['name']!r} ({job_id}): {spec['rounds']} rounds, {spec['devices_per_round']} devices per round",
+              flush=True)
+        devices = None
+        if args.simulated > 0:
+            devices = asyncio.get_running_loop().create_task(_simulate(args, stack.proxy_url, spec["name"]))
+        status = await watch_job(stack.api_url, job_id, stop, out=lambda line: print(line, flush=True))
+        if devices is not None:
+            devices.cancel()
+            await asyncio.gather(devices, return_exceptions=True)
+        history = status.get("history", [])
+        if status.get("status") == "done" and history:
+            print(f"job done in {time.monotonic() - started:.1f} s: final test accuracy "
+                  f"{history[-1].get('accuracy', float('nan')):.4f}, results counted {status['results_counted']}, "
+                  f"refused {status['refused']}, late {status['late']}", flush=True)
+            return 0
+        print("stopped before the job finished", flush=True)
+        return 1
+    return 1
+
+
+async def _stop_stack(stack: Stack) -> None:
+    codes = await stack.stop()
+    log.info("stopped: %s", ", ".join(f"{k} exit {v}" for k, v in codes.items()))
+
+
+async def _simulate(args: argparse.Namespace, url: str, job: str) -> Any:
+    from .simulator.runner import run_simulation
+
+    return await run_simulation(url=url, job=job, devices=args.simulated, trainer=args.trainer, codec=args.codec,
+                                alpha=args.alpha, seed=args.seed)
