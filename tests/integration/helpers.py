@@ -1,0 +1,41 @@
+"""Helpers for integration tests: the job API of a running stack."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import orjson
+
+
+async def submit_job(api_url: str, **spec: Any) -> str:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{api_url}/api/jobs", data=orjson.dumps(spec),
+                                headers={"Content-Type": "application/json"}) as reply:
+            body = orjson.loads(await reply.read())
+            assert reply.status == 201, body
+            return str(body["job_id"])
+
+
+async def job_status(api_url: str, job_id: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{api_url}/api/jobs/{job_id}") as reply:
+            return dict(orjson.loads(await reply.read()))
+
+
+async def wait_for(api_url: str, job_id: str, predicate: Any, timeout: float = 90.0) -> dict[str, Any]:
+    """Poll the job's status until `predicate(status)` holds (bounded)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        status = await job_status(api_url, job_id)
+        if predicate(status):
+            return status
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not reached in {timeout} s; last status: {status}")
+        await asyncio.sleep(0.2)
+
+
+async def wait_leaves_synced(api_url: str, job_id: str, leaves: int) -> None:
+    await wait_for(api_url, job_id, lambda s: len(s["leaves"]) == leaves, timeout=30)
