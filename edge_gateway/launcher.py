@@ -205,7 +205,7 @@ async def run_local(args: argparse.Namespace) -> int:
                   f"refused {status['refused']}, late {status['late']}", flush=True)
             return 0
         print("stopped before the job finished", flush=True)
-        return 1
+        return 0 if stop.is_set() else 1
     return 1
 
 
