@@ -23,7 +23,7 @@ def decode_body(content_type: str, body: bytes) -> dict[str, Any]:
     if not body.strip():
         return {}
     kind = media_type(content_type)
-    if kind in (JSON, "", "text/json"):
+    if kind == JSON:
         try:
             obj = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -34,6 +34,7 @@ def decode_body(content_type: str, body: bytes) -> dict[str, Any]:
         except (ValueError, msgpack.UnpackException) as exc:
             raise MalformedBody(f"malformed msgpack body: {exc}") from None
     else:
+        # The same rule as the proxy's: a body says what it is (PROTOCOL.md §2).
         raise UnsupportedMediaType(f"unsupported content type {kind!r}: send {JSON}")
     if not isinstance(obj, dict):
         raise MalformedBody("request body must be a JSON object")

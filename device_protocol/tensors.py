@@ -105,7 +105,8 @@ def _float_array(values: Any) -> np.ndarray:
     # Only real numbers: numpy would otherwise turn "1.0" or True into a float silently.
     if arr.dtype.kind not in "fiu":
         raise ValueError("tensor data must be a (regular, nested) list of numbers")
-    return arr.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # out of float32 range becomes inf, refused as non-finite
+        return arr.astype(np.float32, copy=False)
 
 
 def _row_major(sizes: list[int]) -> list[int]:
