@@ -1,0 +1,165 @@
+"""The link's wire format: length-prefixed msgpack frames and the RPC messages they carry.
+
+No I/O: bytes in, messages out (ARCHITECTURE.md "The link"). A frame is a 4-byte big-endian
+unsigned length `N` followed by `N` bytes of msgpack. Messages are msgpack arrays::
+
+    request   [0, call_id, method, payload]
+    response  [1, call_id, error | None, payload]
+    hello     [2, nonce]            server -> client, first thing on a connection
+    auth      [3, hmac_sha256(secret, nonce)]
+
+A response with call id `HANDSHAKE_ID` (0) is the server's acceptance of an auth; calls use ids
+from 1 up. Bad bytes from a peer never raise anything but `FrameError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from typing import Any
+
+import msgpack
+
+REQUEST = 0
+RESPONSE = 1
+HELLO = 2
+AUTH = 3
+
+HANDSHAKE_ID = 0
+DEFAULT_MAX_FRAME = 256 * 1024 * 1024
+NONCE_SIZE = 16
+
+_HEADER = struct.Struct(">I")
+_HEADER_SIZE = _HEADER.size
+_MAX_ENCODABLE = 2**32 - 1
+
+
+class FrameError(Exception):
+    """A frame or message the peer should not have sent; the connection must be closed."""
+
+
+def encode_frame(obj: Any) -> bytes:
+    """Pack `obj` as msgpack (bytes stay `bin`, str stays `str`) behind its 4-byte length."""
+    body = msgpack.packb(obj, use_bin_type=True)
+    if len(body) > _MAX_ENCODABLE:
+        raise FrameError(f"frame of {len(body)} bytes does not fit a 32-bit length")
+    return _HEADER.pack(len(body)) + body
+
+
+class FrameDecoder:
+    """Turns a byte stream, split or merged arbitrarily, back into the messages it carries.
+
+    `max_frame` may be raised after construction (e.g. once a peer has authenticated).
+    """
+
+    __slots__ = ("max_frame", "_buffer")
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.max_frame = max_frame
+        self._buffer = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held back waiting for the rest of a frame."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[Any]:
+        """Consume `data` and return every message completed by it, in order.
+
+        Raises:
+            FrameError: a frame is longer than `max_frame` (detected from its header, before its
+                body arrives) or is not exactly one msgpack object.
+        """
+        buffer = self._buffer
+        if buffer:
+            buffer += data
+            source: bytes | bytearray = buffer
+        else:
+            # Fast path: whole frames in one read are decoded straight from `data`, no copy.
+            source = data
+        end = len(source)
+        pos = 0
+        messages: list[Any] = []
+        with memoryview(source) as view:
+            while end - pos >= _HEADER_SIZE:
+                (size,) = _HEADER.unpack_from(source, pos)
+                if size > self.max_frame:
+                    raise FrameError(f"frame of {size} bytes exceeds the limit of {self.max_frame}")
+                start = pos + _HEADER_SIZE
+                if end - start < size:
+                    break
+                messages.append(_unpack(view[start : start + size]))
+                pos = start + size
+        if source is buffer:
+            del buffer[:pos]
+        elif pos < end:
+            buffer += data[pos:]
+        return messages
+
+
+def _unpack(chunk: memoryview) -> Any:
+    try:
+        return msgpack.unpackb(chunk, raw=False, use_list=True)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise FrameError(f"undecodable frame: {exc}") from None
+
+
+def message_kind(msg: Any) -> int:
+    """Check a decoded message's shape and return its kind (REQUEST, RESPONSE, HELLO, AUTH).
+
+    Callers then unpack the list themselves, so a call costs no allocation beyond the message.
+    """
+    if type(msg) is list and msg and type(msg[0]) is int:
+        kind = msg[0]
+        n = len(msg)
+        if kind == REQUEST:
+            if n == 4 and type(msg[1]) is int and type(msg[2]) is str:
+                return REQUEST
+        elif kind == RESPONSE:
+            if n == 4 and type(msg[1]) is int and (msg[2] is None or type(msg[2]) is str):
+                return RESPONSE
+        elif kind in (HELLO, AUTH):
+            if n == 2 and type(msg[1]) is bytes:
+                return kind
+    raise FrameError(f"malformed message: {_preview(msg)}")
+
+
+def _preview(msg: Any) -> str:
+    text = repr(msg)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def request(call_id: int, method: str, payload: Any) -> bytes:
+    """A framed request."""
+    return encode_frame([REQUEST, call_id, method, payload])
+
+
+def response(call_id: int, error: str | None, payload: Any) -> bytes:
+    """A framed response; with `error` set the payload is dropped (it must be None)."""
+    return encode_frame([RESPONSE, call_id, error, None if error is not None else payload])
+
+
+def hello(nonce: bytes) -> bytes:
+    """The server's framed greeting."""
+    return encode_frame([HELLO, nonce])
+
+
+def auth(secret: bytes, nonce: bytes) -> bytes:
+    """The client's framed answer to a hello."""
+    return encode_frame([AUTH, auth_digest(secret, nonce)])
+
+
+def accepted() -> bytes:
+    """The server's framed acceptance of a correct auth."""
+    return response(HANDSHAKE_ID, None, None)
+
+
+def auth_digest(secret: bytes, nonce: bytes) -> bytes:
+    """HMAC-SHA256 of the nonce under the shared secret (`b""` when none is configured)."""
+    return hmac.digest(secret, nonce, hashlib.sha256)
+
+
+def verify_auth(secret: bytes, nonce: bytes, digest: bytes) -> bool:
+    """Constant-time check of a client's auth digest."""
+    return hmac.compare_digest(auth_digest(secret, nonce), digest)

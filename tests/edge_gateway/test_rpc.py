@@ -1,0 +1,281 @@
+"""The link over real sockets on 127.0.0.1, under both event loops."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import ssl
+import struct
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvloop
+
+from device_protocol import frames
+from edge_gateway.rpc import RpcClient, RpcRemoteError, RpcServer, RpcUnavailable
+
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": uvloop.new_event_loop,
+}
+Runner = Callable[[Callable[[], Awaitable[None]]], None]
+
+
+@pytest.fixture(params=list(LOOPS))
+def run(request: pytest.FixtureRequest) -> Runner:
+    def run(main: Callable[[], Awaitable[None]]) -> None:
+        with asyncio.Runner(loop_factory=LOOPS[request.param]) as runner:
+            runner.run(main())  # type: ignore[arg-type]
+
+    return run
+
+
+async def echo(payload: Any) -> Any:
+    return payload
+
+
+async def fail(payload: Any) -> Any:
+    raise ValueError(f"bad payload {payload!r}")
+
+
+async def slow(payload: float) -> str:
+    await asyncio.sleep(payload)
+    return "late"
+
+
+HANDLERS = {"echo": echo, "fail": fail, "slow": slow}
+
+
+@asynccontextmanager
+async def link(
+    handlers: Mapping[str, Any] = HANDLERS,
+    server_secret: bytes = b"",
+    client_secret: bytes = b"",
+    server_ssl: ssl.SSLContext | None = None,
+    client_ssl: ssl.SSLContext | None = None,
+    host: str = "127.0.0.1",
+) -> AsyncIterator[tuple[RpcServer, RpcClient, int]]:
+    server = RpcServer(handlers, server_secret, ssl=server_ssl)
+    port = await server.start("127.0.0.1", 0)
+    client = RpcClient(host, port, client_secret, name="test", ssl=client_ssl, backoff=(0.02, 0.2))
+    await client.start()
+    try:
+        yield server, client, port
+    finally:
+        await client.close()
+        await server.close()
+
+
+def test_round_trip(run: Runner) -> None:
+    async def main() -> None:
+        async with link(server_secret=b"s3cret", client_secret=b"s3cret") as (_, client, _port):
+            assert await client.wait_connected(5)
+            payload = ["task", {"job_id": "j"}, {"x-flare-device-id": "d"}, b"\x00{}\xff"]
+            assert await client.call("echo", payload, timeout=5) == payload
+            result = await client.call("echo", {"s": "text", "b": b"bytes", "n": None}, timeout=5)
+            assert type(result["b"]) is bytes and type(result["s"]) is str
+
+    run(main)
+
+
+def test_many_concurrent_calls(run: Runner) -> None:
+    async def main() -> None:
+        async with link() as (_, client, _port):
+            assert await client.wait_connected(5)
+            results = await asyncio.gather(*(client.call("echo", i, timeout=20) for i in range(3000)))
+            assert results == list(range(3000))
+
+    run(main)
+
+
+def test_large_payloads_both_ways(run: Runner) -> None:
+    async def main() -> None:
+        async with link() as (_, client, _port):
+            assert await client.wait_connected(5)
+            big = bytes(range(256)) * (20 * 1024 * 1024 // 256)
+            small = asyncio.ensure_future(client.call("echo", "small", timeout=30))
+            assert await client.call("echo", big, timeout=30) == big
+            assert await small == "small"
+
+    run(main)
+
+
+def test_handler_error_is_a_remote_error_and_the_link_survives(run: Runner) -> None:
+    async def main() -> None:
+        async with link() as (_, client, _port):
+            assert await client.wait_connected(5)
+            with pytest.raises(RpcRemoteError, match="ValueError: bad payload 7"):
+                await client.call("fail", 7, timeout=5)
+            with pytest.raises(RpcRemoteError, match="unknown method 'nope'"):
+                await client.call("nope", None, timeout=5)
+            assert await client.call("echo", "still up", timeout=5) == "still up"
+
+    run(main)
+
+
+def test_unencodable_result_is_a_remote_error(run: Runner) -> None:
+    async def odd(payload: Any) -> Any:
+        return object()
+
+    async def main() -> None:
+        async with link({"odd": odd}) as (_, client, _port):
+            assert await client.wait_connected(5)
+            with pytest.raises(RpcRemoteError, match="TypeError"):
+                await client.call("odd", None, timeout=5)
+
+    run(main)
+
+
+def test_wrong_secret_is_refused(run: Runner) -> None:
+    async def main() -> None:
+        async with link(server_secret=b"right", client_secret=b"wrong") as (server, client, _port):
+            assert not await client.wait_connected(0.5)
+            assert not client.connected
+            assert not any(link.authed for link in server.links)
+            with pytest.raises(RpcUnavailable) as info:
+                await client.call("echo", 1, timeout=5)
+            assert not info.value.sent
+
+    run(main)
+
+
+def test_no_request_is_served_before_auth(run: Runner) -> None:
+    async def main() -> None:
+        async with link() as (_, _client, port):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            header = await reader.readexactly(4)
+            [kind, nonce] = frames.FrameDecoder().feed(header + await reader.readexactly(struct.unpack(">I", header)[0]))[0]
+            assert kind == frames.HELLO and len(nonce) == frames.NONCE_SIZE
+            writer.write(frames.request(1, "echo", "sneaky"))
+            assert await reader.read() == b""  # closed without an answer
+            writer.close()
+            await writer.wait_closed()
+
+    run(main)
+
+
+def test_not_connected_fails_at_once(run: Runner) -> None:
+    async def main() -> None:
+        client = RpcClient("127.0.0.1", _free_port(), name="nobody", backoff=(0.02, 0.1))
+        await client.start()
+        try:
+            started = time.monotonic()
+            with pytest.raises(RpcUnavailable, match="not connected") as info:
+                await client.call("echo", 1, timeout=10)
+            assert not info.value.sent
+            assert time.monotonic() - started < 0.5
+        finally:
+            await client.close()
+
+    run(main)
+
+
+def test_deadline(run: Runner) -> None:
+    async def main() -> None:
+        async with link() as (_, client, _port):
+            assert await client.wait_connected(5)
+            started = time.monotonic()
+            with pytest.raises(RpcUnavailable, match="no answer within 0.2") as info:
+                await client.call("slow", 1.0, timeout=0.2)
+            assert info.value.sent
+            assert time.monotonic() - started < 0.9
+            # The late answer is dropped; the link goes on.
+            assert await client.call("echo", "next", timeout=5) == "next"
+            await asyncio.sleep(1.0)
+            assert await client.call("echo", "after", timeout=5) == "after"
+
+    run(main)
+
+
+def test_server_close_fails_pending_calls_and_client_reconnects(run: Runner) -> None:
+    async def main() -> None:
+        async with link() as (server, client, port):
+            assert await client.wait_connected(5)
+            pending = [asyncio.ensure_future(client.call("slow", 30.0, timeout=60)) for _ in range(5)]
+            await asyncio.sleep(0.1)
+            started = time.monotonic()
+            await server.close()
+            for call in pending:
+                with pytest.raises(RpcUnavailable, match="connection lost"):
+                    await call
+            assert time.monotonic() - started < 2
+            assert not client.connected
+            with pytest.raises(RpcUnavailable, match="not connected"):
+                await client.call("echo", 1, timeout=5)
+
+            revived = RpcServer(HANDLERS)
+            assert await revived.start("127.0.0.1", port) == port
+            try:
+                assert await client.wait_connected(5)
+                assert await client.call("echo", "back", timeout=5) == "back"
+            finally:
+                await client.close()
+                await revived.close()
+
+    run(main)
+
+
+def test_server_close_grace_lets_handlers_finish(run: Runner) -> None:
+    async def main() -> None:
+        async with link() as (server, client, _port):
+            assert await client.wait_connected(5)
+            call = asyncio.ensure_future(client.call("slow", 0.2, timeout=5))
+            await asyncio.sleep(0.05)
+            await server.close(grace=2.0)
+            assert await call == "late"
+
+    run(main)
+
+
+def test_tls(run: Runner, tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ssl.load_cert_chain(cert, key)
+    client_ssl = ssl.create_default_context(cafile=str(cert))
+
+    async def main() -> None:
+        async with link(server_ssl=server_ssl, client_ssl=client_ssl, host="localhost",
+                        server_secret=b"k", client_secret=b"k") as (_, client, _port):
+            assert await client.wait_connected(5)
+            assert await client.call("echo", b"x" * 1_000_000, timeout=10) == b"x" * 1_000_000
+
+    run(main)
+
+
+def test_tls_with_an_untrusted_server_never_connects(run: Runner, tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ssl.load_cert_chain(cert, key)
+
+    async def main() -> None:
+        async with link(server_ssl=server_ssl, client_ssl=ssl.create_default_context(), host="localhost") as (
+            _, client, _port,
+        ):
+            assert not await client.wait_connected(0.5)
+
+    run(main)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=30,
+    )
+    return cert, key
