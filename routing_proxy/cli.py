@@ -1,0 +1,105 @@
+"""`routing-proxy` / `python -m routing_proxy`: the incumbent's start command, and a few flags more.
+
+    python -m routing_proxy 4321 lcp_map.json [rootCA.pem] [--ssl-cert C --ssl-key K]
+        [--host 0.0.0.0] [--workers N] [--link-secret-file F] [--log-level info]
+
+Only this module configures logging and picks the event loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from .config import ProxyConfig
+from .lcp_map import LcpMapError, load_lcp_map
+from .server import serve, supervise
+
+logger = logging.getLogger("routing_proxy")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="routing-proxy",
+        description="Route FEG device requests to leaf aggregators (values not given come from EDGEFL_PROXY_* env vars).",
+    )
+    parser.add_argument("port", nargs="?", type=int, help="port devices connect to (default 4321)")
+    parser.add_argument("lcp_map", nargs="?", type=Path, help="leaf map JSON (default lcp_map.json)")
+    parser.add_argument("root_ca", nargs="?", type=Path, help="CA certificate to verify the leaves' TLS")
+    parser.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+    parser.add_argument("--ssl-cert", type=Path, help="TLS certificate for devices")
+    parser.add_argument("--ssl-key", type=Path, help="TLS private key for devices")
+    parser.add_argument("--workers", type=int, help="processes sharing the port (default 1)")
+    parser.add_argument("--link-secret-file", type=Path, help="file holding the secret shared with the leaves (or env EDGEFL_LINK_SECRET)")
+    parser.add_argument("--max-body-bytes", type=int, help="largest request body accepted (default 64 MiB)")
+    parser.add_argument("--upstream-timeout", type=float, help="seconds to wait for a leaf before answering RETRY (default 25)")
+    parser.add_argument("--log-level", help="debug, info, warning or error (default info)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    overrides = {name: value for name, value in vars(args).items() if value is not None}
+    try:
+        config = ProxyConfig(**overrides)
+    except ValidationError as exc:
+        print(f"routing-proxy: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    if config.ssl_key is not None and config.ssl_cert is None:
+        print("routing-proxy: --ssl-key needs --ssl-cert", file=sys.stderr)
+        return 2
+    if config.workers > 1 and config.port == 0:
+        print("routing-proxy: several workers need a fixed port, not 0", file=sys.stderr)
+        return 2
+    try:
+        load_lcp_map(config.lcp_map)  # fail before any worker starts
+    except LcpMapError as exc:
+        print(f"routing-proxy: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging(config.log_level)
+    if config.workers == 1:
+        return run_worker(config)
+    return supervise(config, _worker_process)
+
+
+def _worker_process(config: ProxyConfig) -> None:
+    # A multiprocessing target's return value is lost: the exit code must carry it.
+    _configure_logging(config.log_level)
+    sys.exit(run_worker(config))
+
+
+def run_worker(config: ProxyConfig) -> int:
+    """Serve in this process until SIGTERM/SIGINT; return the exit code."""
+    try:
+        _run(serve(config))
+    except OSError as exc:
+        logger.error("cannot serve on %s:%s: %s", config.host, config.port, exc)
+        return 1
+    return 0
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(main)
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+    )

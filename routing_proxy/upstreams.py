@@ -1,0 +1,118 @@
+"""The links to the leaves and their health.
+
+A leaf is healthy while its link is connected and its last `"ping"` (every `health_interval`,
+with a deadline of `health_timeout`) was answered; a failed ping or a lost connection makes it
+unhealthy until a ping succeeds again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import Any
+
+from edge_gateway.rpc import RpcClient, RpcError
+
+from .lcp_map import Leaf
+from .routing import Router
+
+logger = logging.getLogger(__name__)
+
+
+class Upstream:
+    """One leaf and its link."""
+
+    def __init__(self, leaf: Leaf, client: RpcClient) -> None:
+        self.leaf = leaf
+        self.client = client
+        self.ping_ok = False
+
+    @property
+    def healthy(self) -> bool:
+        return self.ping_ok and self.client.connected
+
+
+class Upstreams:
+    """Every leaf of the lcp map, ranked per device over the healthy ones."""
+
+    def __init__(
+        self,
+        leaves: list[Leaf],
+        *,
+        secret: bytes = b"",
+        ssl_context: ssl.SSLContext | None = None,
+        health_interval: float = 1.0,
+        health_timeout: float = 5.0,
+    ) -> None:
+        self.members = [
+            Upstream(leaf, RpcClient(leaf.host, leaf.port, secret, leaf.name, ssl=ssl_context))
+            for leaf in leaves
+        ]
+        self.router = Router([leaf.name for leaf in leaves])
+        self._ping_ok: set[int] = set()
+        self._interval = health_interval
+        self._timeout = health_timeout
+        self._watchers: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Connect to every leaf and start health-checking them."""
+        loop = asyncio.get_running_loop()
+        for index, upstream in enumerate(self.members):
+            await upstream.client.start()
+            self._watchers.append(loop.create_task(self._watch(index, upstream)))
+
+    async def close(self) -> None:
+        for watcher in self._watchers:
+            watcher.cancel()
+        await asyncio.gather(*self._watchers, return_exceptions=True)
+        self._watchers.clear()
+        await asyncio.gather(*(upstream.client.close() for upstream in self.members))
+
+    def candidates(self, device_id: str) -> list[Upstream]:
+        """The healthy leaves for this device, preferred first (PROTOCOL.md §7, ours)."""
+        members = self.members
+        # A lost link counts at once, without waiting for the next ping.
+        return [
+            upstream
+            for i in self.router.preference(device_id, self._ping_ok)
+            if (upstream := members[i]).client.connected
+        ]
+
+    def status(self) -> dict[str, Any]:
+        return {
+            u.leaf.name: {
+                "host": u.leaf.host,
+                "port": u.leaf.port,
+                "connected": u.client.connected,
+                "healthy": u.healthy,
+            }
+            for u in self.members
+        }
+
+    async def _watch(self, index: int, upstream: Upstream) -> None:
+        client = upstream.client
+        while True:
+            if not client.connected:
+                self._set_health(index, upstream, False, "not connected")
+                # Probe as soon as the link is back, so its devices return without delay.
+                if not await client.wait_connected(self._interval):
+                    continue
+            try:
+                await client.call("ping", None, self._timeout)
+            except RpcError as exc:
+                self._set_health(index, upstream, False, f"ping failed: {exc}")
+            else:
+                self._set_health(index, upstream, True, "")
+            await asyncio.sleep(self._interval)
+
+    def _set_health(self, index: int, upstream: Upstream, healthy: bool, reason: str) -> None:
+        if healthy == upstream.ping_ok:
+            return
+        upstream.ping_ok = healthy
+        if healthy:
+            self._ping_ok.add(index)
+            logger.info("leaf %s (%s:%s) is healthy", upstream.leaf.name, upstream.leaf.host, upstream.leaf.port)
+        else:
+            self._ping_ok.discard(index)
+            logger.warning("leaf %s (%s:%s) is unhealthy: %s", upstream.leaf.name, upstream.leaf.host, upstream.leaf.port, reason)

@@ -1,0 +1,163 @@
+"""The proxy as users start it: `python -m routing_proxy PORT lcp_map.json`, as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from routing_proxy.cli import main
+
+from .helpers import SECRET, Leaf, echoed, write_lcp_map
+
+MakeLeaf = Callable[..., Awaitable[Leaf]]
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.integration
+# The loop of the test process does not matter here: the proxy picks its own.
+one_loop = pytest.mark.asyncio(loop_factories=["uvloop"])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@asynccontextmanager
+async def running(command: list[str], log: Path) -> AsyncIterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+async def exit_code(process: subprocess.Popen[bytes], timeout: float) -> int:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (code := process.poll()) is None:
+        if loop.time() > deadline:
+            raise AssertionError(f"process {process.pid} still running after {timeout} s")
+        await asyncio.sleep(0.05)
+    return code
+
+
+async def wait_healthy(http: aiohttp.ClientSession, url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while loop.time() < deadline:
+        assert process.poll() is None, log.read_text()
+        try:
+            async with http.get(f"{url}/health") as reply:
+                if orjson.loads(await reply.read())["healthy"] >= 1:
+                    return
+        except aiohttp.ClientConnectionError:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"proxy never became healthy:\n{log.read_text()}")
+
+
+def setup_files(tmp_path: Path, leaf: Leaf) -> tuple[Path, Path]:
+    secret = tmp_path / "link.secret"
+    secret.write_bytes(SECRET + b"\n")
+    return write_lcp_map(tmp_path / "lcp_map.json", [leaf]), secret
+
+
+@one_loop
+async def test_module_serves_and_drains_on_sigterm(
+    leaves: MakeLeaf, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    arrived = asyncio.Event()
+
+    async def feg(payload: list[Any]) -> list[Any]:
+        if payload[0] == "result":
+            arrived.set()
+            await asyncio.sleep(1.0)  # still in flight when SIGTERM comes
+        return [200, "application/json", b'{"status":"OK","endpoint":"%s"}' % payload[0].encode()]
+
+    leaf = await leaves("C11", feg)
+    lcp_map, secret = setup_files(tmp_path, leaf)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "routing_proxy", str(port), str(lcp_map), "--host", "127.0.0.1",
+               "--link-secret-file", str(secret), "--log-level", "info"]
+    log = tmp_path / "proxy.log"
+    async with running(command, log) as process:
+        await wait_healthy(http, url, process, log)
+        headers = {"X-Flare-Device-ID": "DEV-1", "Content-Type": "application/json"}
+        async with http.get(f"{url}/task?job_id=J", headers=headers) as reply:
+            assert (reply.status, await reply.read()) == (200, b'{"status":"OK","endpoint":"task"}')
+
+        in_flight = asyncio.ensure_future(http.post(f"{url}/result?job_id=J", data=b"{}", headers=headers))
+        await asyncio.wait_for(arrived.wait(), 10)
+        os.kill(process.pid, signal.SIGTERM)
+        reply = await asyncio.wait_for(in_flight, 10)
+        assert (reply.status, await reply.read()) == (200, b'{"status":"OK","endpoint":"result"}')
+        reply.release()
+        assert await exit_code(process, timeout=10) == 0, log.read_text()
+    assert "draining" in log.read_text()
+
+
+@one_loop
+async def test_start_script_with_two_workers(
+    leaves: MakeLeaf, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    leaf = await leaves("C11")
+    lcp_map, secret = setup_files(tmp_path, leaf)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [str(REPO / "scripts" / "start_rp.sh"), str(port), str(lcp_map), "--host", "127.0.0.1",
+               "--workers", "2", "--link-secret-file", str(secret)]
+    log = tmp_path / "proxy.log"
+    async with running(command, log) as process:
+        await wait_healthy(http, url, process, log)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while log.read_text().count("listening on") < 2:
+            assert loop.time() < deadline, log.read_text()
+            await asyncio.sleep(0.1)
+        for i in range(20):
+            # A new connection each time, as the Python simulator does (PROTOCOL.md §6).
+            async with aiohttp.ClientSession() as fresh:
+                async with fresh.post(f"{url}/task?job_id=J", headers={"X-Flare-Device-ID": f"D{i}"}) as reply:
+                    assert echoed(await reply.read())["leaf"] == "C11"
+        os.kill(process.pid, signal.SIGTERM)
+        assert await exit_code(process, timeout=15) == 0, log.read_text()
+
+
+def test_bad_lcp_map_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "lcp_map.json"
+    path.write_text(json.dumps({"C11": {"host": "localhost"}}))
+    assert main(["4321", str(path)]) == 2
+    assert "'C11' needs a port" in capsys.readouterr().err
+
+
+def test_several_workers_need_a_fixed_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["0", str(tmp_path / "lcp_map.json"), "--workers", "2"]) == 2
+    assert "fixed port" in capsys.readouterr().err
+
+
+def test_proxy_imports_nothing_heavy() -> None:
+    code = (
+        "import sys, routing_proxy.cli, routing_proxy.app, routing_proxy.server;"
+        "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'sklearn', 'executorch', 'edge_gateway'))))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
+    assert set(result.stdout.split()) <= {"edge_gateway", "edge_gateway.rpc"}
