@@ -4,7 +4,6 @@ and picks the event loop."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
 import ssl
 import struct
-import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -18,7 +15,10 @@ import pytest
 import uvloop
 
 from device_protocol import frames
+from edge_gateway.processes import free_port
 from edge_gateway.rpc import RpcClient, RpcRemoteError, RpcServer, RpcUnavailable
+
+from ..certificates import self_signed
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop,
@@ -162,7 +162,7 @@ def test_no_request_is_served_before_auth(run: Runner) -> None:
 
 def test_not_connected_fails_at_once(run: Runner) -> None:
     async def main() -> None:
-        client = RpcClient("127.0.0.1", _free_port(), name="nobody", backoff=(0.02, 0.1))
+        client = RpcClient("127.0.0.1", free_port(), name="nobody", backoff=(0.02, 0.1))
         await client.start()
         try:
             started = time.monotonic()
@@ -234,7 +234,7 @@ def test_server_close_grace_lets_handlers_finish(run: Runner) -> None:
 
 
 def test_tls(run: Runner, tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ssl.load_cert_chain(cert, key)
     client_ssl = ssl.create_default_context(cafile=str(cert))
@@ -249,7 +249,7 @@ def test_tls(run: Runner, tmp_path: Path) -> None:
 
 
 def test_tls_with_an_untrusted_server_never_connects(run: Runner, tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ssl.load_cert_chain(cert, key)
 
@@ -262,20 +262,3 @@ def test_tls_with_an_untrusted_server_never_connects(run: Runner, tmp_path: Path
     run(main)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=30,
-    )
-    return cert, key

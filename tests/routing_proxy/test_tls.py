@@ -8,7 +8,8 @@ from pathlib import Path
 
 import aiohttp
 
-from .helpers import Leaf, Proxy, echoed, self_signed
+from ..certificates import self_signed
+from .helpers import Leaf, Proxy, echoed
 
 MakeLeaf = Callable[..., Awaitable[Leaf]]
 MakeProxy = Callable[..., Awaitable[Proxy]]
