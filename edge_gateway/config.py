@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-log = logging.getLogger("edgefl.config")
+log = logging.getLogger(__name__)
 
 # Used when no secret is configured, so a one-machine stack works out of the box; logged loudly.
 DEV_SECRET = "edgefl-development-secret"

@@ -24,7 +24,7 @@ import orjson
 from . import runtime
 from .processes import Child, free_port, spawn, wait_ready_file
 
-log = logging.getLogger("edgefl.local")
+log = logging.getLogger(__name__)
 
 
 def add_local_arguments(parser: argparse.ArgumentParser) -> None:

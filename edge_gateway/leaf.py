@@ -25,7 +25,7 @@ from .payloads import TaskPayload
 from .rpc import RpcClient, RpcRemoteError, RpcServer, RpcUnavailable
 from .uplink import Outcome, ResultBatcher, ServerLink
 
-log = logging.getLogger("edgefl.leaf")
+log = logging.getLogger(__name__)
 
 # Bodies larger than this are decoded in a worker thread so other devices are not held up.
 INLINE_DECODE_LIMIT = 64 * 1024

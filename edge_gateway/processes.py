@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-log = logging.getLogger("edgefl.local")
+log = logging.getLogger(__name__)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -22,7 +22,7 @@ from .jobs import JobSpec
 from .rpc import RpcServer
 from .store import CheckpointStore, weights_to_npz
 
-log = logging.getLogger("edgefl.server")
+log = logging.getLogger(__name__)
 
 
 class Server:

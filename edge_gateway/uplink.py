@@ -24,7 +24,7 @@ from device_protocol.tensors import tensors_to_binary
 from .fedavg import PartialSum
 from .rpc import RpcRemoteError, RpcUnavailable
 
-log = logging.getLogger("edgefl.leaf.uplink")
+log = logging.getLogger(__name__)
 
 
 class ServerLink(Protocol):
