@@ -72,6 +72,7 @@ async def test_sigterm_stops_every_process(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(330)
 async def test_demo_reaches_the_accuracy_target(tmp_path: Path) -> None:
     """The README's demo: digits, 100 non-IID devices (α=0.5), 2 leaves, ≥ 0.93 within 20 rounds."""
     code, out = await run_cli(["local", "--demo", "--port", "0", "--data-dir", str(tmp_path)], timeout=300)
