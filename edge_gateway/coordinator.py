@@ -52,8 +52,6 @@ class JobState:
     leaves: dict[str, LeafSlots] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     device_groups: dict[str, int] = field(default_factory=dict)
-    late_batches: int = 0
-    late_results: int = 0
 
     def __post_init__(self) -> None:
         self.shapes = {name: tuple(arr.shape) for name, arr in self.weights.items()}
@@ -151,8 +149,7 @@ class Coordinator:
         """Count a leaf's batch exactly once, or say why not; may close the round."""
         job = self.job(batch.job_id)
         if job.status != "running" or batch.version != job.version:
-            job.late_batches += 1
-            job.late_results += len(batch.task_ids)
+            # Leaves count these per device (LeafJobReport.late); the server only says so.
             return SubmitReply(accepted=False, late=True,
                                message=f"results for model version {batch.version}; current is {job.version}"), []
         duplicates = [t for t in batch.task_ids if t in job.counted]
@@ -222,4 +219,9 @@ class Coordinator:
 
 def _repeats(ids: list[str]) -> list[str]:
     seen: set[str] = set()
-    return [t for t in ids if t in seen or seen.add(t)]  # type: ignore[func-returns-value]
+    repeated = []
+    for task_id in ids:
+        if task_id in seen:
+            repeated.append(task_id)
+        seen.add(task_id)
+    return repeated
