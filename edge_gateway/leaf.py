@@ -101,7 +101,7 @@ class Leaf:
         elif isinstance(request, TaskRequest):
             return await self._task(request, as_msgpack)
         elif isinstance(request, ResultRequest):
-            reply = await self._result(request)
+            reply = await self._result(request, offload=len(body) > INLINE_DECODE_LIMIT)
         else:
             reply = await self._selection(request)
         content_type, data = encode(reply, as_msgpack)
@@ -152,7 +152,7 @@ class Leaf:
         content_type, data = encode(reply, as_msgpack)
         return [200, content_type, data]
 
-    async def _result(self, request: ResultRequest) -> dict[str, Any]:
+    async def _result(self, request: ResultRequest, offload: bool) -> dict[str, Any]:
         ids = {"task_id": request.task_id, "task_name": request.task_name}
         job = self.jobs.get(request.job_id)
         if job is None:
@@ -171,7 +171,10 @@ class Leaf:
             return response(Status.OK, message=f"late result for model version {version}: not counted", **ids)
         try:
             shapes = {k: tuple(v) for k, v in job.view.param_shapes.items()}
-            update, weight = decode_update(request.result, shapes)
+            if offload:  # lists of a large diff take milliseconds to turn into arrays
+                update, weight = await asyncio.to_thread(decode_update, request.result, shapes)
+            else:
+                update, weight = decode_update(request.result, shapes)
         except UpdateRejected as exc:
             job.refused += 1
             log.info("refused result from %s: %s", request.identity.device_id, exc.message)
