@@ -32,7 +32,7 @@ class JobView(_Message):
     param_shapes: dict[str, list[int]]
     config: dict[str, Any]
     task_meta: dict[str, Any]
-    task_kind: str = "WEIGHTS"
+    task_kind: Literal["WEIGHTS", "APP_DEFINED"] = "WEIGHTS"
     device_groups: dict[str, int] = {}  # simulator groups: devices "<prefix>#0" .. "<prefix>#<n-1>"
 
 

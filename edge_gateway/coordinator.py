@@ -126,6 +126,7 @@ class Coordinator:
             round=job.round, selection_id=job.selection_id, quota=grant, free_slots=free, retry_wait=spec.retry_wait,
             task_timeout=spec.task_timeout, param_shapes={k: list(v) for k, v in job.shapes.items()},
             config=spec.app_config(), task_meta=spec.task_meta(), device_groups=job.device_groups,
+            task_kind="APP_DEFINED" if spec.runtime == "executorch" else "WEIGHTS",
         )
 
     def _grant(self, job: JobState, leaf: str, report: LeafJobReport, now: float) -> tuple[int, int]:

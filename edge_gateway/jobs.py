@@ -8,6 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ModelName = Literal["xor", "digits", "cifar10"]
+# pytorch: task data carries the weights; executorch: a training program (.pte) phones run.
+Runtime = Literal["pytorch", "executorch"]
 
 
 class JobSpec(BaseModel):
@@ -17,6 +19,7 @@ class JobSpec(BaseModel):
 
     name: str = Field(min_length=1, max_length=200)
     model: ModelName = "digits"
+    runtime: Runtime = "pytorch"
     rounds: int = Field(default=5, ge=1, le=100_000)
     devices_per_round: int = Field(default=10, ge=1, le=1_000_000, description="results that close a round")
     over_selection: float = Field(default=0.2, ge=0.0, le=10.0, description="extra tasks handed out for drop-outs")
@@ -26,7 +29,7 @@ class JobSpec(BaseModel):
     retry_wait: int = Field(default=30, ge=1, le=3600, description="seconds devices wait after Model not ready / Device not selected")
     epochs: int = Field(default=1, ge=1, le=1000)
     lr: float = Field(default=0.01, gt=0.0)
-    batch_size: int = Field(default=4, ge=1, le=4096)
+    batch_size: int = Field(default=4, ge=1, le=4096, description="for executorch: the largest batch the program takes")
     server_lr: float = Field(default=1.0, gt=0.0)
     seed: int = 0
     evaluate: bool = True
@@ -59,7 +62,7 @@ class JobSpec(BaseModel):
         }
 
     def task_meta(self) -> dict[str, Any]:
-        return {
+        meta: dict[str, Any] = {
             "model": self.model,
             "epochs": self.epochs,
             "total_epochs": self.epochs,
@@ -67,3 +70,8 @@ class JobSpec(BaseModel):
             "learning_rate": self.lr,
             "batch_size": self.batch_size,
         }
+        if self.runtime == "executorch":
+            # What the phone apps read to load the program (PROTOCOL.md §4).
+            meta.update(model_buffer_type="executorch", model_buffer_native_format="binary",
+                        model_buffer_encoding="base64")
+        return meta

@@ -36,7 +36,10 @@ def add_local_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--devices-per-round", type=int, default=10)
     parser.add_argument("--simulated", type=int, default=20, help="simulated devices to run (0: wait for phones)")
-    parser.add_argument("--trainer", default="pytorch", choices=("pytorch", "synthetic"))
+    parser.add_argument("--runtime", default=None, choices=("pytorch", "executorch"),
+                        help="what devices train (default: executorch for job names ending in _et, like the phone apps')")
+    parser.add_argument("--trainer", default=None, choices=("pytorch", "synthetic", "executorch"),
+                        help="simulated devices' trainer (default: executorch for executorch jobs, else pytorch)")
     parser.add_argument("--codec", default="json", choices=("json", "msgpack"))
     parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet α of the non-IID split")
     parser.add_argument("--epochs", type=int, default=None)
@@ -130,8 +133,12 @@ def job_spec(args: argparse.Namespace) -> dict[str, Any]:
                 "lr": demo.lr, "batch_size": demo.batch_size, "retry_wait": 1, "seed": demo.seed,
                 "task_timeout": 60.0, "round_timeout": 120.0}
     model = args.model or next((m for m in ("xor", "cifar10", "digits") if m in args.job), "digits")
-    spec: dict[str, Any] = {"name": args.job, "model": model, "rounds": args.rounds,
+    trains = args.runtime or ("executorch" if args.job.endswith("_et") else "pytorch")
+    spec: dict[str, Any] = {"name": args.job, "model": model, "runtime": trains, "rounds": args.rounds,
                             "devices_per_round": args.devices_per_round, "seed": args.seed}
+    if trains == "executorch":
+        # The example apps' data sets: XOR one sample at a time, CIFAR-10 in batches of 4.
+        spec["batch_size"] = 1 if model == "xor" else 4
     for flag, key in (("epochs", "epochs"), ("lr", "lr"), ("batch_size", "batch_size"), ("retry_wait", "retry_wait")):
         if getattr(args, flag) is not None:
             spec[key] = getattr(args, flag)
@@ -193,7 +200,7 @@ async def run_local(args: argparse.Namespace) -> int:
               flush=True)
         devices = None
         if args.simulated > 0:
-            devices = asyncio.get_running_loop().create_task(_simulate(args, stack.proxy_url, spec["name"]))
+            devices = asyncio.get_running_loop().create_task(_simulate(args, stack.proxy_url, spec))
         status = await watch_job(stack.api_url, job_id, stop, out=lambda line: print(line, flush=True))
         if devices is not None:
             devices.cancel()
@@ -214,8 +221,9 @@ async def _stop_stack(stack: Stack) -> None:
     log.info("stopped: %s", ", ".join(f"{k} exit {v}" for k, v in codes.items()))
 
 
-async def _simulate(args: argparse.Namespace, url: str, job: str) -> Any:
+async def _simulate(args: argparse.Namespace, url: str, spec: dict[str, Any]) -> Any:
     from .simulator.runner import run_simulation
 
-    return await run_simulation(url=url, job=job, devices=args.simulated, trainer=args.trainer, codec=args.codec,
+    trainer = args.trainer or ("executorch" if spec.get("runtime") == "executorch" else "pytorch")
+    return await run_simulation(url=url, job=spec["name"], devices=args.simulated, trainer=trainer, codec=args.codec,
                                 alpha=args.alpha, seed=args.seed)

@@ -278,8 +278,13 @@ class Leaf:
         key = (view.job_id, view.model_version)
         try:
             reply = await self._link.call("model", {"job_id": view.job_id, "version": view.model_version}, 60.0)
-            weights = tensors_from_binary(reply["weights"])
-            payload = await asyncio.to_thread(TaskPayload, view.job_id, view.model_version, weights, view.task_meta)
+            if view.task_kind == "APP_DEFINED":
+                payload = await asyncio.to_thread(TaskPayload.for_program, view.job_id, view.model_version,
+                                                  reply["program"], view.task_meta)
+            else:
+                weights = tensors_from_binary(reply["weights"])
+                payload = await asyncio.to_thread(TaskPayload.for_weights, view.job_id, view.model_version, weights,
+                                                  view.task_meta)
             current = self.jobs.get(view.job_id)
             if current is not None and current.view.model_version == view.model_version:
                 self._payloads[view.job_id] = payload

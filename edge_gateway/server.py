@@ -19,6 +19,7 @@ from device_protocol.tensors import tensors_from_binary, tensors_to_binary
 from .config import ServerConfig
 from .coordinator import Coordinator, JobNotFound, NewVersion
 from .jobs import JobSpec
+from .programs import ProgramBuilder
 from .rpc import RpcServer
 from .store import CheckpointStore, weights_to_npz
 
@@ -35,6 +36,9 @@ class Server:
         self._rpc = RpcServer({"sync": self.handle_sync, "model": self.handle_model, "submit": self.handle_submit,
                                "register": self.handle_register}, config.secret_bytes())
         self._model_cache: dict[tuple[str, int], dict[str, Any]] = {}
+        self._programs = ProgramBuilder()
+        self._base_programs: dict[str, asyncio.Task[bytes]] = {}  # exported once per job
+        self._version_programs: dict[tuple[str, int], asyncio.Task[bytes]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._runner: web.AppRunner | None = None
         self._tick_task: asyncio.Task[None] | None = None
@@ -63,6 +67,9 @@ class Server:
             await asyncio.gather(*self._background, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
+        for task in [*self._base_programs.values(), *self._version_programs.values()]:
+            task.cancel()
+        self._programs.close()
 
     def _restore(self) -> None:
         now = time.monotonic()
@@ -82,6 +89,8 @@ class Server:
         self.coordinator.add_job(job_id, spec, weights, time.monotonic())
         self._checkpoint(job_id)
         self._evaluate_later(job_id, 0)
+        if spec.runtime == "executorch":
+            self._program(job_id, 0)  # exported now, off the request path, while devices hear "Model not ready"
         log.info("job %s (%s) submitted: %d rounds, %d devices per round", job_id, spec.name, spec.rounds,
                  spec.devices_per_round)
         return job_id
@@ -127,6 +136,8 @@ class Server:
             # drop the results it keeps for the old one) before it is on disk.
             self._checkpoint(event.job_id)
             self._evaluate_later(event.job_id, event.version)
+            if job.spec.runtime == "executorch" and job.status == "running":
+                self._program(event.job_id, event.version)  # ready before the leaves ask
 
     async def _tick_loop(self) -> None:
         while True:
@@ -142,6 +153,7 @@ class Server:
         return self.coordinator.sync(request, time.monotonic()).model_dump()
 
     async def handle_model(self, payload: Any) -> dict[str, Any]:
+        """The current version's task content: weights, or for phone jobs the training program."""
         request = ModelRequest.model_validate(payload)
         job = self.coordinator.job(request.job_id)
         if request.version != job.version:
@@ -149,10 +161,34 @@ class Server:
         key = (request.job_id, request.version)
         cached = self._model_cache.get(key)
         if cached is None:
-            self._model_cache = {k: v for k, v in self._model_cache.items() if k[0] != request.job_id}
-            cached = {"version": job.version, "weights": tensors_to_binary(job.weights)}
-            self._model_cache[key] = cached
+            if job.spec.runtime == "executorch":
+                program = await asyncio.shield(self._program(job.job_id, job.version))
+                cached = {"version": request.version, "program": program}
+            else:
+                cached = {"version": request.version, "weights": tensors_to_binary(job.weights)}
+            if self.coordinator.job(request.job_id).version == request.version:
+                self._model_cache = {k: v for k, v in self._model_cache.items() if k[0] != request.job_id}
+                self._model_cache[key] = cached
         return cached
+
+    def _program(self, job_id: str, version: int) -> asyncio.Task[bytes]:
+        """The training program of one model version, built once however many leaves ask."""
+        key = (job_id, version)
+        task = self._version_programs.get(key)
+        if task is None or _failed(task):
+            job = self.coordinator.job(job_id)
+            base = self._base_programs.get(job_id)
+            if base is None or _failed(base):
+                # Exported once per job (with whatever weights are current: they are overwritten).
+                base = asyncio.ensure_future(self._programs.export(job.spec.model, dict(job.weights), job.spec.batch_size))
+                self._base_programs[job_id] = base
+            task = asyncio.ensure_future(self._with_weights(base, dict(job.weights)))
+            self._version_programs = {k: v for k, v in self._version_programs.items() if k[0] != job_id}
+            self._version_programs[key] = task
+        return task
+
+    async def _with_weights(self, base: asyncio.Future[bytes], weights: dict[str, np.ndarray]) -> bytes:
+        return await self._programs.with_weights(await base, weights)
 
     async def handle_register(self, payload: Any) -> None:
         request = RegisterGroup.model_validate(payload)
@@ -168,6 +204,10 @@ class Server:
         # The version the batch went into is checkpointed before the leaf is answered.
         self._on_versions(events)
         return reply.model_dump()
+
+
+def _failed(task: asyncio.Future[Any]) -> bool:
+    return task.done() and (task.cancelled() or task.exception() is not None)
 
 
 # -- HTTP API ---------------------------------------------------------------------------------
