@@ -34,6 +34,9 @@ class JobView(_Message):
     task_meta: dict[str, Any]
     task_kind: Literal["WEIGHTS", "APP_DEFINED"] = "WEIGHTS"
     device_groups: dict[str, int] = {}  # simulator groups: devices "<prefix>#0" .. "<prefix>#<n-1>"
+    # Who may train (None: anyone), e.g. keeping simulated devices off a real phone's task.
+    platforms: list[str] | None = None
+    device_ids: list[str] | None = None
 
 
 class LeafJobReport(_Message):

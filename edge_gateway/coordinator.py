@@ -127,6 +127,7 @@ class Coordinator:
             task_timeout=spec.task_timeout, param_shapes={k: list(v) for k, v in job.shapes.items()},
             config=spec.app_config(), task_meta=spec.task_meta(), device_groups=job.device_groups,
             task_kind="APP_DEFINED" if spec.runtime == "executorch" else "WEIGHTS",
+            platforms=spec.platforms, device_ids=spec.device_ids,
         )
 
     def _grant(self, job: JobState, leaf: str, report: LeafJobReport, now: float) -> tuple[int, int]:

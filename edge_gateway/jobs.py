@@ -5,11 +5,18 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ModelName = Literal["xor", "digits", "cifar10"]
 # pytorch: task data carries the weights; executorch: a training program (.pte) phones run.
 Runtime = Literal["pytorch", "executorch"]
+Backend = Literal["portable", "xnnpack"]
+
+XNNPACK_REFUSED = (
+    "backend 'xnnpack' is refused: with executorch 1.5.1, XNNPACK lowering of a training program is "
+    "silently wrong (conv biases are absorbed into the delegate, named_parameters() no longer line up "
+    "with the model and the loss goes NaN) and gives XOR no speed-up; use backend 'portable'"
+)
 
 
 class JobSpec(BaseModel):
@@ -20,6 +27,10 @@ class JobSpec(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     model: ModelName = "digits"
     runtime: Runtime = "pytorch"
+    backend: Backend = Field(default="portable", description="ExecuTorch kernels the program is built for")
+    platforms: list[str] | None = Field(
+        default=None, description="only devices whose X-Flare-Device-Info platform is listed get tasks (e.g. ios, android)")
+    device_ids: list[str] | None = Field(default=None, description="only these device ids get tasks")
     rounds: int = Field(default=5, ge=1, le=100_000)
     devices_per_round: int = Field(default=10, ge=1, le=1_000_000, description="results that close a round")
     over_selection: float = Field(default=0.2, ge=0.0, le=10.0, description="extra tasks handed out for drop-outs")
@@ -34,10 +45,17 @@ class JobSpec(BaseModel):
     seed: int = 0
     evaluate: bool = True
 
+    @field_validator("platforms")
+    @classmethod
+    def _lower_case(cls, platforms: list[str] | None) -> list[str] | None:
+        return None if platforms is None else [p.lower() for p in platforms]
+
     @model_validator(mode="after")
-    def _lease_fits_round(self) -> "JobSpec":
+    def _consistent(self) -> "JobSpec":
         if self.task_timeout > self.round_timeout:
             raise ValueError("task_timeout must not exceed round_timeout")
+        if self.backend == "xnnpack":
+            raise ValueError(XNNPACK_REFUSED)
         return self
 
     @property

@@ -130,7 +130,8 @@ class Leaf:
         while True:
             payload = self._payloads.get(job.view.job_id)
             ready = payload is not None and payload.version == job.view.model_version
-            decision, lease = job.decide_task(device_id, loop.time(), ready)
+            decision, lease = job.decide_task(device_id, loop.time(), ready,
+                                              request.identity.device_info.get("platform"))
             left = give_up - loop.time()
             if decision is not TaskDecision.NOT_SELECTED or left <= 0 or job.view.free_slots == 0:
                 break

@@ -18,6 +18,7 @@ class TaskDecision(Enum):
     NOT_READY = "not_ready"
     NOT_SELECTED = "not_selected"  # no free slot: may be worth waiting a moment for one
     ALREADY_TRAINED = "already_trained"  # trained in this selection: wait for the next
+    NOT_ELIGIBLE = "not_eligible"  # the job's allow-lists leave this device out
     TASK = "task"
 
 
@@ -82,10 +83,20 @@ class LeafJob:
                 self.expired_tasks.add(lease.task_id)
 
     # -- devices ------------------------------------------------------------------------------
-    def decide_task(self, device_id: str, now: float, model_ready: bool) -> tuple[TaskDecision, Lease | None]:
+    def eligible(self, device_id: str, platform: str | None) -> bool:
+        """Whether the job takes this device at all (its allow-lists)."""
+        view = self.view
+        if view.device_ids is not None and device_id not in view.device_ids:
+            return False
+        return view.platforms is None or (platform or "").lower() in view.platforms
+
+    def decide_task(self, device_id: str, now: float, model_ready: bool,
+                    platform: str | None = None) -> tuple[TaskDecision, Lease | None]:
         view = self.view
         if view.status == "done":
             return TaskDecision.NO_JOB, None
+        if not self.eligible(device_id, platform):
+            return TaskDecision.NOT_ELIGIBLE, None
         if view.status != "running" or view.model_version < 0 or not model_ready:
             return TaskDecision.NOT_READY, None
         lease = self.leases.get(device_id)

@@ -8,10 +8,16 @@ a copy of that program (microseconds, docs: edge_gateway/models/executorch_progr
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
+import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
+
+log = logging.getLogger(__name__)
+MPS_SWITCH = "NVFLARE_EDGE_ENABLE_MPS"
 
 
 class ProgramBuilder:
@@ -28,6 +34,10 @@ class ProgramBuilder:
 
     async def export(self, model: str, weights: dict[str, np.ndarray], batch_size: int) -> bytes:
         from .models.executorch_program import export_training_program
+
+        if os.environ.get(MPS_SWITCH) and sys.platform != "darwin":
+            # Apple's Metal backend exists only in macOS builds of executorch.
+            log.warning("%s is set but ignored: MPS needs macOS; exporting for portable kernels", MPS_SWITCH)
 
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._worker(), export_training_program, model, weights, batch_size)

@@ -110,3 +110,9 @@ def test_job_spec_rules():
     spec = JobSpec(name="x", devices_per_round=10, over_selection=0.25)
     assert spec.tasks_per_selection == 13 and spec.min_results == 5
     assert spec.app_config()["components"][0]["type"] == "Trainer.DLTrainer"
+
+
+def test_xnnpack_refused_with_the_reason_and_platforms_normalised():
+    with pytest.raises(ValueError, match="conv biases are absorbed"):
+        JobSpec(name="x", runtime="executorch", backend="xnnpack")
+    assert JobSpec(name="x", platforms=["iOS", "Android"]).platforms == ["ios", "android"]

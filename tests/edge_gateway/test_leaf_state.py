@@ -62,3 +62,14 @@ def test_waiting_forgets_devices_that_went_quiet():
     job.decide_task("a", 0.0, True)
     job.decide_task("b", 4.0, True)
     assert job.report(6.0).waiting == 1
+
+
+def test_allow_lists_keep_other_devices_off_the_job():
+    job = LeafJob(view=view(platforms=["ios", "android"], quota=5), waiting_window=60)
+    assert job.decide_task("sim-1", 0.0, True, "sim")[0] is TaskDecision.NOT_ELIGIBLE
+    assert job.decide_task("sim-2", 0.0, True, None)[0] is TaskDecision.NOT_ELIGIBLE
+    assert job.decide_task("phone", 0.0, True, "ios")[0] is TaskDecision.TASK
+    job = LeafJob(view=view(device_ids=["my-iphone"], quota=5), waiting_window=60)
+    assert job.decide_task("other", 0.0, True, "ios")[0] is TaskDecision.NOT_ELIGIBLE
+    assert job.decide_task("my-iphone", 0.0, True, "ios")[0] is TaskDecision.TASK
+    assert job.report(0.0).waiting == 0  # left-out devices do not ask the server for slots

@@ -44,3 +44,20 @@ async def test_ios_and_android_devices_complete_a_job(stack: Stack, http: aiohtt
             for name, value in expected.items():
                 np.testing.assert_allclose(npz[name], value, atol=1e-6)
     assert (await job_status(stack.api_url, job_id))["model_version"] == 2
+
+
+async def test_phone_only_job_keeps_simulated_devices_off(stack: Stack, http: aiohttp.ClientSession) -> None:
+    """A job reserved for phones (`platforms`): a simulated device is never selected, an iPhone is."""
+    job_id = await submit_job(stack.api_url, name="phones_only", model="xor", rounds=1, devices_per_round=1,
+                              retry_wait=1, platforms=["ios", "android"], evaluate=False)
+    await wait_for(stack.api_url, job_id, lambda s: len(s["leaves"]) == 2, timeout=30)
+    sim = IosDevice(http, stack.proxy_url, "sim-7", "phones_only")
+    sim.headers = lambda endpoint: {"X-Flare-Device-ID": "sim-7", "Content-Type": "application/json",  # type: ignore[method-assign]
+                                    "X-Flare-Device-Info": "device_id=sim-7&app_name=edgefl-sim&platform=sim"}
+    for _ in range(3):
+        reply = await sim.post("task", f"?job_id={job_id}", {})
+        assert reply["status"] == "RETRY" and reply["message"] == "Device not selected"
+    phone = IosDevice(http, stack.proxy_url, "iphone-1", "phones_only")
+    transcript = await phone.run(max_tasks=1, deadline=asyncio.get_running_loop().time() + 30)
+    assert [a["status"] for a in transcript.results] == ["OK"]
+    assert (await wait_for(stack.api_url, job_id, lambda s: s["status"] == "done", timeout=10))["results_counted"] == 1
