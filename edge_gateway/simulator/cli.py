@@ -23,9 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--job", required=True, help="name of the job the devices ask for")
     parser.add_argument("--devices", type=int, required=True, help="number of simulated devices")
     parser.add_argument("--trainer", choices=TRAINERS, default="synthetic",
-                        help="pytorch: real SGD on a Dirichlet shard; synthetic: random diffs, no torch")
-    parser.add_argument("--codec", choices=CODECS, default="json", help="task and result encoding")
-    parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet label skew of the shards (pytorch)")
+                        help="pytorch: real SGD on a Dirichlet shard; synthetic: random diffs, no torch; "
+                             "executorch: trains the task's ExecuTorch program (APP_DEFINED) on the same "
+                             "shards and uploads what the iOS app uploads (et_tensor_diff JSON)")
+    parser.add_argument("--codec", choices=CODECS, default="json",
+                        help="task and result encoding (the executorch trainer ignores it: always JSON, like iOS)")
+    parser.add_argument("--alpha", type=float, default=0.5,
+                        help="Dirichlet label skew of the shards (pytorch, executorch)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--duration", type=float, default=None,
                         help="stop after this many seconds (default: when every device is done)")

@@ -26,9 +26,12 @@ class SimulationConfig(BaseModel):
     url: str = Field(description="the routing proxy, e.g. http://127.0.0.1:4321 (any path is ignored)")
     job: str = Field(min_length=1, description="job name to ask /job for")
     devices: int = Field(ge=1, le=1_000_000)
-    trainer: TrainerKind = "synthetic"
-    codec: Codec = "json"
-    alpha: float = Field(default=0.5, gt=0.0, description="Dirichlet label skew of the PyTorch shards")
+    trainer: TrainerKind = Field(default="synthetic", description=(
+        "synthetic: random diffs, no torch; pytorch: SGD on a Dirichlet shard; executorch: trains the "
+        "task's .pte on the same shards and uploads the iOS app's et_tensor_diff"))
+    codec: Codec = Field(default="json", description=(
+        "task and result encoding; executorch devices ignore it and speak JSON only, as the iOS app does"))
+    alpha: float = Field(default=0.5, gt=0.0, description="Dirichlet label skew of the pytorch and executorch shards")
     seed: int = 0
     duration: float | None = Field(default=None, gt=0.0, description="deadline in seconds; None: until every device is done")
     connections: int = Field(default=256, ge=1, description="keep-alive connection pool size")
@@ -72,7 +75,9 @@ async def run_simulation(config: SimulationConfig | None = None, /, *, progress:
     settings = DeviceSettings(
         base_url=URL(config.url).with_path("/"),
         job_name=config.job,
-        codec=config.codec,
+        # Phones speak JSON: the APP_DEFINED program is base64 text whatever the codec, and the iOS
+        # app posts its et_tensor_diff (and its errors) as JSON.
+        codec="json" if config.trainer == "executorch" else config.codec,
         keep_polling=config.keep_polling,
         result_attempts=config.result_attempts,
         backoff=(config.backoff_min, config.backoff_max),

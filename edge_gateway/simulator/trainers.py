@@ -1,6 +1,8 @@
-"""What a simulated device does with a task: real PyTorch SGD on its own shard, or random diffs.
+"""What a simulated device does with a task: real SGD on its own shard, or random diffs.
 
-Only `PytorchTrainer` touches torch, inside worker threads, so a synthetic run never imports it.
+`PytorchTrainer` trains the task's weights with torch; `ExecutorchTrainer` trains the task's
+ExecuTorch program as the iOS app does. Only they touch torch/executorch, inside worker threads,
+so a synthetic run never imports either.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from .wire import TaskDataError, task_meta, task_shapes, task_weights
+from .wire import EtTensorDiff, TaskDataError, decode_program, program_task, task_meta, task_shapes, task_weights
 
-TrainerKind = Literal["pytorch", "synthetic"]
-TRAINERS: tuple[str, ...] = ("pytorch", "synthetic")
+TrainerKind = Literal["pytorch", "synthetic", "executorch"]
+TRAINERS: tuple[str, ...] = ("pytorch", "synthetic", "executorch")
 
 Diff = dict[str, np.ndarray]
 
@@ -93,30 +95,78 @@ class PytorchTrainer:
         from edge_gateway.models import train_local
 
         weights = task_weights(task_data)  # decoded here: a large model's lists are slow to parse
-        # A fresh but reproducible shuffle per device and model version.
-        seed = int(np.random.SeedSequence([self._seed, self._index, int(meta.get("model_version", 0))]).generate_state(1)[0])
         diff, num_samples, _ = train_local(
             model, weights, x, y,
             epochs=int(meta.get("epochs", meta.get("total_epochs", 1))),
             lr=float(meta.get("lr", meta.get("learning_rate", 0.01))),
             batch_size=int(meta.get("batch_size", 4)),
-            seed=seed,
+            seed=_shuffle_seed(self._seed, self._index, meta),
         )
         return diff, num_samples
 
 
+class ExecutorchTrainer:
+    """A phone: trains the APP_DEFINED task's .pte in ExecuTorch on device `index`'s shard, off the loop.
+
+    Same shards as `PytorchTrainer`; the diff keeps the program's `net.` names and the task's
+    hyper-parameters, so `wire.result_body` posts exactly the iOS app's `et_tensor_diff` JSON.
+    """
+
+    def __init__(self, data: ShardedData, index: int, seed: int, pool: Executor) -> None:
+        self._data = data
+        self._index = index
+        self._seed = seed
+        self._pool = pool
+
+    async def train(self, task_data: Mapping[str, Any]) -> tuple[Diff, int]:
+        text, meta = program_task(task_data)
+        model = meta.get("model")
+        if not isinstance(model, str):
+            raise TaskDataError("task meta names no model")
+        epochs, lr, batch_size = _program_hyper_parameters(meta)
+        x, y = await self._data.shard(model, self._index)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._train, text, meta, epochs, lr, batch_size, x, y)
+
+    def _train(self, text: str, meta: dict[str, Any], epochs: int, lr: float, batch_size: int,
+               x: np.ndarray, y: np.ndarray) -> tuple[Diff, int]:
+        from edge_gateway.models.executorch_runtime import train_program
+
+        # `program` stays referenced until train_program returns: the runtime reads it in place.
+        program = decode_program(text)
+        diff, num_samples, _ = train_program(program, x, y, epochs=epochs, lr=lr, batch_size=batch_size,
+                                             seed=_shuffle_seed(self._seed, self._index, meta))
+        return EtTensorDiff(diff, {"epochs": epochs, "learning_rate": lr, "batch_size": batch_size}), num_samples
+
+
 def make_pool(kind: TrainerKind) -> ThreadPoolExecutor:
     """The run's worker threads (one per core) for training and for encoding large bodies."""
-    initializer = _one_torch_thread if kind == "pytorch" else None
+    initializer = _one_torch_thread if kind in ("pytorch", "executorch") else None
     return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="sim-worker", initializer=initializer)
 
 
 def make_trainers(kind: TrainerKind, num_devices: int, *, alpha: float, seed: int, pool: Executor) -> list[Trainer]:
-    """One trainer per device; PyTorch trainers share one `ShardedData`."""
+    """One trainer per device; PyTorch and ExecuTorch trainers share one `ShardedData`."""
     if kind == "synthetic":
         return [SyntheticTrainer(np.random.default_rng([seed, i])) for i in range(num_devices)]
     data = ShardedData(num_devices, alpha, seed, pool)
-    return [PytorchTrainer(data, i, seed, pool) for i in range(num_devices)]
+    trainer = ExecutorchTrainer if kind == "executorch" else PytorchTrainer
+    return [trainer(data, i, seed, pool) for i in range(num_devices)]
+
+
+def _shuffle_seed(seed: int, index: int, meta: Mapping[str, Any]) -> int:
+    """A fresh but reproducible shuffle per device and model version."""
+    return int(np.random.SeedSequence([seed, index, int(meta.get("model_version", 0))]).generate_state(1)[0])
+
+
+def _program_hyper_parameters(meta: Mapping[str, Any]) -> tuple[int, float, int]:
+    """(epochs, learning rate, batch size) as the iOS app reads them from the task meta."""
+    epochs = meta.get("total_epochs", meta.get("epochs", 1))
+    lr = meta.get("learning_rate", meta.get("lr", 0.01))
+    batch_size = meta.get("batch_size", 4)
+    if type(epochs) is not int or type(batch_size) is not int or type(lr) not in (int, float):
+        raise TaskDataError(f"bad hyper-parameters in task meta: epochs={epochs!r}, lr={lr!r}, batch_size={batch_size!r}")
+    return epochs, float(lr), batch_size
 
 
 def _one_torch_thread() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import urlencode
@@ -23,10 +25,26 @@ PLATFORM = "sim"
 METHODS: tuple[str, ...] = ("xor", "digits", "cifar10")
 RESULT_KIND = "WEIGHT_DIFF"
 TASK_KIND = "WEIGHTS"
+# What phones get and send back (PROTOCOL.md §4-§5): an ExecuTorch program, an `et_tensor_diff`.
+PROGRAM_TASK_KIND = "APP_DEFINED"
+ET_RESULT_KIND = "et_tensor_diff"
+PTE_MAGIC = b"ET12"  # bytes 4..8 of a .pte
 
 
 class TaskDataError(ValueError):
-    """Task data this simulator cannot train on (not WEIGHTS, malformed tensors)."""
+    """Task data this simulator cannot train on (wrong kind, malformed tensors or program)."""
+
+
+class EtTensorDiff(dict[str, np.ndarray]):
+    """A diff to upload as the iOS app does: `et_tensor_diff` JSON with `meta`, whatever the codec.
+
+    The keys are already the program's `net.`-prefixed names; `meta` holds the task's epochs,
+    learning_rate and batch_size (`result_body` adds num_samples).
+    """
+
+    def __init__(self, diff: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        super().__init__(diff)
+        self.meta = dict(meta)
 
 
 def identity_headers(device_id: str) -> dict[str, str]:
@@ -45,7 +63,13 @@ def task_body(cookie: Mapping[str, Any] | None) -> bytes:
 
 def result_body(codec: Codec, diff: Mapping[str, np.ndarray], num_samples: int,
                 cookie: Mapping[str, Any] | None) -> tuple[str, bytes]:
-    """(content type, body) of a `/result` carrying a weight diff; the cookie goes back verbatim."""
+    """(content type, body) of a `/result` carrying a weight diff; the cookie goes back verbatim.
+
+    An `EtTensorDiff` is always posted as JSON, exactly as the iOS app posts it (PROTOCOL.md §5).
+    """
+    if isinstance(diff, EtTensorDiff):
+        result = to_et_tensor_diff(diff, {**diff.meta, "num_samples": num_samples}, kind=ET_RESULT_KIND, prefix="")
+        return JSON, orjson.dumps({"result": result, "cookie": cookie})
     meta = {"num_samples": num_samples}
     if codec == "msgpack":
         arrays = {name: np.asarray(arr, dtype=np.float32) for name, arr in diff.items()}
@@ -78,6 +102,33 @@ def task_meta(task_data: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(meta, Mapping):
         raise TaskDataError("task data has no meta object")
     return dict(meta)
+
+
+def program_task(task_data: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(base64 text of the .pte, meta) of APP_DEFINED task data, checked as the iOS app checks it."""
+    kind = task_data.get("kind")
+    if kind != PROGRAM_TASK_KIND:
+        raise TaskDataError(f"task data of kind {kind!r}; an executorch device trains on {PROGRAM_TASK_KIND}")
+    data, meta = task_data.get("data"), task_data.get("meta")
+    if not isinstance(data, str):
+        raise TaskDataError("APP_DEFINED task data is not a string")
+    if not isinstance(meta, Mapping):
+        raise TaskDataError("task data has no meta object")
+    for key, expected in (("model_buffer_type", "executorch"), ("model_buffer_encoding", "base64")):
+        if meta.get(key, expected) != expected:
+            raise TaskDataError(f"task meta {key} is {meta[key]!r}, expected {expected!r}")
+    return data, dict(meta)
+
+
+def decode_program(text: str) -> bytes:
+    """The .pte bytes of an APP_DEFINED task's base64 `data`."""
+    try:
+        program = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise TaskDataError(f"program is not valid base64: {exc}") from None
+    if program[4:8] != PTE_MAGIC:
+        raise TaskDataError(f"program is not a .pte (bytes 4..8 are {program[4:8]!r}, expected {PTE_MAGIC!r})")
+    return program
 
 
 def task_weights(task_data: Mapping[str, Any]) -> dict[str, np.ndarray]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -47,6 +48,9 @@ class FakeFeg:
     retry_first_task: bool = True
     weights: Mapping[str, np.ndarray] = field(default_factory=lambda: TINY_WEIGHTS)
     meta: Mapping[str, Any] = field(default_factory=lambda: TINY_META)
+    # When set, tasks carry this ExecuTorch program as phones get it (APP_DEFINED, base64 text in
+    # either codec, as the gateway sends it); `weights` then only gives the shapes results must have.
+    program: bytes | None = None
     scripts: dict[str, Script] = field(default_factory=dict)
     # Per device, in arrival order: "job:OK", "task:RETRY", ... (tests add "sleep:<s>").
     events: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
@@ -106,11 +110,16 @@ class FakeFeg:
         # Nested and odd values: the echo must be verbatim, not merely "a cookie".
         cookie = {"model_version": 7, "device_selection_id": k, "sig": "a1b2", "nested": {"x": [1, 2.5, "é"]}}
         self.issued[task_id] = cookie
-        if wants_msgpack(request.headers.get("Accept", "")):
-            data: dict[str, Any] = tensors_to_binary(self.weights)
+        task_data: dict[str, Any]
+        if self.program is not None:
+            task_data = {"kind": "APP_DEFINED", "data": base64.b64encode(self.program).decode("ascii"),
+                         "meta": {**self.meta, "model_version": 7}}
         else:
-            data = {name: arr.tolist() for name, arr in self.weights.items()}
-        task_data = {"kind": "WEIGHTS", "data": data, "meta": {**self.meta, "model_version": 7}}
+            if wants_msgpack(request.headers.get("Accept", "")):
+                data: dict[str, Any] = tensors_to_binary(self.weights)
+            else:
+                data = {name: arr.tolist() for name, arr in self.weights.items()}
+            task_data = {"kind": "WEIGHTS", "data": data, "meta": {**self.meta, "model_version": 7}}
         return {"status": "OK", "job_id": JOB_ID, "retry_wait": 0, "task_id": task_id, "task_name": "train",
                 "task_data": task_data, "cookie": cookie}
 

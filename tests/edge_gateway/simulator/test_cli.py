@@ -27,6 +27,11 @@ def test_defaults() -> None:
     assert (args.device_prefix, args.keep_polling, args.report_json) == (None, False, None)
 
 
+def test_every_trainer_is_a_choice() -> None:
+    for trainer in ("synthetic", "pytorch", "executorch"):
+        assert parse("--url", "http://h:4321", "--job", "J", "--devices", "1", "--trainer", trainer).trainer == trainer
+
+
 async def test_main_runs_prints_the_summary_and_writes_the_report(
         start_feg: StartFeg, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     feg, url = await start_feg(tasks_per_device=1, retry_first_task=False)

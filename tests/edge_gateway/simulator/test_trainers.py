@@ -30,7 +30,17 @@ def test_a_synthetic_run_never_imports_torch() -> None:
             "                          backoff_min=0.05, backoff_max=0.1)\n"
             "report = asyncio.run(run_simulation(config))\n"
             "assert report.transport_errors >= 2, report\n"
-            "assert 'torch' not in sys.modules, 'torch imported'\n")
+            "# Nor does making executorch trainers, or refusing a task they cannot train on.\n"
+            "from edge_gateway.simulator.trainers import make_trainers\n"
+            "from edge_gateway.simulator.wire import TaskDataError\n"
+            "trainer = make_trainers('executorch', 2, alpha=0.5, seed=0, pool=None)[1]\n"
+            "try:\n"
+            "    asyncio.run(trainer.train({'kind': 'WEIGHTS', 'data': {'w': [1.0]}, 'meta': {'model': 'xor'}}))\n"
+            "except TaskDataError:\n"
+            "    pass\n"
+            "else:\n"
+            "    raise AssertionError('a WEIGHTS task was not refused')\n"
+            "assert 'torch' not in sys.modules and 'executorch' not in sys.modules, 'torch imported'\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 async def test_pytorch_diff_lowers_the_loss_on_the_device_shard(codec: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import msgpack
 import numpy as np
 import orjson
@@ -88,3 +90,49 @@ def test_undecodable_reply_is_none() -> None:
     assert wire.decode_reply("text/html", b"<html>") is None
     assert wire.decode_reply("application/json", b"[1]") is None
     assert wire.decode_reply("application/json; charset=utf-8", b'{"status":"OK"}') == {"status": "OK"}
+
+
+PTE = b"\0\0\0\0ET12" + bytes(range(40))  # only the magic is checked before the runtime loads it
+PROGRAM_META = {"model_version": 3, "model_buffer_type": "executorch", "model_buffer_native_format": "binary",
+                "model_buffer_encoding": "base64", "batch_size": 4, "learning_rate": 0.1, "total_epochs": 1,
+                "model": "xor"}
+
+
+def test_program_task_gives_the_base64_text_and_meta() -> None:
+    text = base64.b64encode(PTE).decode("ascii")
+    assert wire.program_task({"kind": "APP_DEFINED", "data": text, "meta": PROGRAM_META}) == (text, PROGRAM_META)
+    assert wire.decode_program(text) == PTE
+
+
+@pytest.mark.parametrize("bad", [
+    {"kind": "WEIGHTS", "data": {"w": [1.0]}, "meta": PROGRAM_META},
+    {"kind": "APP_DEFINED", "data": {"w": [1.0]}, "meta": PROGRAM_META},
+    {"kind": "APP_DEFINED", "data": "AAAA"},
+    {"kind": "APP_DEFINED", "data": "AAAA", "meta": {**PROGRAM_META, "model_buffer_type": "pytorch"}},
+    {"kind": "APP_DEFINED", "data": "AAAA", "meta": {**PROGRAM_META, "model_buffer_encoding": "hex"}},
+])
+def test_program_task_refuses_what_the_ios_app_cannot_load(bad: dict) -> None:
+    with pytest.raises(wire.TaskDataError):
+        wire.program_task(bad)
+
+
+@pytest.mark.parametrize("text", ["not base64!", "é", base64.b64encode(b"\0\0\0\0PK\3\4 zip").decode()])
+def test_decode_program_refuses_what_is_not_a_pte(text: str) -> None:
+    with pytest.raises(wire.TaskDataError):
+        wire.decode_program(text)
+
+
+def test_et_tensor_diff_is_posted_as_the_ios_app_posts_it(codec: str) -> None:
+    diff = wire.EtTensorDiff({"net.w": np.full((2, 3), 0.5, dtype=np.float32), "net.b": np.array([-1.0, 1.0])},
+                             {"epochs": 2, "learning_rate": 0.1, "batch_size": 4})
+    content_type, body = wire.result_body(codec, diff, 9, {"v": 1})  # JSON whatever the codec
+    payload = orjson.loads(body)
+    assert content_type == JSON and payload["cookie"] == {"v": 1}
+    assert payload["result"] == {
+        "kind": "et_tensor_diff",
+        "data": {"net.w": {"sizes": [2, 3], "strides": [3, 1], "data": [0.5] * 6},
+                 "net.b": {"sizes": [2], "strides": [1], "data": [-1.0, 1.0]}},
+        "meta": {"epochs": 2, "learning_rate": 0.1, "batch_size": 4, "num_samples": 9},
+    }
+    decoded, weight = decode_update(payload["result"], SHAPES)
+    assert weight == 9.0 and set(decoded) == {"w", "b"}
