@@ -10,11 +10,14 @@ runtime pulls in `executorch.exir`: 6-9 s on first use).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import numpy as np
 
 from .pte_layout import program_layout
+
+_RUNTIME_LOCK = threading.Lock()
 
 
 def minibatches(n: int, batch_size: int, epochs: int, seed: int, *, drop_last: bool = False) -> Iterator[np.ndarray]:
@@ -69,31 +72,34 @@ def train_program(
         raise ValueError(f"the program takes batches of exactly {layout.max_batch}; got {batch_size}, {n} samples")
     used = n if layout.dynamic_batch else n - n % batch_size
 
-    import torch
-    from executorch.extension.training import _load_for_executorch_for_training_from_buffer, get_sgd_optimizer
+    # One program at a time per process: two threads in forward_backward at once were seen to
+    # hang for good (xor, executorch 1.5.1), so the runtime is not treated as thread-safe.
+    with _RUNTIME_LOCK:
+        import torch
+        from executorch.extension.training import _load_for_executorch_for_training_from_buffer, get_sgd_optimizer
 
-    # The loader does not copy `program`: this frame keeps it referenced while `module` lives.
-    module = _load_for_executorch_for_training_from_buffer(program)
-    # torch.tensor copies: the caller's arrays may be read-only, which torch.from_numpy warns about.
-    xt = torch.tensor(np.asarray(x, dtype=np.float32).reshape(n, -1))
-    yt = torch.tensor(np.asarray(y, dtype=np.int64))
-    old: dict[str, np.ndarray] | None = None
-    optimizer = None
-    loss_sum = 0.0
-    for batch in minibatches(n, batch_size, epochs, seed, drop_last=not layout.dynamic_batch):
-        index = torch.from_numpy(batch)
-        loss = module.forward_backward("forward", (xt[index], yt[index]))[0]
-        if optimizer is None:
-            # named_parameters() exists only after the first forward_backward; its tensors alias
-            # the program's memory, which the optimizer updates in place.
-            params = module.named_parameters()
-            old = {key: p.numpy().copy() for key, p in params.items()}
-            optimizer = get_sgd_optimizer(params, lr, 0.0, 0.0, 0.0, False)
-        optimizer.step(module.named_gradients())
-        loss_sum += float(loss) * len(batch)
+        # The loader does not copy `program`: this frame keeps it referenced while `module` lives.
+        module = _load_for_executorch_for_training_from_buffer(program)
+        # torch.tensor copies: the caller's arrays may be read-only, which torch.from_numpy warns about.
+        xt = torch.tensor(np.asarray(x, dtype=np.float32).reshape(n, -1))
+        yt = torch.tensor(np.asarray(y, dtype=np.int64))
+        old: dict[str, np.ndarray] | None = None
+        optimizer = None
+        loss_sum = 0.0
+        for batch in minibatches(n, batch_size, epochs, seed, drop_last=not layout.dynamic_batch):
+            index = torch.from_numpy(batch)
+            loss = module.forward_backward("forward", (xt[index], yt[index]))[0]
+            if optimizer is None:
+                # named_parameters() exists only after the first forward_backward; its tensors alias
+                # the program's memory, which the optimizer updates in place.
+                params = module.named_parameters()
+                old = {key: p.numpy().copy() for key, p in params.items()}
+                optimizer = get_sgd_optimizer(params, lr, 0.0, 0.0, 0.0, False)
+            optimizer.step(module.named_gradients())
+            loss_sum += float(loss) * len(batch)
 
-    assert old is not None  # at least one batch ran
-    new = module.named_parameters()
-    diff = {key: np.subtract(new[key].numpy(), value, dtype=np.float32) for key, value in old.items()}
-    del module  # before `program` can go
-    return diff, used, loss_sum / (used * epochs)
+        assert old is not None  # at least one batch ran
+        new = module.named_parameters()
+        diff = {key: np.subtract(new[key].numpy(), value, dtype=np.float32) for key, value in old.items()}
+        del module  # before `program` can go
+        return diff, used, loss_sum / (used * epochs)

@@ -92,3 +92,15 @@ def test_a_static_program_drops_the_last_partial_batch() -> None:
         np.testing.assert_allclose(diff[key], d, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="exactly"):
         train_program(program, x, y, epochs=1, lr=0.5, batch_size=BATCH - 1)
+
+
+def test_training_from_many_threads_at_once_completes(xor_program: bytes) -> None:
+    """Simulated devices train in a thread pool; without the runtime lock two threads hung for good."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    x, y = load_dataset("xor", "train")
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = [pool.submit(train_program, xor_program, x[i::4], y[i::4], epochs=3, lr=0.1, batch_size=BATCH)
+                   for i in range(8)]
+        results = [f.result(timeout=60) for f in futures]
+    assert all(np.isfinite(loss) and n > 0 for _, n, loss in results)
