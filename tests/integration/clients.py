@@ -5,6 +5,7 @@ a small step against the sign of each weight, enough to see the global model mov
 from __future__ import annotations
 
 import asyncio
+import io
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -60,7 +61,8 @@ class IosDevice:
 
     async def post(self, endpoint: str, query: str, body: dict[str, Any]) -> dict[str, Any]:
         url = f"{self.base}/{endpoint}{query}"
-        async with self.session.post(url, data=orjson.dumps(body), headers=self.headers(endpoint)) as reply:
+        # A stream, not bytes: aiohttp warns about large bytes bodies (a CNN diff is over 1 MB).
+        async with self.session.post(url, data=io.BytesIO(orjson.dumps(body)), headers=self.headers(endpoint)) as reply:
             assert reply.status == 200, (endpoint, reply.status, await reply.text())
             assert reply.content_type == "application/json"
             answer = dict(orjson.loads(await reply.read()))
