@@ -79,3 +79,23 @@ async def test_demo_reaches_the_accuracy_target(tmp_path: Path) -> None:
     assert code == 0, out
     accuracies = [float(a) for a in re.findall(r"^round .* test accuracy ([0-9.]+)", out, re.M)]
     assert len(accuracies) <= 20 and max(accuracies) >= 0.93, out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+async def test_digits_on_executorch_devices_learns_like_pytorch_devices(tmp_path: Path) -> None:
+    """The same digits job (rounds, devices, seeds), once trained by simulated phones running the
+    served .pte with ExecuTorch, once by PyTorch devices: accuracies within 2 points."""
+    pytest.importorskip("executorch")
+    common = ["--port", "0", "--model", "digits", "--rounds", "20", "--devices-per-round", "100",
+              "--simulated", "100", "--epochs", "10", "--lr", "0.5", "--batch-size", "8", "--retry-wait", "1"]
+    (et_code, et_out), (pt_code, pt_out) = await asyncio.gather(
+        run_cli(["local", "--job", "digits_et", "--data-dir", str(tmp_path / "et"), *common], timeout=380),
+        run_cli(["local", "--job", "digits", "--data-dir", str(tmp_path / "pt"), *common], timeout=380))
+    assert et_code == 0 and pt_code == 0, (et_out[-2000:], pt_out[-2000:])
+
+    def final_accuracy(out: str) -> float:
+        return [float(a) for a in re.findall(r"^round .* test accuracy ([0-9.]+)", out, re.M)][-1]
+
+    assert abs(final_accuracy(et_out) - final_accuracy(pt_out)) <= 0.02, (et_out[-1500:], pt_out[-1500:])
+    assert final_accuracy(et_out) >= 0.93
