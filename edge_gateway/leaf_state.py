@@ -46,7 +46,10 @@ class LeafJob:
     by_task: dict[str, Lease] = field(default_factory=dict)
     expired_tasks: set[str] = field(default_factory=set)
     reported_tasks: set[str] = field(default_factory=set)  # this model version
-    waiting: dict[str, float] = field(default_factory=dict)  # device id -> last ask
+    # Both in deadline order, so expiry and pruning stop at the first live entry: a scan of every
+    # lease or device per request or sync cost milliseconds with thousands of them.
+    unreported: dict[str, Lease] = field(default_factory=dict)  # task id -> lease, by creation
+    waiting: dict[str, float] = field(default_factory=dict)  # device id -> last ask, oldest first
     tasks_issued: int = 0
     refused: int = 0
     late: int = 0
@@ -62,13 +65,16 @@ class LeafJob:
         if view.selection_id != old.selection_id or view.model_version != old.model_version:
             self.leases.clear()
             self.by_task.clear()
+            self.unreported.clear()
 
     def report(self, now: float) -> LeafJobReport:
         self.expire(now)
         horizon = now - self.waiting_window
-        for device, seen in list(self.waiting.items()):
-            if seen < horizon or device in self.leases:
-                del self.waiting[device]
+        while self.waiting:
+            device, seen = next(iter(self.waiting.items()))
+            if seen >= horizon:
+                break
+            del self.waiting[device]
         return LeafJobReport(
             selection_id=self.view.selection_id, waiting=len(self.waiting), assigned=len(self.leases),
             tasks_issued=self.tasks_issued, refused=self.refused, late=self.late, duplicates=self.duplicates,
@@ -76,11 +82,18 @@ class LeafJob:
 
     def expire(self, now: float) -> None:
         """Leases past their deadline free their slot; their results will count as late."""
-        for device, lease in list(self.leases.items()):
-            if not lease.reported and lease.expires_at <= now:
-                del self.leases[device]
-                del self.by_task[lease.task_id]
-                self.expired_tasks.add(lease.task_id)
+        while self.unreported:
+            lease = next(iter(self.unreported.values()))
+            if lease.expires_at > now:
+                break  # every later lease was created later, with the same task_timeout
+            self._expire_lease(lease)
+
+    def _expire_lease(self, lease: Lease) -> None:
+        self.unreported.pop(lease.task_id, None)
+        self.by_task.pop(lease.task_id, None)
+        if self.leases.get(lease.device_id) is lease:
+            del self.leases[lease.device_id]
+        self.expired_tasks.add(lease.task_id)
 
     # -- devices ------------------------------------------------------------------------------
     def eligible(self, device_id: str, platform: str | None) -> bool:
@@ -99,17 +112,17 @@ class LeafJob:
             return TaskDecision.NOT_ELIGIBLE, None
         if view.status != "running" or view.model_version < 0 or not model_ready:
             return TaskDecision.NOT_READY, None
+        self.expire(now)
         lease = self.leases.get(device_id)
         if lease is not None and lease.expires_at <= now and not lease.reported:
-            self.expire(now)
+            self._expire_lease(lease)  # e.g. a result that could not be made durable, then silence
             lease = None
         if lease is not None:
             if lease.reported:
                 return TaskDecision.ALREADY_TRAINED, None
             return TaskDecision.TASK, lease  # the same task again: its answer may have been lost
         if len(self.leases) >= view.quota:
-            self.expire(now)  # only when full: a scan per request would cost O(leases)
-        if len(self.leases) >= view.quota:
+            self.waiting.pop(device_id, None)  # re-inserted last: the dict stays in order of last ask
             self.waiting[device_id] = now
             return TaskDecision.NOT_SELECTED, None
         self.waiting.pop(device_id, None)
@@ -117,6 +130,7 @@ class LeafJob:
                       selection_id=view.selection_id, expires_at=now + view.task_timeout)
         self.leases[device_id] = lease
         self.by_task[lease.task_id] = lease
+        self.unreported[lease.task_id] = lease
         self.tasks_issued += 1
         return TaskDecision.TASK, lease
 
@@ -132,6 +146,7 @@ class LeafJob:
         lease = self.by_task.get(task_id)
         if lease is not None:
             lease.reported = True
+            self.unreported.pop(task_id, None)
         return ResultVerdict.COUNT
 
     def forget_result(self, task_id: str) -> None:
@@ -140,6 +155,8 @@ class LeafJob:
         lease = self.by_task.get(task_id)
         if lease is not None:
             lease.reported = False
+            # Back at the end: it may expire a little after its deadline, never before.
+            self.unreported[task_id] = lease
 
     def selection(self) -> dict[str, int]:
         return {device: lease.selection_id for device, lease in self.leases.items()}

@@ -73,3 +73,24 @@ def test_allow_lists_keep_other_devices_off_the_job():
     assert job.decide_task("other", 0.0, True, "ios")[0] is TaskDecision.NOT_ELIGIBLE
     assert job.decide_task("my-iphone", 0.0, True, "ios")[0] is TaskDecision.TASK
     assert job.report(0.0).waiting == 0  # left-out devices do not ask the server for slots
+
+
+def test_a_forgotten_result_still_expires_and_never_takes_a_newer_lease_with_it():
+    job = LeafJob(view=view(quota=3), waiting_window=60)
+    _, first = job.decide_task("a", 0.0, True)
+    _, second = job.decide_task("b", 5.0, True)
+    job.judge_result(first.task_id, 0)
+    job.forget_result(first.task_id)  # now queued behind b's lease
+    decision, again = job.decide_task("a", 10.5, True)  # a's lease ran out at 10.0
+    assert decision is TaskDecision.TASK and again.task_id != first.task_id
+    assert job.judge_result(first.task_id, 0) is ResultVerdict.LATE
+    job.expire(15.5)  # b's runs out; a's new lease (until 20.5) stays
+    assert set(job.leases) == {"a"} and job.leases["a"] is again
+
+
+def test_many_leases_expire_in_order():
+    job = LeafJob(view=view(quota=10_000, task_timeout=10.0), waiting_window=60)
+    for i in range(5000):
+        job.decide_task(f"d{i}", i * 0.001, True)
+    job.expire(10.0 + 2.4995)  # leases created before t=2.4995 are gone
+    assert len(job.leases) == 2500 and "d2500" in job.leases and "d2499" not in job.leases
