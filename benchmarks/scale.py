@@ -1,18 +1,19 @@
 """Scale: 10,000 simulated devices against proxy + 4 leaves + server, 1,000 results per round, 3 rounds.
 
     python benchmarks/scale.py [--devices 10000] [--per-round 1000] [--rounds 3] [--leaves 4]
+                               [--simulators 2] [--connections N] [--retry-wait 30]
 
-Everything runs unpinned on this 2-core machine (the simulator too, as its own process:
-`python -m edge_gateway simulate ... --trainer synthetic`). The devices follow the iOS app's loop
-(edge_gateway/simulator): /job, /task until selected, random diff, /result, and stop when the job
-is over. One simulator process drives ~1,400 requests/s here, so the job's retry_wait decides whether
-10,000 devices can all take part: at 30 s (the default) they poll ~330 times a second; at 5 s they
-would need 2,000/s, the client falls behind, and the first few thousand devices finish the job before
-the rest have joined (`--retry-wait 5` shows it). A device that has not joined when the job ends keeps
-asking /job (as the app does) until the simulator's deadline; the job's wall time (simulator start →
-job done) is taken separately. Reports the wall time, requests/s, p50/p99 per endpoint, CPU per process, and checks the
-accounting exactly: results the devices were told were counted == results the server counted ==
-the sum of the rounds' results, nothing refused, abandoned, or lost to a transport error.
+Everything runs unpinned on this 2-core machine, the devices too: `--simulators` processes of
+`python -m edge_gateway simulate --trainer synthetic`, each device with its own keep-alive connection
+as a phone has (with the simulator's default pool of 256 connections the first /job of most devices
+waits behind the /task holds and /result commits of the first ones in, and the job is over before
+they join). The devices follow the iOS app's loop (edge_gateway/simulator): /job, /task until
+selected, random diff, /result, and stop when the job is over; a device that has not joined by then
+keeps asking /job until the simulator's deadline, so the job's wall time (devices' start → job done)
+is taken separately. Reports the wall time, requests/s, p50/p99 per endpoint (the worse of the
+simulator processes), CPU per process, and checks the accounting exactly: results the devices were
+told were counted == results the server counted == the sum of the rounds' results, every device
+joined, nothing refused, abandoned, duplicated or lost to a transport error.
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--leaves", type=int, default=4)
     parser.add_argument("--workers", type=int, default=1, help="proxy worker processes")
-    parser.add_argument("--simulators", type=int, default=1, help="simulator processes sharing the devices")
+    parser.add_argument("--simulators", type=int, default=2, help="simulator processes sharing the devices")
+    parser.add_argument("--connections", type=int, default=None,
+                        help="keep-alive connections per simulator process (default: one per device, as phones have; "
+                             "the simulator's own default, 256, queues most devices' first /job behind the others)")
     parser.add_argument("--model", default="digits")
     parser.add_argument("--codec", default="json", choices=("json", "msgpack"))
     parser.add_argument("--retry-wait", type=int, default=30,
@@ -40,6 +44,7 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=300.0, help="the simulator's deadline")
     parser.add_argument("--out", type=Path, default=Path("/tmp/edgefl-bench") / time.strftime("scale-%Y%m%d-%H%M%S"))
     args = parser.parse_args()
+    args.connections = args.connections or args.devices // args.simulators
     spec = {"name": "bench-scale", "model": args.model, "rounds": args.rounds, "devices_per_round": args.per_round,
             "retry_wait": args.retry_wait, "evaluate": False}
     print(f"machine: {h.machine()}; load {h.loadavg()}; job {json.dumps(spec)}", flush=True)
@@ -57,6 +62,7 @@ def main() -> None:
                 h.PY, "-m", "edge_gateway", "--log-level", "warning", "simulate", "--url", stack.proxy_url,
                 "--job", spec["name"], "--devices", str(args.devices // args.simulators), "--device-prefix", f"sim{i}",
                 "--trainer", "synthetic", "--codec", args.codec, "--duration", str(args.max_seconds),
+                "--connections", str(args.connections),
                 "--report-json", str(paths[-1])]))
         # Devices that never joined before the job ended keep asking /job (as the iOS app does)
         # until the simulator's deadline: the job's own wall time is taken when it is done.
@@ -92,7 +98,7 @@ def main() -> None:
         "no sessions refused": report["sessions_refused"] == 0,
         "server: 0 refused, 0 duplicates": status["refused"] == 0 and status["duplicates"] == 0,
     }
-    print(f"\n{args.devices:,} devices in {args.simulators} simulator process(es), {args.leaves} leaves, proxy ×{args.workers}, {args.model}/{args.codec}, "
+    print(f"\n{args.devices:,} devices in {args.simulators} simulator process(es) × {args.connections} connections, {args.leaves} leaves, proxy ×{args.workers}, {args.model}/{args.codec}, "
           f"retry_wait {args.retry_wait} s; load {load0} at start, {load1} when the job was done")
     print(f"\njob done {job_wall:.1f} s after the devices started" if job_wall else "\njob NOT done before the deadline")
     print("\n| simulator wall s | requests | req/s | /job p50/p99 ms | /task p50/p99 ms | /result p50/p99 ms | tasks | "
