@@ -7,6 +7,7 @@ ask, first come first served, and takes a slot back when its lease runs out.
 from __future__ import annotations
 
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -47,9 +48,10 @@ class LeafJob:
     expired_tasks: set[str] = field(default_factory=set)
     reported_tasks: set[str] = field(default_factory=set)  # this model version
     # Both in deadline order, so expiry and pruning stop at the first live entry: a scan of every
-    # lease or device per request or sync cost milliseconds with thousands of them.
-    unreported: dict[str, Lease] = field(default_factory=dict)  # task id -> lease, by creation
-    waiting: dict[str, float] = field(default_factory=dict)  # device id -> last ask, oldest first
+    # lease or device per request or sync cost milliseconds with thousands of them. OrderedDict,
+    # not dict: taking a plain dict's first item walks every slot deleted before it (quadratic).
+    unreported: OrderedDict[str, Lease] = field(default_factory=OrderedDict)  # task id -> lease, by creation
+    waiting: OrderedDict[str, float] = field(default_factory=OrderedDict)  # device id -> last ask, oldest first
     tasks_issued: int = 0
     refused: int = 0
     late: int = 0
@@ -71,10 +73,11 @@ class LeafJob:
         self.expire(now)
         horizon = now - self.waiting_window
         while self.waiting:
-            device, seen = next(iter(self.waiting.items()))
+            device, seen = self.waiting.popitem(last=False)
             if seen >= horizon:
+                self.waiting[device] = seen
+                self.waiting.move_to_end(device, last=False)
                 break
-            del self.waiting[device]
         return LeafJobReport(
             selection_id=self.view.selection_id, waiting=len(self.waiting), assigned=len(self.leases),
             tasks_issued=self.tasks_issued, refused=self.refused, late=self.late, duplicates=self.duplicates,
@@ -83,9 +86,11 @@ class LeafJob:
     def expire(self, now: float) -> None:
         """Leases past their deadline free their slot; their results will count as late."""
         while self.unreported:
-            lease = next(iter(self.unreported.values()))
+            task_id, lease = self.unreported.popitem(last=False)
             if lease.expires_at > now:
-                break  # every later lease was created later, with the same task_timeout
+                self.unreported[task_id] = lease  # every later lease was created later, same timeout
+                self.unreported.move_to_end(task_id, last=False)
+                break
             self._expire_lease(lease)
 
     def _expire_lease(self, lease: Lease) -> None:
@@ -122,8 +127,8 @@ class LeafJob:
                 return TaskDecision.ALREADY_TRAINED, None
             return TaskDecision.TASK, lease  # the same task again: its answer may have been lost
         if len(self.leases) >= view.quota:
-            self.waiting.pop(device_id, None)  # re-inserted last: the dict stays in order of last ask
             self.waiting[device_id] = now
+            self.waiting.move_to_end(device_id)  # the dict stays in order of last ask
             return TaskDecision.NOT_SELECTED, None
         self.waiting.pop(device_id, None)
         lease = Lease(task_id=uuid.uuid4().hex, device_id=device_id, version=view.model_version,
