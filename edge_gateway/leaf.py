@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 import uuid
+from collections.abc import Awaitable
 from typing import Any
 
 import orjson
@@ -14,13 +15,14 @@ from device_protocol.codecs import JSON, decode_body, encode, wants_msgpack
 from device_protocol.cookies import CookieSigner
 from device_protocol.errors import CookieInvalid, ProtocolError, UpdateRejected
 from device_protocol.feg import (
-    JobRequest, ResultRequest, SelectionRequest, Status, TaskRequest, error_response, parse_request, response,
+    FegRequest, JobRequest, ResultRequest, SelectionRequest, Status, TaskRequest, error_response, parse_request,
+    response,
 )
 from device_protocol.messages import JobView, RegisterGroup, SyncReply, SyncRequest
 from device_protocol.tensors import decode_update, tensors_from_binary
 
 from .config import LeafConfig
-from .leaf_state import LeafJob, ResultVerdict, TaskDecision
+from .leaf_state import Lease, LeafJob, ResultVerdict, TaskDecision
 from .payloads import TaskPayload
 from .rpc import RpcClient, RpcRemoteError, RpcServer, RpcUnavailable
 from .uplink import Outcome, ResultBatcher, ServerLink
@@ -81,30 +83,49 @@ class Leaf:
     async def handle_ping(self, _: Any) -> str:
         return "pong"
 
-    async def handle_feg(self, payload: Any) -> FegReply:
+    def handle_feg(self, payload: Any) -> FegReply | Awaitable[FegReply]:
+        """The answer now when it needs no waiting (most /job and /task), else an awaitable."""
         endpoint, query, headers, body = payload
-        as_msgpack = wants_msgpack(headers.get("accept", ""))
+        if len(body) > INLINE_DECODE_LIMIT:
+            return self._feg_decoded_in_thread(endpoint, query, headers, body)
         try:
-            content_type = headers.get("content-type", "")
-            if len(body) > INLINE_DECODE_LIMIT:
-                fields = await asyncio.to_thread(decode_body, content_type, body)
-            else:
-                fields = decode_body(content_type, body)
+            fields = decode_body(headers.get("content-type", ""), body)
             request = parse_request(endpoint, query, headers, fields)
         except ProtocolError as exc:
-            log.info("refused %s request: %s", endpoint, exc.message)
-            return [exc.http_status, JSON, orjson.dumps(error_response(exc.status, exc.message, exc.errors))]
+            return self._refused(endpoint, exc)
+        return self._feg(request, headers, len(body))
+
+    async def _feg_decoded_in_thread(self, endpoint: str, query: Any, headers: Any, body: bytes) -> FegReply:
+        try:
+            fields = await asyncio.to_thread(decode_body, headers.get("content-type", ""), body)
+            request = parse_request(endpoint, query, headers, fields)
+        except ProtocolError as exc:
+            return self._refused(endpoint, exc)
+        outcome = self._feg(request, headers, len(body))
+        return await outcome if isinstance(outcome, Awaitable) else outcome
+
+    def _refused(self, endpoint: str, exc: ProtocolError) -> FegReply:
+        log.info("refused %s request: %s", endpoint, exc.message)
+        return [exc.http_status, JSON, orjson.dumps(error_response(exc.status, exc.message, exc.errors))]
+
+    def _feg(self, request: FegRequest, headers: Any, body_size: int) -> FegReply | Awaitable[FegReply]:
+        as_msgpack = wants_msgpack(headers.get("accept", ""))
         if not self._synced_once():
             reply = response(Status.RETRY, retry_wait=STARTING_RETRY_WAIT, message="Gateway starting")
         elif isinstance(request, JobRequest):
             reply = self._job(request)
         elif isinstance(request, TaskRequest):
-            return await self._task(request, as_msgpack)
+            return self._task(request, as_msgpack)
         elif isinstance(request, ResultRequest):
-            reply = await self._result(request, offload=len(body) > INLINE_DECODE_LIMIT)
+            return self._encoded(self._result(request, offload=body_size > INLINE_DECODE_LIMIT), as_msgpack)
         else:
-            reply = await self._selection(request)
+            return self._encoded(self._selection(request), as_msgpack)
         content_type, data = encode(reply, as_msgpack)
+        return [200, content_type, data]
+
+    @staticmethod
+    async def _encoded(reply: Awaitable[dict[str, Any]], as_msgpack: bool) -> FegReply:
+        content_type, data = encode(await reply, as_msgpack)
         return [200, content_type, data]
 
     def _synced_once(self) -> bool:
@@ -119,29 +140,42 @@ class Leaf:
         view = live[0]
         return response(Status.OK, job_id=view.job_id, job_name=view.job_name, job_data={"config": view.config})
 
-    async def _task(self, request: TaskRequest, as_msgpack: bool) -> FegReply:
+    def _task(self, request: TaskRequest, as_msgpack: bool) -> FegReply | Awaitable[FegReply]:
         job = self.jobs.get(request.job_id)
-        device_id = request.identity.device_id
         if job is None:
             content_type, data = encode(response(Status.NO_JOB, message=f"unknown job {request.job_id!r}"), as_msgpack)
             return [200, content_type, data]
         loop = asyncio.get_running_loop()
-        give_up = loop.time() + self.config.quota_hold
+        decision, lease = self._decide(job, request, loop.time())
+        if decision is TaskDecision.NOT_SELECTED and job.view.free_slots > 0 and self.config.quota_hold > 0:
+            return self._task_held(job, request, as_msgpack, loop.time() + self.config.quota_hold)
+        return self._task_answer(job, request, decision, lease, as_msgpack)
+
+    async def _task_held(self, job: LeafJob, request: TaskRequest, as_msgpack: bool, give_up: float) -> FegReply:
+        # No slot here, but some are free: ask the server now and give it a moment rather
+        # than sending the device away for retry_wait.
+        loop = asyncio.get_running_loop()
         while True:
-            payload = self._payloads.get(job.view.job_id)
-            ready = payload is not None and payload.version == job.view.model_version
-            decision, lease = job.decide_task(device_id, loop.time(), ready,
-                                              request.identity.device_info.get("platform"))
+            self._wake_sync.set()
+            await self._next_sync(give_up - loop.time())
+            decision, lease = self._decide(job, request, loop.time())
             left = give_up - loop.time()
             if decision is not TaskDecision.NOT_SELECTED or left <= 0 or job.view.free_slots == 0:
-                break
-            # No slot here, but some are free: ask the server now and give it a moment rather
-            # than sending the device away for retry_wait.
-            self._wake_sync.set()
-            await self._next_sync(left)
+                return self._task_answer(job, request, decision, lease, as_msgpack)
+
+    def _decide(self, job: LeafJob, request: TaskRequest, now: float) -> tuple[TaskDecision, Lease | None]:
+        payload = self._payloads.get(job.view.job_id)
+        ready = payload is not None and payload.version == job.view.model_version
+        return job.decide_task(request.identity.device_id, now, ready, request.identity.device_info.get("platform"))
+
+    def _task_answer(
+        self, job: LeafJob, request: TaskRequest, decision: TaskDecision, lease: Lease | None, as_msgpack: bool
+    ) -> FegReply:
         view = job.view
+        payload = self._payloads.get(view.job_id)
         if decision is TaskDecision.TASK and lease is not None and payload is not None:
-            cookie = self._signer.issue(view.job_id, device_id, lease.task_id, lease.version, lease.selection_id)
+            cookie = self._signer.issue(view.job_id, request.identity.device_id, lease.task_id, lease.version,
+                                        lease.selection_id)
             content_type, data = payload.render(lease.task_id, cookie, as_msgpack)
             return [200, content_type, data]
         if decision is TaskDecision.NO_JOB:
@@ -277,8 +311,11 @@ class Leaf:
 
     async def _fetch_model(self, view: JobView) -> None:
         key = (view.job_id, view.model_version)
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
         try:
             reply = await self._link.call("model", {"job_id": view.job_id, "version": view.model_version}, 60.0)
+            fetched = loop.time()
             if view.task_kind == "APP_DEFINED":
                 payload = await asyncio.to_thread(TaskPayload.for_program, view.job_id, view.model_version,
                                                   reply["program"], view.task_meta)
@@ -289,6 +326,8 @@ class Leaf:
             current = self.jobs.get(view.job_id)
             if current is not None and current.view.model_version == view.model_version:
                 self._payloads[view.job_id] = payload
+                log.info("job %s model v%d servable: fetched in %.1f ms, task payload built in %.1f ms", view.job_id,
+                         view.model_version, (fetched - asked) * 1e3, (loop.time() - fetched) * 1e3)
         except (RpcUnavailable, RpcRemoteError) as exc:
             log.warning("fetching model %s v%d failed: %s", view.job_id, view.model_version, exc)
         finally:

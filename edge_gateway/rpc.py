@@ -24,7 +24,8 @@ from device_protocol.frames import AUTH, HANDSHAKE_ID, HELLO, REQUEST, RESPONSE,
 
 logger = logging.getLogger(__name__)
 
-Handler = Callable[[Any], Awaitable[Any]]
+# A handler answers at once (a plain value) or later (an awaitable): most proxy requests need no task.
+Handler = Callable[[Any], Any]
 
 # Before auth a peer may only send a tiny auth frame: a stranger cannot make us buffer 256 MiB.
 _HANDSHAKE_MAX_FRAME = 256
@@ -167,7 +168,23 @@ class _ServerLink(_Link):
     def message_received(self, kind: int, msg: list[Any]) -> None:
         if kind == REQUEST and self.authed:
             _, call_id, method, payload = msg
-            task = self.loop.create_task(self._answer(call_id, method, payload))
+            handler = self.server.handlers.get(method)
+            try:
+                if handler is None:
+                    raise LookupError(f"unknown method {method!r}")
+                outcome = handler(payload)
+            except Exception as exc:
+                self.write(_error_frame(call_id, method, exc, handler is not None))
+                return
+            if not isinstance(outcome, Awaitable):
+                # Answered without waiting: no task, the frame leaves with this turn's others.
+                try:
+                    frame = frames.response(call_id, None, outcome)
+                except Exception as exc:
+                    frame = _error_frame(call_id, method, exc, True)
+                self.write(frame)
+                return
+            task = self.loop.create_task(self._answer(call_id, method, outcome))
             self.server.tasks.add(task)
             task.add_done_callback(self.server.tasks.discard)
         elif kind == AUTH and not self.authed:
@@ -181,26 +198,28 @@ class _ServerLink(_Link):
         else:
             raise FrameError(f"unexpected message kind {kind} (authenticated: {self.authed})")
 
-    async def _answer(self, call_id: int, method: str, payload: Any) -> None:
-        handler = self.server.handlers.get(method)
+    async def _answer(self, call_id: int, method: str, outcome: Awaitable[Any]) -> None:
         try:
-            if handler is None:
-                raise LookupError(f"unknown method {method!r}")
-            result = await handler(payload)
-            frame = frames.response(call_id, None, result)
-        except Exception as exc:  # a handler error is an answer, never a dropped link
-            if handler is not None:
-                logger.debug("handler %r failed", method, exc_info=True)
-            frame = frames.response(call_id, f"{type(exc).__name__}: {exc}", None)
+            frame = frames.response(call_id, None, await outcome)
+        except Exception as exc:
+            frame = _error_frame(call_id, method, exc, True)
         if self.paused:
             await self.drain()
         self.write(frame)
 
 
-class RpcServer:
-    """Serves `handlers` (method name → async callable of the payload) on one port.
+def _error_frame(call_id: int, method: str, exc: Exception, from_handler: bool) -> bytes:
+    # A handler error is an answer, never a dropped link.
+    if from_handler:
+        logger.debug("handler %r failed", method, exc_info=exc)
+    return frames.response(call_id, f"{type(exc).__name__}: {exc}", None)
 
-    Each request runs as its own task; a handler exception becomes an error response.
+
+class RpcServer:
+    """Serves `handlers` (method name → callable of the payload) on one port.
+
+    A handler returning an awaitable is awaited in a task of its own; a plain value is the answer.
+    A handler exception becomes an error response.
     """
 
     def __init__(
@@ -287,6 +306,11 @@ class _ClientLink(_Link):
             raise FrameError(f"unexpected message kind {kind}")
 
 
+def _settled(link: _ClientLink, call_id: int, timer: asyncio.TimerHandle) -> None:
+    timer.cancel()
+    link.pending.pop(call_id, None)
+
+
 def _expire(future: asyncio.Future[Any], name: str, method: str, timeout: float) -> None:
     if not future.done():
         future.set_exception(RpcUnavailable(f"{name}: {method!r} got no answer within {timeout:.3g} s"))
@@ -349,29 +373,38 @@ class RpcClient:
         link = self._link
         if link is None:
             raise RpcUnavailable(f"{self.name}: not connected", sent=False)
-        loop = link.loop
-        deadline = loop.time() + timeout
-        call_id = self._next_id
-        self._next_id = call_id + 1
-        frame = frames.request(call_id, method, payload)
         if link.paused:
+            deadline = link.loop.time() + timeout
             # Backpressure: queue nothing more on a congested link (it may be a slow leaf).
             try:
                 async with asyncio.timeout_at(deadline):
                     await link.drain()
             except TimeoutError:
                 raise RpcUnavailable(f"{self.name}: link congested for {timeout} s", sent=False) from None
-            if link is not self._link:
-                raise RpcUnavailable(f"{self.name}: connection lost", sent=False)
+            timeout = deadline - link.loop.time()
+        return await self.send(method, payload, timeout)
+
+    def send(self, method: str, payload: Any, timeout: float) -> asyncio.Future[Any]:
+        """Send the call now and return the future of its result (the errors of `call`).
+
+        For callers that answer from a callback instead of a task. Raises `RpcUnavailable`
+        (`sent` False) at once when not connected or when the link is congested.
+        """
+        link = self._link
+        if link is None:
+            raise RpcUnavailable(f"{self.name}: not connected", sent=False)
+        if link.paused:
+            raise RpcUnavailable(f"{self.name}: link congested", sent=False)
+        loop = link.loop
+        call_id = self._next_id
+        self._next_id = call_id + 1
+        frame = frames.request(call_id, method, payload)
         future: asyncio.Future[Any] = loop.create_future()
         link.pending[call_id] = future
-        timer = loop.call_at(deadline, _expire, future, self.name, method, timeout)
-        try:
-            link.write(frame)
-            return await future
-        finally:
-            timer.cancel()
-            link.pending.pop(call_id, None)
+        timer = loop.call_later(timeout, _expire, future, self.name, method, timeout)
+        future.add_done_callback(lambda _: _settled(link, call_id, timer))
+        link.write(frame)
+        return future
 
     async def close(self) -> None:
         """Stop reconnecting and close the link; pending calls fail with `RpcUnavailable`."""

@@ -32,6 +32,11 @@ class ProxyConfig(BaseSettings):
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=0)
     # Below iOS's 30 s request timeout (PROTOCOL.md §6), so a device gets RETRY rather than an error.
     upstream_timeout: float = Field(25.0, gt=0)
+    # Slow clients (slowloris): the whole request head, then the whole body, must arrive in time.
+    head_timeout: float = Field(15.0, gt=0)
+    body_timeout: float = Field(60.0, gt=0)
+    # Phones poll every few seconds; an idle connection is kept as long as nginx's default.
+    keepalive_timeout: float = Field(75.0, gt=0)
     health_interval: float = Field(1.0, gt=0)
     health_timeout: float = Field(5.0, gt=0)
     # SIGTERM: how long in-flight requests may take to finish before they are cut.

@@ -1,119 +1,192 @@
 """The request path: one device request in, one `"feg"` call to its leaf, the leaf's answer out.
 
 The proxy never parses a body; it checks only what it must to route and to protect the link
-(ARCHITECTURE.md "Proxy → leaf").
+(ARCHITECTURE.md "Proxy → leaf"). Requests are answered from callbacks, not tasks: a request
+costs a future on the link and nothing more (docs/BENCHMARKS.md §1).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl
 
-from aiohttp import hdrs, web
+import orjson
 
 from device_protocol.codecs import JSON, MSGPACK, media_type
-from device_protocol.headers import DEVICE_ID
 from edge_gateway.rpc import RpcRemoteError, RpcUnavailable
 
-from .responses import invalid_request, retry
-from .upstreams import Upstreams
+from .http1 import Reply, Request, Response, invalid_request
+from .upstreams import Upstream, Upstreams
 
 logger = logging.getLogger(__name__)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-_FLARE_PREFIX = "x-flare-"
-_PASSED_HEADERS = frozenset({"content-type", "accept"})
+_FLARE_PREFIX = b"x-flare-"
+_PASSED_HEADERS = frozenset({b"content-type", b"accept"})
 _BODY_TYPES = frozenset({JSON, MSGPACK})
+_DEVICE_ID = b"x-flare-device-id"
+
+_POST = frozenset({"POST"})
+# PROTOCOL.md §1: the API lives at the root; /task takes GET too.
+ENDPOINTS: dict[str, frozenset[str]] = {
+    "job": _POST,
+    "task": frozenset({"GET", "POST"}),
+    "result": _POST,
+    "selection": _POST,
+}
+_HEALTH_METHODS = frozenset({"GET", "HEAD"})
+
+# PROTOCOL.md §8: an unreachable upstream is RETRY with no retry_wait, never ERROR or an HTTP error.
+_RETRY_BODY = b'{"status":"RETRY"}'
+
+
+# Tasks of congested calls, held so that they are not collected while they wait.
+_waiting_for_room: set[asyncio.Task[None]] = set()
+
+
+def retry() -> Response:
+    return Response(200, JSON, _RETRY_BODY)
 
 
 class Forwarder:
-    """Builds the handlers of the FEG endpoints (PROTOCOL.md §1)."""
+    """The dispatcher of the proxy's HTTP server: FEG endpoints, `/health`, JSON errors."""
 
-    def __init__(self, upstreams: Upstreams, *, max_body_bytes: int, upstream_timeout: float) -> None:
+    def __init__(self, upstreams: Upstreams, *, upstream_timeout: float) -> None:
         self._upstreams = upstreams
-        self._max_body = max_body_bytes
         self._timeout = upstream_timeout
 
-    def handler(self, endpoint: str, methods: frozenset[str]) -> Handler:
-        """The handler of `/{endpoint}`, answering 405 to any method not in `methods`."""
-        allow = ", ".join(sorted(methods))
-
-        async def handle(request: web.Request) -> web.StreamResponse:
-            if request.method not in methods:
-                response = invalid_request(405, f"method {request.method} not allowed on /{endpoint}; use {allow}")
-                response.headers[hdrs.ALLOW] = allow
-                return response
-            return await self._forward(request, endpoint)
-
-        return handle
-
-    async def _forward(self, request: web.Request, endpoint: str) -> web.StreamResponse:
-        # One pass over the headers; names lower-cased, first value wins (ARCHITECTURE.md).
-        headers: dict[str, str] = {}
-        for name, value in request.headers.items():
-            key = name.lower()
-            if (key.startswith(_FLARE_PREFIX) or key in _PASSED_HEADERS) and key not in headers:
-                headers[key] = value
-        device_id = headers.get(DEVICE_ID)
-        if not device_id:
-            return invalid_request(400, "Device ID missing")  # PROTOCOL.md §2
-        if request.body_exists:
-            length = request.content_length
-            if length is not None and length > self._max_body:
-                return self._too_large()
-            try:
-                # Counts while reading, so a body without Content-Length is cut at the limit too.
-                body = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                return self._too_large()
-            # Any charset parameter is fine: only the media type counts (PROTOCOL.md §2).
-            if body and media_type(headers.get("content-type", "")) not in _BODY_TYPES:
-                return invalid_request(415, "unsupported content type: send application/json or application/msgpack")
+    def __call__(self, request: Request, reply: Reply) -> None:
+        path, _, query_string = request.target.partition(b"?")
+        try:
+            endpoint = path.decode("ascii").lstrip("/")
+        except UnicodeDecodeError:
+            endpoint = ""
+        methods = ENDPOINTS.get(endpoint)
+        if methods is None:
+            reply(self._other(request, path, endpoint))
+        elif request.method not in methods:
+            reply(_method_not_allowed(request.method, endpoint, methods))
         else:
-            body = b""
-        query: dict[str, str] = {}
-        if request.query_string:
-            for key, value in request.query.items():
-                if key not in query:
-                    query[key] = value
-        return await self._call(device_id, [endpoint, query, headers, body])
+            self._forward(request, endpoint, query_string, reply)
 
-    async def _call(self, device_id: str, payload: list[object]) -> web.StreamResponse:
-        loop = asyncio.get_running_loop()
+    def _forward(self, request: Request, endpoint: str, query_string: bytes, reply: Reply) -> None:
+        headers: dict[str, str] = {}
+        try:
+            for name, value in request.headers.items():
+                if name.startswith(_FLARE_PREFIX) or name in _PASSED_HEADERS:
+                    headers[name.decode("ascii")] = value.decode("utf-8")
+        except UnicodeDecodeError:
+            reply(invalid_request(400, "header values must be UTF-8"))
+            return
+        device_id = headers.get("x-flare-device-id")
+        if not device_id:
+            reply(invalid_request(400, "Device ID missing"))  # PROTOCOL.md §2
+            return
+        body = request.body
+        # Any charset parameter is fine: only the media type counts (PROTOCOL.md §2).
+        if body and media_type(headers.get("content-type", "")) not in _BODY_TYPES:
+            reply(invalid_request(415, "unsupported content type: send application/json or application/msgpack"))
+            return
+        query: dict[str, str] = {}
+        if query_string:
+            try:
+                text = query_string.decode("utf-8")
+            except UnicodeDecodeError:
+                reply(invalid_request(400, "the query string must be UTF-8"))
+                return
+            for key, value in parse_qsl(text, keep_blank_values=True):
+                query.setdefault(key, value)
+        candidates = self._upstreams.candidates(device_id)
+        _Call(candidates, [endpoint, query, headers, body], reply, self._timeout).next()
+
+    def _other(self, request: Request, path: bytes, endpoint: str) -> Response:
+        if endpoint != "health":
+            shown = path.decode("utf-8", "replace")[:200]
+            return invalid_request(404, f"no such endpoint {shown}; use /job, /task, /result or /selection")
+        if request.method not in _HEALTH_METHODS:
+            return _method_not_allowed(request.method, endpoint, _HEALTH_METHODS)
+        leaves = self._upstreams.status()
+        healthy = sum(leaf["healthy"] for leaf in leaves.values())
+        body = {"status": "OK" if healthy else "RETRY", "healthy": healthy, "leaves": leaves}
+        return Response(200, JSON, orjson.dumps(body))
+
+
+def _method_not_allowed(method: str, endpoint: str, methods: frozenset[str]) -> Response:
+    allow = ", ".join(sorted(methods))
+    response = invalid_request(405, f"method {method} not allowed on /{endpoint}; use {allow}")
+    response.headers = (("Allow", allow),)
+    return response
+
+
+class _Call:
+    """One request's way to a leaf: the candidates in preference order, one shared deadline."""
+
+    __slots__ = ("candidates", "deadline", "index", "loop", "payload", "reply", "upstream")
+
+    def __init__(self, candidates: list[Upstream], payload: list[Any], reply: Reply, timeout: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.candidates = candidates
+        self.payload = payload
+        self.reply = reply
         # Failing over shares one deadline: the device must hear back in time (PROTOCOL.md §6).
-        deadline = loop.time() + self._timeout
-        for upstream in self._upstreams.candidates(device_id):
-            timeout = deadline - loop.time()
+        self.deadline = self.loop.time() + timeout
+        self.index = 0
+        self.upstream: Upstream | None = None
+
+    def next(self) -> None:
+        """Send to the next candidate that takes it now; RETRY when none is left or time is out."""
+        while self.index < len(self.candidates):
+            upstream = self.candidates[self.index]
+            self.index += 1
+            timeout = self.deadline - self.loop.time()
             if timeout <= 0:
                 break
+            self.upstream = upstream
             try:
-                result = await upstream.client.call("feg", payload, timeout)
-            except RpcUnavailable as exc:
-                if not exc.sent:
-                    continue  # never reached this leaf: the next one in preference order may take it
-                # Sent and unanswered: the leaf may have acted on it, so it is not re-sent elsewhere.
-                logger.warning("leaf %s: %s", upstream.leaf.name, exc)
-                return retry()
-            except RpcRemoteError as exc:
-                logger.error("leaf %s failed on a request: %s", upstream.leaf.name, exc)
-                return retry()
-            except UnicodeEncodeError:
-                # aiohttp keeps undecodable header bytes as surrogates; the link carries UTF-8 only.
-                return invalid_request(400, "header values must be UTF-8")
-            try:
-                status, content_type, body = result
-                if type(status) is int and 200 <= status <= 599 and type(content_type) is str and type(body) is bytes:
-                    return web.Response(status=status, body=body, headers={hdrs.CONTENT_TYPE: content_type})
-            except (TypeError, ValueError):
-                pass
-            logger.error("leaf %s answered a malformed result: %.80r", upstream.leaf.name, result)
-            return retry()
-        return retry()  # no healthy leaf, or out of time (PROTOCOL.md §8)
+                future = upstream.client.send("feg", self.payload, timeout)
+            except RpcUnavailable:
+                if upstream.client.connected:
+                    # Congested (a big upload still leaving): wait for room rather than fail over.
+                    task = self.loop.create_task(self._call_when_writable(upstream, timeout))
+                    _waiting_for_room.add(task)
+                    task.add_done_callback(_waiting_for_room.discard)
+                    return
+                continue  # never left this process: the next leaf in preference order may take it
+            future.add_done_callback(self._answered)
+            return
+        self.reply(retry())  # no healthy leaf, or out of time (PROTOCOL.md §8)
 
-    def _too_large(self) -> web.StreamResponse:
-        response = invalid_request(413, f"request body larger than {self._max_body} bytes")
-        # The rest of the body is not worth reading: close once the answer is out.
-        response.force_close()
-        return response
+    async def _call_when_writable(self, upstream: Upstream, timeout: float) -> None:
+        future: asyncio.Future[Any] = self.loop.create_future()
+        try:
+            future.set_result(await upstream.client.call("feg", self.payload, timeout))
+        except RpcUnavailable as exc:
+            if not exc.sent:
+                self.next()
+                return
+            future.set_exception(exc)
+        except RpcRemoteError as exc:
+            future.set_exception(exc)
+        self._answered(future)
+
+    def _answered(self, future: asyncio.Future[Any]) -> None:
+        name = self.upstream.leaf.name if self.upstream is not None else "?"
+        try:
+            result = future.result()
+        except RpcUnavailable as exc:
+            # Sent and unanswered: the leaf may have acted on it, so it is not re-sent elsewhere.
+            logger.warning("leaf %s: %s", name, exc)
+            self.reply(retry())
+            return
+        except RpcRemoteError as exc:
+            logger.error("leaf %s failed on a request: %s", name, exc)
+            self.reply(retry())
+            return
+        if type(result) is list and len(result) == 3:
+            status, content_type, body = result
+            if type(status) is int and 200 <= status <= 599 and type(content_type) is str and type(body) is bytes:
+                self.reply(Response(status, content_type, body))
+                return
+        logger.error("leaf %s answered a malformed result: %.80r", name, result)
+        self.reply(retry())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import os
@@ -10,73 +11,51 @@ import signal
 import ssl
 import time
 from collections.abc import Callable
-from http import HTTPStatus
 from multiprocessing.connection import wait
 from typing import Any
 
-from aiohttp import web
-
-from .app import create_app
 from .config import ProxyConfig
-from .responses import INVALID_REQUEST, json_error
+from .forwarding import Forwarder
+from .http1 import HttpLimits, HttpServer
+from .lcp_map import load_lcp_map
+from .upstreams import Upstreams
 
 logger = logging.getLogger(__name__)
 
-# Phones poll every few seconds; an idle connection is kept as long as nginx's default.
-_KEEPALIVE_TIMEOUT = 75.0
 _BACKLOG = 4096
 # Past the drain bound a worker gets this long to exit before it is killed.
 _EXIT_GRACE = 10.0
 
 
-class JsonErrorRequestHandler(web.RequestHandler):
-    """aiohttp's connection handler, answering the requests it rejects itself (malformed request
-    line or headers, handler crash) with a JSON error body instead of text or HTML."""
-
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        if request.writer.output_size > 0:
-            # Part of a response is out: the connection is broken, as in the base class.
-            raise ConnectionError("response already started, cannot send the error")
-        if status >= 500:
-            self.log_exception("error handling request from %s", request.remote, exc_info=exc)
-            response = json_error(status, "ERROR", HTTPStatus(status).phrase)
-        else:
-            # A device's malformed request: its problem, not worth more than a debug line.
-            self.log_debug("malformed request from %s: %s", request.remote, exc)
-            response = json_error(status, INVALID_REQUEST, message or HTTPStatus(status).phrase)
-        response.force_close()
-        return response
-
-
 class ProxyServer:
-    """One process's listener in front of the proxy application."""
+    """One process's proxy: the links to the leaves and the device-facing listener."""
 
-    def __init__(self, config: ProxyConfig, app: web.Application | None = None) -> None:
+    def __init__(self, config: ProxyConfig) -> None:
+        """Raises `LcpMapError` on a bad lcp map."""
         self.config = config
-        self.app = app if app is not None else create_app(config)
-        self._runner: web.AppRunner | None = None
+        self.upstreams = Upstreams(
+            load_lcp_map(config.lcp_map),
+            secret=config.secret(),
+            ssl_context=_leaf_tls(config),
+            health_interval=config.health_interval,
+            health_timeout=config.health_timeout,
+        )
+        limits = HttpLimits(
+            max_body_bytes=config.max_body_bytes,
+            head_timeout=config.head_timeout,
+            body_timeout=config.body_timeout,
+            keepalive_timeout=config.keepalive_timeout,
+        )
+        self.http = HttpServer(Forwarder(self.upstreams, upstream_timeout=config.upstream_timeout), limits)
         self._listener: asyncio.Server | None = None
 
     async def start(self) -> int:
         """Start the links to the leaves and listen; return the bound port."""
         config = self.config
-        self._runner = runner = web.AppRunner(
-            self.app, handle_signals=False, access_log=None, shutdown_timeout=config.drain_timeout
-        )
-        await runner.setup()
-        manager = runner.server
-        assert manager is not None
+        await self.upstreams.start()
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_server(
-            lambda: JsonErrorRequestHandler(
-                manager, loop=loop, access_log=None, keepalive_timeout=_KEEPALIVE_TIMEOUT
-            ),
+            self.http.protocol,
             config.host,
             config.port,
             ssl=_device_tls(config),
@@ -92,13 +71,18 @@ class ProxyServer:
         """Stop accepting, let in-flight requests finish within `drain_timeout`, then close."""
         if self._listener is not None:
             self._listener.close()
-        if self._runner is not None:
-            # Closes idle keep-alive connections, waits for handlers, then closes the links.
-            await self._runner.cleanup()
-            self._runner = None
+        # Idle connections close at once, busy ones after their answer; the links stay up till then.
+        await self.http.drain(self.config.drain_timeout)
+        await self.upstreams.close()
         if self._listener is not None:
             await self._listener.wait_closed()
             self._listener = None
+
+
+def _leaf_tls(config: ProxyConfig) -> ssl.SSLContext | None:
+    if config.root_ca is None:
+        return None
+    return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(config.root_ca))
 
 
 def _device_tls(config: ProxyConfig) -> ssl.SSLContext | None:
@@ -118,6 +102,8 @@ async def serve(config: ProxyConfig) -> None:
         loop.add_signal_handler(signum, stop.set)
     try:
         await server.start()
+        # Start-up objects never die: keep the collector from walking them again and again.
+        gc.freeze()
         await stop.wait()
         logger.info("routing proxy (pid %d) draining", os.getpid())
     finally:

@@ -12,7 +12,6 @@ import msgpack
 import orjson
 
 from edge_gateway.rpc import RpcServer
-from routing_proxy.app import UPSTREAMS
 from routing_proxy.server import ProxyServer
 
 SECRET = b"test link secret"
@@ -62,7 +61,7 @@ class Proxy:
 
     @property
     def upstreams(self) -> Any:
-        return self.server.app[UPSTREAMS]
+        return self.server.upstreams
 
 
 def echoed(body: bytes) -> dict[str, Any]:
