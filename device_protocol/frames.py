@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import reprlib
 import struct
 from typing import Any
 
@@ -29,6 +30,9 @@ AUTH = 3
 HANDSHAKE_ID = 0
 DEFAULT_MAX_FRAME = 256 * 1024 * 1024
 NONCE_SIZE = 16
+# The links' secret when none is configured, so that a one-machine stack works out of the box.
+# Public, so every process that falls back to it says so loudly.
+DEVELOPMENT_SECRET = b"edgefl-development-secret"
 
 _HEADER = struct.Struct(">I")
 _HEADER_SIZE = _HEADER.size
@@ -122,12 +126,10 @@ def message_kind(msg: Any) -> int:
         elif kind in (HELLO, AUTH):
             if n == 2 and type(msg[1]) is bytes:
                 return kind
-    raise FrameError(f"malformed message: {_preview(msg)}")
+    # reprlib: bounded in length and nesting (a plain repr of a 1,000-deep list raises).
+    raise FrameError(f"malformed message: {reprlib.repr(msg)}")
 
 
-def _preview(msg: Any) -> str:
-    text = repr(msg)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def request(call_id: int, method: str, payload: Any) -> bytes:

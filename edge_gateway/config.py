@@ -10,10 +10,10 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from device_protocol.frames import DEVELOPMENT_SECRET
+
 log = logging.getLogger(__name__)
 
-# Used when no secret is configured, so a one-machine stack works out of the box; logged loudly.
-DEV_SECRET = "edgefl-development-secret"
 
 
 class _Settings(BaseSettings):
@@ -24,7 +24,7 @@ class _Settings(BaseSettings):
     def secret_bytes(self) -> bytes:
         if not self.link_secret:
             log.warning("no EDGEFL_LINK_SECRET set: internal links use the development secret")
-        return (self.link_secret or DEV_SECRET).encode()
+        return self.link_secret.encode() or DEVELOPMENT_SECRET
 
     def cookie_key(self) -> bytes:
         # Every leaf must verify every other leaf's cookies (a device moves when its leaf dies).

@@ -2,6 +2,8 @@
 
     python -m routing_proxy 4321 lcp_map.json [rootCA.pem] [--ssl-cert C --ssl-key K]
         [--host 0.0.0.0] [--workers N] [--link-secret-file F] [--log-level info]
+        [--auth-tokens-file F] [--allowed-devices-file F]
+        [--device-rate N --device-window S] [--max-inflight N] [--max-request-rate R]
 
 Only this module configures logging and picks the event loop.
 """
@@ -41,14 +43,29 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-body-bytes", type=int, help="largest request body accepted (default 64 MiB)")
     parser.add_argument("--upstream-timeout", type=float, help="seconds to wait for a leaf before answering RETRY (default 25)")
     parser.add_argument("--log-level", help="debug, info, warning or error (default info)")
+    auth = parser.add_argument_group("device authentication (off unless a file or EDGEFL_PROXY_AUTH_TOKEN is given)")
+    auth.add_argument("--auth-tokens-file", type=Path,
+                      help="accepted X-Flare-User-Info auth_token values, one per line (one more token: env EDGEFL_PROXY_AUTH_TOKEN)")
+    auth.add_argument("--allowed-devices-file", type=Path, help="device ids admitted, one per line")
+    limits = parser.add_argument_group("admission control, per worker (0 = off, the default)")
+    limits.add_argument("--device-rate", type=int, help="requests one device may make per --device-window")
+    limits.add_argument("--device-window", type=float, help="seconds of a device-rate window (default 60)")
+    limits.add_argument("--max-inflight", type=int, help="requests in flight before new polls are refused")
+    limits.add_argument("--max-request-rate", type=float, help="requests/s admitted before new polls are refused")
+    limits.add_argument("--refusal-retry-wait", type=int,
+                        help="seconds a refused device is told to wait, jittered up to twice that (default 5)")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def load_config(argv: Sequence[str] | None = None) -> ProxyConfig:
+    """The configuration from flags and EDGEFL_PROXY_* env vars; raises pydantic's `ValidationError`."""
     args = _parser().parse_args(argv)
-    overrides = {name: value for name, value in vars(args).items() if value is not None}
+    return ProxyConfig(**{name: value for name, value in vars(args).items() if value is not None})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     try:
-        config = ProxyConfig(**overrides)
+        config = load_config(argv)
     except ValidationError as exc:
         print(f"routing-proxy: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
@@ -62,6 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_lcp_map(config.lcp_map)  # fail before any worker starts
     except LcpMapError as exc:
         print(f"routing-proxy: {exc}", file=sys.stderr)
+        return 2
+    try:
+        config.device_auth()  # unreadable or empty token/device files: fail before any worker starts
+    except (OSError, ValueError) as exc:
+        print(f"routing-proxy: device authentication: {exc}", file=sys.stderr)
         return 2
     _configure_logging(config.log_level)
     if config.workers == 1:

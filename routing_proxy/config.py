@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from device_protocol.frames import DEVELOPMENT_SECRET
+
+from .admission import AdmissionControl
+from .device_auth import DeviceAuthenticator, parse_lines
 
 
 class ProxyConfig(BaseSettings):
@@ -42,6 +48,17 @@ class ProxyConfig(BaseSettings):
     # SIGTERM: how long in-flight requests may take to finish before they are cut.
     drain_timeout: float = Field(30.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    # Device authentication (routing_proxy/device_auth.py): off unless one of these is set.
+    auth_tokens_file: Path | None = None  # accepted auth_token values, one per line
+    # One more accepted token, from EDGEFL_PROXY_AUTH_TOKEN only: a flag would show it in `ps`.
+    auth_token: SecretStr = SecretStr("")
+    allowed_devices_file: Path | None = None  # device ids admitted, one per line
+    # Admission control (routing_proxy/admission.py), per worker process; 0 turns a limit off.
+    device_rate: int = Field(0, ge=0)  # requests one device may make per device_window
+    device_window: float = Field(60.0, gt=0, le=86400)
+    max_inflight: int = Field(0, ge=0)
+    max_request_rate: float = Field(0.0, ge=0)  # requests/s admitted in total
+    refusal_retry_wait: int = Field(5, ge=1, le=3600)  # seconds; refusals wait this to twice this
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -52,4 +69,42 @@ class ProxyConfig(BaseSettings):
         """The link secret as bytes, read from `link_secret_file` when one is set."""
         if self.link_secret_file is not None:
             return self.link_secret_file.read_bytes().strip()
-        return self.link_secret.get_secret_value().encode()
+        secret = self.link_secret.get_secret_value().encode()
+        if not secret:
+            # The leaves fall back to the same public secret: a one-machine stack just works.
+            logging.getLogger(__name__).warning("no link secret set: the links use the public development secret")
+        return secret or DEVELOPMENT_SECRET
+
+    def device_auth(self) -> DeviceAuthenticator | None:
+        """The device authenticator, or None when device authentication is off.
+
+        Reads the token and device files; raises `OSError` when one cannot be read and
+        `ValueError` when one is empty or a token is unusable.
+        """
+        tokens = []
+        if self.auth_tokens_file is not None:
+            tokens = parse_lines(self.auth_tokens_file.read_text())
+            if not tokens:
+                raise ValueError(f"{self.auth_tokens_file} holds no token")
+        if self.auth_token.get_secret_value():
+            tokens.append(self.auth_token.get_secret_value().strip())
+        devices = None
+        if self.allowed_devices_file is not None:
+            devices = parse_lines(self.allowed_devices_file.read_text())
+            if not devices:
+                raise ValueError(f"{self.allowed_devices_file} holds no device id")
+        if not tokens and devices is None:
+            return None
+        return DeviceAuthenticator(tokens, devices)
+
+    def admission(self) -> AdmissionControl | None:
+        """This worker's admission control, or None when every limit is off."""
+        if not (self.device_rate or self.max_inflight or self.max_request_rate):
+            return None
+        return AdmissionControl(
+            device_rate=self.device_rate,
+            device_window=self.device_window,
+            max_inflight=self.max_inflight,
+            max_rate=self.max_request_rate,
+            retry_wait=self.refusal_retry_wait,
+        )

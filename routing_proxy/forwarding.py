@@ -17,6 +17,8 @@ import orjson
 from device_protocol.codecs import JSON, MSGPACK, media_type
 from edge_gateway.rpc import RpcRemoteError, RpcUnavailable
 
+from .admission import AdmissionControl
+from .device_auth import DeviceAuthenticator
 from .http1 import Reply, Request, Response, invalid_request
 from .upstreams import Upstream, Upstreams
 
@@ -52,9 +54,18 @@ def retry() -> Response:
 class Forwarder:
     """The dispatcher of the proxy's HTTP server: FEG endpoints, `/health`, JSON errors."""
 
-    def __init__(self, upstreams: Upstreams, *, upstream_timeout: float) -> None:
+    def __init__(
+        self,
+        upstreams: Upstreams,
+        *,
+        upstream_timeout: float,
+        device_auth: DeviceAuthenticator | None = None,
+        admission: AdmissionControl | None = None,
+    ) -> None:
         self._upstreams = upstreams
         self._timeout = upstream_timeout
+        self._auth = device_auth
+        self._admission = admission
 
     def __call__(self, request: Request, reply: Reply) -> None:
         path, _, query_string = request.target.partition(b"?")
@@ -83,6 +94,16 @@ class Forwarder:
         if not device_id:
             reply(invalid_request(400, "Device ID missing"))  # PROTOCOL.md §2
             return
+        # Before anything reaches a leaf: who may ask, and whether the gateway takes more now.
+        if self._auth is not None and (reason := self._auth.check(device_id, headers.get("x-flare-user-info"))):
+            reply(invalid_request(403, reason))
+            return
+        if self._admission is not None:
+            refused = self._admit(self._admission, endpoint, device_id)
+            if refused is not None:
+                reply(refused)
+                return
+            reply = _releasing(self._admission, reply)
         body = request.body
         # Any charset parameter is fine: only the media type counts (PROTOCOL.md §2).
         if body and media_type(headers.get("content-type", "")) not in _BODY_TYPES:
@@ -100,6 +121,16 @@ class Forwarder:
         candidates = self._upstreams.candidates(device_id)
         _Call(candidates, [endpoint, query, headers, body], reply, self._timeout).next()
 
+    @staticmethod
+    def _admit(admission: AdmissionControl, endpoint: str, device_id: str) -> Response | None:
+        if endpoint == "result":
+            admission.enter()  # uploads are never refused (admission.py), only counted
+            return None
+        refusal = admission.admit(device_id, asyncio.get_running_loop().time())
+        if refusal is None:
+            return None
+        return Response(200, JSON, refusal.body())
+
     def _other(self, request: Request, path: bytes, endpoint: str) -> Response:
         if endpoint != "health":
             shown = path.decode("utf-8", "replace")[:200]
@@ -110,6 +141,14 @@ class Forwarder:
         healthy = sum(leaf["healthy"] for leaf in leaves.values())
         body = {"status": "OK" if healthy else "RETRY", "healthy": healthy, "leaves": leaves}
         return Response(200, JSON, orjson.dumps(body))
+
+
+def _releasing(admission: AdmissionControl, reply: Reply) -> Reply:
+    def release_then_reply(response: Response) -> None:
+        admission.release()
+        reply(response)
+
+    return release_then_reply
 
 
 def _method_not_allowed(method: str, endpoint: str, methods: frozenset[str]) -> Response:

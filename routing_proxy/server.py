@@ -31,7 +31,7 @@ class ProxyServer:
     """One process's proxy: the links to the leaves and the device-facing listener."""
 
     def __init__(self, config: ProxyConfig) -> None:
-        """Raises `LcpMapError` on a bad lcp map."""
+        """Raises `LcpMapError` on a bad lcp map, `OSError`/`ValueError` on bad device-auth files."""
         self.config = config
         self.upstreams = Upstreams(
             load_lcp_map(config.lcp_map),
@@ -46,7 +46,13 @@ class ProxyServer:
             body_timeout=config.body_timeout,
             keepalive_timeout=config.keepalive_timeout,
         )
-        self.http = HttpServer(Forwarder(self.upstreams, upstream_timeout=config.upstream_timeout), limits)
+        forwarder = Forwarder(
+            self.upstreams,
+            upstream_timeout=config.upstream_timeout,
+            device_auth=config.device_auth(),
+            admission=config.admission(),
+        )
+        self.http = HttpServer(forwarder, limits)
         self._listener: asyncio.Server | None = None
 
     async def start(self) -> int:
