@@ -42,6 +42,7 @@ class CookieSigner:
         if type(version) is not int or type(selection_id) is not int or not isinstance(sig, str):
             raise CookieInvalid("malformed cookie: send back the cookie that came with the task")
         expected = self._sign(job_id, device_id, task_id, version, selection_id)
-        if not hmac.compare_digest(expected, sig):
+        # As bytes: compare_digest raises TypeError on a str holding anything but ASCII.
+        if not hmac.compare_digest(expected.encode(), sig.encode("utf-8", "surrogatepass")):
             raise CookieInvalid("cookie signature does not match this device and task")
         return version, selection_id

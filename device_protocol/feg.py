@@ -110,9 +110,21 @@ def _text(fields: Mapping[str, Any], name: str, errors: list[str], empty_ok: boo
 
 def _cookie(fields: Mapping[str, Any], errors: list[str]) -> dict[str, Any] | None:
     cookie = fields.get("cookie")
-    if cookie is None or isinstance(cookie, dict):
-        return cookie
-    errors.append(f"invalid cookie type {type(cookie)}")
+    if cookie is None:
+        return None
+    problem = _object_problem("cookie", cookie)
+    if problem is not None:
+        errors.append(problem)
+        return None
+    return cookie
+
+
+def _object_problem(name: str, value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return f"invalid {name} type {type(value)}"
+    # A msgpack map may have bytes keys; the models hold str keys (and pydantic would raise).
+    if not all(isinstance(key, str) for key in value):
+        return f"invalid {name}: keys must be strings"
     return None
 
 
@@ -147,8 +159,8 @@ def _result(identity: Identity, fields: Mapping[str, Any], errors: list[str]) ->
     result = fields.get("result")
     if result is None:
         errors.append("missing result")
-    elif not isinstance(result, dict):
-        errors.append(f"invalid result type {type(result)}")
+    elif (problem := _object_problem("result", result)) is not None:
+        errors.append(problem)
     cookie = _cookie(fields, errors)
     if errors:
         return None

@@ -57,7 +57,7 @@ class FrameDecoder:
     `max_frame` may be raised after construction (e.g. once a peer has authenticated).
     """
 
-    __slots__ = ("max_frame", "_buffer")
+    __slots__ = ("_buffer", "max_frame")
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self.max_frame = max_frame
@@ -123,9 +123,8 @@ def message_kind(msg: Any) -> int:
         elif kind == RESPONSE:
             if n == 4 and type(msg[1]) is int and (msg[2] is None or type(msg[2]) is str):
                 return RESPONSE
-        elif kind in (HELLO, AUTH):
-            if n == 2 and type(msg[1]) is bytes:
-                return kind
+        elif kind in (HELLO, AUTH) and n == 2 and type(msg[1]) is bytes:
+            return kind
     # reprlib: bounded in length and nesting (a plain repr of a 1,000-deep list raises).
     raise FrameError(f"malformed message: {reprlib.repr(msg)}")
 

@@ -56,7 +56,10 @@ def _parse_json_info(text: str, header: str) -> dict[str, str]:
     for key, val in obj.items():
         if val is None or val == "" or val == _ABSENT:
             continue
-        info[str(key)] = val if isinstance(val, str) else orjson.dumps(val).decode()
+        try:
+            info[str(key)] = val if isinstance(val, str) else orjson.dumps(val).decode()
+        except orjson.JSONEncodeError:  # nested deeper than orjson writes (it reads deeper)
+            raise InvalidRequest(f"{header} value of {key[:40]!r} is nested too deeply") from None
     return info
 
 

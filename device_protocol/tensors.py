@@ -6,6 +6,7 @@ Never pickle: binary tensors are raw little-endian buffers described by dtype an
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +21,9 @@ ERROR_KIND = "error"
 NAME_PREFIX = "net."
 _BINARY_DTYPES = {"float32": "<f4", "float64": "<f8", "float16": "<f2"}
 MAX_NUM_SAMPLES = 1_000_000
+# numpy's own limit. Checked before multiplying sizes out: a product over a million dimensions
+# costs time quadratic in their number (a CPU-bound denial of service from one upload).
+MAX_DIMS = 64
 
 Shapes = Mapping[str, tuple[int, ...]]
 
@@ -36,16 +40,17 @@ def to_binary(array: np.ndarray) -> dict[str, Any]:
 def from_binary(entry: Any) -> np.ndarray:
     """`{dtype, shape, data}` -> a read-only array; refuses anything malformed with ValueError."""
     if not isinstance(entry, Mapping):
-        raise ValueError("tensor must be an object with dtype, shape and data")
-    dtype = _BINARY_DTYPES.get(entry.get("dtype"))  # type: ignore[arg-type]
+        raise ValueError("tensor must be an object with dtype, shape and data")  # noqa: TRY004 (ValueError is the one refusal callers catch)
+    name = entry.get("dtype")
+    dtype = _BINARY_DTYPES.get(name) if isinstance(name, str) else None  # a list is unhashable
     shape = entry.get("shape")
     data = entry.get("data")
     if dtype is None:
-        raise ValueError(f"unsupported dtype {entry.get('dtype')!r}")
-    if not isinstance(shape, list) or not all(type(d) is int and 0 <= d < 2**31 for d in shape):
-        raise ValueError("shape must be a list of non-negative integers")
+        raise ValueError(f"unsupported dtype {reprlib.repr(name)}")
+    if not _is_shape(shape):
+        raise ValueError(f"shape must be a list of at most {MAX_DIMS} non-negative integers")
     if not isinstance(data, bytes):
-        raise ValueError("data must be bytes")
+        raise ValueError("data must be bytes")  # noqa: TRY004 (ValueError is the one refusal callers catch)
     count = math.prod(shape)
     if count * np.dtype(dtype).itemsize != len(data):
         raise ValueError(f"data holds {len(data)} bytes, shape {shape} of {entry['dtype']} needs {count * np.dtype(dtype).itemsize}")
@@ -84,20 +89,25 @@ def from_json_entry(entry: Any) -> np.ndarray:
     sizes = entry.get("sizes")
     if sizes is None:
         raise ValueError("tensor object has no sizes")
-    if not isinstance(sizes, list) or not all(type(d) is int and 0 <= d < 2**31 for d in sizes):
-        raise ValueError("sizes must be a list of non-negative integers")
+    if not _is_shape(sizes):
+        raise ValueError(f"sizes must be a list of at most {MAX_DIMS} non-negative integers")
     count = math.prod(sizes)
     if flat.size != count:
         raise ValueError(f"data has {flat.size} values, sizes {sizes} need {count}")
     strides = entry.get("strides")
-    if strides is None or strides == _row_major(sizes):
+    # An empty tensor has no offsets to check; gathering one would still allocate per size.
+    if strides is None or count == 0 or strides == _row_major(sizes):
         return flat.reshape(sizes)
     return _gather_strided(flat, sizes, strides)
 
 
+def _is_shape(dims: Any) -> bool:
+    return isinstance(dims, list) and len(dims) <= MAX_DIMS and all(type(d) is int and 0 <= d < 2**31 for d in dims)
+
+
 def _float_array(values: Any) -> np.ndarray:
     if not isinstance(values, list):
-        raise ValueError("tensor data must be a list of numbers")
+        raise ValueError("tensor data must be a list of numbers")  # noqa: TRY004 (ValueError is the one refusal callers catch)
     try:
         arr = np.asarray(values)
     except (ValueError, TypeError, OverflowError):
@@ -144,9 +154,11 @@ def decode_update(result: Mapping[str, Any], shapes: Shapes) -> tuple[dict[str, 
     if kind == ERROR_KIND:
         detail = result.get("data")
         reason = detail.get("error") if isinstance(detail, Mapping) else detail
-        raise UpdateRejected(f"device reported a training error: {reason}")
-    if kind not in DIFF_KINDS:
-        raise UpdateRejected(f"unsupported result kind {kind!r}; expected one of {sorted(DIFF_KINDS)}")
+        # Quoted with reprlib: bounded in length and nesting (repr of a 1,000-deep list raises).
+        text = reason if isinstance(reason, str) else reprlib.repr(reason)
+        raise UpdateRejected(f"device reported a training error: {text[:200]}")
+    if not isinstance(kind, str) or kind not in DIFF_KINDS:  # a list or object kind is unhashable
+        raise UpdateRejected(f"unsupported result kind {reprlib.repr(kind)}; expected one of {sorted(DIFF_KINDS)}")
     data = result.get("data")
     if not isinstance(data, Mapping) or not data:
         raise UpdateRejected("empty result: no tensors in data")
