@@ -104,7 +104,7 @@ class _Refused(Exception):
 
 
 class _Clock:
-    """The loop's time and the `Date` header value, refreshed once per second by the sweep."""
+    """The `Date` header value, refreshed once per second by the sweep."""
 
     def __init__(self) -> None:
         self.date = b""
@@ -157,7 +157,11 @@ class HttpServer:
             self.clock.tick()
             now = loop.time()
             for connection in [c for c in self.connections if c.deadline < now]:
-                connection.deadline_passed()
+                try:
+                    connection.deadline_passed()
+                except Exception:  # one broken connection must not end the sweep for all
+                    logger.exception("closing a connection past its deadline failed")
+                    connection.abort()
 
 
 # What happens when a connection's deadline passes.
@@ -323,7 +327,8 @@ class HttpConnection(asyncio.Protocol):
 
     def _next(self) -> None:
         """Dispatch queued requests while nothing is in flight and the client reads its answers."""
-        while not self._in_flight and self._queue and not self._write_paused and self.transport is not None:
+        while (not self._in_flight and self._queue and not self._write_paused and not self._closing
+               and self.transport is not None):
             item, keep_alive = self._queue.popleft()
             if isinstance(item, Response):
                 self._write(item, head_only=False, keep_alive=False)

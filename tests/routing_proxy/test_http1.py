@@ -251,3 +251,12 @@ async def test_drain_closes_idle_connections_and_finishes_busy_ones(leaves: Make
         busy_writer.close()
     (status, headers, body), = answers(answer)
     assert status == 200 and headers["connection"] == "close" and body == b'{"status":"OK"}'
+
+
+async def test_nothing_is_dispatched_after_a_closing_answer(leaves: MakeLeaf, proxy: MakeProxy) -> None:
+    leaf = await leaves("C11")
+    px = await proxy([leaf])
+    closing = b"POST /task?job_id=J HTTP/1.1\r\nHost: x\r\nX-Flare-Device-ID: D\r\nConnection: close\r\n\r\n"
+    raw = await exchange(px, closing + TASK + TASK)
+    assert [status for status, _, _ in answers(raw)] == [200]
+    assert len(leaf.received) == 1
