@@ -406,6 +406,21 @@ class RpcClient:
         link.write(frame)
         return future
 
+    def fail_pending(self, reason: str) -> int:
+        """Fail every call waiting for an answer (`RpcUnavailable`, `sent` True); return how many.
+
+        For a peer that stopped answering while its connection looks alive (a network partition
+        sends no reset): its callers hear now instead of at their deadlines.
+        """
+        link = self._link
+        if link is None:
+            return 0
+        waiting = [future for future in link.pending.values() if not future.done()]
+        error = RpcUnavailable(f"{self.name}: {reason}")
+        for future in waiting:
+            future.set_exception(error)
+        return len(waiting)
+
     async def close(self) -> None:
         """Stop reconnecting and close the link; pending calls fail with `RpcUnavailable`."""
         runner, self._runner = self._runner, None

@@ -115,4 +115,8 @@ class Upstreams:
             logger.info("leaf %s (%s:%s) is healthy", upstream.leaf.name, upstream.leaf.host, upstream.leaf.port)
         else:
             self._ping_ok.discard(index)
-            logger.warning("leaf %s (%s:%s) is unhealthy: %s", upstream.leaf.name, upstream.leaf.host, upstream.leaf.port, reason)
+            # Requests it holds would wait out their whole deadline (a partitioned leaf sends no
+            # reset): answer them RETRY now, so their devices come back and go to another leaf.
+            failed = upstream.client.fail_pending("leaf unhealthy")
+            logger.warning("leaf %s (%s:%s) is unhealthy: %s; %d requests in flight answered RETRY",
+                           upstream.leaf.name, upstream.leaf.host, upstream.leaf.port, reason, failed)

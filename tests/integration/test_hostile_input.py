@@ -445,16 +445,24 @@ async def test_device_id_tricks_from_a_phone(stack: Stack, http: aiohttp.ClientS
     assert (code, reply["status"]) == (200, "OK")
     # The answering leaf lists its own leases (some of the three, by hashing) and no `evil#1`..`evil#999`.
     assert set(reply["selection"]) <= {"evil?1000", "evil#0", "evil?5#1"}, reply
-    # On /selection `x?N` announces N simulated devices (the simulator has no other way,
-    # docs/NVFLARE_SIMULATOR.md §6.7): they are listed, and take no slot and no task.
+    # From a phone, `x?N` on /selection is an ordinary id too: no phantom devices, no amplification.
     code, reply = await call(http, f"{p}/selection?job_id={job}", {}, phone("phantom?3"))
     assert (code, reply["status"]) == (200, "OK")
-    assert {f"phantom#{i}" for i in range(3)} <= set(reply["selection"])
-    # Past the per-job cap: refused, and a 7-digit N is no announcement at all (an ordinary id).
-    code, reply = await call(http, f"{p}/selection?job_id={job}", {}, phone("flood?100001"))
+    assert not any(d.startswith("phantom") for d in reply["selection"])
+    # Only NVFlare's simulator (`platform=None`, docs/NVFLARE_SIMULATOR.md) announces devices this
+    # way (§7 there): they are listed, and take no slot and no task.
+    simulator = headers("sim?3", "app_name=flare_mobile&app_version=1.0&platform=None&platform_version=None")
+    code, reply = await call(http, f"{p}/selection?job_id={job}", {}, simulator)
+    assert (code, reply["status"]) == (200, "OK")
+    assert {f"sim#{i}" for i in range(3)} <= set(reply["selection"])
+    # Past the per-job cap: refused, with a reason and no server internals; a 7-digit N is no
+    # announcement at all (an ordinary id).
+    flood = headers("flood?100001", "app_name=flare_mobile&app_version=1.0&platform=None&platform_version=None")
+    code, reply = await call(http, f"{p}/selection?job_id={job}", {}, flood)
     assert (code, reply["status"], reply["retry_wait"]) == (200, "RETRY", 1)
-    assert reply["message"].endswith("a job lists at most 100000 simulated devices")
-    code, reply = await call(http, f"{p}/selection?job_id={job}", {}, phone("flood?1000000"))
+    assert reply["message"] == "simulated device group refused: too many devices for this job"
+    flood = headers("flood?1000000", "app_name=flare_mobile&app_version=1.0&platform=None&platform_version=None")
+    code, reply = await call(http, f"{p}/selection?job_id={job}", {}, flood)
     assert (code, reply["status"]) == (200, "OK") and not any(d.startswith("flood") for d in reply["selection"])
     await assert_untouched(stack, job, before, tasks_issued=3)
     await valid_device_trains(stack, http, job, "valid-after-id-tricks")

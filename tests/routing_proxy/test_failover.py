@@ -160,3 +160,22 @@ async def test_malformed_leaf_result_is_retry(
     px = await proxy([await leaves("C11", odd)])
     for _ in range(4):
         await assert_retry(http, px)
+
+
+async def test_a_silent_leaf_releases_its_requests_when_marked_unhealthy(
+    leaves: MakeLeaf, proxy: MakeProxy, http: aiohttp.ClientSession
+) -> None:
+    """A partition sends no reset: the link looks up, nothing comes back. Requests waiting on that
+    leaf are answered RETRY once its pings fail, not at the 20 s deadline, and new ones go elsewhere."""
+    silent, other = await leaves("silent"), await leaves("other")
+    px = await proxy([silent, other], upstream_timeout=20.0, health_interval=0.1, health_timeout=0.5)
+    device = next(d for d in DEVICES if px.upstreams.router.ranking(d)[0] == 0)
+    server = silent._server
+    assert server is not None
+    for link in server.links:  # the leaf stops reading: pings and requests go unanswered
+        assert link.transport is not None
+        link.transport.pause_reading()
+    started = time.monotonic()
+    await assert_retry(http, px, device)
+    assert time.monotonic() - started < 3.0
+    assert await leaf_of(http, px, device) == "other"
