@@ -329,14 +329,15 @@ class Stack:
 
 
 def start_stack(procs: Procs, run_dir: Path, *, tag: str, leaves: int = 1, workers: int = 1,
-                cpus: str | None = None, server_cmd: list[str] | None = None) -> Stack:
+                cpus: str | None = None, server_cmd: list[str] | None = None, log_level: str = "warning") -> Stack:
     """Start a server, `leaves` leaves and a proxy with `workers` processes, all pinned to `cpus`.
 
-    `server_cmd` replaces `python -m edge_gateway` for the server (benchmarks/_big_model_server.py)."""
+    `server_cmd` replaces `python -m edge_gateway` for the server (benchmarks/_big_model_server.py);
+    `log_level` applies to server and leaves (the proxy logs warnings only)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     env = {"EDGEFL_LINK_SECRET": os.urandom(16).hex()}
     m = [PY, "-m"]
-    server = procs.start(f"{tag}.server", (server_cmd or m + ["edge_gateway"]) + ["--log-level", "warning", "server", "--http-port", "0",
+    server = procs.start(f"{tag}.server", (server_cmd or m + ["edge_gateway"]) + ["--log-level", log_level, "server", "--http-port", "0",
                                               "--link-port", "0", "--data-dir", str(run_dir / "server"),
                                               "--ready-file", str(run_dir / "server.ready")], cpus=cpus, env=env)
     ready = wait_file(server, run_dir / "server.ready")
@@ -344,7 +345,7 @@ def start_stack(procs: Procs, run_dir: Path, *, tag: str, leaves: int = 1, worke
     for i in range(leaves):
         name = f"leaf-{i}"
         leaf_procs.append(procs.start(f"{tag}.{name}", m + [
-            "edge_gateway", "--log-level", "warning", "leaf", "--name", name, "--port", "0",
+            "edge_gateway", "--log-level", log_level, "leaf", "--name", name, "--port", "0",
             "--server", f"127.0.0.1:{ready['link_port']}", "--ready-file", str(run_dir / f"{name}.ready")],
             cpus=cpus, env=env))
     for i, leaf in enumerate(leaf_procs):

@@ -26,7 +26,7 @@ class JobView(_Message):
     round: int
     selection_id: int
     quota: int = Field(description="tasks this leaf may have out (leased or done) in this selection")
-    free_slots: int = Field(default=0, description="slots of this selection no leaf holds yet")
+    free_slots: int = Field(default=0, description="slots this leaf could still be granted by asking again")
     retry_wait: int
     task_timeout: float
     param_shapes: dict[str, list[int]]
@@ -92,3 +92,4 @@ class SubmitReply(_Message):
     late: bool = False
     duplicates: list[str] = []
     message: str = ""
+    boot: str = ""  # the server boot that took an accepted batch: leaves re-send only what earlier boots took

@@ -52,3 +52,4 @@ class LeafConfig(_Settings):
     sync_interval: float = Field(default=0.2, gt=0.0)
     quota_hold: float = Field(default=0.5, ge=0.0, description="seconds a /task may wait for a free slot")
     result_hold: float = Field(default=20.0, gt=0.0, description="seconds a /result may wait for the server")
+    drain_timeout: float = Field(default=8.0, ge=0.0, description="SIGTERM: seconds to answer what is in flight")

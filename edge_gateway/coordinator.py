@@ -20,6 +20,10 @@ from .jobs import JobSpec
 
 # A leaf that has not synced for this long no longer holds slots: its devices have moved on.
 LEAF_STALE_AFTER = 3.0
+# A resumed job closes no round by quorum for this long: the leaves first re-send what the lost
+# process had counted since its checkpoint (they reconnect within their 2 s backoff and re-send on
+# their first sync). A round closed before that would turn those acknowledged results away as late.
+RESUME_HOLD = 5.0
 # Simulator groups only list devices in the selection map; the cap keeps the map a sane size.
 MAX_GROUP_DEVICES = 100_000
 
@@ -35,6 +39,7 @@ class LeafSlots:
     report: LeafJobReport
     granted: int
     seen_at: float
+    selection_id: int  # the selection `granted` is for: a grant for an earlier one holds nothing
 
 
 @dataclass
@@ -47,6 +52,7 @@ class JobState:
     round: int = 0
     selection_id: int = 0
     selection_opened_at: float = 0.0
+    quorum_hold_until: float = 0.0  # see RESUME_HOLD
     partial: PartialSum = field(init=False)
     counted: set[str] = field(default_factory=set)
     leaves: dict[str, LeafSlots] = field(default_factory=dict)
@@ -76,10 +82,12 @@ class Coordinator:
     # -- jobs ---------------------------------------------------------------------------------
     def add_job(self, job_id: str, spec: JobSpec, weights: Mapping[str, np.ndarray], now: float,
                 version: int = 0, round_: int = 0, history: list[dict[str, Any]] | None = None,
-                status: str = "running", device_groups: Mapping[str, int] | None = None) -> JobState:
+                status: str = "running", device_groups: Mapping[str, int] | None = None,
+                resumed: bool = False) -> JobState:
+        """Add a new job, or (`resumed`) one restored from its checkpoint after a restart."""
         job = JobState(job_id=job_id, spec=spec, weights=dict(weights), status=status, version=version,
                        round=round_, selection_id=round_, selection_opened_at=now, history=list(history or []),
-                       device_groups=dict(device_groups or {}))
+                       device_groups=dict(device_groups or {}), quorum_hold_until=now + RESUME_HOLD if resumed else 0.0)
         if job.round >= spec.rounds:
             job.status = "done"
         self.jobs[job_id] = job
@@ -117,9 +125,9 @@ class Coordinator:
             grant, free = self._grant(job, leaf, report, now)
         slots = job.leaves.get(leaf)
         if slots is None:
-            job.leaves[leaf] = LeafSlots(report=report, granted=grant, seen_at=now)
+            job.leaves[leaf] = LeafSlots(report=report, granted=grant, seen_at=now, selection_id=job.selection_id)
         else:
-            slots.report, slots.granted, slots.seen_at = report, grant, now
+            slots.report, slots.granted, slots.seen_at, slots.selection_id = report, grant, now, job.selection_id
         spec = job.spec
         return JobView(
             job_id=job.job_id, job_name=spec.name, status=job.status, model_version=job.version,
@@ -131,20 +139,33 @@ class Coordinator:
         )
 
     def _grant(self, job: JobState, leaf: str, report: LeafJobReport, now: float) -> tuple[int, int]:
-        """(slots granted to this leaf, slots still free for anyone)."""
-        # Slots other leaves hold: what they use or were granted, whichever is more, so two
-        # leaves are never granted the same free slot.
+        """(slots granted to this leaf, slots it could still get by asking again).
+
+        Each leaf gets at most its max-min fair share of the selection, computed from the demand
+        (slots in use + devices waiting) every live leaf last reported: the first leaf to sync
+        after a round opens no longer takes every slot, and a share nobody else wants (one busy
+        leaf, a dead leaf's) goes to whoever asks.
+        """
+        current = job.selection_id
+        assigned = report.assigned if report.selection_id == current else 0
+        waiting = report.waiting if report.selection_id == current else 0
         held = 0
+        others = []
         for name, slots in job.leaves.items():
             if name == leaf or now - slots.seen_at > LEAF_STALE_AFTER:
                 continue
-            used = slots.report.assigned if slots.report.selection_id == job.selection_id else 0
-            held += max(used, slots.granted)
-        assigned = report.assigned if report.selection_id == job.selection_id else 0
-        free = max(0, job.spec.tasks_per_selection - held - assigned)
-        waiting = report.waiting if report.selection_id == job.selection_id else 0
-        share = min(waiting, free)
-        return assigned + share, free - share
+            used = slots.report.assigned if slots.report.selection_id == current else 0
+            granted = slots.granted if slots.selection_id == current else 0
+            # What they use or were granted, whichever is more: two leaves never get the same slot.
+            held += max(used, granted)
+            # Waiting devices count even in a report on the previous selection: that leaf asks
+            # for them at its next sync, a moment after a round opens.
+            others.append(max(used, granted, used + slots.report.waiting))
+        total = job.spec.tasks_per_selection
+        free = max(0, total - held - assigned)
+        cap = fair_level(total, others)
+        share = max(0, min(waiting, free, cap - assigned))
+        return assigned + share, max(0, min(free - share, cap - assigned - share))
 
     # -- results ------------------------------------------------------------------------------
     def submit(self, batch: SubmitBatch, update: Mapping[str, np.ndarray], now: float) -> tuple[SubmitReply, list[NewVersion]]:
@@ -162,14 +183,18 @@ class Coordinator:
         job.partial.add_partial(update, batch.sum_weight, len(batch.task_ids))
         job.counted.update(batch.task_ids)
         events = []
-        if job.partial.count >= job.spec.devices_per_round:
+        if job.partial.count >= job.spec.devices_per_round and now >= job.quorum_hold_until:
             events.append(self._close_round(job, now, reason="quorum"))
-        return SubmitReply(accepted=True), events
+        return SubmitReply(accepted=True, boot=self.boot), events
 
     def tick(self, now: float) -> list[NewVersion]:
-        """Apply round deadlines."""
+        """Apply round deadlines, and close rounds that reached their quorum while resuming."""
         events = []
         for job in self.jobs.values():
+            if job.status == "running" and job.partial.count >= job.spec.devices_per_round \
+                    and now >= job.quorum_hold_until:
+                events.append(self._close_round(job, now, reason="quorum"))
+                continue
             if job.status != "running" or now - job.selection_opened_at < job.spec.round_timeout:
                 continue
             if job.partial.count >= job.spec.min_results:
@@ -217,6 +242,21 @@ class Coordinator:
             "leaves": sorted(s for s, v in job.leaves.items() if now - v.seen_at <= LEAF_STALE_AFTER),
             "history": job.history,
         }
+
+
+def fair_level(total: int, others: list[int]) -> int:
+    """The most slots one more leaf can get in a max-min fair split of `total` among `others`' demands.
+
+    Demands below the level are met in full and the rest split evenly; the level is rounded up so
+    that no slot stays idle for rounding (grants are also bounded by the free slots).
+    """
+    left = total
+    for i, demand in enumerate(sorted(others)):
+        count = len(others) - i + 1  # this demand, the larger ones, and the asking leaf
+        if demand * count >= left:
+            return -(-left // count)
+        left -= demand
+    return left
 
 
 def _repeats(ids: list[str]) -> list[str]:

@@ -15,7 +15,8 @@ from device_protocol.codecs import JSON, decode_body, encode, wants_msgpack
 from device_protocol.cookies import CookieSigner
 from device_protocol.errors import CookieInvalid, ProtocolError, UpdateRejected
 from device_protocol.feg import (
-    FegRequest, JobRequest, ResultRequest, SelectionRequest, Status, TaskRequest, error_response, parse_request,
+    FegRequest, Identity, JobRequest, ResultRequest, SelectionRequest, Status, TaskRequest, error_response,
+    parse_request,
     response,
 )
 from device_protocol.messages import JobView, RegisterGroup, SyncReply, SyncRequest
@@ -33,8 +34,19 @@ log = logging.getLogger(__name__)
 INLINE_DECODE_LIMIT = 64 * 1024
 SIMULATOR_GROUP = re.compile(r"(?P<prefix>[^?#]+)\?(?P<count>[1-9][0-9]{0,5})")
 STARTING_RETRY_WAIT = 5
+# On SIGTERM the leaf answers requests until none has come for this long: the proxy stops sending
+# once its next health ping (every second by default) fails.
+DRAIN_QUIET = 1.0
+DRAINING_RETRY_WAIT = 1  # another leaf will answer: no need to wait long
+WATCH_WAIT = 20.0  # seconds the server may hold a "watch" call
 
 FegReply = list[Any]  # [http_status, content_type, body]
+
+
+def _from_simulator(identity: Identity) -> bool:
+    """NVFlare's Python simulator sends `platform=None`, read as no platform (docs/NVFLARE_SIMULATOR.md
+    §4); phones name theirs, so a phone's `x?N` id is an ordinary id and registers no phantoms."""
+    return "platform" not in identity.device_info
 
 
 class Leaf:
@@ -58,19 +70,38 @@ class Leaf:
         self._wake_sync = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self.port = 0
+        self._draining = False
+        self._busy = 0  # device requests taken and not answered yet
+        self._last_request = 0.0
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> int:
         if self._client is not None:
             await self._client.start()
         self.batcher.start()
-        self._tasks.append(asyncio.get_running_loop().create_task(self._sync_loop(), name="leaf-sync"))
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._sync_loop(), name="leaf-sync"))
+        self._tasks.append(loop.create_task(self._watch_loop(), name="leaf-watch"))
         self.port = await self._rpc.start(self.config.host, self.config.port)
         log.info("leaf %s listening on %s:%d", self.name, self.config.host, self.port)
         return self.port
 
     async def stop(self) -> None:
-        """Stop taking requests, flush waiting results upward, close the links."""
+        """Drain: fail health pings and turn new work away, but answer every result taken (and the
+        ones still coming until the proxy has moved the devices away), within `drain_timeout`.
+        Then flush what waits for the server and close the links."""
+        self._draining = True
+        loop = asyncio.get_running_loop()
+        started, in_flight = loop.time(), self._busy
+        deadline = started + self.config.drain_timeout
+        while loop.time() < deadline and (self._busy or loop.time() - self._last_request < DRAIN_QUIET):
+            await asyncio.sleep(0.05)
+        if self._busy:
+            log.warning("leaf %s: %d requests unanswered after a %.0f s drain", self.name, self._busy,
+                        self.config.drain_timeout)
+        else:
+            log.info("leaf %s drained in %.1f s (%d requests were in flight)", self.name, loop.time() - started,
+                     in_flight)
         await self._rpc.close()
         await self.batcher.stop()
         for task in self._tasks:
@@ -81,10 +112,32 @@ class Leaf:
 
     # -- proxy-facing handlers ----------------------------------------------------------------
     async def handle_ping(self, _: Any) -> str:
+        if self._draining:
+            raise RuntimeError("leaf shutting down")  # the proxy marks it unhealthy and moves its devices
         return "pong"
 
     def handle_feg(self, payload: Any) -> FegReply | Awaitable[FegReply]:
         """The answer now when it needs no waiting (most /job and /task), else an awaitable."""
+        self._last_request = asyncio.get_running_loop().time()
+        if self._draining and payload[0] != "result":
+            # A result is still answered (Android ends its session on anything but OK); new work
+            # is for the leaves that stay.
+            reply = response(Status.RETRY, retry_wait=DRAINING_RETRY_WAIT, message="leaf shutting down")
+            content_type, data = encode(reply, wants_msgpack(payload[2].get("accept", "")))
+            return [200, content_type, data]
+        outcome = self._answer_feg(payload)
+        if isinstance(outcome, Awaitable):
+            self._busy += 1
+            return self._counted(outcome)
+        return outcome
+
+    async def _counted(self, outcome: Awaitable[FegReply]) -> FegReply:
+        try:
+            return await outcome
+        finally:
+            self._busy -= 1
+
+    def _answer_feg(self, payload: Any) -> FegReply | Awaitable[FegReply]:
         endpoint, query, headers, body = payload
         if len(body) > INLINE_DECODE_LIMIT:
             return self._feg_decoded_in_thread(endpoint, query, headers, body)
@@ -237,7 +290,7 @@ class Leaf:
         job = self.jobs.get(request.job_id)
         if job is None or job.view.status == "done":
             return response(Status.NO_JOB, message=f"no running job {request.job_id!r}")
-        group = SIMULATOR_GROUP.fullmatch(request.identity.device_id)
+        group = SIMULATOR_GROUP.fullmatch(request.identity.device_id) if _from_simulator(request.identity) else None
         if group is not None:
             register = RegisterGroup(job_id=job.view.job_id, prefix=group["prefix"], count=int(group["count"]))
             try:
@@ -245,7 +298,9 @@ class Leaf:
             except RpcUnavailable:
                 return response(Status.RETRY, retry_wait=STARTING_RETRY_WAIT, message="server unavailable")
             except RpcRemoteError as exc:
-                return response(Status.RETRY, retry_wait=job.view.retry_wait, message=str(exc))
+                log.warning("simulated device group %s?%d refused: %s", register.prefix, register.count, exc)
+                return response(Status.RETRY, retry_wait=job.view.retry_wait,
+                                message="simulated device group refused: too many devices for this job")
             job.view = job.view.model_copy(update={"device_groups": {**job.view.device_groups, register.prefix: register.count}})
         selection = job.selection()
         # Every simulated device may ask; the leaves' slots decide who trains (PROTOCOL.md §4).
@@ -274,6 +329,18 @@ class Leaf:
                 pass
             self._wake_sync.clear()
 
+    async def _watch_loop(self) -> None:
+        # A new model version is served as soon as the server has it, not up to a sync interval later.
+        seen = -1
+        while True:
+            try:
+                seen = await self._link.call("watch", {"seen": seen, "wait": WATCH_WAIT}, WATCH_WAIT + 5.0)
+            except (RpcUnavailable, RpcRemoteError) as exc:
+                log.debug("watch failed: %s", exc)
+                await asyncio.sleep(self.config.sync_interval)  # the periodic sync still runs
+                continue
+            self._wake_sync.set()
+
     async def _sync_once(self) -> None:
         now = asyncio.get_running_loop().time()
         reports = {job_id: job.report(now) for job_id, job in self.jobs.items()}
@@ -282,7 +349,7 @@ class Leaf:
         if reply.boot != self._server_boot:
             if self._server_boot is not None:
                 log.warning("server restarted (boot %s): sending again what it had not checkpointed", reply.boot)
-                if not await self.batcher.resend_retained():
+                if not await self.batcher.resend_retained(reply.boot):
                     return  # the next sync tries again
             self._server_boot = reply.boot
         seen = set()

@@ -25,6 +25,9 @@ from .store import CheckpointStore, weights_to_npz
 
 log = logging.getLogger(__name__)
 
+# A leaf's "watch" call is answered at the latest after this long (it then asks again).
+WATCH_LIMIT = 30.0
+
 
 class Server:
     """Coordinator + its I/O: RPC for leaves, HTTP for people, disk for checkpoints."""
@@ -34,12 +37,15 @@ class Server:
         self.coordinator = Coordinator(boot=uuid.uuid4().hex)
         self.store = CheckpointStore(config.data_dir / "jobs")
         self._rpc = RpcServer({"sync": self.handle_sync, "model": self.handle_model, "submit": self.handle_submit,
-                               "register": self.handle_register}, config.secret_bytes())
+                               "register": self.handle_register, "watch": self.handle_watch}, config.secret_bytes())
         self._model_cache: dict[tuple[str, int], dict[str, Any]] = {}
         self._programs = ProgramBuilder()
         self._base_programs: dict[str, asyncio.Task[bytes]] = {}  # exported once per job
         self._version_programs: dict[tuple[str, int], asyncio.Task[bytes]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        # News for leaves (a model version, a job added or ended): counted, and an event per count.
+        self._news = 0
+        self._news_event = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._tick_task: asyncio.Task[None] | None = None
         self.http_port = 0
@@ -77,7 +83,7 @@ class Server:
             self.coordinator.add_job(cp.job_id, cp.spec, cp.weights, now, version=cp.state["version"],
                                      round_=cp.state["round"], history=cp.state.get("history"),
                                      status=cp.state.get("status", "running"),
-                                     device_groups=cp.state.get("device_groups"))
+                                     device_groups=cp.state.get("device_groups"), resumed=True)
             log.info("resumed job %s (%s) at model version %d", cp.job_id, cp.spec.name, cp.state["version"])
 
     # -- jobs ---------------------------------------------------------------------------------
@@ -88,6 +94,7 @@ class Server:
         job_id = str(uuid.uuid4())
         self.coordinator.add_job(job_id, spec, weights, time.monotonic())
         self._checkpoint(job_id)
+        self._announce()
         self._evaluate_later(job_id, 0)
         if spec.runtime == "executorch":
             self._program(job_id, 0)  # exported now, off the request path, while devices hear "Model not ready"
@@ -98,6 +105,7 @@ class Server:
     async def end_job(self, job_id: str) -> None:
         self.coordinator.end_job(job_id)
         self._checkpoint(job_id)
+        self._announce()
 
     def _checkpoint(self, job_id: str) -> None:
         # On the loop, not in a thread: two writers could land out of order and leave an older
@@ -130,11 +138,13 @@ class Server:
     def _on_versions(self, events: list[NewVersion]) -> None:
         for event in events:
             job = self.coordinator.job(event.job_id)
-            log.info("job %s: round %d closed, model v%d (%d results)", event.job_id, job.round, event.version,
-                     job.history[-1]["results"])
+            started = time.perf_counter()
             # Written before anything else runs on the loop: no leaf may see the new version (and
             # drop the results it keeps for the old one) before it is on disk.
             self._checkpoint(event.job_id)
+            log.info("job %s: round %d closed, model v%d (%d results), checkpoint written in %.1f ms", event.job_id,
+                     job.round, event.version, job.history[-1]["results"], (time.perf_counter() - started) * 1e3)
+            self._announce()
             self._evaluate_later(event.job_id, event.version)
             if job.spec.runtime == "executorch" and job.status == "running":
                 self._program(event.job_id, event.version)  # ready before the leaves ask
@@ -147,7 +157,23 @@ class Server:
             except Exception:
                 log.exception("tick failed")
 
+    def _announce(self) -> None:
+        """Wake the leaves' watch calls: they sync at once instead of at their next tick."""
+        self._news += 1
+        self._news_event.set()
+        self._news_event = asyncio.Event()
+
     # -- leaf link handlers -------------------------------------------------------------------
+    async def handle_watch(self, payload: Any) -> int:
+        """Long poll: the news count, as soon as it differs from the one the leaf saw (or after `wait` s)."""
+        seen, wait = int(payload["seen"]), min(float(payload["wait"]), WATCH_LIMIT)
+        if seen == self._news:
+            try:
+                await asyncio.wait_for(self._news_event.wait(), wait)
+            except TimeoutError:
+                pass
+        return self._news
+
     async def handle_sync(self, payload: Any) -> dict[str, Any]:
         request = SyncRequest.model_validate(payload)
         return self.coordinator.sync(request, time.monotonic()).model_dump()
@@ -200,7 +226,11 @@ class Server:
     async def handle_submit(self, payload: Any) -> dict[str, Any]:
         batch = SubmitBatch.model_validate(payload)
         update = tensors_from_binary(batch.sum_update)
+        started = time.perf_counter()
         reply, events = self.coordinator.submit(batch, update, time.monotonic())
+        if events:
+            log.info("job %s: batch of %d results added and round closed in %.1f ms", batch.job_id,
+                     len(batch.task_ids), (time.perf_counter() - started) * 1e3)
         # The version the batch went into is checkpointed before the leaf is answered.
         self._on_versions(events)
         return reply.model_dump()

@@ -3,8 +3,10 @@
 Devices' results wait in the open batch; one flush sums them (float64) and submits the partial
 `(Σ w·Δ, Σ w, n)` with the task ids. Each device's request is answered only when the server has
 taken its batch: acknowledged means aggregated (DESIGN.md "Guarantees"). What the server took is
-also kept here, one running sum per model version, until the server has moved past that version
-(and so checkpointed it), to be sent again if the server restarts and lost it.
+also kept here, one running sum per model version and server boot, until the server has moved
+past that version (and so checkpointed it), to be sent again if the server restarts and lost it.
+Only what an earlier boot took is sent again: a batch the restarted server took already would make
+it refuse the whole sum as duplicates, and the rest would be lost with it.
 """
 
 from __future__ import annotations
@@ -77,22 +79,21 @@ class ResultBatcher:
         self._wake = asyncio.Event()
         self._seq = 0
         self._task: asyncio.Task[None] | None = None
-        self._retained: dict[tuple[str, int], tuple[PartialSum, list[str]]] = {}
+        self._stopping = False
+        # (job id, model version, server boot that took them) -> (their sum, their task ids)
+        self._retained: dict[tuple[str, int, str], tuple[PartialSum, list[str]]] = {}
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="result-batcher")
 
     async def stop(self) -> None:
-        """Flush what is waiting, then stop."""
+        """Flush what is waiting, then stop. A flush in flight is finished, not cut: the server may
+        be taking that batch right now, and its devices are owed the answer."""
         if self._task is None:
             return
-        while self._open:
-            await self._flush_all()
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
+        self._stopping = True
+        self._wake.set()
+        await self._task
 
     async def submit(self, job_id: str, version: int, task_id: str, weight: float,
                      update: dict[str, np.ndarray]) -> Outcome:
@@ -103,7 +104,7 @@ class ResultBatcher:
         return await done
 
     async def _run(self) -> None:
-        while True:
+        while not (self._stopping and not self._open):
             await self._wake.wait()
             self._wake.clear()
             await self._flush_all()
@@ -138,7 +139,7 @@ class ResultBatcher:
                 _resolve(items, Outcome.UNAVAILABLE)
                 return
             if reply.accepted:
-                self._retain(group, partial, batch.task_ids)
+                self._retain(group.job_id, group.version, reply.boot, partial, batch.task_ids)
                 _resolve(items, Outcome.ACCEPTED)
                 return
             if reply.late:
@@ -165,8 +166,8 @@ class ResultBatcher:
                            sum_weight=partial.weight, sum_update=tensors_to_binary(partial.sums))
 
     # -- what the server holds, kept until it is checkpointed -----------------------------------
-    def _retain(self, group: _Group, partial: PartialSum, task_ids: list[str]) -> None:
-        key = (group.job_id, group.version)
+    def _retain(self, job_id: str, version: int, boot: str, partial: PartialSum, task_ids: list[str]) -> None:
+        key = (job_id, version, boot)
         kept = self._retained.get(key)
         if kept is None:
             self._retained[key] = (partial, list(task_ids))
@@ -179,12 +180,19 @@ class ResultBatcher:
         for key in [k for k in self._retained if k[0] == job_id and k[1] < current_version]:
             del self._retained[key]
 
-    async def resend_retained(self) -> bool:
-        """After a server restart: send again what it had taken but may not have checkpointed.
+    async def resend_retained(self, boot: str) -> bool:
+        """After a server restart (now at `boot`): send again what earlier boots had taken but may
+        not have checkpointed. (Batches `boot` took itself, sent while the server was coming back,
+        are not sent again.)
 
         Returns False when the server could not be reached, so the caller tries again.
         """
-        for (job_id, version), (partial, task_ids) in list(self._retained.items()):
+        for key in list(self._retained):
+            job_id, version, taken_by = key
+            kept = self._retained.get(key)  # released meanwhile if its version closed
+            if taken_by == boot or kept is None:
+                continue
+            partial, task_ids = kept
             batch = self._batch(job_id, version, partial, task_ids)
             try:
                 reply = SubmitReply.model_validate(await self._link.call("submit", batch.model_dump(), self._call_timeout))
@@ -194,6 +202,9 @@ class ResultBatcher:
             except RpcRemoteError as exc:
                 log.error("server refused re-sent results of job %s v%d: %s", job_id, version, exc)
                 continue
+            if reply.accepted and self._retained.pop(key, None) is not None:
+                # The new boot holds them now; should it restart too, they go again.
+                self._retain(job_id, version, reply.boot, partial, task_ids)
             if reply.accepted or reply.late:
                 log.info("re-sent %d results of job %s v%d: %s", len(task_ids), job_id, version,
                          "counted" if reply.accepted else "version already closed")

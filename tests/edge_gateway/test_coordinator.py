@@ -3,7 +3,7 @@ import pytest
 
 from device_protocol.messages import LeafJobReport, SubmitBatch, SyncRequest
 from device_protocol.tensors import tensors_to_binary
-from edge_gateway.coordinator import Coordinator
+from edge_gateway.coordinator import Coordinator, fair_level
 from edge_gateway.jobs import JobSpec
 
 W = {"w": np.zeros((2, 2), np.float32)}
@@ -39,6 +39,61 @@ def test_grants_never_exceed_tasks_per_selection_across_leaves():
     a = sync(c, "a", 0.3, waiting=0, assigned=5)
     b = sync(c, "b", 0.3, waiting=8, assigned=4)
     assert a.quota == 5 and b.quota == 7
+
+
+def test_leaves_with_equal_demand_get_equal_grants():
+    c = make(devices_per_round=1000, over_selection=0.2)  # 1,200 tasks per selection
+    for leaf in "abcd":  # each reports on the selection before the one that is open now
+        sync(c, leaf, 0.0, waiting=2500, selection=-1)
+    grants = [sync(c, leaf, 0.1, waiting=2500).quota for leaf in "abcd"]
+    assert grants == [300, 300, 300, 300]
+    assert [sync(c, leaf, 0.3, waiting=2200, assigned=300).quota for leaf in "abcd"] == grants
+
+
+def test_remainder_goes_to_the_leaves_that_sync_first():
+    c = make(devices_per_round=10, over_selection=0.0)
+    for leaf in "abcd":
+        sync(c, leaf, 0.0, waiting=50, selection=-1)
+    assert [sync(c, leaf, 0.1, waiting=50).quota for leaf in "abcd"] == [3, 3, 3, 1]
+
+
+def test_the_only_leaf_with_devices_gets_every_slot():
+    c = make(devices_per_round=100, over_selection=0.2)
+    for leaf in "bcd":  # alive, nobody waiting: their shares go to the leaf that asks
+        sync(c, leaf, 0.0)
+    view = sync(c, "a", 0.1, waiting=500)
+    assert (view.quota, view.free_slots) == (120, 0)
+    # Devices arriving at b later find every slot held: leases are never taken back.
+    assert sync(c, "b", 0.2, waiting=10).quota == 0
+
+
+def test_a_dead_leafs_unused_share_goes_back():
+    c = make(devices_per_round=100, over_selection=0.2)
+    for leaf in "abcd":
+        sync(c, leaf, 0.0, waiting=100)
+    views = {leaf: sync(c, leaf, 0.1, waiting=100) for leaf in "abcd"}
+    assert [v.quota for v in views.values()] == [30, 30, 30, 30]
+    assert views["a"].free_slots == 0  # at its share: asking again would not help
+    # d never syncs again; once it is stale, the others split its 30 slots.
+    assert [sync(c, leaf, 2.0, waiting=70, assigned=30).quota for leaf in "abc"] == [30, 30, 30]
+    assert [sync(c, leaf, 3.5, waiting=70, assigned=30).quota for leaf in "abc"] == [40, 40, 40]
+
+
+def test_expired_leases_are_refilled_within_the_share():
+    c = make(devices_per_round=10, over_selection=0.0)
+    sync(c, "a", 0.0, waiting=50)
+    sync(c, "b", 0.0, waiting=50)
+    assert sync(c, "a", 0.1, waiting=50).quota == 5 and sync(c, "b", 0.1, waiting=50).quota == 5
+    # Two of a's leases expired (assigned 5 -> 3): a gets them back, b gets nothing more.
+    assert sync(c, "a", 0.2, waiting=45, assigned=3).quota == 5
+    assert sync(c, "b", 0.2, waiting=45, assigned=5).quota == 5
+
+
+def test_fair_level():
+    assert fair_level(12, []) == 12
+    assert fair_level(12, [2, 2]) == 8  # small demands met in full, the rest to the asking leaf
+    assert fair_level(1200, [2500, 2500, 2500]) == 300
+    assert fair_level(10, [50, 50, 50]) == 3  # rounded up: the free slots bound the last grant
 
 
 def test_stale_leaf_releases_its_slots():

@@ -58,3 +58,15 @@ def test_memory_independent_of_device_count():
     for u, w in zip(updates, weights):
         acc.add_update(u, w)
     assert sum(a.nbytes for a in acc.sums.values()) == before and acc.count == 200
+
+
+def test_weighted_add_is_float64_multiply_add_bit_for_bit():
+    updates, weights = make_updates(7, 30)
+    acc = PartialSum(SHAPES)
+    expected = {k: np.zeros(s) for k, s in SHAPES.items()}
+    for u, w in zip(updates, weights):
+        acc.add_update(u, w)
+        for k in SHAPES:
+            expected[k] += np.multiply(u[k], w, dtype=np.float64)
+    for k in SHAPES:
+        np.testing.assert_array_equal(acc.sums[k], expected[k])

@@ -1,0 +1,98 @@
+"""The leaf's result batcher against real server handlers over the in-memory link: what a restarted
+server had taken is sent again, exactly once, whatever reached it first."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_gateway.config import ServerConfig
+from edge_gateway.coordinator import RESUME_HOLD
+from edge_gateway.jobs import JobSpec
+from edge_gateway.models import initial_weights
+from edge_gateway.server import Server
+from edge_gateway.uplink import LocalServerLink, Outcome, ResultBatcher
+
+SPEC = JobSpec(name="xor", model="xor", rounds=3, devices_per_round=10, evaluate=False)
+
+
+class SwitchableLink(LocalServerLink):
+    """The in-memory link, pointed at whichever server process is "running" now."""
+
+    def point_at(self, server: Server) -> None:
+        self._handlers = {"submit": server.handle_submit}
+
+
+@asynccontextmanager
+async def server_at(data_dir: Path) -> AsyncIterator[Server]:
+    """A server process's life: it resumes from the checkpoints in `data_dir` (ports picked at random;
+    the batcher reaches its handlers over the in-memory link)."""
+    server = Server(ServerConfig(data_dir=data_dir, http_port=0, link_port=0))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+def update(seed: int) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    return {k: rng.normal(size=v.shape).astype(np.float32) for k, v in initial_weights("xor", 0).items()}
+
+
+async def test_only_what_an_earlier_boot_took_is_sent_again(tmp_path: Path) -> None:
+    link = SwitchableLink({})
+    batcher = ResultBatcher("leaf-0", link)
+    async with AsyncExitStack() as lives:
+        first = await lives.enter_async_context(server_at(tmp_path))
+        j = await first.submit_job(SPEC)
+        link.point_at(first)
+        batcher.start()
+        lives.push_async_callback(batcher.stop)
+        assert await batcher.submit(j, 0, "t1", 1.0, update(1)) is Outcome.ACCEPTED
+        assert await batcher.submit(j, 0, "t2", 1.0, update(2)) is Outcome.ACCEPTED
+
+        # The server process is lost; the new one resumes from the checkpoint (version 0, nothing
+        # counted). A batch reaches it before the leaf's next sync notices the new boot and re-sends.
+        second = await lives.enter_async_context(server_at(tmp_path))
+        link.point_at(second)
+        assert await batcher.submit(j, 0, "t3", 1.0, update(3)) is Outcome.ACCEPTED
+        assert await batcher.resend_retained(second.coordinator.boot)
+
+        job = second.coordinator.job(j)
+        assert job.counted == {"t1", "t2", "t3"}
+        expected = sum(update(i)["linear1.weight"].astype(np.float64) for i in (1, 2, 3))
+        np.testing.assert_allclose(job.partial.sums["linear1.weight"], expected)
+        # Sent once: a second restart notice from the same boot sends nothing more.
+        assert await batcher.resend_retained(second.coordinator.boot)
+        assert job.partial.count == 3
+
+
+async def test_a_resumed_job_closes_no_round_before_the_leaves_re_sent(tmp_path: Path) -> None:
+    """New results can reach a restarted server before a leaf's re-send; had they closed the round,
+    the re-sent (acknowledged) results would have been turned away as late."""
+    spec = SPEC.model_copy(update={"devices_per_round": 2})
+    link = SwitchableLink({})
+    batcher = ResultBatcher("leaf-0", link)
+    async with AsyncExitStack() as lives:
+        first = await lives.enter_async_context(server_at(tmp_path))
+        j = await first.submit_job(spec)
+        link.point_at(first)
+        batcher.start()
+        lives.push_async_callback(batcher.stop)
+        assert await batcher.submit(j, 0, "t1", 1.0, update(1)) is Outcome.ACCEPTED
+        second = await lives.enter_async_context(server_at(tmp_path))
+        link.point_at(second)
+        assert await batcher.submit(j, 0, "t2", 1.0, update(2)) is Outcome.ACCEPTED
+        assert await batcher.submit(j, 0, "t3", 1.0, update(3)) is Outcome.ACCEPTED
+        job = second.coordinator.job(j)
+        assert (job.version, job.partial.count) == (0, 2)  # a quorum, held
+        assert await batcher.resend_retained(second.coordinator.boot)
+        assert second.coordinator.tick(time.monotonic()) == []
+        events = second.coordinator.tick(time.monotonic() + RESUME_HOLD)
+        assert [e.version for e in events] == [1] and job.history[-1]["results"] == 3
