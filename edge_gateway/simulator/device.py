@@ -71,6 +71,7 @@ class Device:
         job_id = ""
         cookie: dict[str, Any] | None = None
         task: dict[str, Any] = {}
+        body: dict[str, Any] | None = None
         resends_left = 0
         while step is not Step.STOP:
             if step is Step.JOIN:
@@ -80,6 +81,9 @@ class Device:
                 request = self._task_request(job_id, cookie)
             elif step is Step.TRAIN:
                 request = await self._train(job_id, task)
+                # The decoded task (the model's weights as Python floats, ~330 KB for digits) is not
+                # needed once its result is built; kept until the next task, every device held one.
+                task, body = {}, None
                 resends_left = self._settings.result_attempts - 1
             else:  # Step.RESEND: `request` still holds the result just sent
                 resends_left -= 1
