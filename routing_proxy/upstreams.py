@@ -12,7 +12,7 @@ import logging
 import ssl
 from typing import Any
 
-from edge_gateway.rpc import RpcClient, RpcError
+from edge_gateway.rpc import RpcClient, RpcError, RpcRemoteError
 
 from .lcp_map import Leaf
 from .routing import Router
@@ -100,13 +100,16 @@ class Upstreams:
                     continue
             try:
                 await client.call("ping", None, self._timeout)
+            except RpcRemoteError as exc:
+                # It answers, refusing: a draining leaf still answers what it holds.
+                self._set_health(index, upstream, False, f"ping refused: {exc}")
             except RpcError as exc:
-                self._set_health(index, upstream, False, f"ping failed: {exc}")
+                self._set_health(index, upstream, False, f"ping failed: {exc}", silent=True)
             else:
                 self._set_health(index, upstream, True, "")
             await asyncio.sleep(self._interval)
 
-    def _set_health(self, index: int, upstream: Upstream, healthy: bool, reason: str) -> None:
+    def _set_health(self, index: int, upstream: Upstream, healthy: bool, reason: str, silent: bool = False) -> None:
         if healthy == upstream.ping_ok:
             return
         upstream.ping_ok = healthy
@@ -115,8 +118,8 @@ class Upstreams:
             logger.info("leaf %s (%s:%s) is healthy", upstream.leaf.name, upstream.leaf.host, upstream.leaf.port)
         else:
             self._ping_ok.discard(index)
-            # Requests it holds would wait out their whole deadline (a partitioned leaf sends no
-            # reset): answer them RETRY now, so their devices come back and go to another leaf.
-            failed = upstream.client.fail_pending("leaf unhealthy")
+            # A silent leaf's requests would wait out their whole deadline (a partitioned leaf
+            # sends no reset): answer them RETRY now, so their devices come back and go elsewhere.
+            failed = upstream.client.fail_pending("leaf stopped answering") if silent else 0
             logger.warning("leaf %s (%s:%s) is unhealthy: %s; %d requests in flight answered RETRY",
                            upstream.leaf.name, upstream.leaf.host, upstream.leaf.port, reason, failed)
