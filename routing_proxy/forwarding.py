@@ -68,7 +68,12 @@ class Forwarder:
         self._admission = admission
 
     def __call__(self, request: Request, reply: Reply) -> None:
-        path, _, query_string = request.target.partition(b"?")
+        target = request.target
+        if target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
+            # Absolute form (RFC 9112 §3.2.2), as clients behind a forward proxy send it.
+            slash = target.find(b"/", target.index(b"//") + 2)
+            target = target[slash:] if slash >= 0 else b"/"
+        path, _, query_string = target.partition(b"?")
         try:
             endpoint = path.decode("ascii").lstrip("/")
         except UnicodeDecodeError:

@@ -260,3 +260,12 @@ async def test_nothing_is_dispatched_after_a_closing_answer(leaves: MakeLeaf, pr
     raw = await exchange(px, closing + TASK + TASK)
     assert [status for status, _, _ in answers(raw)] == [200]
     assert len(leaf.received) == 1
+
+
+async def test_absolute_form_targets_are_routed_by_their_path(leaves: MakeLeaf, proxy: MakeProxy) -> None:
+    leaf = await leaves("C11")
+    px = await proxy([leaf])
+    raw = await exchange(px, b"POST http://gateway.lan:4321/task?job_id=J HTTP/1.1\r\nHost: gateway.lan:4321\r\n"
+                             b"X-Flare-Device-ID: D\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    (status, _, body), = answers(raw)
+    assert status == 200 and echoed(body)["payload"][:2] == ["task", {"job_id": "J"}]
