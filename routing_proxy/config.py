@@ -43,6 +43,8 @@ class ProxyConfig(BaseSettings):
     body_timeout: float = Field(60.0, gt=0)
     # Phones poll every few seconds; an idle connection is kept as long as nginx's default.
     keepalive_timeout: float = Field(75.0, gt=0)
+    # Request bodies being received at once, all connections together, before reading pauses.
+    max_buffered_bytes: int = Field(512 * 1024 * 1024, gt=0)
     health_interval: float = Field(1.0, gt=0)
     health_timeout: float = Field(5.0, gt=0)
     # SIGTERM: how long in-flight requests may take to finish before they are cut.

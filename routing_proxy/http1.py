@@ -47,6 +47,9 @@ class HttpLimits:
     body_timeout: float = 60.0
     keepalive_timeout: float = 75.0
     send_timeout: float = 60.0
+    # Request bodies being received, all connections together: past it, connections still sending
+    # one stop being read until others finish (many big uploads at once cannot exhaust memory).
+    max_buffered_bytes: int = 512 * 1024 * 1024
 
 
 class Request:
@@ -124,6 +127,8 @@ class HttpServer:
         self.dispatch = dispatch
         self.limits = limits
         self.connections: set[HttpConnection] = set()
+        self.buffered_bytes = 0  # of request bodies not yet complete
+        self.waiting_for_memory: set[HttpConnection] = set()
         self.clock = _Clock()
         self.draining = False
         self._sweeper: asyncio.Task[None] | None = None
@@ -155,6 +160,7 @@ class HttpServer:
         while True:
             await asyncio.sleep(1.0)
             self.clock.tick()
+            self._resume_waiting_for_memory()
             now = loop.time()
             for connection in [c for c in self.connections if c.deadline < now]:
                 try:
@@ -162,6 +168,10 @@ class HttpServer:
                 except Exception:  # one broken connection must not end the sweep for all
                     logger.exception("closing a connection past its deadline failed")
                     connection.abort()
+
+    def _resume_waiting_for_memory(self) -> None:
+        while self.waiting_for_memory and self.buffered_bytes <= self.limits.max_buffered_bytes:
+            self.waiting_for_memory.pop().resume_after_memory()
 
 
 # What happens when a connection's deadline passes.
@@ -196,6 +206,8 @@ class HttpConnection(asyncio.Protocol):
         self._header_count = 0
         self._body: list[bytes] = []
         self._body_bytes = 0
+        self._buffered = 0  # of this body, counted in the server's budget
+        self._waiting_for_memory = False
         # Parsed requests (or ready answers to refused ones) in arrival order, with keep-alive.
         self._queue: deque[tuple[Request | Response, bool]] = deque()
         self._in_flight = False
@@ -215,6 +227,8 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
+        self.server.waiting_for_memory.discard(self)
+        self._drop_body()
         self.transport = None
         self._queue.clear()
 
@@ -308,6 +322,23 @@ class HttpConnection(asyncio.Protocol):
         if self._body_bytes > self.limits.max_body_bytes:
             raise _Refused(invalid_request(413, f"request body larger than {self.limits.max_body_bytes} bytes"))
         self._body.append(body)
+        server = self.server
+        self._buffered += len(body)
+        server.buffered_bytes += len(body)
+        if server.buffered_bytes > self.limits.max_buffered_bytes and not self._waiting_for_memory:
+            self._waiting_for_memory = True
+            server.waiting_for_memory.add(self)
+            self._pause_reading()
+
+    def resume_after_memory(self) -> None:
+        self._waiting_for_memory = False
+        if not self._write_paused and len(self._queue) <= _MAX_QUEUED:
+            self._resume_reading()
+
+    def _drop_body(self) -> None:
+        """The body in progress no longer counts against the server's buffer budget."""
+        self.server.buffered_bytes -= self._buffered
+        self._buffered = 0
 
     def on_message_complete(self) -> None:
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
@@ -315,6 +346,7 @@ class HttpConnection(asyncio.Protocol):
         self._in_message = False
         self._headers_done = False
         self._body = []
+        self._drop_body()  # handed on: the link and the leaf bound it from here
         self._queue.append((request, self._parser.should_keep_alive()))
         if len(self._queue) > _MAX_QUEUED:
             self._pause_reading()
@@ -343,7 +375,8 @@ class HttpConnection(asyncio.Protocol):
                 if self._in_flight:
                     reply(json_error(500, "ERROR", "Internal Server Error", close=True))
                 return
-        if self._idle() and not self._reading and not self._closing and not self._write_paused:
+        if (self._idle() and not self._reading and not self._closing and not self._write_paused
+                and not self._waiting_for_memory):
             self._resume_reading()
 
     def _replier(self, head_only: bool, keep_alive: bool) -> Reply:
@@ -394,6 +427,8 @@ class HttpConnection(asyncio.Protocol):
         """Stop reading this connection; answer `response` after the answers already owed."""
         self._pause_reading()
         self._in_message = False
+        self._body = []
+        self._drop_body()
         self._queue.append((response, False))
         self._next()
 

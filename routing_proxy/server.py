@@ -45,6 +45,7 @@ class ProxyServer:
             head_timeout=config.head_timeout,
             body_timeout=config.body_timeout,
             keepalive_timeout=config.keepalive_timeout,
+            max_buffered_bytes=config.max_buffered_bytes,
         )
         forwarder = Forwarder(
             self.upstreams,
