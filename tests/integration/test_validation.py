@@ -3,6 +3,7 @@ DESIGN.md, through the real proxy and leaves; the aggregate is untouched by what
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -89,7 +90,15 @@ async def test_statuses_before_and_after(stack: Stack, http: aiohttp.ClientSessi
 
 
 async def get_task(http: aiohttp.ClientSession, proxy: str, job: str, device: str) -> dict[str, Any]:
-    status, reply = await call(http, f"{proxy}/task?job_id={job}", {}, headers(device))
+    """The device's task. Leaves hear of a new job at once and fetch its model right after, so a
+    first ask may meet "Model not ready": ask again, as a device does, for a bounded time only."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    while True:
+        status, reply = await call(http, f"{proxy}/task?job_id={job}", {}, headers(device))
+        if reply.get("message") != "Model not ready" or loop.time() > deadline:
+            break
+        await asyncio.sleep(0.1)
     assert status == 200 and reply["status"] == "OK", reply
     return reply
 
