@@ -23,9 +23,10 @@ from typing import cast
 import httptools
 import orjson
 
+from device_protocol.codecs import JSON
+
 logger = logging.getLogger(__name__)
 
-JSON = "application/json"
 INVALID_REQUEST = "INVALID_REQUEST"
 
 # Read at most this much past a refused request before closing, so the client sees the answer

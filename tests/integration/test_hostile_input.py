@@ -25,7 +25,7 @@ import pytest
 from edge_gateway.launcher import Stack
 
 from .helpers import job_status, submit_job, wait_for, wait_leaves_synced
-from .test_validation import call, diff, headers, post_result
+from .test_validation import call, diff, headers, post_result, task_for
 
 pytestmark = pytest.mark.integration
 
@@ -129,20 +129,6 @@ async def job(stack: Stack) -> str:
 async def counters(stack: Stack, job_id: str) -> dict[str, Any]:
     status = await job_status(stack.api_url, job_id)
     return {k: status[k] for k in COUNTERS}
-
-
-async def task_for(http: aiohttp.ClientSession, proxy: str, job_id: str, hdrs: dict[str, str]) -> dict[str, Any]:
-    """The device's task. A leaf still fetching the first model answers "Model not ready" and a
-    device asks again: so do we, for a bounded time, and for nothing else."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 15
-    while True:
-        code, reply = await call(http, f"{proxy}/task?job_id={job_id}", {}, hdrs)
-        if reply.get("message") != "Model not ready" or loop.time() > deadline:
-            break
-        await asyncio.sleep(0.1)
-    assert code == 200 and reply["status"] == "OK", reply
-    return reply
 
 
 async def valid_device_trains(stack: Stack, http: aiohttp.ClientSession, job_id: str, device_id: str) -> None:

@@ -90,12 +90,16 @@ async def test_statuses_before_and_after(stack: Stack, http: aiohttp.ClientSessi
 
 
 async def get_task(http: aiohttp.ClientSession, proxy: str, job: str, device: str) -> dict[str, Any]:
+    return await task_for(http, proxy, job, headers(device))
+
+
+async def task_for(http: aiohttp.ClientSession, proxy: str, job: str, hdrs: dict[str, str]) -> dict[str, Any]:
     """The device's task. Leaves hear of a new job at once and fetch its model right after, so a
     first ask may meet "Model not ready": ask again, as a device does, for a bounded time only."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 15
     while True:
-        status, reply = await call(http, f"{proxy}/task?job_id={job}", {}, headers(device))
+        status, reply = await call(http, f"{proxy}/task?job_id={job}", {}, hdrs)
         if reply.get("message") != "Model not ready" or loop.time() > deadline:
             break
         await asyncio.sleep(0.1)
