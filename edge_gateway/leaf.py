@@ -111,7 +111,7 @@ class Leaf:
             await self._client.close()
 
     # -- proxy-facing handlers ----------------------------------------------------------------
-    async def handle_ping(self, _: Any) -> str:
+    def handle_ping(self, _: Any) -> str:
         if self._draining:
             raise RuntimeError("leaf shutting down")  # the proxy marks it unhealthy and moves its devices
         return "pong"

@@ -167,6 +167,9 @@ class _ServerLink(_Link):
 
     def message_received(self, kind: int, msg: list[Any]) -> None:
         if kind == REQUEST and self.authed:
+            if self.server.closing:
+                # The link drops in a moment and the caller retries the call elsewhere.
+                return
             _, call_id, method, payload = msg
             handler = self.server.handlers.get(method)
             try:
@@ -235,6 +238,7 @@ class RpcServer:
         self.max_frame = max_frame
         self.links: set[_ServerLink] = set()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.closing = False
         self._ssl = ssl
         self._server: asyncio.Server | None = None
 
@@ -248,10 +252,15 @@ class RpcServer:
 
     async def close(self, grace: float = 0.0) -> None:
         """Stop listening, give in-flight handlers up to `grace` seconds, then drop every link."""
+        self.closing = True
         if self._server is not None:
             self._server.close()
         if grace > 0 and self.tasks:
             await asyncio.wait(set(self.tasks), timeout=grace)
+        # One turn so that every handler task has started: a task cancelled before its first step
+        # never awaits the handler coroutine it was given (a 'never awaited' warning, and a leaf
+        # whose busy count never comes down).
+        await asyncio.sleep(0)
         for task in list(self.tasks):
             task.cancel()
         for link in list(self.links):
