@@ -254,6 +254,9 @@ class Leaf:
             job.refused += 1
             log.info("refused result from %s: %s", request.identity.device_id, exc.message)
             return response(Status.ERROR, message=exc.message, **ids)
+        if job.reported_already(request.task_id):
+            job.duplicates += 1
+            return response(Status.OK, message="duplicate result for this task: counted once", **ids)
         if version != job.view.model_version or job.view.status != "running":
             job.late += 1
             return response(Status.OK, message=f"late result for model version {version}: not counted", **ids)
@@ -276,7 +279,7 @@ class Leaf:
         if outcome is Outcome.ACCEPTED:
             return response(Status.OK, **ids)
         if outcome is Outcome.LATE:
-            job.late += 1
+            job.late_upstream(request.task_id)
             return response(Status.OK, message="late result (round closed): not counted", **ids)
         if outcome is Outcome.DUPLICATE:
             job.duplicates += 1

@@ -47,6 +47,9 @@ class LeafJob:
     by_task: dict[str, Lease] = field(default_factory=dict)
     expired_tasks: set[str] = field(default_factory=set)
     reported_tasks: set[str] = field(default_factory=set)  # this model version
+    # The version before's: a device whose OK was lost re-sends after the round closed, and hears
+    # "counted once", not "late: not counted".
+    reported_before: set[str] = field(default_factory=set)
     # Both in deadline order, so expiry and pruning stop at the first live entry: a scan of every
     # lease or device per request or sync cost milliseconds with thousands of them. OrderedDict,
     # not dict: taking a plain dict's first item walks every slot deleted before it (quadratic).
@@ -62,7 +65,8 @@ class LeafJob:
         old = self.view
         self.view = view
         if view.model_version != old.model_version:
-            self.reported_tasks.clear()
+            self.reported_before = self.reported_tasks if view.model_version == old.model_version + 1 else set()
+            self.reported_tasks = set()
             self.expired_tasks.clear()
         if view.selection_id != old.selection_id or view.model_version != old.model_version:
             self.leases.clear()
@@ -139,14 +143,18 @@ class LeafJob:
         self.tasks_issued += 1
         return TaskDecision.TASK, lease
 
+    def reported_already(self, task_id: str) -> bool:
+        """Whether this task's result was taken before (this model version or the one before)."""
+        return task_id in self.reported_tasks or task_id in self.reported_before
+
     def judge_result(self, task_id: str, version: int) -> ResultVerdict:
         """Decide whether an authentic result (cookie verified) can still count."""
+        if self.reported_already(task_id):
+            self.duplicates += 1
+            return ResultVerdict.DUPLICATE
         if version != self.view.model_version or self.view.status != "running" or task_id in self.expired_tasks:
             self.late += 1
             return ResultVerdict.LATE
-        if task_id in self.reported_tasks:
-            self.duplicates += 1
-            return ResultVerdict.DUPLICATE
         self.reported_tasks.add(task_id)
         lease = self.by_task.get(task_id)
         if lease is not None:
@@ -154,9 +162,16 @@ class LeafJob:
             self.unreported.pop(task_id, None)
         return ResultVerdict.COUNT
 
+    def late_upstream(self, task_id: str) -> None:
+        """The server closed the round before this result reached it: it was not counted."""
+        self.late += 1
+        self.reported_tasks.discard(task_id)
+        self.reported_before.discard(task_id)
+
     def forget_result(self, task_id: str) -> None:
         """The result could not be made durable: let the device's retry count."""
         self.reported_tasks.discard(task_id)
+        self.reported_before.discard(task_id)
         lease = self.by_task.get(task_id)
         if lease is not None:
             lease.reported = False

@@ -46,7 +46,36 @@ def test_trained_device_waits_for_next_selection():
     assert job.decide_task("a", 1.0, True)[0] is TaskDecision.ALREADY_TRAINED
     job.apply_view(view(selection_id=1, model_version=1))
     assert job.decide_task("a", 2.0, True)[0] is TaskDecision.TASK
+    assert job.judge_result(lease.task_id, 0) is ResultVerdict.DUPLICATE  # counted in version 0
+
+
+def test_a_counted_result_sent_again_after_the_round_closed_is_a_duplicate_not_late():
+    # Its OK was lost and the device re-sends once the next version is out: the answer must say
+    # it was counted, and the late counter must not move.
+    job = LeafJob(view=view(), waiting_window=60)
+    _, counted = job.decide_task("a", 0.0, True)
+    _, not_sent = job.decide_task("b", 0.0, True)
+    assert job.judge_result(counted.task_id, 0) is ResultVerdict.COUNT
+    job.apply_view(view(selection_id=1, model_version=1))
+    assert job.reported_already(counted.task_id)
+    assert job.judge_result(counted.task_id, 0) is ResultVerdict.DUPLICATE
+    assert job.judge_result(not_sent.task_id, 0) is ResultVerdict.LATE
+    assert (job.late, job.duplicates) == (1, 1)
+    # One version back only: the set stays as small as one round's results.
+    job.apply_view(view(selection_id=2, model_version=2))
+    assert not job.reported_already(counted.task_id)
+    assert job.judge_result(counted.task_id, 0) is ResultVerdict.LATE
+
+
+def test_a_result_the_server_took_as_late_is_late_when_sent_again():
+    job = LeafJob(view=view(), waiting_window=60)
+    _, lease = job.decide_task("a", 0.0, True)
+    assert job.judge_result(lease.task_id, 0) is ResultVerdict.COUNT
+    job.late_upstream(lease.task_id)  # the server had closed the round before it arrived
+    job.apply_view(view(selection_id=1, model_version=1))
+    assert not job.reported_already(lease.task_id)
     assert job.judge_result(lease.task_id, 0) is ResultVerdict.LATE
+    assert (job.late, job.duplicates) == (2, 0)
 
 
 def test_forget_result_lets_retry_count():
