@@ -55,6 +55,8 @@ class SyncRequest(_Message):
     leaf: str
     boot: str
     jobs: dict[str, LeafJobReport] = {}
+    # The server boot this leaf has re-sent everything to that earlier boots took (None: none yet).
+    server_boot: str | None = None
 
 
 class SyncReply(_Message):

@@ -20,10 +20,11 @@ from .jobs import JobSpec
 
 # A leaf that has not synced for this long no longer holds slots: its devices have moved on.
 LEAF_STALE_AFTER = 3.0
-# A resumed job closes no round by quorum for this long: the leaves first re-send what the lost
-# process had counted since its checkpoint (they reconnect within their 2 s backoff and re-send on
-# their first sync). A round closed before that would turn those acknowledged results away as late.
-RESUME_HOLD = 5.0
+# After a restart no round closes (by quorum or deadline) until every leaf that may hold results the lost process
+# had taken (`expect_resends`) says it has re-sent them: a round closed before that would turn those
+# acknowledged results away as late. A leaf that does not come back within this long (dead for
+# good; its results are lost with it) holds rounds no longer.
+RESEND_WAIT_LIMIT = 30.0
 # Simulator groups only list devices in the selection map; the cap keeps the map a sane size.
 MAX_GROUP_DEVICES = 100_000
 
@@ -52,7 +53,6 @@ class JobState:
     round: int = 0
     selection_id: int = 0
     selection_opened_at: float = 0.0
-    quorum_hold_until: float = 0.0  # see RESUME_HOLD
     partial: PartialSum = field(init=False)
     counted: set[str] = field(default_factory=set)
     leaves: dict[str, LeafSlots] = field(default_factory=dict)
@@ -78,16 +78,17 @@ class Coordinator:
     def __init__(self, boot: str) -> None:
         self.boot = boot
         self.jobs: dict[str, JobState] = {}
+        self.awaiting_resends: set[str] = set()  # leaves, see RESEND_WAIT_LIMIT
+        self._resends_due_by = 0.0
 
     # -- jobs ---------------------------------------------------------------------------------
     def add_job(self, job_id: str, spec: JobSpec, weights: Mapping[str, np.ndarray], now: float,
                 version: int = 0, round_: int = 0, history: list[dict[str, Any]] | None = None,
-                status: str = "running", device_groups: Mapping[str, int] | None = None,
-                resumed: bool = False) -> JobState:
-        """Add a new job, or (`resumed`) one restored from its checkpoint after a restart."""
+                status: str = "running", device_groups: Mapping[str, int] | None = None) -> JobState:
+        """Add a new job, or one restored from its checkpoint after a restart."""
         job = JobState(job_id=job_id, spec=spec, weights=dict(weights), status=status, version=version,
                        round=round_, selection_id=round_, selection_opened_at=now, history=list(history or []),
-                       device_groups=dict(device_groups or {}), quorum_hold_until=now + RESUME_HOLD if resumed else 0.0)
+                       device_groups=dict(device_groups or {}))
         if job.round >= spec.rounds:
             job.status = "done"
         self.jobs[job_id] = job
@@ -111,8 +112,22 @@ class Coordinator:
         job.device_groups[prefix] = count
 
     # -- leaves -------------------------------------------------------------------------------
+    def expect_resends(self, leaves: set[str], now: float) -> None:
+        """After a restart: hold quorum closes until these leaves have re-sent, or the limit."""
+        self.awaiting_resends = set(leaves)
+        self._resends_due_by = now + RESEND_WAIT_LIMIT
+
+    def quorum_held(self, now: float) -> bool:
+        return bool(self.awaiting_resends) and now < self._resends_due_by
+
+    def live_leaves(self, now: float) -> set[str]:
+        return {name for job in self.jobs.values() for name, slots in job.leaves.items()
+                if now - slots.seen_at <= LEAF_STALE_AFTER}
+
     def sync(self, request: SyncRequest, now: float) -> SyncReply:
         """Record a leaf's reports and grant it task slots for each running job."""
+        if request.server_boot == self.boot:
+            self.awaiting_resends.discard(request.leaf)
         views = []
         for job in self.jobs.values():
             report = request.jobs.get(job.job_id, LeafJobReport())
@@ -183,19 +198,21 @@ class Coordinator:
         job.partial.add_partial(update, batch.sum_weight, len(batch.task_ids))
         job.counted.update(batch.task_ids)
         events = []
-        if job.partial.count >= job.spec.devices_per_round and now >= job.quorum_hold_until:
+        if job.partial.count >= job.spec.devices_per_round and not self.quorum_held(now):
             events.append(self._close_round(job, now, reason="quorum"))
         return SubmitReply(accepted=True, boot=self.boot), events
 
     def tick(self, now: float) -> list[NewVersion]:
-        """Apply round deadlines, and close rounds that reached their quorum while resuming."""
+        """Apply round deadlines, and close rounds that reached their quorum while held."""
         events = []
+        held = self.quorum_held(now)
         for job in self.jobs.values():
-            if job.status == "running" and job.partial.count >= job.spec.devices_per_round \
-                    and now >= job.quorum_hold_until:
+            if job.status != "running" or held:
+                continue
+            if job.partial.count >= job.spec.devices_per_round:
                 events.append(self._close_round(job, now, reason="quorum"))
                 continue
-            if job.status != "running" or now - job.selection_opened_at < job.spec.round_timeout:
+            if now - job.selection_opened_at < job.spec.round_timeout:
                 continue
             if job.partial.count >= job.spec.min_results:
                 events.append(self._close_round(job, now, reason="deadline"))

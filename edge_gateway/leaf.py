@@ -347,7 +347,7 @@ class Leaf:
     async def _sync_once(self) -> None:
         now = asyncio.get_running_loop().time()
         reports = {job_id: job.report(now) for job_id, job in self.jobs.items()}
-        request = SyncRequest(leaf=self.name, boot=self.boot, jobs=reports)
+        request = SyncRequest(leaf=self.name, boot=self.boot, jobs=reports, server_boot=self._server_boot)
         reply = SyncReply.model_validate(await self._link.call("sync", request.model_dump(), 5.0))
         if reply.boot != self._server_boot:
             if self._server_boot is not None:
@@ -355,6 +355,7 @@ class Leaf:
                 if not await self.batcher.resend_retained(reply.boot):
                     return  # the next sync tries again
             self._server_boot = reply.boot
+            self._wake_sync.set()  # the server holds its rounds until this leaf says it has re-sent
         seen = set()
         for view in reply.jobs:
             seen.add(view.job_id)

@@ -17,11 +17,11 @@ from device_protocol.messages import ModelRequest, RegisterGroup, SubmitBatch, S
 from device_protocol.tensors import tensors_from_binary, tensors_to_binary
 
 from .config import ServerConfig
-from .coordinator import Coordinator, JobNotFound, NewVersion
+from .coordinator import RESEND_WAIT_LIMIT, Coordinator, JobNotFound, NewVersion
 from .jobs import JobSpec
 from .programs import ProgramBuilder
 from .rpc import RpcServer
-from .store import CheckpointStore, weights_to_npz
+from .store import CheckpointStore, load_names, save_names, weights_to_npz
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,12 @@ class Server:
         self._base_programs: dict[str, asyncio.Task[bytes]] = {}  # exported once per job
         self._version_programs: dict[tuple[str, int], asyncio.Task[bytes]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        # Which leaves a restarted server waits for (Coordinator.expect_resends): on disk, every leaf
+        # that may hold results this process took and has not checkpointed, and the live ones (so a
+        # round's first batch from a known leaf needs no write).
+        self._leaves_file = config.data_dir / "leaves.json"
+        self._leaves_on_disk: set[str] = set()
+        self._unsaved_by_leaf: dict[str, set[str]] = {}  # leaf -> jobs it gave results since their checkpoint
         # News for leaves (a model version, a job added or ended): counted, and an event per count.
         self._news = 0
         self._news_event = asyncio.Event()
@@ -83,8 +89,13 @@ class Server:
             self.coordinator.add_job(cp.job_id, cp.spec, cp.weights, now, version=cp.state["version"],
                                      round_=cp.state["round"], history=cp.state.get("history"),
                                      status=cp.state.get("status", "running"),
-                                     device_groups=cp.state.get("device_groups"), resumed=True)
+                                     device_groups=cp.state.get("device_groups"))
             log.info("resumed job %s (%s) at model version %d", cp.job_id, cp.spec.name, cp.state["version"])
+        self._leaves_on_disk = load_names(self._leaves_file)
+        if self._leaves_on_disk and any(job.status == "running" for job in self.coordinator.jobs.values()):
+            self.coordinator.expect_resends(self._leaves_on_disk, now)
+            log.info("no round closes until leaves %s have re-sent what the last process took (at most %.0f s)",
+                     ", ".join(sorted(self._leaves_on_disk)), RESEND_WAIT_LIMIT)
 
     # -- jobs ---------------------------------------------------------------------------------
     async def submit_job(self, spec: JobSpec) -> str:
@@ -115,6 +126,18 @@ class Server:
                  "device_groups": dict(job.device_groups)}
         self.store.save(job_id, job.spec, job.version, job.weights, state)
 
+    def _results_checkpointed(self, job_id: str) -> None:
+        """A new version of `job_id` is on disk: no leaf needs to re-send for it any more."""
+        for jobs in self._unsaved_by_leaf.values():
+            jobs.discard(job_id)
+        self._unsaved_by_leaf = {leaf: jobs for leaf, jobs in self._unsaved_by_leaf.items() if jobs}
+        self._save_leaves(self.coordinator.live_leaves(time.monotonic()) | set(self._unsaved_by_leaf))
+
+    def _save_leaves(self, leaves: set[str]) -> None:
+        if leaves != self._leaves_on_disk:
+            save_names(self._leaves_file, leaves)
+            self._leaves_on_disk = leaves
+
     def _evaluate_later(self, job_id: str, version: int) -> None:
         job = self.coordinator.job(job_id)
         if not job.spec.evaluate:
@@ -142,6 +165,7 @@ class Server:
             # Written before anything else runs on the loop: no leaf may see the new version (and
             # drop the results it keeps for the old one) before it is on disk.
             self._checkpoint(event.job_id)
+            self._results_checkpointed(event.job_id)
             log.info("job %s: round %d closed, model v%d (%d results), checkpoint written in %.1f ms", event.job_id,
                      job.round, event.version, job.history[-1]["results"], (time.perf_counter() - started) * 1e3)
             self._announce()
@@ -176,7 +200,11 @@ class Server:
 
     async def handle_sync(self, payload: Any) -> dict[str, Any]:
         request = SyncRequest.model_validate(payload)
-        return self.coordinator.sync(request, time.monotonic()).model_dump()
+        awaited = len(self.coordinator.awaiting_resends)
+        reply = self.coordinator.sync(request, time.monotonic()).model_dump()
+        if awaited and not self.coordinator.awaiting_resends:
+            log.info("every leaf has re-sent what the last process took: rounds may close")
+        return reply
 
     async def handle_model(self, payload: Any) -> dict[str, Any]:
         """The current version's task content: weights, or for phone jobs the training program."""
@@ -226,8 +254,13 @@ class Server:
     async def handle_submit(self, payload: Any) -> dict[str, Any]:
         batch = SubmitBatch.model_validate(payload)
         update = tensors_from_binary(batch.sum_update)
+        # On disk before the batch is taken: should this process die before its next checkpoint,
+        # the next one waits for this leaf's re-send.
+        self._save_leaves(self._leaves_on_disk | {batch.leaf})
         started = time.perf_counter()
         reply, events = self.coordinator.submit(batch, update, time.monotonic())
+        if reply.accepted:
+            self._unsaved_by_leaf.setdefault(batch.leaf, set()).add(batch.job_id)
         if events:
             log.info("job %s: batch of %d results added and round closed in %.1f ms", batch.job_id,
                      len(batch.task_ids), (time.perf_counter() - started) * 1e3)

@@ -86,3 +86,12 @@ class CheckpointStore:
             weights = weights_from_npz(folder / f"v{state['version']}.npz")
             checkpoints.append(Checkpoint(folder.name, spec, weights, state))
         return checkpoints
+
+
+def save_names(path: Path, names: set[str]) -> None:
+    """A set of names (e.g. the leaves a restarted server waits for), durably."""
+    _write_atomic(path, orjson.dumps(sorted(names)))
+
+
+def load_names(path: Path) -> set[str]:
+    return set(orjson.loads(path.read_bytes())) if path.is_file() else set()

@@ -3,7 +3,7 @@ import pytest
 
 from device_protocol.messages import LeafJobReport, SubmitBatch, SyncRequest
 from device_protocol.tensors import tensors_to_binary
-from edge_gateway.coordinator import Coordinator, fair_level
+from edge_gateway.coordinator import RESEND_WAIT_LIMIT, Coordinator, fair_level
 from edge_gateway.jobs import JobSpec
 
 W = {"w": np.zeros((2, 2), np.float32)}
@@ -148,6 +148,42 @@ def test_deadline_closes_with_min_results_or_reopens_selection():
     assert c.tick(15.0) == []
     events = c.tick(21.5)
     assert [e.version for e in events] == [1] and c.jobs["j"].history[0]["closed_by"] == "deadline"
+
+
+def resent(c, leaf, now, server_boot):
+    """A leaf's sync saying which server boot it has re-sent everything to."""
+    c.sync(SyncRequest(leaf=leaf, boot="leaf-boot", server_boot=server_boot), now)
+
+
+def test_after_a_restart_no_round_closes_until_every_expected_leaf_has_re_sent():
+    c = make(devices_per_round=2)
+    c.expect_resends({"a", "b"}, now=0.0)
+    reply, events = batch(c, ["t1", "t2"])
+    assert reply.accepted and events == []  # a quorum, held: a and b may still re-send into it
+    assert c.tick(1.0) == []
+    resent(c, "a", 1.1, server_boot="b")  # this coordinator's boot
+    resent(c, "b", 1.2, server_boot="an earlier boot")  # b synced, but has not re-sent yet
+    assert c.tick(1.3) == [] and c.awaiting_resends == {"b"}
+    assert batch(c, ["t3"])[0].accepted  # b's re-send
+    resent(c, "b", 1.4, server_boot="b")
+    events = c.tick(1.5)
+    assert [e.version for e in events] == [1] and c.jobs["j"].history[0]["results"] == 3
+
+
+def test_a_leaf_that_never_comes_back_holds_rounds_for_at_most_the_limit():
+    c = make(devices_per_round=4, min_results_fraction=0.25, round_timeout=10.0, task_timeout=5.0)
+    c.expect_resends({"gone"}, now=0.0)
+    batch(c, ["t1"])
+    assert c.tick(11.0) == []  # past the round's deadline, still held
+    assert c.tick(RESEND_WAIT_LIMIT - 0.1) == []
+    events = c.tick(RESEND_WAIT_LIMIT)
+    assert [e.version for e in events] == [1] and c.jobs["j"].history[0]["closed_by"] == "deadline"
+
+
+def test_nothing_is_held_without_expected_leaves():
+    c = make(devices_per_round=1)
+    c.expect_resends(set(), now=0.0)
+    assert batch(c, ["t1"])[1]
 
 
 def test_batch_with_wrong_shapes_refused():

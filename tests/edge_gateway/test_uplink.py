@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 
 from edge_gateway.config import ServerConfig
-from edge_gateway.coordinator import RESUME_HOLD
+from device_protocol.messages import SyncRequest
 from edge_gateway.jobs import JobSpec
 from edge_gateway.models import initial_weights
 from edge_gateway.server import Server
+from edge_gateway.store import load_names
 from edge_gateway.uplink import LocalServerLink, Outcome, ResultBatcher
 
 SPEC = JobSpec(name="xor", model="xor", rounds=3, devices_per_round=10, evaluate=False)
@@ -73,9 +74,15 @@ async def test_only_what_an_earlier_boot_took_is_sent_again(tmp_path: Path) -> N
         assert job.partial.count == 3
 
 
+async def says_it_re_sent(server: Server, leaf: str) -> None:
+    """The leaf's sync after its re-send: it names the boot it has re-sent everything to."""
+    await server.handle_sync(SyncRequest(leaf=leaf, boot="leaf-boot", server_boot=server.coordinator.boot).model_dump())
+
+
 async def test_a_resumed_job_closes_no_round_before_the_leaves_re_sent(tmp_path: Path) -> None:
     """New results can reach a restarted server before a leaf's re-send; had they closed the round,
-    the re-sent (acknowledged) results would have been turned away as late."""
+    the re-sent (acknowledged) results would have been turned away as late. The restarted server
+    knows which leaf to wait for from disk, and waits for its word, not for a guessed time."""
     spec = SPEC.model_copy(update={"devices_per_round": 2})
     link = SwitchableLink({})
     batcher = ResultBatcher("leaf-0", link)
@@ -87,12 +94,36 @@ async def test_a_resumed_job_closes_no_round_before_the_leaves_re_sent(tmp_path:
         lives.push_async_callback(batcher.stop)
         assert await batcher.submit(j, 0, "t1", 1.0, update(1)) is Outcome.ACCEPTED
         second = await lives.enter_async_context(server_at(tmp_path))
+        assert second.coordinator.awaiting_resends == {"leaf-0"}
         link.point_at(second)
         assert await batcher.submit(j, 0, "t2", 1.0, update(2)) is Outcome.ACCEPTED
         assert await batcher.submit(j, 0, "t3", 1.0, update(3)) is Outcome.ACCEPTED
         job = second.coordinator.job(j)
         assert (job.version, job.partial.count) == (0, 2)  # a quorum, held
         assert await batcher.resend_retained(second.coordinator.boot)
-        assert second.coordinator.tick(time.monotonic()) == []
-        events = second.coordinator.tick(time.monotonic() + RESUME_HOLD)
+        assert second.coordinator.tick(time.monotonic() + 10.0) == []  # re-sent, but not yet said so
+        await says_it_re_sent(second, "leaf-0")
+        events = second.coordinator.tick(time.monotonic())
         assert [e.version for e in events] == [1] and job.history[-1]["results"] == 3
+
+
+async def test_leaves_on_disk_are_those_that_may_hold_uncheckpointed_results(tmp_path: Path) -> None:
+    spec = SPEC.model_copy(update={"devices_per_round": 2})
+    link = SwitchableLink({})
+    batcher = ResultBatcher("leaf-0", link)
+    async with AsyncExitStack() as lives:
+        first = await lives.enter_async_context(server_at(tmp_path))
+        j = await first.submit_job(spec)
+        link.point_at(first)
+        batcher.start()
+        lives.push_async_callback(batcher.stop)
+        assert load_names(tmp_path / "leaves.json") == set()
+        assert await batcher.submit(j, 0, "t1", 1.0, update(1)) is Outcome.ACCEPTED
+        assert load_names(tmp_path / "leaves.json") == {"leaf-0"}  # written before the batch was taken
+        assert await batcher.submit(j, 0, "t2", 1.0, update(2)) is Outcome.ACCEPTED
+        assert first.coordinator.job(j).version == 1
+        # Version 1 on disk holds them, and leaf-0 has not synced lately: nothing to wait for.
+        assert load_names(tmp_path / "leaves.json") == set()
+        second = await lives.enter_async_context(server_at(tmp_path))
+        assert second.coordinator.awaiting_resends == set()
+        assert not second.coordinator.quorum_held(time.monotonic())

@@ -111,6 +111,10 @@ async def test_server_killed_mid_round_under_load(stack: Stack, tmp_path: Path) 
         await load.cancel()
     logs = "".join((tmp_path / "logs" / f"leaf-{i}.log").read_text() for i in range(2))
     assert "server restarted" in logs and "re-sent" in logs, logs[-2000:]
+    # The new server knew from disk which leaves to wait for, and rounds closed once both had re-sent.
+    server_log = (tmp_path / "logs" / "server2.log").read_text()
+    assert "no round closes until leaves leaf-0, leaf-1 have re-sent" in server_log, server_log[-2000:]
+    assert "every leaf has re-sent what the last process took" in server_log, server_log[-2000:]
     assert status["history"][0]["closed_at"] == before["history"][0]["closed_at"]
 
 
