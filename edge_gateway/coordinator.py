@@ -25,6 +25,8 @@ LEAF_STALE_AFTER = 3.0
 # acknowledged results away as late. A leaf that does not come back within this long (dead for
 # good; its results are lost with it) holds rounds no longer.
 RESEND_WAIT_LIMIT = 30.0
+# What leaves count per job (LeafJobReport), summed over leaves and their processes in job status.
+LEAF_COUNTERS = ("tasks_issued", "refused", "late", "duplicates")
 # Simulator groups only list devices in the selection map; the cap keeps the map a sane size.
 MAX_GROUP_DEVICES = 100_000
 
@@ -41,6 +43,7 @@ class LeafSlots:
     granted: int
     seen_at: float
     selection_id: int  # the selection `granted` is for: a grant for an earlier one holds nothing
+    leaf_boot: str  # the leaf process the report is from: its counters start at 0 in the next
 
 
 @dataclass
@@ -58,14 +61,16 @@ class JobState:
     leaves: dict[str, LeafSlots] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     device_groups: dict[str, int] = field(default_factory=dict)
+    # Counters of leaf processes that have ended (a leaf restarted under its name starts at 0).
+    ended_leaf_totals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LEAF_COUNTERS, 0))
 
     def __post_init__(self) -> None:
         self.shapes = {name: tuple(arr.shape) for name, arr in self.weights.items()}
         self.partial = PartialSum(self.shapes)
 
     def leaf_totals(self) -> dict[str, int]:
-        keys = ("tasks_issued", "refused", "late", "duplicates")
-        return {k: sum(getattr(s.report, k) for s in self.leaves.values()) for k in keys}
+        return {k: self.ended_leaf_totals[k] + sum(getattr(s.report, k) for s in self.leaves.values())
+                for k in LEAF_COUNTERS}
 
 
 class JobNotFound(KeyError):
@@ -131,17 +136,22 @@ class Coordinator:
         views = []
         for job in self.jobs.values():
             report = request.jobs.get(job.job_id, LeafJobReport())
-            views.append(self._view(job, request.leaf, report, now))
+            views.append(self._view(job, request.leaf, request.boot, report, now))
         return SyncReply(boot=self.boot, jobs=views)
 
-    def _view(self, job: JobState, leaf: str, report: LeafJobReport, now: float) -> JobView:
+    def _view(self, job: JobState, leaf: str, leaf_boot: str, report: LeafJobReport, now: float) -> JobView:
         grant = free = 0
         if job.status == "running":
             grant, free = self._grant(job, leaf, report, now)
         slots = job.leaves.get(leaf)
         if slots is None:
-            job.leaves[leaf] = LeafSlots(report=report, granted=grant, seen_at=now, selection_id=job.selection_id)
+            job.leaves[leaf] = LeafSlots(report=report, granted=grant, seen_at=now, selection_id=job.selection_id,
+                                         leaf_boot=leaf_boot)
         else:
+            if slots.leaf_boot != leaf_boot:  # restarted: keep what the ended process had counted
+                for key in LEAF_COUNTERS:
+                    job.ended_leaf_totals[key] += getattr(slots.report, key)
+                slots.leaf_boot = leaf_boot
             slots.report, slots.granted, slots.seen_at, slots.selection_id = report, grant, now, job.selection_id
         spec = job.spec
         return JobView(

@@ -150,6 +150,22 @@ def test_deadline_closes_with_min_results_or_reopens_selection():
     assert [e.version for e in events] == [1] and c.jobs["j"].history[0]["closed_by"] == "deadline"
 
 
+def test_a_restarted_leafs_counters_add_to_those_of_its_ended_process():
+    c = make(devices_per_round=10)
+
+    def report(leaf_boot, now, **counters):
+        c.sync(SyncRequest(leaf="a", boot=leaf_boot, jobs={"j": LeafJobReport(**counters)}), now)
+        return c.status("j", now)
+
+    report("first", 0.1, tasks_issued=5, late=2, refused=1, duplicates=1)
+    status = report("first", 0.2, tasks_issued=7, late=3, refused=1, duplicates=1)  # cumulative, not added
+    assert (status["tasks_issued"], status["late"], status["refused"], status["duplicates"]) == (7, 3, 1, 1)
+    status = report("second", 0.3)  # kill -9, restarted under the same name: it counts from 0
+    assert (status["tasks_issued"], status["late"], status["refused"], status["duplicates"]) == (7, 3, 1, 1)
+    status = report("second", 0.4, tasks_issued=2, late=1)
+    assert (status["tasks_issued"], status["late"], status["refused"], status["duplicates"]) == (9, 4, 1, 1)
+
+
 def resent(c, leaf, now, server_boot):
     """A leaf's sync saying which server boot it has re-sent everything to."""
     c.sync(SyncRequest(leaf=leaf, boot="leaf-boot", server_boot=server_boot), now)
