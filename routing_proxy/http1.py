@@ -217,11 +217,14 @@ class HttpConnection(asyncio.Protocol):
         self._closing = False
         self._upgraded = False
         self._began_here = False
+        self._peer_done = False  # the client half-closed: answer what it sent, then close
+        self._tls = False
 
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self._tls = transport.get_extra_info("sslcontext") is not None
         self.server.connections.add(self)
         # A connection that never sends a request is closed like an idle one, only sooner.
         self._arm(self.limits.head_timeout, _CLOSE)
@@ -232,6 +235,17 @@ class HttpConnection(asyncio.Protocol):
         self._drop_body()
         self.transport = None
         self._queue.clear()
+
+    def eof_received(self) -> bool:
+        """A client may shut its sending side once its request is out (HTTP/1.0 scripts, `nc -N`):
+        the requests it completed are still answered, then the connection closes."""
+        if self._in_message:  # a request it can no longer finish
+            self._in_message = False
+            self._drop_body()
+        if self._closing or self._idle() or self._tls:  # TLS cannot stay half-open
+            return False  # the transport closes
+        self._peer_done = True
+        return True
 
     def data_received(self, data: bytes) -> None:
         if self._closing or self._upgraded:
@@ -307,6 +321,8 @@ class HttpConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._headers_done = True
+        if self._parser.get_http_version() not in ("1.1", "1.0"):
+            raise _Refused(invalid_request(505, f"HTTP/{self._parser.get_http_version()} is not supported; use HTTP/1.1"))
         limits = self.limits
         length = self._headers.get(b"content-length")
         # llhttp has checked that it is a number.
@@ -391,7 +407,7 @@ class HttpConnection(asyncio.Protocol):
             self._in_flight = False
             if self.transport is None:
                 return  # the device left; nothing to write to
-            last = self._upgraded and not self._queue
+            last = (self._upgraded or self._peer_done) and not self._queue
             again = keep_alive and not response.close and not self.server.draining and not last
             self._write(response, head_only, again)
             self._next()
@@ -439,7 +455,7 @@ class HttpConnection(asyncio.Protocol):
             return
         self._closing = True
         self._queue.clear()
-        if transport.can_write_eof():
+        if transport.can_write_eof() and not self._peer_done:
             # Half-close and read (discarding) a moment longer: see _LINGER_SECONDS.
             transport.write_eof()
             self._resume_reading()

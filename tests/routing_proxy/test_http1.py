@@ -25,11 +25,14 @@ def port_of(proxy: Proxy) -> int:
     return int(proxy.url.rsplit(":", 1)[1])
 
 
-async def exchange(proxy: Proxy, data: bytes, wait: float = 5.0) -> bytes:
-    """Send `data`, then read until the proxy closes (or `wait` seconds of silence)."""
+async def exchange(proxy: Proxy, data: bytes, wait: float = 5.0, half_close: bool = False) -> bytes:
+    """Send `data` (then shut the sending side, with `half_close`), then read until the proxy closes
+    (or `wait` seconds of silence)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port_of(proxy))
     try:
         writer.write(data)
+        if half_close:
+            writer.write_eof()
         received = b""
         while chunk := await asyncio.wait_for(reader.read(65536), wait):
             received += chunk
@@ -215,6 +218,31 @@ async def test_malformed_http_is_json_400_and_closes(leaves: MakeLeaf, proxy: Ma
     px = await proxy([leaf])
     raw = await exchange(px, request_bytes)
     assert error(answers(raw)[0], 400).startswith("malformed HTTP request")
+    assert leaf.received == []
+
+
+async def test_a_client_that_half_closes_still_gets_its_answers(leaves: MakeLeaf, proxy: MakeProxy) -> None:
+    # Scripts and HTTP/1.0 tools shut their sending side once the request is out; the requests
+    # they completed are answered (the last with Connection: close), then the proxy closes.
+    leaf = await leaves("C11")
+    px = await proxy([leaf])
+    raw = await exchange(px, TASK, half_close=True)
+    (status, headers, body), = answers(raw)
+    assert status == 200 and headers["connection"] == "close" and echoed(body)["payload"][0] == "task"
+    second = TASK.replace(b"job_id=J", b"job_id=K")
+    got = answers(await exchange(px, TASK + second, half_close=True))
+    assert [echoed(body)["payload"][1]["job_id"] for _, _, body in got] == ["J", "K"]
+    assert "connection" not in got[0][1] and got[1][1]["connection"] == "close"
+    # A request cut off by the half-close can never complete: nothing is dispatched, the proxy closes.
+    assert await exchange(px, TASK.replace(b"Content-Length: 0", b"Content-Length: 10") + b"{}", half_close=True) == b""
+    assert len(leaf.received) == 3
+
+
+async def test_http_versions_other_than_1x_are_505(leaves: MakeLeaf, proxy: MakeProxy) -> None:
+    leaf = await leaves("C11")
+    px = await proxy([leaf])
+    raw = await exchange(px, TASK.replace(b"HTTP/1.1", b"HTTP/2.0"))
+    assert error(answers(raw)[0], 505) == "HTTP/2.0 is not supported; use HTTP/1.1"
     assert leaf.received == []
 
 
