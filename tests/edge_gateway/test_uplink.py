@@ -41,20 +41,27 @@ async def server_at(data_dir: Path) -> AsyncIterator[Server]:
         await server.stop()
 
 
+async def running_job(lives: AsyncExitStack, data_dir: Path,
+                      spec: JobSpec) -> tuple[Server, str, SwitchableLink, ResultBatcher]:
+    """A server with `spec` submitted, and leaf-0's batcher sending to it over the in-memory link."""
+    server = await lives.enter_async_context(server_at(data_dir))
+    job_id = await server.submit_job(spec)
+    link = SwitchableLink({})
+    link.point_at(server)
+    batcher = ResultBatcher("leaf-0", link)
+    batcher.start()
+    lives.push_async_callback(batcher.stop)
+    return server, job_id, link, batcher
+
+
 def update(seed: int) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     return {k: rng.normal(size=v.shape).astype(np.float32) for k, v in initial_weights("xor", 0).items()}
 
 
 async def test_only_what_an_earlier_boot_took_is_sent_again(tmp_path: Path) -> None:
-    link = SwitchableLink({})
-    batcher = ResultBatcher("leaf-0", link)
     async with AsyncExitStack() as lives:
-        first = await lives.enter_async_context(server_at(tmp_path))
-        j = await first.submit_job(SPEC)
-        link.point_at(first)
-        batcher.start()
-        lives.push_async_callback(batcher.stop)
+        first, j, link, batcher = await running_job(lives, tmp_path, SPEC)
         assert await batcher.submit(j, 0, "t1", 1.0, update(1)) is Outcome.ACCEPTED
         assert await batcher.submit(j, 0, "t2", 1.0, update(2)) is Outcome.ACCEPTED
 
@@ -84,14 +91,8 @@ async def test_a_resumed_job_closes_no_round_before_the_leaves_re_sent(tmp_path:
     the re-sent (acknowledged) results would have been turned away as late. The restarted server
     knows which leaf to wait for from disk, and waits for its word, not for a guessed time."""
     spec = SPEC.model_copy(update={"devices_per_round": 2})
-    link = SwitchableLink({})
-    batcher = ResultBatcher("leaf-0", link)
     async with AsyncExitStack() as lives:
-        first = await lives.enter_async_context(server_at(tmp_path))
-        j = await first.submit_job(spec)
-        link.point_at(first)
-        batcher.start()
-        lives.push_async_callback(batcher.stop)
+        first, j, link, batcher = await running_job(lives, tmp_path, spec)
         assert await batcher.submit(j, 0, "t1", 1.0, update(1)) is Outcome.ACCEPTED
         second = await lives.enter_async_context(server_at(tmp_path))
         assert second.coordinator.awaiting_resends == {"leaf-0"}
@@ -109,14 +110,8 @@ async def test_a_resumed_job_closes_no_round_before_the_leaves_re_sent(tmp_path:
 
 async def test_leaves_on_disk_are_those_that_may_hold_uncheckpointed_results(tmp_path: Path) -> None:
     spec = SPEC.model_copy(update={"devices_per_round": 2})
-    link = SwitchableLink({})
-    batcher = ResultBatcher("leaf-0", link)
     async with AsyncExitStack() as lives:
-        first = await lives.enter_async_context(server_at(tmp_path))
-        j = await first.submit_job(spec)
-        link.point_at(first)
-        batcher.start()
-        lives.push_async_callback(batcher.stop)
+        first, j, _link, batcher = await running_job(lives, tmp_path, spec)
         assert load_names(tmp_path / "leaves.json") == set()
         assert await batcher.submit(j, 0, "t1", 1.0, update(1)) is Outcome.ACCEPTED
         assert load_names(tmp_path / "leaves.json") == {"leaf-0"}  # written before the batch was taken
