@@ -2,6 +2,8 @@
 
 Pure (no I/O, time passed in as `now`, monotonic seconds). One `AdmissionControl` per proxy worker;
 every check is O(1) and the memory is fixed at construction, however many device ids churn through.
+The workers of one proxy count devices in one shared buffer (`device_counter_cells`), so a device
+that reconnects to another worker is still counted once.
 
 The refusal is `RETRY` with a jittered `retry_wait` (PROTOCOL.md §4), so a healthy client keeps
 working and a crowd refused together does not come back together.
@@ -23,11 +25,16 @@ from typing import NamedTuple
 
 import orjson
 
-# Counters per row of the device sketch: 2 rows × 2**16 slots ≈ 1 MB, whatever the churn.
+# Counters per row of the device sketch: 2 rows × 2**16 slots of 4 bytes, 512 kB whatever the churn.
 DEFAULT_SLOTS = 1 << 16
 
 DEVICE_RATE_REASON = "too many requests from this device"
 OVERLOAD_REASON = "gateway busy"
+
+
+def device_counter_cells(slots: int = DEFAULT_SLOTS) -> int:
+    """How many uint32 cells a shared device-count buffer needs: the window's number, two rows."""
+    return 1 + 2 * slots
 
 
 class Refusal(NamedTuple):
@@ -54,6 +61,9 @@ class AdmissionControl:
             `[retry_wait, 2 * retry_wait]`.
         slots: counters per row of the device sketch (a power of two).
         rng: uniform [0, 1) source of the jitter (tests pass a fixed one).
+        device_counts: a zeroed buffer of `device_counter_cells(slots)` uint32 cells that other
+            workers' controls share (they must hash strings alike: one PYTHONHASHSEED); None →
+            a buffer of this control's own.
 
     Per-device counts live in a count-min sketch: two rows of `slots` counters, each device
     hashed to one counter per row, its count the smaller of the two. A device is never counted
@@ -63,7 +73,9 @@ class AdmissionControl:
     `device_window` straddling a boundary), and a window's counts are dropped wholesale when the
     next begins, so memory never grows and a call's cost is O(1) (amortized over the window for
     the one call that starts it). `hash()` of a
-    str is salted per process, so which ids collide cannot be worked out from outside. The counts
+    str is salted per process (per proxy, for workers), so which ids collide cannot be worked out
+    from outside. Workers sharing the buffer update it without locks: two increments of one cell
+    at the same instant may count as one, a few requests more admitted, never fewer. The counts
     stay accurate while the requests of one window are few next to `slots × device_rate` (at
     10,000 requests/s, a 60 s window and `device_rate` 30: 600,000 ≪ 2,000,000); size `slots`
     up for more traffic or a tighter limit.
@@ -79,6 +91,7 @@ class AdmissionControl:
         retry_wait: int = 5,
         slots: int = DEFAULT_SLOTS,
         rng: Callable[[], float] = random.random,
+        device_counts: bytearray | memoryview | None = None,
     ) -> None:
         if device_rate < 0 or max_inflight < 0 or max_rate < 0:
             raise ValueError("limits must be ≥ 0 (0 turns a limit off)")
@@ -90,9 +103,16 @@ class AdmissionControl:
         self._window = device_window
         self._window_end = float("-inf")
         self._mask = slots - 1
-        # Allocated only when a device limit is set: a proxy without one pays nothing.
-        self._row_a: list[int] = [0] * slots if device_rate else []
-        self._row_b: list[int] = [0] * slots if device_rate else []
+        self._row_b_start = 1 + slots
+        # Cell 0: the number of the window the rows count; then row a, then row b. Allocated only
+        # when a device limit is set: a proxy without one pays nothing.
+        cells = device_counter_cells(slots) if device_rate else 0
+        if device_counts is None:
+            device_counts = bytearray(4 * cells)
+        self._counts = memoryview(device_counts).cast("B").cast("I")
+        if len(self._counts) != cells:
+            raise ValueError(f"device_counts must hold {cells} uint32 cells")
+        self._zeros = memoryview(bytes(4 * (cells - 1))).cast("I") if cells else self._counts
         self._max_inflight = max_inflight
         self.inflight = 0
         self._interval = 1.0 / max_rate if max_rate else 0.0
@@ -113,14 +133,13 @@ class AdmissionControl:
                 self._roll(now)
             h = hash(device_id)
             mask = self._mask
-            row = self._row_a
-            i = h & mask
-            a = row[i] + 1
-            row[i] = a
-            row = self._row_b
-            i = (h >> 32) & mask
-            b = row[i] + 1
-            row[i] = b
+            counts = self._counts
+            i = 1 + (h & mask)
+            a = counts[i] + 1
+            counts[i] = a
+            i = self._row_b_start + ((h >> 32) & mask)
+            b = counts[i] + 1
+            counts[i] = b
             if a > self._device_rate and b > self._device_rate:  # the smaller count is over
                 return self._refuse(DEVICE_RATE_REASON)
         if self._max_inflight and self.inflight >= self._max_inflight:
@@ -151,11 +170,15 @@ class AdmissionControl:
         self.inflight -= 1
 
     def _roll(self, now: float) -> None:
-        # The old window is dropped wholesale: one fill of 2 × slots counters (under 1 ms for the
-        # default) per window, instead of any per-device bookkeeping on every call.
-        self._row_a = [0] * len(self._row_a)
-        self._row_b = [0] * len(self._row_b)
-        self._window_end = (now // self._window + 1) * self._window
+        # The old window is dropped wholesale: one fill of 2 × slots counters (a memset) per
+        # window, instead of any per-device bookkeeping on every call. The first worker into a
+        # window clears the rows for all (monotonic time is one clock for every process).
+        window = int(now // self._window)
+        counts = self._counts
+        if counts[0] != window & 0xFFFFFFFF:
+            counts[1:] = self._zeros
+            counts[0] = window & 0xFFFFFFFF
+        self._window_end = (window + 1) * self._window
 
     def _refuse(self, reason: str) -> Refusal:
         wait = self._retry_wait

@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     auth.add_argument("--auth-tokens-file", type=Path,
                       help="accepted X-Flare-User-Info auth_token values, one per line (one more token: env EDGEFL_PROXY_AUTH_TOKEN)")
     auth.add_argument("--allowed-devices-file", type=Path, help="device ids admitted, one per line")
-    limits = parser.add_argument_group("admission control, per worker (0 = off, the default)")
+    limits = parser.add_argument_group("admission control, for the whole proxy (0 = off, the default)")
     limits.add_argument("--device-rate", type=int, help="requests one device may make per --device-window")
     limits.add_argument("--device-window", type=float, help="seconds of a device-rate window (default 60)")
     limits.add_argument("--max-inflight", type=int, help="requests in flight before new polls are refused")
@@ -91,16 +91,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return supervise(config, _worker_process)
 
 
-def _worker_process(config: ProxyConfig) -> None:
+def _worker_process(config: ProxyConfig, device_counts: Any) -> None:
     # A multiprocessing target's return value is lost: the exit code must carry it.
     _configure_logging(config.log_level)
-    sys.exit(run_worker(config))
+    sys.exit(run_worker(config, None if device_counts is None else memoryview(device_counts)))
 
 
-def run_worker(config: ProxyConfig) -> int:
+def run_worker(config: ProxyConfig, device_counts: memoryview | None = None) -> int:
     """Serve in this process until SIGTERM/SIGINT; return the exit code."""
     try:
-        _run(serve(config))
+        _run(serve(config, device_counts))
     except OSError as exc:
         logger.error("cannot serve on %s:%s: %s", config.host, config.port, exc)
         return 1

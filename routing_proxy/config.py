@@ -55,7 +55,8 @@ class ProxyConfig(BaseSettings):
     # One more accepted token, from EDGEFL_PROXY_AUTH_TOKEN only: a flag would show it in `ps`.
     auth_token: SecretStr = SecretStr("")
     allowed_devices_file: Path | None = None  # device ids admitted, one per line
-    # Admission control (routing_proxy/admission.py), per worker process; 0 turns a limit off.
+    # Admission control (routing_proxy/admission.py) for the whole proxy; 0 turns a limit off.
+    # Workers share the device counts and split the in-flight and rate bounds evenly.
     device_rate: int = Field(0, ge=0)  # requests one device may make per device_window
     device_window: float = Field(60.0, gt=0, le=86400)
     max_inflight: int = Field(0, ge=0)
@@ -99,14 +100,18 @@ class ProxyConfig(BaseSettings):
             return None
         return DeviceAuthenticator(tokens, devices)
 
-    def admission(self) -> AdmissionControl | None:
-        """This worker's admission control, or None when every limit is off."""
+    def admission(self, device_counts: bytearray | memoryview | None = None) -> AdmissionControl | None:
+        """This worker's admission control, or None when every limit is off.
+
+        `device_counts`: the device-count buffer all workers share (None with one worker).
+        """
         if not (self.device_rate or self.max_inflight or self.max_request_rate):
             return None
         return AdmissionControl(
             device_rate=self.device_rate,
             device_window=self.device_window,
-            max_inflight=self.max_inflight,
-            max_rate=self.max_request_rate,
+            max_inflight=-(-self.max_inflight // self.workers),  # rounded up: never 0, "no bound"
+            max_rate=self.max_request_rate / self.workers,
             retry_wait=self.refusal_retry_wait,
+            device_counts=device_counts,
         )

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 import multiprocessing
 import os
+import secrets
 import signal
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from multiprocessing.connection import wait
 from typing import Any
 
+from .admission import device_counter_cells
 from .config import ProxyConfig
 from .forwarding import Forwarder
 from .http1 import HttpLimits, HttpServer
@@ -30,8 +34,11 @@ _EXIT_GRACE = 10.0
 class ProxyServer:
     """One process's proxy: the links to the leaves and the device-facing listener."""
 
-    def __init__(self, config: ProxyConfig) -> None:
-        """Raises `LcpMapError` on a bad lcp map, `OSError`/`ValueError` on bad device-auth files."""
+    def __init__(self, config: ProxyConfig, device_counts: memoryview | None = None) -> None:
+        """Raises `LcpMapError` on a bad lcp map, `OSError`/`ValueError` on bad device-auth files.
+
+        `device_counts`: admission's device-count buffer, shared by the workers of one proxy.
+        """
         self.config = config
         self.upstreams = Upstreams(
             load_lcp_map(config.lcp_map),
@@ -51,7 +58,7 @@ class ProxyServer:
             self.upstreams,
             upstream_timeout=config.upstream_timeout,
             device_auth=config.device_auth(),
-            admission=config.admission(),
+            admission=config.admission(device_counts),
         )
         self.http = HttpServer(forwarder, limits)
         self._listener: asyncio.Server | None = None
@@ -100,9 +107,9 @@ def _device_tls(config: ProxyConfig) -> ssl.SSLContext | None:
     return context
 
 
-async def serve(config: ProxyConfig) -> None:
+async def serve(config: ProxyConfig, device_counts: memoryview | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then drain and return."""
-    server = ProxyServer(config)
+    server = ProxyServer(config, device_counts)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -119,13 +126,16 @@ async def serve(config: ProxyConfig) -> None:
             loop.remove_signal_handler(signum)
 
 
-def supervise(config: ProxyConfig, worker: Callable[[ProxyConfig], Any]) -> int:
-    """Run `worker(config)` in `config.workers` processes sharing the port; return an exit code.
+def supervise(config: ProxyConfig, worker: Callable[[ProxyConfig, Any], Any]) -> int:
+    """Run `worker(config, device_counts)` in `config.workers` processes sharing the port; return an
+    exit code. `device_counts` is admission control's device-count buffer in shared memory (None
+    without a device limit); the workers get one string-hash seed so that they count alike.
 
     SIGTERM/SIGINT are passed on to the workers, which drain; one worker dying on its own stops
     them all (exit code 1) so that the service manager restarts a whole, healthy proxy.
     """
     context = multiprocessing.get_context("spawn")
+    device_counts = context.RawArray(ctypes.c_uint32, device_counter_cells()) if config.device_rate else None
     workers: list[multiprocessing.process.BaseProcess] = []
     stopping = False
     failed = False
@@ -139,12 +149,13 @@ def supervise(config: ProxyConfig, worker: Callable[[ProxyConfig], Any]) -> int:
 
     previous = {signum: signal.signal(signum, stop_all) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
-        for index in range(config.workers):
-            if stopping:
-                break
-            process = context.Process(target=worker, args=(config,), name=f"routing-proxy-{index}")
-            process.start()
-            workers.append(process)
+        with _one_hash_seed():
+            for index in range(config.workers):
+                if stopping:
+                    break
+                process = context.Process(target=worker, args=(config, device_counts), name=f"routing-proxy-{index}")
+                process.start()
+                workers.append(process)
         if stopping:
             stop_all()
         deadline: float | None = None
@@ -166,3 +177,21 @@ def supervise(config: ProxyConfig, worker: Callable[[ProxyConfig], Any]) -> int:
             signal.signal(signum, handler)
     ok = not failed and all(p.exitcode == 0 for p in workers)
     return 0 if ok else 1
+
+
+@contextmanager
+def _one_hash_seed() -> Iterator[None]:
+    """Workers started meanwhile hash strings alike (admission's shared device counts need it), with
+    a seed drawn here, so which device ids collide still cannot be worked out from outside."""
+    previous = os.environ.get("PYTHONHASHSEED")
+    if previous is not None and previous != "random":
+        yield  # the operator fixed one already
+        return
+    os.environ["PYTHONHASHSEED"] = str(secrets.randbelow(1 << 32))
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["PYTHONHASHSEED"]
+        else:
+            os.environ["PYTHONHASHSEED"] = previous

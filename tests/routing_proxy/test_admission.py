@@ -12,6 +12,7 @@ from routing_proxy.admission import (
     OVERLOAD_REASON,
     AdmissionControl,
     Refusal,
+    device_counter_cells,
 )
 from routing_proxy.cli import load_config
 from routing_proxy.config import ProxyConfig
@@ -59,16 +60,37 @@ def test_refused_request_is_not_in_flight() -> None:
 
 def test_memory_stays_fixed_under_churn_and_quiet_devices_are_not_refused() -> None:
     control = AdmissionControl(device_rate=50, device_window=60.0, slots=1 << 16)
-    sizes = (len(control._row_a), len(control._row_b))
+    size = len(control._counts)
     now = 0.0
     for i in range(200_000):  # 200,000 distinct ids in one window, each asking once
         now += 0.0001
         assert control.admit(f"churn-{i}", now) is None
         control.release()
-    assert (len(control._row_a), len(control._row_b)) == sizes
+    assert len(control._counts) == size == 1 + 2 * (1 << 16)
     # ~3 requests share each counter now: a device may be counted a little high, never low.
     assert admitted(control, "quiet", now, 3) == 3
     assert 40 <= admitted(control, "noisy", now, 100) <= 50
+
+
+def test_workers_sharing_the_counts_count_a_device_once() -> None:
+    shared = bytearray(4 * device_counter_cells(1 << 8))
+    first, second = (AdmissionControl(device_rate=6, device_window=10.0, slots=1 << 8, device_counts=shared)
+                     for _ in range(2))
+    assert admitted(first, "phone", 1.0, 4) == 4
+    assert admitted(second, "phone", 2.0, 4) == 2  # its first call in this window clears nothing
+    assert admitted(first, "phone", 3.0, 1) == 0
+    # The next window: whichever worker comes first clears the counts for both.
+    assert admitted(second, "phone", 10.5, 6) == 6
+    assert admitted(first, "phone", 11.0, 1) == 0
+    with pytest.raises(ValueError, match="uint32 cells"):
+        AdmissionControl(device_rate=1, slots=1 << 8, device_counts=bytearray(16))
+
+
+def test_workers_split_the_in_flight_and_rate_bounds() -> None:
+    control = ProxyConfig(workers=2, max_inflight=5, max_request_rate=100.0).admission()
+    assert control is not None
+    assert control._max_inflight == 3  # rounded up
+    assert control._interval == pytest.approx(1 / 50)
 
 
 def test_max_inflight_refuses_polls_and_never_results() -> None:

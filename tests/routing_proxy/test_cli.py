@@ -141,6 +141,39 @@ async def test_start_script_with_two_workers(
         assert await exit_code(process, timeout=15) == 0, log.read_text()
 
 
+@one_loop
+async def test_workers_share_the_device_rate_limit(leaves: MakeLeaf, tmp_path: Path) -> None:
+    # A device that reconnects lands on either worker (the kernel spreads connections); it is
+    # counted once across them. Had each worker counted alone, 12 connections would let up to 8 of
+    # its requests through (all 12 landing on one worker: 1 chance in 2,048).
+    leaf = await leaves("C11")
+    lcp_map, secret = setup_files(tmp_path, leaf)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "routing_proxy", str(port), str(lcp_map), "--host", "127.0.0.1",
+               "--workers", "2", "--link-secret-file", str(secret), "--device-rate", "4",
+               "--device-window", "86400"]
+    log = tmp_path / "proxy.log"
+    async with running(command, log) as process, aiohttp.ClientSession() as http:
+        await wait_healthy(http, url, process, log)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while log.read_text().count("listening on") < 2:
+            assert loop.time() < deadline, log.read_text()
+            await asyncio.sleep(0.1)
+        answers = []
+        for _ in range(12):
+            async with aiohttp.ClientSession() as fresh:
+                async with fresh.post(f"{url}/task?job_id=J", headers={"X-Flare-Device-ID": "PHONE"}) as reply:
+                    body = await reply.read()
+                    answers.append(orjson.loads(body) if reply.content_type == "application/json" else echoed(body))
+        refused = [a for a in answers if a.get("message") == "too many requests from this device"]
+        assert len(refused) == 8 and all(a["status"] == "RETRY" for a in refused), answers
+        assert sum(a.get("leaf") == "C11" for a in answers) == len(leaf.received) == 4
+        os.kill(process.pid, signal.SIGTERM)
+        assert await exit_code(process, timeout=15) == 0, log.read_text()
+
+
 def test_bad_lcp_map_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "lcp_map.json"
     path.write_text(json.dumps({"C11": {"host": "localhost"}}))
