@@ -462,12 +462,14 @@ def check_stream(stream: bytes, cuts: list[int]) -> None:
 
 @FUZZ
 @given(link_messages, st.lists(st.integers(0, 400), max_size=6))
+@example([frames.REQUEST, 0, "", float("nan")], [])
 def test_link_messages_round_trip_whatever_the_split(message: list[Any], cuts: list[int]) -> None:
     stream = encode_frame(message)
     points = sorted({c % (len(stream) + 1) for c in cuts})
     decoder = FrameDecoder()
     decoded = [m for a, b in zip([0, *points], [*points, len(stream)], strict=True) for m in decoder.feed(stream[a:b])]
-    assert decoded == [message] and message_kind(decoded[0]) == message[0]
+    # Compared as bytes: a NaN in the payload is never == itself.
+    assert [encode_frame(m) for m in decoded] == [stream] and message_kind(decoded[0]) == message[0]
 
 
 @FUZZ
