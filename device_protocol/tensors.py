@@ -24,8 +24,18 @@ MAX_NUM_SAMPLES = 1_000_000
 # numpy's own limit. Checked before multiplying sizes out: a product over a million dimensions
 # costs time quadratic in their number (a CPU-bound denial of service from one upload).
 MAX_DIMS = 64
+# The most bytes a result body can take per model parameter: each float written as JSON text
+# (≤ ~25 characters with its separator and nesting), or 4–8 bytes in msgpack; plus room for names,
+# shapes, meta and the cookie.
+RESULT_BYTES_PER_PARAM = 32
+RESULT_BYTES_SLACK = 1024 * 1024
 
 Shapes = Mapping[str, tuple[int, ...]]
+
+
+def max_result_body_bytes(param_count: int) -> int:
+    """The largest result body a model of `param_count` parameters can need."""
+    return RESULT_BYTES_PER_PARAM * param_count + RESULT_BYTES_SLACK
 
 
 def to_binary(array: np.ndarray) -> dict[str, Any]:

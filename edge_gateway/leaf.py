@@ -13,14 +13,14 @@ import orjson
 
 from device_protocol.codecs import JSON, decode_body, encode, wants_msgpack
 from device_protocol.cookies import CookieSigner
-from device_protocol.errors import CookieInvalid, ProtocolError, UpdateRejected
+from device_protocol.errors import BodyTooLarge, CookieInvalid, ProtocolError, UpdateRejected
 from device_protocol.feg import (
     FegRequest, Identity, JobRequest, ResultRequest, SelectionRequest, Status, TaskRequest, error_response,
     parse_request,
     response,
 )
 from device_protocol.messages import JobView, RegisterGroup, SyncReply, SyncRequest
-from device_protocol.tensors import decode_update, tensors_from_binary
+from device_protocol.tensors import decode_update, max_result_body_bytes, tensors_from_binary
 
 from .config import LeafConfig
 from .leaf_state import Lease, LeafJob, ResultVerdict, TaskDecision
@@ -140,6 +140,10 @@ class Leaf:
     def _answer_feg(self, payload: Any) -> FegReply | Awaitable[FegReply]:
         endpoint, query, headers, body = payload
         if len(body) > INLINE_DECODE_LIMIT:
+            if endpoint == "result" and len(body) > (limit := self._result_body_limit(query.get("job_id"))):
+                # Refused unparsed: junk the size of an upload would become millions of objects.
+                return self._refused(endpoint, BodyTooLarge(
+                    f"result body larger than {limit} bytes, more than this job's model can need"))
             return self._feg_decoded_in_thread(endpoint, query, headers, body)
         try:
             fields = decode_body(headers.get("content-type", ""), body)
@@ -156,6 +160,13 @@ class Leaf:
             return self._refused(endpoint, exc)
         outcome = self._feg(request, headers, len(body))
         return await outcome if isinstance(outcome, Awaitable) else outcome
+
+    def _result_body_limit(self, job_id: str | None) -> int:
+        job = self.jobs.get(job_id or "")
+        if job is not None:
+            return max_result_body_bytes(job.param_count())
+        # An unknown job is answered as such once parsed; the body is bounded by the largest model.
+        return max_result_body_bytes(max((j.param_count() for j in self.jobs.values()), default=0))
 
     def _refused(self, endpoint: str, exc: ProtocolError) -> FegReply:
         log.info("refused %s request: %s", endpoint, exc.message)

@@ -6,6 +6,7 @@ ask, first come first served, and takes a slot back when its lease runs out.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -142,6 +143,9 @@ class LeafJob:
         self.unreported[lease.task_id] = lease
         self.tasks_issued += 1
         return TaskDecision.TASK, lease
+
+    def param_count(self) -> int:
+        return sum(math.prod(shape) for shape in self.view.param_shapes.values())
 
     def reported_already(self, task_id: str) -> bool:
         """Whether this task's result was taken before (this model version or the one before)."""

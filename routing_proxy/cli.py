@@ -40,7 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ssl-key", type=Path, help="TLS private key for devices")
     parser.add_argument("--workers", type=int, help="processes sharing the port (default 1)")
     parser.add_argument("--link-secret-file", type=Path, help="file holding the secret shared with the leaves (or env EDGEFL_LINK_SECRET)")
-    parser.add_argument("--max-body-bytes", type=int, help="largest request body accepted (default 64 MiB)")
+    parser.add_argument("--max-body-bytes", type=int, help="largest /result body accepted (default 64 MiB)")
+    parser.add_argument("--max-poll-body-bytes", type=int,
+                        help="largest body of /job, /task, /selection (default 1 MiB)")
     parser.add_argument("--upstream-timeout", type=float, help="seconds to wait for a leaf before answering RETRY (default 25)")
     parser.add_argument("--log-level", help="debug, info, warning or error (default info)")
     auth = parser.add_argument_group("device authentication (off unless a file or EDGEFL_PROXY_AUTH_TOKEN is given)")

@@ -35,7 +35,8 @@ class ProxyConfig(BaseSettings):
         SecretStr(""), validation_alias=AliasChoices("EDGEFL_PROXY_LINK_SECRET", "EDGEFL_LINK_SECRET")
     )
     link_secret_file: Path | None = None
-    max_body_bytes: int = Field(64 * 1024 * 1024, ge=0)
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=0)  # of a /result
+    max_poll_body_bytes: int = Field(1024 * 1024, ge=0)  # of /job, /task, /selection (any path but /result)
     # Below iOS's 30 s request timeout (PROTOCOL.md §6), so a device gets RETRY rather than an error.
     upstream_timeout: float = Field(25.0, gt=0)
     # Slow clients (slowloris): the whole request head, then the whole body, must arrive in time.

@@ -19,7 +19,7 @@ from edge_gateway.rpc import RpcRemoteError, RpcUnavailable
 
 from .admission import AdmissionControl
 from .device_auth import DeviceAuthenticator
-from .http1 import Reply, Request, Response, invalid_request
+from .http1 import Reply, Request, Response, invalid_request, origin_form
 from .upstreams import Upstream, Upstreams
 
 logger = logging.getLogger(__name__)
@@ -68,12 +68,7 @@ class Forwarder:
         self._admission = admission
 
     def __call__(self, request: Request, reply: Reply) -> None:
-        target = request.target
-        if target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
-            # Absolute form (RFC 9112 §3.2.2), as clients behind a forward proxy send it.
-            slash = target.find(b"/", target.index(b"//") + 2)
-            target = target[slash:] if slash >= 0 else b"/"
-        path, _, query_string = target.partition(b"?")
+        path, _, query_string = origin_form(request.target).partition(b"?")
         try:
             endpoint = path.decode("ascii").lstrip("/")
         except UnicodeDecodeError:

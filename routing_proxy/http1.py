@@ -43,7 +43,11 @@ class HttpLimits:
 
     max_head_bytes: int = 32 * 1024
     max_headers: int = 100
-    max_body_bytes: int = 64 * 1024 * 1024
+    max_body_bytes: int = 64 * 1024 * 1024  # on `upload_paths`
+    upload_paths: frozenset[bytes] = frozenset({b"/result"})
+    # Any other path: a poll's body is a few hundred bytes, and one the size of an upload would
+    # only make the leaf parse it into millions of objects before saying what is wrong.
+    max_other_body_bytes: int = 1024 * 1024
     head_timeout: float = 15.0
     body_timeout: float = 60.0
     keepalive_timeout: float = 75.0
@@ -92,6 +96,15 @@ def json_error(http_status: int, status: str, message: str, close: bool = False)
 
 def invalid_request(http_status: int, message: str, close: bool = False) -> Response:
     return json_error(http_status, INVALID_REQUEST, message, close)
+
+
+def origin_form(target: bytes) -> bytes:
+    """The path and query of a request target, also of an absolute-form one (RFC 9112 §3.2.2:
+    clients behind a forward proxy send `http://host/path?query`)."""
+    if target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
+        slash = target.find(b"/", target.index(b"//") + 2)
+        return target[slash:] if slash >= 0 else b"/"
+    return target
 
 
 Reply = Callable[[Response], None]
@@ -207,6 +220,7 @@ class HttpConnection(asyncio.Protocol):
         self._header_count = 0
         self._body: list[bytes] = []
         self._body_bytes = 0
+        self._body_limit = 0  # of the request being parsed, from its path
         self._buffered = 0  # of this body, counted in the server's budget
         self._waiting_for_memory = False
         # Parsed requests (or ready answers to refused ones) in arrival order, with keep-alive.
@@ -276,6 +290,9 @@ class HttpConnection(asyncio.Protocol):
             if self._head_bytes > self.limits.max_head_bytes:
                 self._refuse(self._head_too_large())
 
+    def _body_too_large(self) -> Response:
+        return invalid_request(413, f"request body larger than {self._body_limit} bytes")
+
     def _head_too_large(self) -> Response:
         return invalid_request(431, f"request head larger than {self.limits.max_head_bytes} bytes")
 
@@ -324,10 +341,12 @@ class HttpConnection(asyncio.Protocol):
         if self._parser.get_http_version() not in ("1.1", "1.0"):
             raise _Refused(invalid_request(505, f"HTTP/{self._parser.get_http_version()} is not supported; use HTTP/1.1"))
         limits = self.limits
+        path = origin_form(self._target).partition(b"?")[0]
+        self._body_limit = limits.max_body_bytes if path in limits.upload_paths else limits.max_other_body_bytes
         length = self._headers.get(b"content-length")
         # llhttp has checked that it is a number.
-        if length is not None and int(length) > limits.max_body_bytes:
-            raise _Refused(invalid_request(413, f"request body larger than {limits.max_body_bytes} bytes"))
+        if length is not None and int(length) > self._body_limit:
+            raise _Refused(self._body_too_large())
         if self._idle():
             self._arm(limits.body_timeout, _SLOW_BODY)
             # Only when nothing is owed before it: a 100 must not land inside an earlier answer.
@@ -336,8 +355,8 @@ class HttpConnection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
-        if self._body_bytes > self.limits.max_body_bytes:
-            raise _Refused(invalid_request(413, f"request body larger than {self.limits.max_body_bytes} bytes"))
+        if self._body_bytes > self._body_limit:
+            raise _Refused(self._body_too_large())
         self._body.append(body)
         server = self.server
         self._buffered += len(body)

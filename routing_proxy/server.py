@@ -49,6 +49,7 @@ class ProxyServer:
         )
         limits = HttpLimits(
             max_body_bytes=config.max_body_bytes,
+            max_other_body_bytes=config.max_poll_body_bytes,
             head_timeout=config.head_timeout,
             body_timeout=config.body_timeout,
             keepalive_timeout=config.keepalive_timeout,

@@ -10,6 +10,7 @@ count and time, and every socket is closed.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import statistics
 from collections.abc import Awaitable, Callable
@@ -22,7 +23,9 @@ import numpy as np
 import orjson
 import pytest
 
+from device_protocol.tensors import max_result_body_bytes
 from edge_gateway.launcher import Stack
+from edge_gateway.models.specs import param_shapes
 
 from .helpers import job_status, submit_job, wait_for, wait_leaves_synced
 from .test_validation import call, diff, headers, post_result, task_for
@@ -32,7 +35,8 @@ pytestmark = pytest.mark.integration
 HOST = "127.0.0.1"
 MSGPACK = "application/msgpack"
 # The proxy's defaults (routing_proxy/config.py, routing_proxy/http1.py): the limits under test.
-BODY_LIMIT = 64 * 1024 * 1024
+BODY_LIMIT = 64 * 1024 * 1024  # a /result's
+POLL_BODY_LIMIT = 1024 * 1024  # any other request's
 HEAD_LIMIT = 32 * 1024
 MAX_HEADERS = 100
 HEAD_TIMEOUT = 15.0
@@ -246,13 +250,17 @@ async def test_broken_requests_get_exact_json_errors(stack: Stack, http: aiohttp
 async def test_bodies_over_the_limit_are_refused_while_streaming(stack: Stack, http: aiohttp.ClientSession,
                                                                  job: str) -> None:
     port = port_of(stack)
-    target = b"/task?job_id=" + job.encode()
+    target = b"/result?job_id=" + job.encode() + b"&task_id=t&task_name=train"
     too_large = refused(413, f"request body larger than {BODY_LIMIT} bytes")
     # A Content-Length of twice the limit: refused from the head alone, no body byte sent; with
     # `Expect: 100-continue` the answer is the 413, never a 100 first.
     head = b"POST " + target + b" HTTP/1.1\r\nHost: edgefl\r\n" + device() + b"Content-Length: %d\r\n" % (2 * BODY_LIMIT)
     too_large(await exchange(port, head + b"\r\n"))
     too_large(await exchange(port, head + b"Expect: 100-continue\r\n\r\n"))
+    # A poll's body the size of an upload: refused the same way at its own, smaller limit.
+    poll = b"POST /task?job_id=" + job.encode() + b" HTTP/1.1\r\nHost: edgefl\r\n" + device()
+    refused(413, f"request body larger than {POLL_BODY_LIMIT} bytes")(
+        await exchange(port, poll + b"Content-Length: %d\r\n\r\n" % (POLL_BODY_LIMIT + 1)))
 
     # Chunked, with no length announced: refused once the limit is crossed, long before the end.
     reader, writer = await asyncio.open_connection(HOST, port)
@@ -278,6 +286,22 @@ async def test_bodies_over_the_limit_are_refused_while_streaming(stack: Stack, h
     assert BODY_LIMIT <= sent < 2 * BODY_LIMIT, sent
     before = await counters(stack, job)
     await valid_device_trains(stack, http, job, "valid-after-big-bodies")
+    await assert_untouched(stack, job, before, results_counted=1, reported=1, tasks_issued=1)
+
+
+async def test_a_result_larger_than_its_model_can_need_is_refused_unparsed(
+        stack: Stack, http: aiohttp.ClientSession, job: str) -> None:
+    # Under the proxy's 64 MiB, but far more than the job's model can fill: 3 MB of numbers would be
+    # millions of objects in the leaf, for a result that cannot count anyway.
+    port = port_of(stack)
+    before = await counters(stack, job)
+    junk = b'{"junk": [' + b"1.5," * 750_000 + b'1.5]}'
+    limit = max_result_body_bytes(sum(math.prod(shape) for shape in param_shapes("xor").values()))
+    for job_id in (job.encode(), b"no-such-job"):
+        target = b"/result?job_id=" + job_id + b"&task_id=t&task_name=train"
+        refused(413, f"result body larger than {limit} bytes, more than this job's model can need")(
+            await exchange(port, request(target, device(), junk)))
+    await valid_device_trains(stack, http, job, "valid-after-junk-result")
     await assert_untouched(stack, job, before, results_counted=1, reported=1, tasks_issued=1)
 
 

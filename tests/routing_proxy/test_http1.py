@@ -146,6 +146,26 @@ async def test_content_length_over_the_limit_is_refused_before_the_body(leaves: 
     assert leaf.received == []
 
 
+async def test_polls_get_a_smaller_body_limit_than_uploads(leaves: MakeLeaf, proxy: MakeProxy) -> None:
+    # A /task, /job or /selection body is a few hundred bytes: one the size of an upload is refused
+    # from its head, before the leaf would parse it into millions of objects.
+    leaf = await leaves("C11")
+    px = await proxy([leaf], max_body_bytes=10_000, max_poll_body_bytes=1_000)
+
+    def post(target: bytes, size: int) -> bytes:
+        return (b"POST " + target + b" HTTP/1.1\r\nHost: x\r\nX-Flare-Device-ID: D\r\n"
+                b"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % size
+                + b" " * size)
+
+    for target in (b"/task?job_id=J", b"/job", b"/selection?job_id=J", b"/nowhere", b"http://gw/task?job_id=J"):
+        assert error(answers(await exchange(px, post(target, 1_001)))[0], 413) == "request body larger than 1000 bytes"
+    assert answers(await exchange(px, post(b"/task?job_id=J", 1_000)))[0][0] == 200
+    for target in (b"/result?job_id=J", b"http://gw:4321/result?job_id=J"):
+        assert answers(await exchange(px, post(target, 5_000)))[0][0] == 200
+    assert error(answers(await exchange(px, post(b"/result", 10_001)))[0], 413) == "request body larger than 10000 bytes"
+    assert len(leaf.received) == 3
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
