@@ -73,6 +73,15 @@ async def wait_healthy(http: aiohttp.ClientSession, url: str, process: subproces
     raise AssertionError(f"proxy never became healthy:\n{log.read_text()}")
 
 
+async def wait_workers_listening(log: Path, workers: int) -> None:
+    """Until each worker has logged that it listens (bounded: 30 s)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while log.read_text().count("listening on") < workers:
+        assert loop.time() < deadline, log.read_text()
+        await asyncio.sleep(0.1)
+
+
 def setup_files(tmp_path: Path, leaf: Leaf) -> tuple[Path, Path]:
     secret = tmp_path / "link.secret"
     secret.write_bytes(SECRET + b"\n")
@@ -123,53 +132,28 @@ async def test_start_script_with_two_workers(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [str(REPO / "scripts" / "start_rp.sh"), str(port), str(lcp_map), "--host", "127.0.0.1",
-               "--workers", "2", "--link-secret-file", str(secret)]
+               "--workers", "2", "--link-secret-file", str(secret), "--device-rate", "4", "--device-window", "86400"]
     log = tmp_path / "proxy.log"
+
+    async def ask(device_id: str) -> dict[str, Any]:
+        # A new connection each time, as the Python simulator does (PROTOCOL.md §6).
+        async with aiohttp.ClientSession() as fresh:
+            async with fresh.post(f"{url}/task?job_id=J", headers={"X-Flare-Device-ID": device_id}) as reply:
+                body = await reply.read()
+                return orjson.loads(body) if reply.content_type == "application/json" else echoed(body)
+
     async with running(command, log) as process:
         await wait_healthy(http, url, process, log)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 30
-        while log.read_text().count("listening on") < 2:
-            assert loop.time() < deadline, log.read_text()
-            await asyncio.sleep(0.1)
+        await wait_workers_listening(log, 2)
         for i in range(20):
-            # A new connection each time, as the Python simulator does (PROTOCOL.md §6).
-            async with aiohttp.ClientSession() as fresh:
-                async with fresh.post(f"{url}/task?job_id=J", headers={"X-Flare-Device-ID": f"D{i}"}) as reply:
-                    assert echoed(await reply.read())["leaf"] == "C11"
-        os.kill(process.pid, signal.SIGTERM)
-        assert await exit_code(process, timeout=15) == 0, log.read_text()
-
-
-@one_loop
-async def test_workers_share_the_device_rate_limit(leaves: MakeLeaf, tmp_path: Path) -> None:
-    # A device that reconnects lands on either worker (the kernel spreads connections); it is
-    # counted once across them. Had each worker counted alone, 12 connections would let up to 8 of
-    # its requests through (all 12 landing on one worker: 1 chance in 2,048).
-    leaf = await leaves("C11")
-    lcp_map, secret = setup_files(tmp_path, leaf)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "routing_proxy", str(port), str(lcp_map), "--host", "127.0.0.1",
-               "--workers", "2", "--link-secret-file", str(secret), "--device-rate", "4",
-               "--device-window", "86400"]
-    log = tmp_path / "proxy.log"
-    async with running(command, log) as process, aiohttp.ClientSession() as http:
-        await wait_healthy(http, url, process, log)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 30
-        while log.read_text().count("listening on") < 2:
-            assert loop.time() < deadline, log.read_text()
-            await asyncio.sleep(0.1)
-        answers = []
-        for _ in range(12):
-            async with aiohttp.ClientSession() as fresh:
-                async with fresh.post(f"{url}/task?job_id=J", headers={"X-Flare-Device-ID": "PHONE"}) as reply:
-                    body = await reply.read()
-                    answers.append(orjson.loads(body) if reply.content_type == "application/json" else echoed(body))
+            assert (await ask(f"D{i}"))["leaf"] == "C11"
+        # A device that reconnects lands on either worker (the kernel spreads connections); it is
+        # counted once across them. Had each worker counted alone, 12 connections would let up to
+        # 8 of its requests through (all 12 landing on one worker: 1 chance in 2,048).
+        answers = [await ask("PHONE") for _ in range(12)]
         refused = [a for a in answers if a.get("message") == "too many requests from this device"]
         assert len(refused) == 8 and all(a["status"] == "RETRY" for a in refused), answers
-        assert sum(a.get("leaf") == "C11" for a in answers) == len(leaf.received) == 4
+        assert sum(a.get("leaf") == "C11" for a in answers) == 4 and len(leaf.received) == 24
         os.kill(process.pid, signal.SIGTERM)
         assert await exit_code(process, timeout=15) == 0, log.read_text()
 
