@@ -256,7 +256,8 @@ class Server:
         update = tensors_from_binary(batch.sum_update)
         # On disk before the batch is taken: should this process die before its next checkpoint,
         # the next one waits for this leaf's re-send.
-        self._save_leaves(self._leaves_on_disk | {batch.leaf})
+        if batch.leaf not in self._leaves_on_disk:
+            self._save_leaves(self._leaves_on_disk | {batch.leaf})
         started = time.perf_counter()
         reply, events = self.coordinator.submit(batch, update, time.monotonic())
         if reply.accepted:

@@ -19,7 +19,7 @@ from edge_gateway.rpc import RpcRemoteError, RpcUnavailable
 
 from .admission import AdmissionControl
 from .device_auth import DeviceAuthenticator
-from .http1 import Reply, Request, Response, invalid_request, origin_form
+from .http1 import Reply, Request, Response, invalid_request
 from .upstreams import Upstream, Upstreams
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class Forwarder:
         self._admission = admission
 
     def __call__(self, request: Request, reply: Reply) -> None:
-        path, _, query_string = origin_form(request.target).partition(b"?")
+        path, query_string = request.path, request.query
         try:
             endpoint = path.decode("ascii").lstrip("/")
         except UnicodeDecodeError:

@@ -58,13 +58,15 @@ class HttpLimits:
 
 
 class Request:
-    """One parsed request. Header names are lower-cased; the first of repeated headers wins."""
+    """One parsed request: its target split into path and query (an absolute-form target reduced to
+    them). Header names are lower-cased; the first of repeated headers wins."""
 
-    __slots__ = ("body", "headers", "method", "target")
+    __slots__ = ("body", "headers", "method", "path", "query")
 
-    def __init__(self, method: str, target: bytes, headers: dict[bytes, bytes], body: bytes) -> None:
+    def __init__(self, method: str, path: bytes, query: bytes, headers: dict[bytes, bytes], body: bytes) -> None:
         self.method = method
-        self.target = target
+        self.path = path
+        self.query = query
         self.headers = headers
         self.body = body
 
@@ -216,6 +218,7 @@ class HttpConnection(asyncio.Protocol):
         self._headers_done = False
         self._head_bytes = 0
         self._target = b""
+        self._path = self._query = b""  # of the target, once the head is complete
         self._headers: dict[bytes, bytes] = {}
         self._header_count = 0
         self._body: list[bytes] = []
@@ -232,13 +235,11 @@ class HttpConnection(asyncio.Protocol):
         self._upgraded = False
         self._began_here = False
         self._peer_done = False  # the client half-closed: answer what it sent, then close
-        self._tls = False
 
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-        self._tls = transport.get_extra_info("sslcontext") is not None
         self.server.connections.add(self)
         # A connection that never sends a request is closed like an idle one, only sooner.
         self._arm(self.limits.head_timeout, _CLOSE)
@@ -256,7 +257,8 @@ class HttpConnection(asyncio.Protocol):
         if self._in_message:  # a request it can no longer finish
             self._in_message = False
             self._drop_body()
-        if self._closing or self._idle() or self._tls:  # TLS cannot stay half-open
+        tls = self.transport is not None and self.transport.get_extra_info("sslcontext") is not None
+        if self._closing or self._idle() or tls:  # TLS cannot stay half-open
             return False  # the transport closes
         self._peer_done = True
         return True
@@ -341,8 +343,8 @@ class HttpConnection(asyncio.Protocol):
         if self._parser.get_http_version() not in ("1.1", "1.0"):
             raise _Refused(invalid_request(505, f"HTTP/{self._parser.get_http_version()} is not supported; use HTTP/1.1"))
         limits = self.limits
-        path = origin_form(self._target).partition(b"?")[0]
-        self._body_limit = limits.max_body_bytes if path in limits.upload_paths else limits.max_other_body_bytes
+        self._path, _, self._query = origin_form(self._target).partition(b"?")
+        self._body_limit = limits.max_body_bytes if self._path in limits.upload_paths else limits.max_other_body_bytes
         length = self._headers.get(b"content-length")
         # llhttp has checked that it is a number.
         if length is not None and int(length) > self._body_limit:
@@ -378,7 +380,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        request = Request(self._parser.get_method().decode("ascii"), self._target, self._headers, body)
+        request = Request(self._parser.get_method().decode("ascii"), self._path, self._query, self._headers, body)
         self._in_message = False
         self._headers_done = False
         self._body = []
@@ -407,7 +409,7 @@ class HttpConnection(asyncio.Protocol):
             try:
                 self.server.dispatch(item, reply)
             except Exception:
-                logger.exception("dispatcher failed on %s %.200r", item.method, item.target)
+                logger.exception("dispatcher failed on %s %.200r", item.method, item.path)
                 if self._in_flight:
                     reply(json_error(500, "ERROR", "Internal Server Error", close=True))
                 return

@@ -104,12 +104,13 @@ class Upstreams:
                 # It answers, refusing: a draining leaf still answers what it holds.
                 self._set_health(index, upstream, False, f"ping refused: {exc}")
             except RpcError as exc:
-                self._set_health(index, upstream, False, f"ping failed: {exc}", silent=True)
+                self._set_health(index, upstream, False, f"ping failed: {exc}", stopped_answering=True)
             else:
                 self._set_health(index, upstream, True, "")
             await asyncio.sleep(self._interval)
 
-    def _set_health(self, index: int, upstream: Upstream, healthy: bool, reason: str, silent: bool = False) -> None:
+    def _set_health(self, index: int, upstream: Upstream, healthy: bool, reason: str,
+                    stopped_answering: bool = False) -> None:
         if healthy == upstream.ping_ok:
             return
         upstream.ping_ok = healthy
@@ -118,8 +119,8 @@ class Upstreams:
             logger.info("leaf %s (%s:%s) is healthy", upstream.leaf.name, upstream.leaf.host, upstream.leaf.port)
         else:
             self._ping_ok.discard(index)
-            # A silent leaf's requests would wait out their whole deadline (a partitioned leaf
-            # sends no reset): answer them RETRY now, so their devices come back and go elsewhere.
-            failed = upstream.client.fail_pending("leaf stopped answering") if silent else 0
+            # The requests of a leaf that stopped answering would wait out their whole deadline (a
+            # partitioned leaf sends no reset): answer them RETRY now, so their devices go elsewhere.
+            failed = upstream.client.fail_pending("leaf stopped answering") if stopped_answering else 0
             logger.warning("leaf %s (%s:%s) is unhealthy: %s; %d requests in flight answered RETRY",
                            upstream.leaf.name, upstream.leaf.host, upstream.leaf.port, reason, failed)
