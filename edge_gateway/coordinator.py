@@ -118,11 +118,11 @@ class Coordinator:
 
     # -- leaves -------------------------------------------------------------------------------
     def expect_resends(self, leaves: set[str], now: float) -> None:
-        """After a restart: hold quorum closes until these leaves have re-sent, or the limit."""
+        """After a restart: close no round until these leaves have re-sent, or until the limit."""
         self.awaiting_resends = set(leaves)
         self._resends_due_by = now + RESEND_WAIT_LIMIT
 
-    def quorum_held(self, now: float) -> bool:
+    def rounds_held(self, now: float) -> bool:
         return bool(self.awaiting_resends) and now < self._resends_due_by
 
     def live_leaves(self, now: float) -> set[str]:
@@ -208,14 +208,14 @@ class Coordinator:
         job.partial.add_partial(update, batch.sum_weight, len(batch.task_ids))
         job.counted.update(batch.task_ids)
         events = []
-        if job.partial.count >= job.spec.devices_per_round and not self.quorum_held(now):
+        if job.partial.count >= job.spec.devices_per_round and not self.rounds_held(now):
             events.append(self._close_round(job, now, reason="quorum"))
         return SubmitReply(accepted=True, boot=self.boot), events
 
     def tick(self, now: float) -> list[NewVersion]:
         """Apply round deadlines, and close rounds that reached their quorum while held."""
         events = []
-        held = self.quorum_held(now)
+        held = self.rounds_held(now)
         for job in self.jobs.values():
             if job.status != "running" or held:
                 continue

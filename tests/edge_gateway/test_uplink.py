@@ -121,4 +121,4 @@ async def test_leaves_on_disk_are_those_that_may_hold_uncheckpointed_results(tmp
         assert load_names(tmp_path / "leaves.json") == set()
         second = await lives.enter_async_context(server_at(tmp_path))
         assert second.coordinator.awaiting_resends == set()
-        assert not second.coordinator.quorum_held(time.monotonic())
+        assert not second.coordinator.rounds_held(time.monotonic())
