@@ -97,14 +97,28 @@ class Procs:
     log_dir: Path
     procs: list[Proc] = field(default_factory=list)
 
-    def start(self, name: str, argv: list[str], *, cpus: str | None = None, env: dict[str, str] | None = None,
-              cwd: Path | None = None) -> Proc:
+    def start(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        cpus: str | None = None,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> Proc:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         prefix = ["taskset", "-c", cpus] if cpus else []
         log_path = self.log_dir / f"{name}.log"
         with open(log_path, "ab") as out:
-            popen = subprocess.Popen(prefix + argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True)
+            popen = subprocess.Popen(
+                prefix + argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})},
+                cwd=cwd,
+                start_new_session=True,
+            )
         proc = Proc(name, popen, log_path)
         self.procs.append(proc)
         return proc
@@ -139,8 +153,9 @@ def wait_file(proc: Proc, path: Path, timeout: float = 90.0) -> dict[str, Any]:
     raise RuntimeError(f"{proc.name} not ready after {timeout:.0f} s:\n{proc.log_tail()}")
 
 
-def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None,
-         timeout: float = 10.0) -> tuple[int, bytes]:
+def http(
+    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 10.0
+) -> tuple[int, bytes]:
     request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as reply:
@@ -195,8 +210,10 @@ def quiet_wait(max_s: float, threshold: float = 0.15, own: list[Proc] | None = N
         if busy < threshold or waited >= max_s:
             return waited
         if waited == 0:
-            print(f"  machine busy ({busy:.2f} cores used by others, load {loadavg()}); waiting up to {max_s:.0f} s",
-                  flush=True)
+            print(
+                f"  machine busy ({busy:.2f} cores used by others, load {loadavg()}); waiting up to {max_s:.0f} s",
+                flush=True,
+            )
         time.sleep(4.0)
         waited += 5.0
 
@@ -233,15 +250,35 @@ class WrkRun:
         return r["err_connect"] + r["err_read"] + r["err_write"] + r["err_timeout"] + r["non2xx"]
 
 
-def wrk(url: str, conns: int, duration: str, procs: dict[str, Proc], *, pin: bool, path: str = "/task?job_id=j1",
-        script: Path | None = None, quiet_max: float = 0.0, all_procs: list[Proc] | None = None,
-        log: Path | None = None) -> WrkRun:
+def wrk(
+    url: str,
+    conns: int,
+    duration: str,
+    procs: dict[str, Proc],
+    *,
+    pin: bool,
+    path: str = "/task?job_id=j1",
+    script: Path | None = None,
+    quiet_max: float = 0.0,
+    all_procs: list[Proc] | None = None,
+    log: Path | None = None,
+) -> WrkRun:
     """One wrk run under the anchor load (anchors/task.lua, `path` via WRK_PATH), with CPU accounting."""
     waited = quiet_wait(quiet_max, own=all_procs) if quiet_max > 0 else 0.0
     load = loadavg()
     script = script or ANCHORS / "task.lua"
     argv = (["taskset", "-c", LOADGEN_CPU] if pin else []) + [
-        "wrk", "-t1", f"-c{conns}", f"-d{duration}", "--timeout", "5s", "--latency", "-s", str(script), url]
+        "wrk",
+        "-t1",
+        f"-c{conns}",
+        f"-d{duration}",
+        "--timeout",
+        "5s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
     before = {k: p.cpu_s() for k, p in procs.items()}
     others0 = sum(p.cpu_s() for p in all_procs or [])
     stat0 = _cpu_stat()
@@ -261,7 +298,7 @@ def wrk(url: str, conns: int, duration: str, procs: dict[str, Proc], *, pin: boo
     busy_all = (stat1["cpu"][0] - stat0["cpu"][0]) / CLK_TCK
     busy = {c: (stat1[c][0] - stat0[c][0]) / max(1, stat1[c][1] - stat0[c][1]) for c in ("cpu0", "cpu1") if c in stat1}
     return WrkRun(
-        result=json.loads(line[len("ANCHOR_JSON "):]),
+        result=json.loads(line[len("ANCHOR_JSON ") :]),
         wrk_cpu_s=round(wrk_s, 2),
         proc_cpu_s={k: round(after[k] - before[k], 3) for k in procs},
         # Everything ours (all benchmark processes, idle or not) and wrk subtracted: other tenants.
@@ -275,8 +312,11 @@ def wrk(url: str, conns: int, duration: str, procs: dict[str, Proc], *, pin: boo
 
 def post_task(base: str, path: str, device_id: str, accept: str | None = None) -> tuple[int, bytes]:
     """One request shaped like anchors/task.lua's."""
-    headers = {"Content-Type": "application/json", "X-Flare-Device-ID": device_id,
-               "X-Flare-Device-Info": "platform=android&app_name=anchor&app_version=1.0"}
+    headers = {
+        "Content-Type": "application/json",
+        "X-Flare-Device-ID": device_id,
+        "X-Flare-Device-Info": "platform=android&app_name=anchor&app_version=1.0",
+    }
     if accept:
         headers["Accept"] = accept
     return http("POST", base + path, b'{"capabilities":{"methods":["cnn"]}}', headers)
@@ -296,8 +336,9 @@ def machine() -> str:
                 cpu = line.split(":", 1)[1].strip()
                 break
     try:
-        head = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True,
-                              text=True, timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except OSError:
         head = "?"
     return f"{os.cpu_count()} vCPU ({cpu}), Python {sys.version.split()[0]}, edgefl at {head}"
@@ -318,8 +359,13 @@ class Stack:
         return {"proxy": self.proxy, **{p.name.split(".", 1)[-1]: p for p in self.leaves}, "server": self.server}
 
     def submit(self, spec: dict[str, Any]) -> str:
-        status, body = http("POST", f"{self.api_url}/api/jobs", json.dumps(spec).encode(),
-                            {"Content-Type": "application/json"}, timeout=120)
+        status, body = http(
+            "POST",
+            f"{self.api_url}/api/jobs",
+            json.dumps(spec).encode(),
+            {"Content-Type": "application/json"},
+            timeout=120,
+        )
         if status != 201:
             raise RuntimeError(f"job refused ({status}): {body[:300]!r}")
         return str(json.loads(body)["job_id"])
@@ -328,8 +374,17 @@ class Stack:
         return dict(json.loads(http("GET", f"{self.api_url}/api/jobs/{job_id}")[1]))
 
 
-def start_stack(procs: Procs, run_dir: Path, *, tag: str, leaves: int = 1, workers: int = 1,
-                cpus: str | None = None, server_cmd: list[str] | None = None, log_level: str = "warning") -> Stack:
+def start_stack(
+    procs: Procs,
+    run_dir: Path,
+    *,
+    tag: str,
+    leaves: int = 1,
+    workers: int = 1,
+    cpus: str | None = None,
+    server_cmd: list[str] | None = None,
+    log_level: str = "warning",
+) -> Stack:
     """Start a server, `leaves` leaves and a proxy with `workers` processes, all pinned to `cpus`.
 
     `server_cmd` replaces `python -m edge_gateway` for the server (benchmarks/_big_model_server.py);
@@ -337,24 +392,72 @@ def start_stack(procs: Procs, run_dir: Path, *, tag: str, leaves: int = 1, worke
     run_dir.mkdir(parents=True, exist_ok=True)
     env = {"EDGEFL_LINK_SECRET": os.urandom(16).hex()}
     m = [PY, "-m"]
-    server = procs.start(f"{tag}.server", (server_cmd or m + ["edge_gateway"]) + ["--log-level", log_level, "server", "--http-port", "0",
-                                              "--link-port", "0", "--data-dir", str(run_dir / "server"),
-                                              "--ready-file", str(run_dir / "server.ready")], cpus=cpus, env=env)
+    server = procs.start(
+        f"{tag}.server",
+        (server_cmd or m + ["edge_gateway"])
+        + [
+            "--log-level",
+            log_level,
+            "server",
+            "--http-port",
+            "0",
+            "--link-port",
+            "0",
+            "--data-dir",
+            str(run_dir / "server"),
+            "--ready-file",
+            str(run_dir / "server.ready"),
+        ],
+        cpus=cpus,
+        env=env,
+    )
     ready = wait_file(server, run_dir / "server.ready")
     leaf_procs, lcp = [], {}
     for i in range(leaves):
         name = f"leaf-{i}"
-        leaf_procs.append(procs.start(f"{tag}.{name}", m + [
-            "edge_gateway", "--log-level", log_level, "leaf", "--name", name, "--port", "0",
-            "--server", f"127.0.0.1:{ready['link_port']}", "--ready-file", str(run_dir / f"{name}.ready")],
-            cpus=cpus, env=env))
+        leaf_procs.append(
+            procs.start(
+                f"{tag}.{name}",
+                m
+                + [
+                    "edge_gateway",
+                    "--log-level",
+                    log_level,
+                    "leaf",
+                    "--name",
+                    name,
+                    "--port",
+                    "0",
+                    "--server",
+                    f"127.0.0.1:{ready['link_port']}",
+                    "--ready-file",
+                    str(run_dir / f"{name}.ready"),
+                ],
+                cpus=cpus,
+                env=env,
+            )
+        )
     for i, leaf in enumerate(leaf_procs):
         lcp[f"leaf-{i}"] = {"host": "127.0.0.1", "port": wait_file(leaf, run_dir / f"leaf-{i}.ready")["port"]}
     (run_dir / "lcp_map.json").write_text(json.dumps(lcp))
     port = free_port()
-    proxy = procs.start(f"{tag}.proxy", m + ["routing_proxy", str(port), str(run_dir / "lcp_map.json"),
-                                            "--host", "127.0.0.1", "--workers", str(workers), "--log-level", "warning"],
-                        cpus=cpus, env=env)
+    proxy = procs.start(
+        f"{tag}.proxy",
+        m
+        + [
+            "routing_proxy",
+            str(port),
+            str(run_dir / "lcp_map.json"),
+            "--host",
+            "127.0.0.1",
+            "--workers",
+            str(workers),
+            "--log-level",
+            "warning",
+        ],
+        cpus=cpus,
+        env=env,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:  # every worker must see every leaf healthy; /health answers from whichever worker
@@ -391,27 +494,42 @@ def wait_task_status(base: str, path: str, want: str, timeout: float = 60.0, acc
 def census(url: str, path: str, conns: int = 64, duration: str = "2s", pin: bool = True) -> dict[str, int]:
     """Answers under load, counted by 'HTTP-status FEG-status message' (benchmarks/task_census.lua)."""
     argv = (["taskset", "-c", LOADGEN_CPU] if pin else []) + [
-        "wrk", "-t1", f"-c{conns}", f"-d{duration}", "--timeout", "5s", "-s", str(HERE / "task_census.lua"), url]
+        "wrk",
+        "-t1",
+        f"-c{conns}",
+        f"-d{duration}",
+        "--timeout",
+        "5s",
+        "-s",
+        str(HERE / "task_census.lua"),
+        url,
+    ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env={**os.environ, "WRK_PATH": path})
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("CENSUS_JSON ")), None)
     if line is None:
         raise RuntimeError(f"census gave no result:\n{done.stdout}\n{done.stderr}")
-    return dict(json.loads(line[len("CENSUS_JSON "):]))
+    return dict(json.loads(line[len("CENSUS_JSON ") :]))
 
 
 # -- an aiohttp device for the transfer benchmarks --------------------------------------------------
 def device_headers(device_id: str, content_type: str = "application/json", accept: str | None = None) -> dict[str, str]:
-    headers = {"Content-Type": content_type, "X-Flare-Device-ID": device_id,
-               "X-Flare-Device-Info": "platform=ios&app_name=bench&app_version=1.0"}
+    headers = {
+        "Content-Type": content_type,
+        "X-Flare-Device-ID": device_id,
+        "X-Flare-Device-Info": "platform=ios&app_name=bench&app_version=1.0",
+    }
     if accept:
         headers["Accept"] = accept
     return headers
 
 
-async def ask_task(session: Any, base: str, job_id: str, device_id: str, accept: str | None = None) -> tuple[int, bytes]:
+async def ask_task(
+    session: Any, base: str, job_id: str, device_id: str, accept: str | None = None
+) -> tuple[int, bytes]:
     """One `/task` (the JSON body the apps send); (HTTP status, body bytes)."""
-    async with session.post(f"{base}/task", params={"job_id": job_id}, data=b"{}",
-                            headers=device_headers(device_id, accept=accept)) as reply:
+    async with session.post(
+        f"{base}/task", params={"job_id": job_id}, data=b"{}", headers=device_headers(device_id, accept=accept)
+    ) as reply:
         return reply.status, await reply.read()
 
 

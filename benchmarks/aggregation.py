@@ -24,16 +24,19 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 import _harness as h
+import numpy as np
 
 SHAPES = {"fc1.weight": (1000, 784), "fc1.bias": (1000,), "fc2.weight": (215, 1000)}  # 1,000,000 parameters
 POOL = 8
 VARIANTS = ("numpy_f32", "numpy_f64", "numpy_f64_w", "partial_w1", "partial_wn")
-LABELS = {"numpy_f32": "numpy `a += b` (float32)", "numpy_f64": "numpy `acc64 += upd32`",
-          "numpy_f64_w": "numpy `acc64 += upd32 * w`", "partial_w1": "PartialSum.add_update, w = 1",
-          "partial_wn": "PartialSum.add_update, w = 32"}
+LABELS = {
+    "numpy_f32": "numpy `a += b` (float32)",
+    "numpy_f64": "numpy `acc64 += upd32`",
+    "numpy_f64_w": "numpy `acc64 += upd32 * w`",
+    "partial_w1": "PartialSum.add_update, w = 1",
+    "partial_wn": "PartialSum.add_update, w = 32",
+}
 
 
 def _rss_mb() -> float:
@@ -76,8 +79,13 @@ def run_variant(variant: str, updates: int) -> dict[str, float]:
     wall = time.perf_counter() - start
     cpu = time.process_time() - cpu0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"wall_s": wall, "cpu_s": cpu, "baseline_rss_mb": baseline, "peak_rss_mb": peak,
-            "extra_peak_mb": peak - max(peak0, baseline)}
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "baseline_rss_mb": baseline,
+        "peak_rss_mb": peak,
+        "extra_peak_mb": peak - max(peak0, baseline),
+    }
 
 
 def run_round_close() -> dict[str, float]:
@@ -111,8 +119,13 @@ def run_round_close() -> dict[str, float]:
 
 
 def child(argv: list[str]) -> dict[str, float]:
-    done = subprocess.run(["taskset", "-c", h.SUT_CPU, sys.executable, __file__, *argv], capture_output=True,
-                          text=True, timeout=900, cwd=Path(__file__).parent)
+    done = subprocess.run(
+        ["taskset", "-c", h.SUT_CPU, sys.executable, __file__, *argv],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=Path(__file__).parent,
+    )
     if done.returncode != 0:
         raise RuntimeError(done.stderr)
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -130,8 +143,11 @@ def main() -> None:
     if args.child:
         print(json.dumps(run_variant(args.child, args.updates)))
         return
-    print(f"machine: {h.machine()}; load {h.loadavg()}; {args.updates} updates of {sum(np.prod(s) for s in SHAPES.values()):,} "
-          f"float32 parameters (4 MB each), {args.repeat} interleaved repetitions, pinned to CPU {h.SUT_CPU}", flush=True)
+    print(
+        f"machine: {h.machine()}; load {h.loadavg()}; {args.updates} updates of {sum(np.prod(s) for s in SHAPES.values()):,} "
+        f"float32 parameters (4 MB each), {args.repeat} interleaved repetitions, pinned to CPU {h.SUT_CPU}",
+        flush=True,
+    )
     results: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
     loads = []
     for _ in range(args.repeat):
@@ -142,13 +158,17 @@ def main() -> None:
     med = {v: {k: h.median([r[k] for r in rs]) for k in rs[0]} for v, rs in results.items()}
     ref = med["numpy_f32"]["wall_s"]
     update_gb = 4e-3  # GB of float32 update data per update
-    print("\n| variant | s for all | ms/update | updates/s | GB/s of updates | ÷ numpy f32 time | CPU s | peak RSS MB | RSS over baseline MB |")
+    print(
+        "\n| variant | s for all | ms/update | updates/s | GB/s of updates | ÷ numpy f32 time | CPU s | peak RSS MB | RSS over baseline MB |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for v in VARIANTS:
         m = med[v]
-        print(f"| {LABELS[v]} | {m['wall_s']:.2f} | {m['wall_s'] * 1e3 / args.updates:.2f} | "
-              f"{args.updates / m['wall_s']:,.0f} | {args.updates * update_gb / m['wall_s']:.2f} | "
-              f"{m['wall_s'] / ref:.2f} | {m['cpu_s']:.2f} | {m['peak_rss_mb']:.0f} | {m['extra_peak_mb']:.0f} |")
+        print(
+            f"| {LABELS[v]} | {m['wall_s']:.2f} | {m['wall_s'] * 1e3 / args.updates:.2f} | "
+            f"{args.updates / m['wall_s']:,.0f} | {args.updates * update_gb / m['wall_s']:.2f} | "
+            f"{m['wall_s'] / ref:.2f} | {m['cpu_s']:.2f} | {m['peak_rss_mb']:.0f} | {m['extra_peak_mb']:.0f} |"
+        )
     print(f"\nround close (1M params): {json.dumps({k: round(v, 2) for k, v in round_close.items()})}")
     print(f"load average at each child's start: {', '.join(sorted(set(loads)))}")
 

@@ -21,17 +21,26 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _harness as h
 import aiohttp
 
-import _harness as h
-
-JOB = {"name": "bench-download", "model": "cifar10", "rounds": 1, "devices_per_round": 100_000, "over_selection": 0.0,
-       "retry_wait": 5, "task_timeout": 3600.0, "round_timeout": 3600.0, "evaluate": False}
+JOB = {
+    "name": "bench-download",
+    "model": "cifar10",
+    "rounds": 1,
+    "devices_per_round": 100_000,
+    "over_selection": 0.0,
+    "retry_wait": 5,
+    "task_timeout": 3600.0,
+    "round_timeout": 3600.0,
+    "evaluate": False,
+}
 MSGPACK = "application/msgpack"
 
 
-async def download(base: str, job_id: str, accept: str | None, conns: int, seconds: float, tag: str,
-                   procs: dict[str, h.Proc]) -> dict[str, Any]:
+async def download(
+    base: str, job_id: str, accept: str | None, conns: int, seconds: float, tag: str, procs: dict[str, h.Proc]
+) -> dict[str, Any]:
     connector = aiohttp.TCPConnector(limit=conns)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
         devices = [f"dl-{tag}-{i}" for i in range(conns)]
@@ -62,10 +71,17 @@ async def download(base: str, job_id: str, accept: str | None, conns: int, secon
         wall = time.perf_counter() - start
         cpu = {k: round(p.cpu_s() - before[k], 2) for k, p in procs.items()}
         latencies.sort()
-        return {"answer_mb": sizes[0] / 1e6, "requests": requests, "wall_s": wall, "mb_per_s": received / 1e6 / wall,
-                "req_per_s": requests / wall, "p50_ms": latencies[len(latencies) // 2] * 1e3,
-                "p99_ms": latencies[int(len(latencies) * 0.99)] * 1e3, "client_cpu_s": time.process_time() - cpu0,
-                "cpu_s": cpu}
+        return {
+            "answer_mb": sizes[0] / 1e6,
+            "requests": requests,
+            "wall_s": wall,
+            "mb_per_s": received / 1e6 / wall,
+            "req_per_s": requests / wall,
+            "p50_ms": latencies[len(latencies) // 2] * 1e3,
+            "p99_ms": latencies[int(len(latencies) * 0.99)] * 1e3,
+            "client_cpu_s": time.process_time() - cpu0,
+            "cpu_s": cpu,
+        }
 
 
 def main() -> None:
@@ -77,8 +93,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/edgefl-bench") / time.strftime("download-%Y%m%d-%H%M%S"))
     args = parser.parse_args()
     h.pin_self()
-    print(f"machine: {h.machine()}; load {h.loadavg()}; stack pinned to CPU {h.SUT_CPU}, client on CPU {h.LOADGEN_CPU}",
-          flush=True)
+    print(
+        f"machine: {h.machine()}; load {h.loadavg()}; stack pinned to CPU {h.SUT_CPU}, client on CPU {h.LOADGEN_CPU}",
+        flush=True,
+    )
     rows = []
     big = [h.PY, str(Path(__file__).parent / "_big_model_server.py"), str(args.big_params)]
     with h.Procs(args.out / "logs") as procs:
@@ -90,21 +108,33 @@ def main() -> None:
             for codec, accept in (("msgpack", MSGPACK), ("json", None)):
                 waited = h.quiet_wait(args.quiet_max, own=procs.procs)
                 load = h.loadavg()
-                r = asyncio.run(download(stack.proxy_url, job_id, accept, args.conns, args.seconds, f"{tag}-{codec}",
-                                         stack.procs()))
-                r.update(model=model, codec=codec, load=load, quiet_wait_s=waited,
-                         leaf_mb_per_cpu_s=r["mb_per_s"] * r["wall_s"] / max(r["cpu_s"]["leaf-0"], 1e-9))
+                r = asyncio.run(
+                    download(stack.proxy_url, job_id, accept, args.conns, args.seconds, f"{tag}-{codec}", stack.procs())
+                )
+                r.update(
+                    model=model,
+                    codec=codec,
+                    load=load,
+                    quiet_wait_s=waited,
+                    leaf_mb_per_cpu_s=r["mb_per_s"] * r["wall_s"] / max(r["cpu_s"]["leaf-0"], 1e-9),
+                )
                 rows.append(r)
                 print(json.dumps(r), flush=True)
             procs.stop_all()
-    print("\n| model | codec | answer MB | req/s | **MB/s through proxy** | MB per leaf CPU-s | p50 ms | p99 ms | CPU s (proxy, leaf, server) | client CPU s | load |")
+    print(
+        "\n| model | codec | answer MB | req/s | **MB/s through proxy** | MB per leaf CPU-s | p50 ms | p99 ms | CPU s (proxy, leaf, server) | client CPU s | load |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|")
     for r in rows:
         c = r["cpu_s"]
-        print(f"| {r['model']} | {r['codec']} | {r['answer_mb']:.2f} | {r['req_per_s']:,.0f} | {r['mb_per_s']:,.0f} | "
-              f"{r['leaf_mb_per_cpu_s']:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-              f"{c['proxy']}, {c['leaf-0']}, {c['server']} | {r['client_cpu_s']:.1f} | {r['load']} |")
-    print(f"\n{args.conns} concurrent devices, {args.seconds:.0f} s per row; target (DESIGN.md): ≥ 200 MB/s from a leaf.")
+        print(
+            f"| {r['model']} | {r['codec']} | {r['answer_mb']:.2f} | {r['req_per_s']:,.0f} | {r['mb_per_s']:,.0f} | "
+            f"{r['leaf_mb_per_cpu_s']:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+            f"{c['proxy']}, {c['leaf-0']}, {c['server']} | {r['client_cpu_s']:.1f} | {r['load']} |"
+        )
+    print(
+        f"\n{args.conns} concurrent devices, {args.seconds:.0f} s per row; target (DESIGN.md): ≥ 200 MB/s from a leaf."
+    )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-async def poll(session: aiohttp.ClientSession, url: str, device: str, job: dict[str, str], stop_at: float,
-               samples: list[tuple[float, float, str]]) -> None:
+async def poll(
+    session: aiohttp.ClientSession,
+    url: str,
+    device: str,
+    job: dict[str, str],
+    stop_at: float,
+    samples: list[tuple[float, float, str]],
+) -> None:
     headers = {"X-Flare-Device-ID": device, "Content-Type": "application/json"}
     while time.monotonic() < stop_at:
         if not job:
@@ -52,13 +58,23 @@ async def main(seconds: float) -> None:
             job: dict[str, str] = {}
             stop_at = time.monotonic() + seconds
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=DEVICES)) as session:
-                pollers = [asyncio.create_task(poll(session, stack.proxy_url, f"dev-{i}", job, stop_at, samples))
-                           for i in range(DEVICES)]
-                spec = {"name": "cifar10_et", "model": "cifar10", "runtime": "executorch", "rounds": 1,
-                        "devices_per_round": 1000, "batch_size": 4, "retry_wait": 1}
+                pollers = [
+                    asyncio.create_task(poll(session, stack.proxy_url, f"dev-{i}", job, stop_at, samples))
+                    for i in range(DEVICES)
+                ]
+                spec = {
+                    "name": "cifar10_et",
+                    "model": "cifar10",
+                    "runtime": "executorch",
+                    "rounds": 1,
+                    "devices_per_round": 1000,
+                    "batch_size": 4,
+                    "retry_wait": 1,
+                }
                 submitted = time.monotonic()
-                async with session.post(f"{stack.api_url}/api/jobs", data=orjson.dumps(spec),
-                                        headers={"Content-Type": "application/json"}) as reply:
+                async with session.post(
+                    f"{stack.api_url}/api/jobs", data=orjson.dumps(spec), headers={"Content-Type": "application/json"}
+                ) as reply:
                     job["id"] = orjson.loads(await reply.read())["job_id"]
                 await asyncio.gather(*pollers)
         finally:
@@ -70,8 +86,13 @@ async def main(seconds: float) -> None:
     print(f"program ready {export_s:.1f} s after submission; {len(samples)} /task requests from {DEVICES} devices")
     print("| window | requests | p50 ms | p99 ms |")
     print("|---|---:|---:|---:|")
-    for name, values in (("while exporting (Model not ready)", during), ("program served (task or not selected)", after)):
-        print(f"| {name} | {len(values)} | {statistics.median(values) * 1e3:.2f} | {percentile(values, 0.99) * 1e3:.2f} |")
+    for name, values in (
+        ("while exporting (Model not ready)", during),
+        ("program served (task or not selected)", after),
+    ):
+        print(
+            f"| {name} | {len(values)} | {statistics.median(values) * 1e3:.2f} | {percentile(values, 0.99) * 1e3:.2f} |"
+        )
     if during and after:
         print(f"p99 ratio exporting / served: {percentile(during, 0.99) / percentile(after, 0.99):.2f}")
 

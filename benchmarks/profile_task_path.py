@@ -66,16 +66,36 @@ def main() -> None:
         for name in ("proxy", "leaf-0", "server"):
             pid = stack.procs()[name].pid
             spies[name] = subprocess.Popen(
-                ["taskset", "-c", h.LOADGEN_CPU, args.py_spy, "record", "--nonblocking", "-p", str(pid), "-r",
-                 str(args.rate), "-d", str(args.seconds + 1), "-f", "raw", "-o", str(args.out / f"{name}.txt")],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                [
+                    "taskset",
+                    "-c",
+                    h.LOADGEN_CPU,
+                    args.py_spy,
+                    "record",
+                    "--nonblocking",
+                    "-p",
+                    str(pid),
+                    "-r",
+                    str(args.rate),
+                    "-d",
+                    str(args.seconds + 1),
+                    "-f",
+                    "raw",
+                    "-o",
+                    str(args.out / f"{name}.txt"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         time.sleep(0.5)
         run = h.wrk(stack.proxy_url, args.conns, f"{args.seconds}s", stack.procs(), pin=True, path=path)
         for spy in spies.values():
             spy.wait(60)
     us = run.us_per_request()
-    print(f"{args.job} path, c={args.conns}: {run.result['rps']:,.0f} req/s, p99 {run.result['p99_ms']:.1f} ms, "
-          f"CPU µs/req " + ", ".join(f"{k} {v:.0f}" for k, v in us.items()) + f"; load {run.loadavg}")
+    print(
+        f"{args.job} path, c={args.conns}: {run.result['rps']:,.0f} req/s, p99 {run.result['p99_ms']:.1f} ms, "
+        f"CPU µs/req " + ", ".join(f"{k} {v:.0f}" for k, v in us.items()) + f"; load {run.loadavg}"
+    )
     for name in spies:
         f = args.out / f"{name}.txt"
         if not f.exists():

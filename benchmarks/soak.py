@@ -42,8 +42,16 @@ def environ(pid: int) -> dict[str, str]:
     return dict(item.decode().split("=", 1) for item in raw.split(b"\0") if b"=" in item)
 
 
-def restart_leaf(procs: h.Procs, stack: h.Stack, i: int, run_dir: Path, link_port: int, port: int,
-                 env: dict[str, str], generation: int) -> float:
+def restart_leaf(
+    procs: h.Procs,
+    stack: h.Stack,
+    i: int,
+    run_dir: Path,
+    link_port: int,
+    port: int,
+    env: dict[str, str],
+    generation: int,
+) -> float:
     """SIGKILL leaf `i`, start it again on the same port; the seconds until it is ready again."""
     old = stack.leaves[i]
     old.popen.send_signal(signal.SIGKILL)
@@ -52,9 +60,26 @@ def restart_leaf(procs: h.Procs, stack: h.Stack, i: int, run_dir: Path, link_por
     start = time.monotonic()
     ready = run_dir / f"leaf-{i}.ready"
     ready.unlink(missing_ok=True)
-    new = procs.start(f"soak.leaf-{i}.{generation}", [
-        h.PY, "-m", "edge_gateway", "--log-level", "warning", "leaf", "--name", f"leaf-{i}", "--port", str(port),
-        "--server", f"127.0.0.1:{link_port}", "--ready-file", str(ready)], env=env)
+    new = procs.start(
+        f"soak.leaf-{i}.{generation}",
+        [
+            h.PY,
+            "-m",
+            "edge_gateway",
+            "--log-level",
+            "warning",
+            "leaf",
+            "--name",
+            f"leaf-{i}",
+            "--port",
+            str(port),
+            "--server",
+            f"127.0.0.1:{link_port}",
+            "--ready-file",
+            str(ready),
+        ],
+        env=env,
+    )
     h.wait_file(new, ready)
     stack.leaves[i] = new
     return time.monotonic() - start
@@ -74,8 +99,14 @@ def main() -> None:
     args = parser.parse_args()
     soak_s = args.minutes * 60
     # Far more rounds than a soak can close: the job outlives it and is ended on purpose.
-    spec = {"name": "bench-soak", "model": "digits", "rounds": 100_000, "devices_per_round": args.per_round,
-            "retry_wait": args.retry_wait, "evaluate": False}
+    spec = {
+        "name": "bench-soak",
+        "model": "digits",
+        "rounds": 100_000,
+        "devices_per_round": args.per_round,
+        "retry_wait": args.retry_wait,
+        "evaluate": False,
+    }
     print(f"machine: {h.machine()}; load {h.loadavg()}; job {json.dumps(spec)}", flush=True)
     run_dir = args.out / "stack"
     samples: list[tuple[float, dict[str, float | None]]] = []
@@ -91,26 +122,56 @@ def main() -> None:
         per_sim = args.devices // args.simulators
         for i in range(args.simulators):
             paths.append(args.out / f"simulation-{i}.json")
-            sims.append(procs.start(f"simulator-{i}", [
-                h.PY, "-m", "edge_gateway", "--log-level", "warning", "simulate", "--url", stack.proxy_url,
-                "--job", spec["name"], "--devices", str(per_sim), "--device-prefix", f"soak{i}",
-                "--trainer", "synthetic", "--connections", str(per_sim),
-                # Past the soak: the devices stop when the job is ended, not at a deadline mid-upload.
-                "--duration", str(soak_s + 120), "--report-json", str(paths[-1])]))
+            sims.append(
+                procs.start(
+                    f"simulator-{i}",
+                    [
+                        h.PY,
+                        "-m",
+                        "edge_gateway",
+                        "--log-level",
+                        "warning",
+                        "simulate",
+                        "--url",
+                        stack.proxy_url,
+                        "--job",
+                        spec["name"],
+                        "--devices",
+                        str(per_sim),
+                        "--device-prefix",
+                        f"soak{i}",
+                        "--trainer",
+                        "synthetic",
+                        "--connections",
+                        str(per_sim),
+                        # Past the soak: the devices stop when the job is ended, not at a deadline mid-upload.
+                        "--duration",
+                        str(soak_s + 120),
+                        "--report-json",
+                        str(paths[-1]),
+                    ],
+                )
+            )
         start = time.monotonic()
         next_sample, next_kill, generation = start, start + args.kill_every, 0
         while (now := time.monotonic()) < start + soak_s:
             if now >= next_sample:
                 # By role, not process name: a restarted leaf keeps its column.
-                named = {"proxy": stack.proxy, **{f"leaf-{i}": p for i, p in enumerate(stack.leaves)},
-                         "server": stack.server, **{f"sim-{i}": s for i, s in enumerate(sims)}}
+                named = {
+                    "proxy": stack.proxy,
+                    **{f"leaf-{i}": p for i, p in enumerate(stack.leaves)},
+                    "server": stack.server,
+                    **{f"sim-{i}": s for i, s in enumerate(sims)},
+                }
                 samples.append((now - start, {name: rss_mb(p.pid) for name, p in named.items()}))
                 next_sample += args.sample_every
             if now >= next_kill:
                 victim = generation % args.leaves
                 generation += 1
                 down = restart_leaf(procs, stack, victim, run_dir, link_port, ports[victim], env, generation)
-                kills.append(f"{now - start:.0f} s: leaf-{victim} SIGKILL, back on port {ports[victim]} in {down:.1f} s")
+                kills.append(
+                    f"{now - start:.0f} s: leaf-{victim} SIGKILL, back on port {ports[victim]} in {down:.1f} s"
+                )
                 print("  " + kills[-1], flush=True)
                 next_kill += args.kill_every
             time.sleep(max(0.0, min(next_sample, next_kill, start + soak_s) - time.monotonic()))
@@ -124,8 +185,10 @@ def main() -> None:
     reports = [json.loads(p.read_text()) for p in paths if p.exists()]
     report = {k: sum(r[k] for r in reports) for k, v in reports[0].items() if type(v) is int} if reports else {}
     names = list(samples[0][1]) if samples else []
-    print(f"\nRSS (MB) every {args.sample_every:.0f} s; {args.devices:,} devices, {args.leaves} leaves, "
-          f"leaf killed every {args.kill_every:.0f} s ({len(kills)} kills)")
+    print(
+        f"\nRSS (MB) every {args.sample_every:.0f} s; {args.devices:,} devices, {args.leaves} leaves, "
+        f"leaf killed every {args.kill_every:.0f} s ({len(kills)} kills)"
+    )
     print("| t s | " + " | ".join(names) + " |")
     print("|---:|" + "---:|" * len(names))
     for t, rss in samples:
@@ -135,17 +198,32 @@ def main() -> None:
     in_rounds = sum(r["results"] for r in rounds)
     open_round = status["results_counted"] - in_rounds
     counted_by_devices = report.get("results_accepted", -1)
-    print(f"\nrounds closed: {len(rounds)} ({before_end['round']} when the soak ended); results counted by the "
-          f"server {status['results_counted']:,} = Σ closed rounds {in_rounds:,} + open round {open_round:,} "
-          f"(reported {status['reported']:,}); devices told 'counted' {counted_by_devices:,}")
-    print(f"server: refused {status['refused']}, late {status['late']}, duplicates refused {status['duplicates']}, "
-          f"tasks issued {status['tasks_issued']:,}")
-    errors = {k: report.get(k, 0) for k in ("results_not_counted", "results_refused", "results_abandoned",
-                                             "sessions_refused", "invalid_replies", "transport_errors",
-                                             "training_errors")}
-    print(f"devices: {report.get('requests', 0):,} requests, {report.get('retries', 0):,} RETRY, joined "
-          f"{report.get('jobs_joined', 0):,}/{args.devices:,}, finished {report.get('devices_finished', 0):,}; "
-          "answers other than OK/RETRY: " + (", ".join(f"{k} {v}" for k, v in errors.items() if v) or "none"))
+    print(
+        f"\nrounds closed: {len(rounds)} ({before_end['round']} when the soak ended); results counted by the "
+        f"server {status['results_counted']:,} = Σ closed rounds {in_rounds:,} + open round {open_round:,} "
+        f"(reported {status['reported']:,}); devices told 'counted' {counted_by_devices:,}"
+    )
+    print(
+        f"server: refused {status['refused']}, late {status['late']}, duplicates refused {status['duplicates']}, "
+        f"tasks issued {status['tasks_issued']:,}"
+    )
+    errors = {
+        k: report.get(k, 0)
+        for k in (
+            "results_not_counted",
+            "results_refused",
+            "results_abandoned",
+            "sessions_refused",
+            "invalid_replies",
+            "transport_errors",
+            "training_errors",
+        )
+    }
+    print(
+        f"devices: {report.get('requests', 0):,} requests, {report.get('retries', 0):,} RETRY, joined "
+        f"{report.get('jobs_joined', 0):,}/{args.devices:,}, finished {report.get('devices_finished', 0):,}; "
+        "answers other than OK/RETRY: " + (", ".join(f"{k} {v}" for k, v in errors.items() if v) or "none")
+    )
     checks = {
         "results counted == Σ closed rounds + open round": status["results_counted"] == in_rounds + status["reported"],
         "devices' counted == server counted": counted_by_devices == status["results_counted"],

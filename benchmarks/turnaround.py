@@ -53,8 +53,9 @@ class Device:
         self.task: dict[str, Any] = {}
 
     async def ask(self) -> dict[str, Any]:
-        async with self.session.post(f"{self.base}/task", params={"job_id": self.job_id}, data=b"{}",
-                                     headers=self.headers) as reply:
+        async with self.session.post(
+            f"{self.base}/task", params={"job_id": self.job_id}, data=b"{}", headers=self.headers
+        ) as reply:
             body = await reply.read()
         if reply.status != 200:
             raise RuntimeError(f"{self.id}: /task HTTP {reply.status}: {body[:200]!r}")
@@ -106,11 +107,22 @@ async def measure(base: str, job_id: str, args: argparse.Namespace) -> dict[str,
             ok, ok_wall = time.perf_counter(), time.time()
             answers: Counter[str] = Counter()
             ready = await asyncio.gather(*(d.take(version + 1, interval, answers) for d in devices))
-            rounds.append({"version": version + 1, "ok_wall": ok_wall, "last_result_rtt_ms": (ok - sent) * 1e3,
-                           "all_ms": (max(ready) - ok) * 1e3, "first_ms": (min(ready) - ok) * 1e3,
-                           "answers": dict(answers)})
-            print(json.dumps({k: round(v, 1) if isinstance(v, float) and k != "ok_wall" else v
-                              for k, v in rounds[-1].items()}), flush=True)
+            rounds.append(
+                {
+                    "version": version + 1,
+                    "ok_wall": ok_wall,
+                    "last_result_rtt_ms": (ok - sent) * 1e3,
+                    "all_ms": (max(ready) - ok) * 1e3,
+                    "first_ms": (min(ready) - ok) * 1e3,
+                    "answers": dict(answers),
+                }
+            )
+            print(
+                json.dumps(
+                    {k: round(v, 1) if isinstance(v, float) and k != "ok_wall" else v for k, v in rounds[-1].items()}
+                ),
+                flush=True,
+            )
         refs = await references(devices[0], interval)
     return {"rounds": rounds, "refs": refs}
 
@@ -134,15 +146,21 @@ async def references(device: Device, interval: float) -> dict[str, float]:
         t = time.perf_counter()
         np.add(a, b, out=a)
         passes.append(time.perf_counter() - t)
-    return {"task_ok_rtt_ms": h.median(ok_rtt) * 1e3, "task_retry_rtt_ms": h.median(retry_rtt) * 1e3,
-            "numpy_pass_ms": h.median(passes) * 1e3, "params": params}
+    return {
+        "task_ok_rtt_ms": h.median(ok_rtt) * 1e3,
+        "task_retry_rtt_ms": h.median(retry_rtt) * 1e3,
+        "numpy_pass_ms": h.median(passes) * 1e3,
+        "params": params,
+    }
 
 
 # -- the processes' own timings -------------------------------------------------------------------
 LOG_TIME = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) "
 SERVER_CLOSE = re.compile(LOG_TIME + r".*batch of \d+ results added and round closed in ([\d.]+) ms")
 SERVER_CHECKPOINT = re.compile(LOG_TIME + r".*model v(\d+) \(\d+ results\), checkpoint written in ([\d.]+) ms")
-LEAF_READY = re.compile(LOG_TIME + r".*model v(\d+) servable: fetched in ([\d.]+) ms, task payload built in ([\d.]+) ms")
+LEAF_READY = re.compile(
+    LOG_TIME + r".*model v(\d+) servable: fetched in ([\d.]+) ms, task payload built in ([\d.]+) ms"
+)
 
 
 def _wall(stamp: str) -> float:
@@ -165,8 +183,11 @@ def breakdown(server_log: Path, leaf_logs: list[Path]) -> dict[int, dict[str, An
             if m := LEAF_READY.match(line):
                 fetch, build = float(m[3]), float(m[4])
                 entry = out.setdefault(int(m[2]), {"leaves": {}})
-                entry["leaves"][log.stem] = {"learned_wall": _wall(m[1]) - (fetch + build) / 1e3, "fetch_ms": fetch,
-                                             "build_ms": build}
+                entry["leaves"][log.stem] = {
+                    "learned_wall": _wall(m[1]) - (fetch + build) / 1e3,
+                    "fetch_ms": fetch,
+                    "build_ms": build,
+                }
     return out
 
 
@@ -182,17 +203,38 @@ def main() -> None:
     parser.add_argument("--leaves", type=int, default=2)
     parser.add_argument("--devices", type=int, default=4)
     parser.add_argument("--poll-ms", type=float, default=3.0)
-    parser.add_argument("--out", type=Path, default=Path("/tmp/edgefl-bench") / time.strftime("turnaround-%Y%m%d-%H%M%S"))
+    parser.add_argument(
+        "--out", type=Path, default=Path("/tmp/edgefl-bench") / time.strftime("turnaround-%Y%m%d-%H%M%S")
+    )
     args = parser.parse_args()
     h.pin_self()
-    job = {"name": "bench-turnaround", "model": "cifar10", "rounds": args.rounds + 1, "devices_per_round": args.devices,
-           "over_selection": 0.0, "retry_wait": 1, "task_timeout": 600.0, "round_timeout": 600.0, "evaluate": False}
-    print(f"machine: {h.machine()}; load {h.loadavg()}; stack pinned to CPU {h.SUT_CPU}, client on CPU "
-          f"{h.LOADGEN_CPU}; {args.leaves} leaves; job {json.dumps(job)}", flush=True)
+    job = {
+        "name": "bench-turnaround",
+        "model": "cifar10",
+        "rounds": args.rounds + 1,
+        "devices_per_round": args.devices,
+        "over_selection": 0.0,
+        "retry_wait": 1,
+        "task_timeout": 600.0,
+        "round_timeout": 600.0,
+        "evaluate": False,
+    }
+    print(
+        f"machine: {h.machine()}; load {h.loadavg()}; stack pinned to CPU {h.SUT_CPU}, client on CPU "
+        f"{h.LOADGEN_CPU}; {args.leaves} leaves; job {json.dumps(job)}",
+        flush=True,
+    )
     big = [h.PY, str(Path(__file__).parent / "_big_model_server.py"), str(args.params)]
     with h.Procs(args.out / "logs") as procs:
-        stack = h.start_stack(procs, args.out / "stack", tag="turnaround", leaves=args.leaves, cpus=h.SUT_CPU,
-                              server_cmd=big, log_level="info")
+        stack = h.start_stack(
+            procs,
+            args.out / "stack",
+            tag="turnaround",
+            leaves=args.leaves,
+            cpus=h.SUT_CPU,
+            server_cmd=big,
+            log_level="info",
+        )
         job_id = stack.submit(job)
         load0 = h.loadavg()
         cpu0 = {k: p.cpu_s() for k, p in stack.procs().items()}
@@ -203,32 +245,45 @@ def main() -> None:
         logs = (stack.server.log_path, [p.log_path for p in stack.leaves])
     rounds, refs = result["rounds"], result["refs"]
     parts = breakdown(*logs)
-    print(f"\nload {load0} → {load1}; CPU s over the run: {cpu}; server counted "
-          f"{status['results_counted']} results in {status['round']} rounds")
-    print("\n| version | **all devices served, ms** | first device, ms | server close + checkpoint, ms | "
-          "per leaf: learned after OK / fetch / payload build, ms | answers while polling |")
+    print(
+        f"\nload {load0} → {load1}; CPU s over the run: {cpu}; server counted "
+        f"{status['results_counted']} results in {status['round']} rounds"
+    )
+    print(
+        "\n| version | **all devices served, ms** | first device, ms | server close + checkpoint, ms | "
+        "per leaf: learned after OK / fetch / payload build, ms | answers while polling |"
+    )
     print("|---:|---:|---:|---|---|---|")
     for r in rounds:
         p = parts.get(r["version"], {"leaves": {}})
-        leaves = "; ".join(f"{name.split('.')[-1]}: {(v['learned_wall'] - r['ok_wall']) * 1e3:.0f} / "
-                           f"{v['fetch_ms']:.0f} / {v['build_ms']:.0f}" for name, v in sorted(p["leaves"].items()))
+        leaves = "; ".join(
+            f"{name.split('.')[-1]}: {(v['learned_wall'] - r['ok_wall']) * 1e3:.0f} / "
+            f"{v['fetch_ms']:.0f} / {v['build_ms']:.0f}"
+            for name, v in sorted(p["leaves"].items())
+        )
         answers = ", ".join(f"{k} ×{n}" for k, n in sorted(r["answers"].items()))
-        print(f"| {r['version']} | {r['all_ms']:.0f} | {r['first_ms']:.0f} | {p.get('close_ms', float('nan')):.0f} + "
-              f"{p.get('checkpoint_ms', float('nan')):.0f} | {leaves} | {answers} |")
+        print(
+            f"| {r['version']} | {r['all_ms']:.0f} | {r['first_ms']:.0f} | {p.get('close_ms', float('nan')):.0f} + "
+            f"{p.get('checkpoint_ms', float('nan')):.0f} | {leaves} | {answers} |"
+        )
     every, first = [r["all_ms"] for r in rounds], [r["first_ms"] for r in rounds]
     rtt = [r["last_result_rtt_ms"] for r in rounds]
     from_send = [r["all_ms"] + r["last_result_rtt_ms"] for r in rounds]
     print("\n| turnaround (ms) | median | p90 | max |\n|---|---:|---:|---:|")
-    for label, values in (("**every device served, from the last result's `OK`**", every),
-                          ("first device served, from the `OK`", first),
-                          ("every device served, from sending the last result", from_send),
-                          ("the last /result round trip (round close and checkpoint included)", rtt)):
+    for label, values in (
+        ("**every device served, from the last result's `OK`**", every),
+        ("first device served, from the `OK`", first),
+        ("every device served, from sending the last result", from_send),
+        ("the last /result round trip (round close and checkpoint included)", rtt),
+    ):
         print(f"| {label} | {h.median(values):.0f} | {_pct(values, 0.9):.0f} | {max(values):.0f} |")
-    print(f"\nreferences (medians, same run): /task OK with the model {refs['task_ok_rtt_ms']:.1f} ms, /task RETRY "
-          f"{refs['task_retry_rtt_ms']:.2f} ms, numpy float32 `a += b` over {refs['params']:,} parameters "
-          f"{refs['numpy_pass_ms']:.2f} ms; median turnaround = {h.median(every) / refs['task_ok_rtt_ms']:.1f}× "
-          f"the model's round trip, {h.median(every) / refs['numpy_pass_ms']:.0f}× a numpy pass. "
-          "Target (DESIGN.md): ≤ 200 ms.")
+    print(
+        f"\nreferences (medians, same run): /task OK with the model {refs['task_ok_rtt_ms']:.1f} ms, /task RETRY "
+        f"{refs['task_retry_rtt_ms']:.2f} ms, numpy float32 `a += b` over {refs['params']:,} parameters "
+        f"{refs['numpy_pass_ms']:.2f} ms; median turnaround = {h.median(every) / refs['task_ok_rtt_ms']:.1f}× "
+        f"the model's round trip, {h.median(every) / refs['numpy_pass_ms']:.0f}× a numpy pass. "
+        "Target (DESIGN.md): ≤ 200 ms."
+    )
 
 
 if __name__ == "__main__":

@@ -24,17 +24,26 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _harness as h
 import aiohttp
 import msgpack
 import numpy as np
 import orjson
 
-import _harness as h
 from device_protocol.tensors import NAME_PREFIX, tensors_to_binary
 from edge_gateway.models.specs import param_shapes
 
-JOB = {"name": "bench-upload", "model": "cifar10", "rounds": 1, "devices_per_round": 100_000, "over_selection": 0.0,
-       "retry_wait": 5, "task_timeout": 3600.0, "round_timeout": 3600.0, "evaluate": False}
+JOB = {
+    "name": "bench-upload",
+    "model": "cifar10",
+    "rounds": 1,
+    "devices_per_round": 100_000,
+    "over_selection": 0.0,
+    "retry_wait": 5,
+    "task_timeout": 3600.0,
+    "round_timeout": 3600.0,
+    "evaluate": False,
+}
 
 
 def diff_arrays() -> dict[str, np.ndarray]:
@@ -47,8 +56,10 @@ def result_part(codec: str, diff: dict[str, np.ndarray]) -> bytes:
     meta = {"epochs": 1, "learning_rate": 0.01, "batch_size": 4, "num_samples": 32}
     if codec == "msgpack":
         return msgpack.packb({"kind": "WEIGHT_DIFF", "data": tensors_to_binary(diff), "meta": meta}, use_bin_type=True)
-    data = {NAME_PREFIX + k: {"sizes": list(a.shape), "strides": [s // 4 for s in a.strides], "data": a.ravel()}
-            for k, a in diff.items()}
+    data = {
+        NAME_PREFIX + k: {"sizes": list(a.shape), "strides": [s // 4 for s in a.strides], "data": a.ravel()}
+        for k, a in diff.items()
+    }
     # orjson writes float32 arrays in float32's shortest form, as a phone's JSON encoder does.
     return orjson.dumps({"kind": "et_tensor_diff", "data": data, "meta": meta}, option=orjson.OPT_SERIALIZE_NUMPY)
 
@@ -70,7 +81,7 @@ async def upload(base: str, job_id: str, codec: str, n: int, conns: int, procs: 
             device = f"up-{codec}-{os.getpid()}-{i}"
             async with sem:
                 for _ in range(50):
-                    status, raw = await h.ask_task(session, base, job_id, device)
+                    _status, raw = await h.ask_task(session, base, job_id, device)
                     task = json.loads(raw)
                     if task.get("status") == "OK":
                         break
@@ -89,8 +100,9 @@ async def upload(base: str, job_id: str, codec: str, n: int, conns: int, procs: 
             while queue:
                 device, params, data = queue.pop()
                 t = time.perf_counter()
-                async with session.post(f"{base}/result", params=params, data=data,
-                                        headers=h.device_headers(device, content_type)) as reply:
+                async with session.post(
+                    f"{base}/result", params=params, data=data, headers=h.device_headers(device, content_type)
+                ) as reply:
                     answer = json.loads(await reply.read())
                 latencies.append(time.perf_counter() - t)
                 key = f"{reply.status} {answer.get('status')} {answer.get('message', '')}".strip()
@@ -103,10 +115,19 @@ async def upload(base: str, job_id: str, codec: str, n: int, conns: int, procs: 
         cpu = {k: round(p.cpu_s() - before[k], 2) for k, p in procs.items()}
     latencies.sort()
     total = sum(len(p[2]) for p in prepared)
-    return {"body_mb": len(prepared[0][2]) / 1e6, "results": n, "wall_s": wall, "mb_per_s": total / 1e6 / wall,
-            "results_per_s": n / wall, "p50_ms": latencies[n // 2] * 1e3, "p99_ms": latencies[int(n * 0.99)] * 1e3,
-            "outcomes": outcomes, "accepted": outcomes.get("200 OK", 0), "client_cpu_s": time.process_time() - cpu0,
-            "cpu_s": cpu}
+    return {
+        "body_mb": len(prepared[0][2]) / 1e6,
+        "results": n,
+        "wall_s": wall,
+        "mb_per_s": total / 1e6 / wall,
+        "results_per_s": n / wall,
+        "p50_ms": latencies[n // 2] * 1e3,
+        "p99_ms": latencies[int(n * 0.99)] * 1e3,
+        "outcomes": outcomes,
+        "accepted": outcomes.get("200 OK", 0),
+        "client_cpu_s": time.process_time() - cpu0,
+        "cpu_s": cpu,
+    }
 
 
 def numpy_reference(seconds: float = 2.0) -> dict[str, float]:
@@ -138,8 +159,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/edgefl-bench") / time.strftime("upload-%Y%m%d-%H%M%S"))
     args = parser.parse_args()
     h.pin_self()
-    print(f"machine: {h.machine()}; load {h.loadavg()}; stack pinned to CPU {h.SUT_CPU}, client on CPU {h.LOADGEN_CPU}",
-          flush=True)
+    print(
+        f"machine: {h.machine()}; load {h.loadavg()}; stack pinned to CPU {h.SUT_CPU}, client on CPU {h.LOADGEN_CPU}",
+        flush=True,
+    )
     rows = []
     with h.Procs(args.out / "logs") as procs:
         stack = h.start_stack(procs, args.out / "stack", tag="upload", cpus=h.SUT_CPU)
@@ -153,27 +176,39 @@ def main() -> None:
             r = asyncio.run(upload(stack.proxy_url, job_id, codec, n, args.conns, stack.procs()))
             cpu = r["cpu_s"]  # during the timed uploads only
             time.sleep(0.5)
-            r.update(codec=codec, load=load, quiet_wait_s=waited,
-                     server_counted=stack.job_status(job_id)["reported"] - reported0,
-                     leaf_mb_per_cpu_s=r["mb_per_s"] * r["wall_s"] / max(cpu["leaf-0"], 1e-9))
+            r.update(
+                codec=codec,
+                load=load,
+                quiet_wait_s=waited,
+                server_counted=stack.job_status(job_id)["reported"] - reported0,
+                leaf_mb_per_cpu_s=r["mb_per_s"] * r["wall_s"] / max(cpu["leaf-0"], 1e-9),
+            )
             rows.append(r)
             print(json.dumps(r), flush=True)
     ref = numpy_reference()
-    print(f"\nnumpy on the same arrays (CPU {h.SUT_CPU}): float32 a += b {ref['numpy_f32']:,.0f} MB/s, "
-          f"float64 acc += b {ref['numpy_f64']:,.0f} MB/s (MB of float32 update data)")
-    print("\n| codec | body MB | results | results/s | **MB/s through proxy** | MB per leaf CPU-s | ÷ numpy f32 += | "
-          "÷ numpy f64 += | p50 ms | p99 ms | accepted / counted by server | CPU s (proxy, leaf, server) | load |")
+    print(
+        f"\nnumpy on the same arrays (CPU {h.SUT_CPU}): float32 a += b {ref['numpy_f32']:,.0f} MB/s, "
+        f"float64 acc += b {ref['numpy_f64']:,.0f} MB/s (MB of float32 update data)"
+    )
+    print(
+        "\n| codec | body MB | results | results/s | **MB/s through proxy** | MB per leaf CPU-s | ÷ numpy f32 += | "
+        "÷ numpy f64 += | p50 ms | p99 ms | accepted / counted by server | CPU s (proxy, leaf, server) | load |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|")
     for r in rows:
         c = r["cpu_s"]
         # Compare like with like: the float32 payload bytes each result carries (248 kB), not JSON text.
         payload_mb_s = r["results_per_s"] * 62_006 * 4 / 1e6
-        print(f"| {r['codec']} | {r['body_mb']:.2f} | {r['results']} | {r['results_per_s']:,.0f} | {r['mb_per_s']:,.0f} | "
-              f"{r['leaf_mb_per_cpu_s']:,.0f} | {payload_mb_s / ref['numpy_f32']:.3f} | {payload_mb_s / ref['numpy_f64']:.3f} | "
-              f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['accepted']} / {r['server_counted']} | "
-              f"{c['proxy']}, {c['leaf-0']}, {c['server']} | {r['load']} |")
-    print("\n÷ numpy: float32 bytes of updates aggregated per second through the stack ÷ numpy's on the same arrays. "
-          "Targets (DESIGN.md): JSON ≥ 50 MB/s per leaf core; msgpack ≥ 50 % of numpy `a += b`.")
+        print(
+            f"| {r['codec']} | {r['body_mb']:.2f} | {r['results']} | {r['results_per_s']:,.0f} | {r['mb_per_s']:,.0f} | "
+            f"{r['leaf_mb_per_cpu_s']:,.0f} | {payload_mb_s / ref['numpy_f32']:.3f} | {payload_mb_s / ref['numpy_f64']:.3f} | "
+            f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['accepted']} / {r['server_counted']} | "
+            f"{c['proxy']}, {c['leaf-0']}, {c['server']} | {r['load']} |"
+        )
+    print(
+        "\n÷ numpy: float32 bytes of updates aggregated per second through the stack ÷ numpy's on the same arrays. "
+        "Targets (DESIGN.md): JSON ≥ 50 MB/s per leaf core; msgpack ≥ 50 % of numpy `a += b`."
+    )
 
 
 if __name__ == "__main__":

@@ -129,8 +129,6 @@ def message_kind(msg: Any) -> int:
     raise FrameError(f"malformed message: {reprlib.repr(msg)}")
 
 
-
-
 def request(call_id: int, method: str, payload: Any) -> bytes:
     """A framed request."""
     return encode_frame([REQUEST, call_id, method, payload])

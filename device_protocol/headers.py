@@ -80,8 +80,6 @@ def device_identity(headers: Mapping[str, str]) -> tuple[str, dict[str, str], di
     user_info = parse_info(headers.get(USER_INFO, ""), "X-Flare-User-Info")
     named = device_info.get("device_id")
     if named is not None and named != device_id:
-        raise InvalidRequest(
-            "Device ID mismatch: X-Flare-Device-ID does not match X-Flare-Device-Info"
-        )
+        raise InvalidRequest("Device ID mismatch: X-Flare-Device-ID does not match X-Flare-Device-Info")
     device_info["device_id"] = device_id
     return device_id, device_info, user_info

@@ -50,7 +50,7 @@ def to_binary(array: np.ndarray) -> dict[str, Any]:
 def from_binary(entry: Any) -> np.ndarray:
     """`{dtype, shape, data}` -> a read-only array; refuses anything malformed with ValueError."""
     if not isinstance(entry, Mapping):
-        raise ValueError("tensor must be an object with dtype, shape and data")  # noqa: TRY004 (ValueError is the one refusal callers catch)
+        raise ValueError("tensor must be an object with dtype, shape and data")
     name = entry.get("dtype")
     dtype = _BINARY_DTYPES.get(name) if isinstance(name, str) else None  # a list is unhashable
     shape = entry.get("shape")
@@ -60,10 +60,12 @@ def from_binary(entry: Any) -> np.ndarray:
     if not _is_shape(shape):
         raise ValueError(f"shape must be a list of at most {MAX_DIMS} non-negative integers")
     if not isinstance(data, bytes):
-        raise ValueError("data must be bytes")  # noqa: TRY004 (ValueError is the one refusal callers catch)
+        raise ValueError("data must be bytes")
     count = math.prod(shape)
     if count * np.dtype(dtype).itemsize != len(data):
-        raise ValueError(f"data holds {len(data)} bytes, shape {shape} of {entry['dtype']} needs {count * np.dtype(dtype).itemsize}")
+        raise ValueError(
+            f"data holds {len(data)} bytes, shape {shape} of {entry['dtype']} needs {count * np.dtype(dtype).itemsize}"
+        )
     return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
@@ -82,8 +84,12 @@ def to_et_entry(array: np.ndarray) -> dict[str, Any]:
     return {"sizes": list(arr.shape), "strides": strides, "data": arr.ravel().tolist()}
 
 
-def to_et_tensor_diff(arrays: Mapping[str, np.ndarray], meta: dict[str, Any] | None = None,
-                      kind: str = "et_tensor_diff", prefix: str = NAME_PREFIX) -> dict[str, Any]:
+def to_et_tensor_diff(
+    arrays: Mapping[str, np.ndarray],
+    meta: dict[str, Any] | None = None,
+    kind: str = "et_tensor_diff",
+    prefix: str = NAME_PREFIX,
+) -> dict[str, Any]:
     """A result payload shaped like the iOS app's upload."""
     data = {prefix + name: to_et_entry(arr) for name, arr in arrays.items()}
     return {"kind": kind, "data": data, "meta": meta or {}}
@@ -117,7 +123,7 @@ def _is_shape(dims: Any) -> bool:
 
 def _float_array(values: Any) -> np.ndarray:
     if not isinstance(values, list):
-        raise ValueError("tensor data must be a list of numbers")  # noqa: TRY004 (ValueError is the one refusal callers catch)
+        raise ValueError("tensor data must be a list of numbers")
     try:
         arr = np.asarray(values)
     except (ValueError, TypeError, OverflowError):
@@ -139,12 +145,14 @@ def _row_major(sizes: list[int]) -> list[int]:
 
 def _gather_strided(flat: np.ndarray, sizes: list[int], strides: Any) -> np.ndarray:
     # Non-row-major strides: read each element at its offset, checking every offset is in range.
-    if not isinstance(strides, list) or len(strides) != len(sizes) or not all(
-        type(s) is int and s >= 0 for s in strides
+    if (
+        not isinstance(strides, list)
+        or len(strides) != len(sizes)
+        or not all(type(s) is int and s >= 0 for s in strides)
     ):
         raise ValueError("strides must be a list of non-negative integers, one per dimension")
     offsets = np.zeros(sizes, dtype=np.int64)
-    for axis, (size, stride) in enumerate(zip(sizes, strides)):
+    for axis, (size, stride) in enumerate(zip(sizes, strides, strict=True)):
         shape = [1] * len(sizes)
         shape[axis] = size
         offsets = offsets + (np.arange(size, dtype=np.int64) * stride).reshape(shape)
@@ -202,8 +210,8 @@ def decode_update(result: Mapping[str, Any], shapes: Shapes) -> tuple[dict[str, 
 
 def _model_name(raw: Any, shapes: Shapes) -> str:
     name = str(raw)
-    if name not in shapes and name.startswith(NAME_PREFIX) and name[len(NAME_PREFIX):] in shapes:
-        return name[len(NAME_PREFIX):]
+    if name not in shapes and name.startswith(NAME_PREFIX) and name[len(NAME_PREFIX) :] in shapes:
+        return name[len(NAME_PREFIX) :]
     return name
 
 

@@ -68,8 +68,9 @@ def _overrides(args: argparse.Namespace, names: dict[str, str]) -> dict[str, obj
 async def _serve_server(args: argparse.Namespace) -> int:
     from .server import Server
 
-    config = ServerConfig(**_overrides(args, {"host": "host", "http_port": "http_port", "link_port": "link_port",
-                                              "data_dir": "data_dir"}))
+    config = ServerConfig(
+        **_overrides(args, {"host": "host", "http_port": "http_port", "link_port": "link_port", "data_dir": "data_dir"})
+    )
     stop = runtime.stop_event()
     server = Server(config)
     await server.start()
@@ -101,9 +102,15 @@ async def _job_command(args: argparse.Namespace) -> int:
     async with aiohttp.ClientSession() as session:
         if args.job_command == "submit":
             spec = orjson.loads(args.spec.read_bytes()) if args.spec else {}
-            spec.update(_overrides(args, {"name": "name", "model": "model", "rounds": "rounds",
-                                          "devices_per_round": "devices_per_round"}))
-            request = session.post(f"{api}/api/jobs", data=orjson.dumps(spec), headers={"Content-Type": "application/json"})
+            spec.update(
+                _overrides(
+                    args,
+                    {"name": "name", "model": "model", "rounds": "rounds", "devices_per_round": "devices_per_round"},
+                )
+            )
+            request = session.post(
+                f"{api}/api/jobs", data=orjson.dumps(spec), headers={"Content-Type": "application/json"}
+            )
         elif args.job_command == "list":
             request = session.get(f"{api}/api/jobs")
         elif args.job_command == "status":

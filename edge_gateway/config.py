@@ -15,11 +15,12 @@ from device_protocol.frames import DEVELOPMENT_SECRET
 log = logging.getLogger(__name__)
 
 
-
 class _Settings(BaseSettings):
     link_secret: str = Field(
-        default="", validation_alias=AliasChoices("link_secret", "EDGEFL_LINK_SECRET"),
-        description="shared secret of the internal links (proxy, leaves, server)")
+        default="",
+        validation_alias=AliasChoices("link_secret", "EDGEFL_LINK_SECRET"),
+        description="shared secret of the internal links (proxy, leaves, server)",
+    )
 
     def secret_bytes(self) -> bytes:
         if not self.link_secret:

@@ -69,8 +69,10 @@ class JobState:
         self.partial = PartialSum(self.shapes)
 
     def leaf_totals(self) -> dict[str, int]:
-        return {k: self.ended_leaf_totals[k] + sum(getattr(s.report, k) for s in self.leaves.values())
-                for k in LEAF_COUNTERS}
+        return {
+            k: self.ended_leaf_totals[k] + sum(getattr(s.report, k) for s in self.leaves.values())
+            for k in LEAF_COUNTERS
+        }
 
 
 class JobNotFound(KeyError):
@@ -87,13 +89,31 @@ class Coordinator:
         self._resends_due_by = 0.0
 
     # -- jobs ---------------------------------------------------------------------------------
-    def add_job(self, job_id: str, spec: JobSpec, weights: Mapping[str, np.ndarray], now: float,
-                version: int = 0, round_: int = 0, history: list[dict[str, Any]] | None = None,
-                status: str = "running", device_groups: Mapping[str, int] | None = None) -> JobState:
+    def add_job(
+        self,
+        job_id: str,
+        spec: JobSpec,
+        weights: Mapping[str, np.ndarray],
+        now: float,
+        version: int = 0,
+        round_: int = 0,
+        history: list[dict[str, Any]] | None = None,
+        status: str = "running",
+        device_groups: Mapping[str, int] | None = None,
+    ) -> JobState:
         """Add a new job, or one restored from its checkpoint after a restart."""
-        job = JobState(job_id=job_id, spec=spec, weights=dict(weights), status=status, version=version,
-                       round=round_, selection_id=round_, selection_opened_at=now, history=list(history or []),
-                       device_groups=dict(device_groups or {}))
+        job = JobState(
+            job_id=job_id,
+            spec=spec,
+            weights=dict(weights),
+            status=status,
+            version=version,
+            round=round_,
+            selection_id=round_,
+            selection_opened_at=now,
+            history=list(history or []),
+            device_groups=dict(device_groups or {}),
+        )
         if job.round >= spec.rounds:
             job.status = "done"
         self.jobs[job_id] = job
@@ -126,8 +146,12 @@ class Coordinator:
         return bool(self.awaiting_resends) and now < self._resends_due_by
 
     def live_leaves(self, now: float) -> set[str]:
-        return {name for job in self.jobs.values() for name, slots in job.leaves.items()
-                if now - slots.seen_at <= LEAF_STALE_AFTER}
+        return {
+            name
+            for job in self.jobs.values()
+            for name, slots in job.leaves.items()
+            if now - slots.seen_at <= LEAF_STALE_AFTER
+        }
 
     def sync(self, request: SyncRequest, now: float) -> SyncReply:
         """Record a leaf's reports and grant it task slots for each running job."""
@@ -145,8 +169,9 @@ class Coordinator:
             grant, free = self._grant(job, leaf, report, now)
         slots = job.leaves.get(leaf)
         if slots is None:
-            job.leaves[leaf] = LeafSlots(report=report, granted=grant, seen_at=now, selection_id=job.selection_id,
-                                         leaf_boot=leaf_boot)
+            job.leaves[leaf] = LeafSlots(
+                report=report, granted=grant, seen_at=now, selection_id=job.selection_id, leaf_boot=leaf_boot
+            )
         else:
             if slots.leaf_boot != leaf_boot:  # restarted: keep what the ended process had counted
                 for key in LEAF_COUNTERS:
@@ -155,12 +180,23 @@ class Coordinator:
             slots.report, slots.granted, slots.seen_at, slots.selection_id = report, grant, now, job.selection_id
         spec = job.spec
         return JobView(
-            job_id=job.job_id, job_name=spec.name, status=job.status, model_version=job.version,
-            round=job.round, selection_id=job.selection_id, quota=grant, free_slots=free, retry_wait=spec.retry_wait,
-            task_timeout=spec.task_timeout, param_shapes={k: list(v) for k, v in job.shapes.items()},
-            config=spec.app_config(), task_meta=spec.task_meta(), device_groups=job.device_groups,
+            job_id=job.job_id,
+            job_name=spec.name,
+            status=job.status,
+            model_version=job.version,
+            round=job.round,
+            selection_id=job.selection_id,
+            quota=grant,
+            free_slots=free,
+            retry_wait=spec.retry_wait,
+            task_timeout=spec.task_timeout,
+            param_shapes={k: list(v) for k, v in job.shapes.items()},
+            config=spec.app_config(),
+            task_meta=spec.task_meta(),
+            device_groups=job.device_groups,
             task_kind="APP_DEFINED" if spec.runtime == "executorch" else "WEIGHTS",
-            platforms=spec.platforms, device_ids=spec.device_ids,
+            platforms=spec.platforms,
+            device_ids=spec.device_ids,
         )
 
     def _grant(self, job: JobState, leaf: str, report: LeafJobReport, now: float) -> tuple[int, int]:
@@ -193,13 +229,18 @@ class Coordinator:
         return assigned + share, max(0, min(free - share, cap - assigned - share))
 
     # -- results ------------------------------------------------------------------------------
-    def submit(self, batch: SubmitBatch, update: Mapping[str, np.ndarray], now: float) -> tuple[SubmitReply, list[NewVersion]]:
+    def submit(
+        self, batch: SubmitBatch, update: Mapping[str, np.ndarray], now: float
+    ) -> tuple[SubmitReply, list[NewVersion]]:
         """Count a leaf's batch exactly once, or say why not; may close the round."""
         job = self.job(batch.job_id)
         if job.status != "running" or batch.version != job.version:
             # Leaves count these per device (LeafJobReport.late); the server only says so.
-            return SubmitReply(accepted=False, late=True,
-                               message=f"results for model version {batch.version}; current is {job.version}"), []
+            return SubmitReply(
+                accepted=False,
+                late=True,
+                message=f"results for model version {batch.version}; current is {job.version}",
+            ), []
         duplicates = [t for t in batch.task_ids if t in job.counted]
         if duplicates or len(set(batch.task_ids)) != len(batch.task_ids):
             return SubmitReply(accepted=False, duplicates=duplicates or _repeats(batch.task_ids)), []
@@ -234,10 +275,16 @@ class Coordinator:
 
     def _close_round(self, job: JobState, now: float, reason: str) -> NewVersion:
         job.weights = job.partial.apply_to(job.weights, job.spec.server_lr)
-        job.history.append({
-            "version": job.version + 1, "round": job.round + 1, "results": job.partial.count,
-            "weight": job.partial.weight, "closed_by": reason, "closed_at": now,
-        })
+        job.history.append(
+            {
+                "version": job.version + 1,
+                "round": job.round + 1,
+                "results": job.partial.count,
+                "weight": job.partial.weight,
+                "closed_by": reason,
+                "closed_at": now,
+            }
+        )
         job.version += 1
         job.round += 1
         job.selection_id += 1
@@ -260,12 +307,20 @@ class Coordinator:
         selected = sum(s.report.assigned for s in fresh if s.report.selection_id == job.selection_id)
         totals = job.leaf_totals()
         return {
-            "job_id": job.job_id, "name": job.spec.name, "status": job.status, "spec": job.spec.model_dump(),
-            "round": job.round, "model_version": job.version, "selection_id": job.selection_id,
-            "selected": selected, "reported": job.partial.count,
+            "job_id": job.job_id,
+            "name": job.spec.name,
+            "status": job.status,
+            "spec": job.spec.model_dump(),
+            "round": job.round,
+            "model_version": job.version,
+            "selection_id": job.selection_id,
+            "selected": selected,
+            "reported": job.partial.count,
             "results_counted": sum(h["results"] for h in job.history) + job.partial.count,
-            "refused": totals["refused"], "late": totals["late"],
-            "duplicates": totals["duplicates"], "tasks_issued": totals["tasks_issued"],
+            "refused": totals["refused"],
+            "late": totals["late"],
+            "duplicates": totals["duplicates"],
+            "tasks_issued": totals["tasks_issued"],
             "leaves": sorted(s for s, v in job.leaves.items() if now - v.seen_at <= LEAF_STALE_AFTER),
             "history": job.history,
         }

@@ -45,6 +45,8 @@ class PartialSum:
         if self.weight <= 0.0:
             raise ValueError("no updates to apply")
         return {
-            name: (weights[name].astype(np.float64) + server_lr * self.sums[name] / self.weight).astype(weights[name].dtype)
+            name: (weights[name].astype(np.float64) + server_lr * self.sums[name] / self.weight).astype(
+                weights[name].dtype
+            )
             for name in weights
         }

@@ -29,15 +29,21 @@ class JobSpec(BaseModel):
     runtime: Runtime = "pytorch"
     backend: Backend = Field(default="portable", description="ExecuTorch kernels the program is built for")
     platforms: list[str] | None = Field(
-        default=None, description="only devices whose X-Flare-Device-Info platform is listed get tasks (e.g. ios, android)")
+        default=None,
+        description="only devices whose X-Flare-Device-Info platform is listed get tasks (e.g. ios, android)",
+    )
     device_ids: list[str] | None = Field(default=None, description="only these device ids get tasks")
     rounds: int = Field(default=5, ge=1, le=100_000)
     devices_per_round: int = Field(default=10, ge=1, le=1_000_000, description="results that close a round")
     over_selection: float = Field(default=0.2, ge=0.0, le=10.0, description="extra tasks handed out for drop-outs")
-    min_results_fraction: float = Field(default=0.5, gt=0.0, le=1.0, description="share of devices_per_round that may close a round at its deadline")
+    min_results_fraction: float = Field(
+        default=0.5, gt=0.0, le=1.0, description="share of devices_per_round that may close a round at its deadline"
+    )
     round_timeout: float = Field(default=300.0, gt=0.0, description="seconds before a round closes with what it has")
     task_timeout: float = Field(default=120.0, gt=0.0, description="lease: seconds a selected device has to report")
-    retry_wait: int = Field(default=30, ge=1, le=3600, description="seconds devices wait after Model not ready / Device not selected")
+    retry_wait: int = Field(
+        default=30, ge=1, le=3600, description="seconds devices wait after Model not ready / Device not selected"
+    )
     epochs: int = Field(default=1, ge=1, le=1000)
     lr: float = Field(default=0.01, gt=0.0)
     batch_size: int = Field(default=4, ge=1, le=4096, description="for executorch: the largest batch the program takes")
@@ -51,7 +57,7 @@ class JobSpec(BaseModel):
         return None if platforms is None else [p.lower() for p in platforms]
 
     @model_validator(mode="after")
-    def _consistent(self) -> "JobSpec":
+    def _consistent(self) -> JobSpec:
         if self.task_timeout > self.round_timeout:
             raise ValueError("task_timeout must not exceed round_timeout")
         if self.backend == "xnnpack":
@@ -90,6 +96,7 @@ class JobSpec(BaseModel):
         }
         if self.runtime == "executorch":
             # What the phone apps read to load the program (PROTOCOL.md §4).
-            meta.update(model_buffer_type="executorch", model_buffer_native_format="binary",
-                        model_buffer_encoding="base64")
+            meta.update(
+                model_buffer_type="executorch", model_buffer_native_format="binary", model_buffer_encoding="base64"
+            )
         return meta

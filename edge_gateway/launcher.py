@@ -32,14 +32,24 @@ def add_local_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="the proxy's address (0.0.0.0 for phones on the LAN)")
     parser.add_argument("--leaves", type=int, default=2)
     parser.add_argument("--job", default="digits", help="job name devices ask for")
-    parser.add_argument("--model", default=None, help="xor | digits | cifar10 (default: from the job name, else digits)")
+    parser.add_argument(
+        "--model", default=None, help="xor | digits | cifar10 (default: from the job name, else digits)"
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--devices-per-round", type=int, default=10)
     parser.add_argument("--simulated", type=int, default=20, help="simulated devices to run (0: wait for phones)")
-    parser.add_argument("--runtime", default=None, choices=("pytorch", "executorch"),
-                        help="what devices train (default: executorch for job names ending in _et, like the phone apps')")
-    parser.add_argument("--trainer", default=None, choices=("pytorch", "synthetic", "executorch"),
-                        help="simulated devices' trainer (default: executorch for executorch jobs, else pytorch)")
+    parser.add_argument(
+        "--runtime",
+        default=None,
+        choices=("pytorch", "executorch"),
+        help="what devices train (default: executorch for job names ending in _et, like the phone apps')",
+    )
+    parser.add_argument(
+        "--trainer",
+        default=None,
+        choices=("pytorch", "synthetic", "executorch"),
+        help="simulated devices' trainer (default: executorch for executorch jobs, else pytorch)",
+    )
     parser.add_argument("--codec", default="json", choices=("json", "msgpack"))
     parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet α of the non-IID split")
     parser.add_argument("--epochs", type=int, default=None)
@@ -48,8 +58,11 @@ def add_local_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retry-wait", type=int, default=None, help="seconds devices wait between polls")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", type=Path, default=None, help="where logs and checkpoints go")
-    parser.add_argument("--demo", action="store_true",
-                        help="digits, 100 non-IID devices, 2 leaves, to completion, printing accuracy per round")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="digits, 100 non-IID devices, 2 leaves, to completion, printing accuracy per round",
+    )
 
 
 @dataclass
@@ -75,17 +88,45 @@ async def start_stack(run_dir: Path, leaves: int, proxy_host: str, proxy_port: i
     env = {"EDGEFL_LINK_SECRET": os.environ.get("EDGEFL_LINK_SECRET") or secrets.token_hex(16)}
     children: list[Child] = []
     try:
-        server = await spawn("server", ["edge_gateway", "server", "--http-port", "0", "--link-port", "0",
-                                        "--data-dir", str(run_dir / "server"), "--ready-file",
-                                        str(run_dir / "server.ready")], logs, env)
+        server = await spawn(
+            "server",
+            [
+                "edge_gateway",
+                "server",
+                "--http-port",
+                "0",
+                "--link-port",
+                "0",
+                "--data-dir",
+                str(run_dir / "server"),
+                "--ready-file",
+                str(run_dir / "server.ready"),
+            ],
+            logs,
+            env,
+        )
         children.append(server)
         ready = await wait_ready_file(server, run_dir / "server.ready")
         lcp: dict[str, dict[str, Any]] = {}
         for i in range(leaves):
             name = f"leaf-{i}"
-            child = await spawn(name, ["edge_gateway", "leaf", "--name", name, "--port", "0",
-                                       "--server", f"127.0.0.1:{ready['link_port']}",
-                                       "--ready-file", str(run_dir / f"{name}.ready")], logs, env)
+            child = await spawn(
+                name,
+                [
+                    "edge_gateway",
+                    "leaf",
+                    "--name",
+                    name,
+                    "--port",
+                    "0",
+                    "--server",
+                    f"127.0.0.1:{ready['link_port']}",
+                    "--ready-file",
+                    str(run_dir / f"{name}.ready"),
+                ],
+                logs,
+                env,
+            )
             children.append(child)
         for child in children[1:]:
             info = await wait_ready_file(child, run_dir / f"{child.name}.ready")
@@ -128,14 +169,30 @@ def job_spec(args: argparse.Namespace) -> dict[str, Any]:
         from .models.demo import DigitsDemo
 
         demo = DigitsDemo()
-        return {"name": "digits-demo", "model": "digits", "rounds": demo.rounds,
-                "devices_per_round": demo.devices_per_round, "over_selection": 0.0, "epochs": demo.epochs,
-                "lr": demo.lr, "batch_size": demo.batch_size, "retry_wait": 1, "seed": demo.seed,
-                "task_timeout": 60.0, "round_timeout": 120.0}
+        return {
+            "name": "digits-demo",
+            "model": "digits",
+            "rounds": demo.rounds,
+            "devices_per_round": demo.devices_per_round,
+            "over_selection": 0.0,
+            "epochs": demo.epochs,
+            "lr": demo.lr,
+            "batch_size": demo.batch_size,
+            "retry_wait": 1,
+            "seed": demo.seed,
+            "task_timeout": 60.0,
+            "round_timeout": 120.0,
+        }
     model = args.model or next((m for m in ("xor", "cifar10", "digits") if m in args.job), "digits")
     trains = args.runtime or ("executorch" if args.job.endswith("_et") else "pytorch")
-    spec: dict[str, Any] = {"name": args.job, "model": model, "runtime": trains, "rounds": args.rounds,
-                            "devices_per_round": args.devices_per_round, "seed": args.seed}
+    spec: dict[str, Any] = {
+        "name": args.job,
+        "model": model,
+        "runtime": trains,
+        "rounds": args.rounds,
+        "devices_per_round": args.devices_per_round,
+        "seed": args.seed,
+    }
     if trains == "executorch":
         # The example apps' data sets: XOR one sample at a time, CIFAR-10 in batches of 4.
         spec["batch_size"] = 1 if model == "xor" else 4
@@ -146,13 +203,16 @@ def job_spec(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _submit(api_url: str, spec: dict[str, Any]) -> str:
-    async with aiohttp.ClientSession() as session:
-        async with session.post(f"{api_url}/api/jobs", data=orjson.dumps(spec),
-                                headers={"Content-Type": "application/json"}) as reply:
-            body = orjson.loads(await reply.read())
-            if reply.status != 201:
-                raise RuntimeError(f"job submission refused: {body}")
-            return str(body["job_id"])
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{api_url}/api/jobs", data=orjson.dumps(spec), headers={"Content-Type": "application/json"}
+        ) as reply,
+    ):
+        body = orjson.loads(await reply.read())
+        if reply.status != 201:
+            raise RuntimeError(f"job submission refused: {body}")
+        return str(body["job_id"])
 
 
 async def watch_job(api_url: str, job_id: str, stop: asyncio.Event, out: Any = print) -> dict[str, Any]:
@@ -171,8 +231,10 @@ async def watch_job(api_url: str, job_id: str, stop: asyncio.Event, out: Any = p
             history = status.get("history", [])
             while printed < len(history) and "accuracy" in history[printed]:
                 h = history[printed]
-                out(f"round {h['round']:>3}  model v{h['version']:<3} results {h['results']:>5}  "
-                    f"test accuracy {h['accuracy']:.4f}  loss {h['loss']:.4f}")
+                out(
+                    f"round {h['round']:>3}  model v{h['version']:<3} results {h['results']:>5}  "
+                    f"test accuracy {h['accuracy']:.4f}  loss {h['loss']:.4f}"
+                )
                 printed += 1
             if status.get("status") == "done" and printed == len(history):
                 return status
@@ -193,11 +255,15 @@ async def run_local(args: argparse.Namespace) -> int:
     async with AsyncExitStack() as cleanup:
         stack = await start_stack(run_dir, args.leaves, args.host, args.port)
         cleanup.push_async_callback(_stop_stack, stack)
-        print(f"proxy {stack.proxy_url}  job API {stack.api_url}  lcp_map {stack.lcp_map}  logs {run_dir / 'logs'}",
-              flush=True)
+        print(
+            f"proxy {stack.proxy_url}  job API {stack.api_url}  lcp_map {stack.lcp_map}  logs {run_dir / 'logs'}",
+            flush=True,
+        )
         job_id = await _submit(stack.api_url, spec)
-        print(f"job {spec['name']!r} ({job_id}): {spec['rounds']} rounds, {spec['devices_per_round']} devices per round",
-              flush=True)
+        print(
+            f"job {spec['name']!r} ({job_id}): {spec['rounds']} rounds, {spec['devices_per_round']} devices per round",
+            flush=True,
+        )
         devices = None
         if args.simulated > 0:
             devices = asyncio.get_running_loop().create_task(_simulate(args, stack.proxy_url, spec))
@@ -207,9 +273,12 @@ async def run_local(args: argparse.Namespace) -> int:
             await asyncio.gather(devices, return_exceptions=True)
         history = status.get("history", [])
         if status.get("status") == "done" and history:
-            print(f"job done in {time.monotonic() - started:.1f} s: final test accuracy "
-                  f"{history[-1].get('accuracy', float('nan')):.4f}, results counted {status['results_counted']}, "
-                  f"refused {status['refused']}, late {status['late']}", flush=True)
+            print(
+                f"job done in {time.monotonic() - started:.1f} s: final test accuracy "
+                f"{history[-1].get('accuracy', float('nan')):.4f}, results counted {status['results_counted']}, "
+                f"refused {status['refused']}, late {status['late']}",
+                flush=True,
+            )
             return 0
         print("stopped before the job finished", flush=True)
         return 0 if stop.is_set() else 1
@@ -225,5 +294,12 @@ async def _simulate(args: argparse.Namespace, url: str, spec: dict[str, Any]) ->
     from .simulator.runner import run_simulation
 
     trainer = args.trainer or ("executorch" if spec.get("runtime") == "executorch" else "pytorch")
-    return await run_simulation(url=url, job=spec["name"], devices=args.simulated, trainer=trainer, codec=args.codec,
-                                alpha=args.alpha, seed=args.seed)
+    return await run_simulation(
+        url=url,
+        job=spec["name"],
+        devices=args.simulated,
+        trainer=trainer,
+        codec=args.codec,
+        alpha=args.alpha,
+        seed=args.seed,
+    )

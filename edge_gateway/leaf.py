@@ -15,7 +15,14 @@ from device_protocol.codecs import JSON, decode_body, encode, wants_msgpack
 from device_protocol.cookies import CookieSigner
 from device_protocol.errors import BodyTooLarge, CookieInvalid, ProtocolError, UpdateRejected
 from device_protocol.feg import (
-    FegRequest, Identity, JobRequest, ResultRequest, SelectionRequest, Status, TaskRequest, error_response,
+    FegRequest,
+    Identity,
+    JobRequest,
+    ResultRequest,
+    SelectionRequest,
+    Status,
+    TaskRequest,
+    error_response,
     parse_request,
     response,
 )
@@ -23,7 +30,7 @@ from device_protocol.messages import JobView, RegisterGroup, SyncReply, SyncRequ
 from device_protocol.tensors import decode_update, max_result_body_bytes, tensors_from_binary
 
 from .config import LeafConfig
-from .leaf_state import Lease, LeafJob, ResultVerdict, TaskDecision
+from .leaf_state import LeafJob, Lease, ResultVerdict, TaskDecision
 from .payloads import TaskPayload
 from .rpc import RpcClient, RpcRemoteError, RpcServer, RpcUnavailable
 from .uplink import Outcome, ResultBatcher, ServerLink
@@ -57,7 +64,11 @@ class Leaf:
         self.name = config.name
         self.boot = uuid.uuid4().hex
         secret = config.secret_bytes()
-        self._client = RpcClient(config.server_host, config.server_port, secret, name=f"{self.name}->server") if link is None else None
+        self._client = (
+            RpcClient(config.server_host, config.server_port, secret, name=f"{self.name}->server")
+            if link is None
+            else None
+        )
         self._link: ServerLink = link if link is not None else self._client  # type: ignore[assignment]
         self._rpc = RpcServer({"feg": self.handle_feg, "ping": self.handle_ping}, secret)
         self._signer = CookieSigner(config.cookie_key())
@@ -97,11 +108,13 @@ class Leaf:
         while loop.time() < deadline and (self._busy or loop.time() - self._last_request < DRAIN_QUIET):
             await asyncio.sleep(0.05)
         if self._busy:
-            log.warning("leaf %s: %d requests unanswered after a %.0f s drain", self.name, self._busy,
-                        self.config.drain_timeout)
+            log.warning(
+                "leaf %s: %d requests unanswered after a %.0f s drain", self.name, self._busy, self.config.drain_timeout
+            )
         else:
-            log.info("leaf %s drained in %.1f s (%d requests were in flight)", self.name, loop.time() - started,
-                     in_flight)
+            log.info(
+                "leaf %s drained in %.1f s (%d requests were in flight)", self.name, loop.time() - started, in_flight
+            )
         await self._rpc.close()
         await self.batcher.stop()
         for task in self._tasks:
@@ -142,8 +155,10 @@ class Leaf:
         if len(body) > INLINE_DECODE_LIMIT:
             if endpoint == "result" and len(body) > (limit := self._result_body_limit(query.get("job_id"))):
                 # Refused unparsed: junk the size of an upload would become millions of objects.
-                return self._refused(endpoint, BodyTooLarge(
-                    f"result body larger than {limit} bytes, more than this job's model can need"))
+                return self._refused(
+                    endpoint,
+                    BodyTooLarge(f"result body larger than {limit} bytes, more than this job's model can need"),
+                )
             return self._feg_decoded_in_thread(endpoint, query, headers, body)
         try:
             fields = decode_body(headers.get("content-type", ""), body)
@@ -238,8 +253,9 @@ class Leaf:
         view = job.view
         payload = self._payloads.get(view.job_id)
         if decision is TaskDecision.TASK and lease is not None and payload is not None:
-            cookie = self._signer.issue(view.job_id, request.identity.device_id, lease.task_id, lease.version,
-                                        lease.selection_id)
+            cookie = self._signer.issue(
+                view.job_id, request.identity.device_id, lease.task_id, lease.version, lease.selection_id
+            )
             content_type, data = payload.render(lease.task_id, cookie, as_msgpack)
             return [200, content_type, data]
         if decision is TaskDecision.NO_JOB:
@@ -247,7 +263,9 @@ class Leaf:
         elif decision is TaskDecision.NOT_READY:
             reply = response(Status.RETRY, job_id=view.job_id, retry_wait=view.retry_wait, message="Model not ready")
         else:
-            reply = response(Status.RETRY, job_id=view.job_id, retry_wait=view.retry_wait, message="Device not selected")
+            reply = response(
+                Status.RETRY, job_id=view.job_id, retry_wait=view.retry_wait, message="Device not selected"
+            )
         content_type, data = encode(reply, as_msgpack)
         return [200, content_type, data]
 
@@ -258,9 +276,13 @@ class Leaf:
             return response(Status.ERROR, message=f"unknown job {request.job_id!r}", **ids)
         if request.status != Status.OK.value:
             job.refused += 1
-            return response(Status.ERROR, message=f"device reported status {request.status!r}: result not counted", **ids)
+            return response(
+                Status.ERROR, message=f"device reported status {request.status!r}: result not counted", **ids
+            )
         try:
-            version, _ = self._signer.verify(request.cookie, job.view.job_id, request.identity.device_id, request.task_id)
+            version, _ = self._signer.verify(
+                request.cookie, job.view.job_id, request.identity.device_id, request.task_id
+            )
         except CookieInvalid as exc:
             job.refused += 1
             log.info("refused result from %s: %s", request.identity.device_id, exc.message)
@@ -296,7 +318,9 @@ class Leaf:
             job.duplicates += 1
             return response(Status.OK, message="duplicate result for this task: counted once", **ids)
         job.forget_result(request.task_id)
-        return response(Status.RETRY, retry_wait=STARTING_RETRY_WAIT, message="server unavailable: send the result again", **ids)
+        return response(
+            Status.RETRY, retry_wait=STARTING_RETRY_WAIT, message="server unavailable: send the result again", **ids
+        )
 
     async def _selection(self, request: SelectionRequest) -> dict[str, Any]:
         # NVFlare's Python simulator: it announces its devices as "<prefix>?N", reads which of
@@ -313,9 +337,14 @@ class Leaf:
                 return response(Status.RETRY, retry_wait=STARTING_RETRY_WAIT, message="server unavailable")
             except RpcRemoteError as exc:
                 log.warning("simulated device group %s?%d refused: %s", register.prefix, register.count, exc)
-                return response(Status.RETRY, retry_wait=job.view.retry_wait,
-                                message="simulated device group refused: too many devices for this job")
-            job.view = job.view.model_copy(update={"device_groups": {**job.view.device_groups, register.prefix: register.count}})
+                return response(
+                    Status.RETRY,
+                    retry_wait=job.view.retry_wait,
+                    message="simulated device group refused: too many devices for this job",
+                )
+            job.view = job.view.model_copy(
+                update={"device_groups": {**job.view.device_groups, register.prefix: register.count}}
+            )
         selection = job.selection()
         # Every simulated device may ask; the leaves' slots decide who trains (PROTOCOL.md §4).
         for prefix, count in job.view.device_groups.items():
@@ -386,8 +415,12 @@ class Leaf:
         self.batcher.release(view.job_id, view.model_version)
         payload = self._payloads.get(view.job_id)
         key = (view.job_id, view.model_version)
-        if view.status != "done" and view.model_version >= 0 and (payload is None or payload.version != view.model_version) \
-                and key not in self._fetching:
+        if (
+            view.status != "done"
+            and view.model_version >= 0
+            and (payload is None or payload.version != view.model_version)
+            and key not in self._fetching
+        ):
             self._fetching.add(key)
             self._tasks.append(asyncio.get_running_loop().create_task(self._fetch_model(view)))
 
@@ -399,17 +432,24 @@ class Leaf:
             reply = await self._link.call("model", {"job_id": view.job_id, "version": view.model_version}, 60.0)
             fetched = loop.time()
             if view.task_kind == "APP_DEFINED":
-                payload = await asyncio.to_thread(TaskPayload.for_program, view.job_id, view.model_version,
-                                                  reply["program"], view.task_meta)
+                payload = await asyncio.to_thread(
+                    TaskPayload.for_program, view.job_id, view.model_version, reply["program"], view.task_meta
+                )
             else:
                 weights = tensors_from_binary(reply["weights"])
-                payload = await asyncio.to_thread(TaskPayload.for_weights, view.job_id, view.model_version, weights,
-                                                  view.task_meta)
+                payload = await asyncio.to_thread(
+                    TaskPayload.for_weights, view.job_id, view.model_version, weights, view.task_meta
+                )
             current = self.jobs.get(view.job_id)
             if current is not None and current.view.model_version == view.model_version:
                 self._payloads[view.job_id] = payload
-                log.info("job %s model v%d servable: fetched in %.1f ms, task payload built in %.1f ms", view.job_id,
-                         view.model_version, (fetched - asked) * 1e3, (loop.time() - fetched) * 1e3)
+                log.info(
+                    "job %s model v%d servable: fetched in %.1f ms, task payload built in %.1f ms",
+                    view.job_id,
+                    view.model_version,
+                    (fetched - asked) * 1e3,
+                    (loop.time() - fetched) * 1e3,
+                )
         except (RpcUnavailable, RpcRemoteError) as exc:
             log.warning("fetching model %s v%d failed: %s", view.job_id, view.model_version, exc)
         finally:

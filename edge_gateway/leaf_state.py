@@ -84,8 +84,13 @@ class LeafJob:
                 self.waiting.move_to_end(device, last=False)
                 break
         return LeafJobReport(
-            selection_id=self.view.selection_id, waiting=len(self.waiting), assigned=len(self.leases),
-            tasks_issued=self.tasks_issued, refused=self.refused, late=self.late, duplicates=self.duplicates,
+            selection_id=self.view.selection_id,
+            waiting=len(self.waiting),
+            assigned=len(self.leases),
+            tasks_issued=self.tasks_issued,
+            refused=self.refused,
+            late=self.late,
+            duplicates=self.duplicates,
         )
 
     def expire(self, now: float) -> None:
@@ -113,8 +118,9 @@ class LeafJob:
             return False
         return view.platforms is None or (platform or "").lower() in view.platforms
 
-    def decide_task(self, device_id: str, now: float, model_ready: bool,
-                    platform: str | None = None) -> tuple[TaskDecision, Lease | None]:
+    def decide_task(
+        self, device_id: str, now: float, model_ready: bool, platform: str | None = None
+    ) -> tuple[TaskDecision, Lease | None]:
         view = self.view
         if view.status == "done":
             return TaskDecision.NO_JOB, None
@@ -136,8 +142,13 @@ class LeafJob:
             self.waiting.move_to_end(device_id)  # the dict stays in order of last ask
             return TaskDecision.NOT_SELECTED, None
         self.waiting.pop(device_id, None)
-        lease = Lease(task_id=uuid.uuid4().hex, device_id=device_id, version=view.model_version,
-                      selection_id=view.selection_id, expires_at=now + view.task_timeout)
+        lease = Lease(
+            task_id=uuid.uuid4().hex,
+            device_id=device_id,
+            version=view.model_version,
+            selection_id=view.selection_id,
+            expires_at=now + view.task_timeout,
+        )
         self.leases[device_id] = lease
         self.by_task[lease.task_id] = lease
         self.unreported[lease.task_id] = lease

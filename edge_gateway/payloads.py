@@ -26,33 +26,49 @@ class TaskPayload:
     def __init__(self, job_id: str, version: int, task_json: bytes, task_msgpack: bytes) -> None:
         self.version = version
         job = orjson.dumps(job_id)
-        self._json_head = b'{"status":"OK","job_id":' + job + b',"retry_wait":0,"task_name":"train","task_data":' + task_json
+        self._json_head = (
+            b'{"status":"OK","job_id":' + job + b',"retry_wait":0,"task_name":"train","task_data":' + task_json
+        )
         # A msgpack map of 7 entries; the head holds 5 of them.
-        self._msgpack_head = b"\x87" + b"".join(msgpack.packb(x, use_bin_type=True) for x in (
-            "status", "OK", "job_id", job_id, "retry_wait", 0, "task_name", TASK_NAME)) + \
-            msgpack.packb("task_data") + task_msgpack
+        self._msgpack_head = (
+            b"\x87"
+            + b"".join(
+                msgpack.packb(x, use_bin_type=True)
+                for x in ("status", "OK", "job_id", job_id, "retry_wait", 0, "task_name", TASK_NAME)
+            )
+            + msgpack.packb("task_data")
+            + task_msgpack
+        )
 
     @classmethod
-    def for_weights(cls, job_id: str, version: int, weights: Mapping[str, np.ndarray],
-                    meta: Mapping[str, Any]) -> TaskPayload:
+    def for_weights(
+        cls, job_id: str, version: int, weights: Mapping[str, np.ndarray], meta: Mapping[str, Any]
+    ) -> TaskPayload:
         """Simulated/PyTorch clients: `{"kind": "WEIGHTS"}` with nested lists, or raw tensors in msgpack."""
         full_meta = {**meta, "model_version": version}
         task_json = orjson.dumps(
             {"kind": "WEIGHTS", "data": {k: np.ascontiguousarray(v) for k, v in weights.items()}, "meta": full_meta},
-            option=orjson.OPT_SERIALIZE_NUMPY)
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        )
         task_msgpack = msgpack.packb(
-            {"kind": "WEIGHTS", "data": tensors_to_binary(weights), "meta": full_meta}, use_bin_type=True)
+            {"kind": "WEIGHTS", "data": tensors_to_binary(weights), "meta": full_meta}, use_bin_type=True
+        )
         return cls(job_id, version, task_json, task_msgpack)
 
     @classmethod
     def for_program(cls, job_id: str, version: int, program: bytes, meta: Mapping[str, Any]) -> TaskPayload:
         """Phones: the ExecuTorch training program as base64 text (PROTOCOL.md §4, `APP_DEFINED`)."""
-        task = {"kind": "APP_DEFINED", "data": base64.b64encode(program).decode("ascii"),
-                "meta": {**meta, "model_version": version}}
+        task = {
+            "kind": "APP_DEFINED",
+            "data": base64.b64encode(program).decode("ascii"),
+            "meta": {**meta, "model_version": version},
+        }
         return cls(job_id, version, orjson.dumps(task), msgpack.packb(task, use_bin_type=True))
 
     def render(self, task_id: str, cookie: Mapping[str, Any], as_msgpack: bool) -> tuple[str, bytes]:
         if as_msgpack:
             tail = msgpack.packb("task_id") + msgpack.packb(task_id) + msgpack.packb("cookie") + msgpack.packb(cookie)
             return MSGPACK, self._msgpack_head + tail
-        return JSON, self._json_head + b',"task_id":' + orjson.dumps(task_id) + b',"cookie":' + orjson.dumps(cookie) + b"}"
+        return JSON, self._json_head + b',"task_id":' + orjson.dumps(task_id) + b',"cookie":' + orjson.dumps(
+            cookie
+        ) + b"}"

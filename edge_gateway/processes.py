@@ -55,8 +55,14 @@ async def spawn(name: str, args: list[str], log_dir: Path, env: dict[str, str]) 
     log_path = log_dir / f"{name}.log"
     with open(log_path, "ab") as out:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", *args, stdout=out, stderr=asyncio.subprocess.STDOUT,
-            stdin=asyncio.subprocess.DEVNULL, env={**os.environ, **env})
+            sys.executable,
+            "-m",
+            *args,
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+            stdin=asyncio.subprocess.DEVNULL,
+            env={**os.environ, **env},
+        )
     log.debug("started %s (pid %d): %s", name, process.pid, " ".join(args))
     return Child(name, process, log_path)
 

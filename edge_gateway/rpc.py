@@ -155,9 +155,7 @@ class _ServerLink(_Link):
         super().connection_made(transport)
         self.server.links.add(self)
         self.write(frames.hello(self.nonce))
-        self._auth_timer = self.loop.call_later(
-            _HANDSHAKE_TIMEOUT, self.abort, "no auth within the handshake timeout"
-        )
+        self._auth_timer = self.loop.call_later(_HANDSHAKE_TIMEOUT, self.abort, "no auth within the handshake timeout")
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -482,9 +480,7 @@ class RpcClient:
     async def _connect(self) -> _ClientLink:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(_CONNECT_TIMEOUT):
-            _, link = await loop.create_connection(
-                lambda: _ClientLink(self), self.host, self.port, ssl=self._ssl
-            )
+            _, link = await loop.create_connection(lambda: _ClientLink(self), self.host, self.port, ssl=self._ssl)
             try:
                 await link.ready
             except BaseException:

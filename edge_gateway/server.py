@@ -36,8 +36,16 @@ class Server:
         self.config = config
         self.coordinator = Coordinator(boot=uuid.uuid4().hex)
         self.store = CheckpointStore(config.data_dir / "jobs")
-        self._rpc = RpcServer({"sync": self.handle_sync, "model": self.handle_model, "submit": self.handle_submit,
-                               "register": self.handle_register, "watch": self.handle_watch}, config.secret_bytes())
+        self._rpc = RpcServer(
+            {
+                "sync": self.handle_sync,
+                "model": self.handle_model,
+                "submit": self.handle_submit,
+                "register": self.handle_register,
+                "watch": self.handle_watch,
+            },
+            config.secret_bytes(),
+        )
         self._model_cache: dict[tuple[str, int], dict[str, Any]] = {}
         self._programs = ProgramBuilder()
         self._base_programs: dict[str, asyncio.Task[bytes]] = {}  # exported once per job
@@ -67,8 +75,13 @@ class Server:
         await site.start()
         self.http_port = self._runner.addresses[0][1]
         self._tick_task = asyncio.get_running_loop().create_task(self._tick_loop(), name="server-tick")
-        log.info("server: job API on http://%s:%d, leaf link on %s:%d",
-                 self.config.host, self.http_port, self.config.host, self.link_port)
+        log.info(
+            "server: job API on http://%s:%d, leaf link on %s:%d",
+            self.config.host,
+            self.http_port,
+            self.config.host,
+            self.link_port,
+        )
 
     async def stop(self) -> None:
         """Stop taking work, finish checkpoints and evaluations, close."""
@@ -86,16 +99,26 @@ class Server:
     def _restore(self) -> None:
         now = time.monotonic()
         for cp in self.store.load_all():
-            self.coordinator.add_job(cp.job_id, cp.spec, cp.weights, now, version=cp.state["version"],
-                                     round_=cp.state["round"], history=cp.state.get("history"),
-                                     status=cp.state.get("status", "running"),
-                                     device_groups=cp.state.get("device_groups"))
+            self.coordinator.add_job(
+                cp.job_id,
+                cp.spec,
+                cp.weights,
+                now,
+                version=cp.state["version"],
+                round_=cp.state["round"],
+                history=cp.state.get("history"),
+                status=cp.state.get("status", "running"),
+                device_groups=cp.state.get("device_groups"),
+            )
             log.info("resumed job %s (%s) at model version %d", cp.job_id, cp.spec.name, cp.state["version"])
         self._leaves_on_disk = load_names(self._leaves_file)
         if self._leaves_on_disk and any(job.status == "running" for job in self.coordinator.jobs.values()):
             self.coordinator.expect_resends(self._leaves_on_disk, now)
-            log.info("no round closes until leaves %s have re-sent what the last process took (at most %.0f s)",
-                     ", ".join(sorted(self._leaves_on_disk)), RESEND_WAIT_LIMIT)
+            log.info(
+                "no round closes until leaves %s have re-sent what the last process took (at most %.0f s)",
+                ", ".join(sorted(self._leaves_on_disk)),
+                RESEND_WAIT_LIMIT,
+            )
 
     # -- jobs ---------------------------------------------------------------------------------
     async def submit_job(self, spec: JobSpec) -> str:
@@ -109,8 +132,13 @@ class Server:
         self._evaluate_later(job_id, 0)
         if spec.runtime == "executorch":
             self._program(job_id, 0)  # exported now, off the request path, while devices hear "Model not ready"
-        log.info("job %s (%s) submitted: %d rounds, %d devices per round", job_id, spec.name, spec.rounds,
-                 spec.devices_per_round)
+        log.info(
+            "job %s (%s) submitted: %d rounds, %d devices per round",
+            job_id,
+            spec.name,
+            spec.rounds,
+            spec.devices_per_round,
+        )
         return job_id
 
     async def end_job(self, job_id: str) -> None:
@@ -122,8 +150,12 @@ class Server:
         # On the loop, not in a thread: two writers could land out of order and leave an older
         # state on disk than leaves were already told about.
         job = self.coordinator.job(job_id)
-        state = {"round": job.round, "status": job.status, "history": [dict(h) for h in job.history],
-                 "device_groups": dict(job.device_groups)}
+        state = {
+            "round": job.round,
+            "status": job.status,
+            "history": [dict(h) for h in job.history],
+            "device_groups": dict(job.device_groups),
+        }
         self.store.save(job_id, job.spec, job.version, job.weights, state)
 
     def _results_checkpointed(self, job_id: str) -> None:
@@ -142,7 +174,9 @@ class Server:
         job = self.coordinator.job(job_id)
         if not job.spec.evaluate:
             return
-        task = asyncio.get_running_loop().create_task(self._evaluate(job_id, version, job.spec.model, dict(job.weights)))
+        task = asyncio.get_running_loop().create_task(
+            self._evaluate(job_id, version, job.spec.model, dict(job.weights))
+        )
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -166,8 +200,14 @@ class Server:
             # drop the results it keeps for the old one) before it is on disk.
             self._checkpoint(event.job_id)
             self._results_checkpointed(event.job_id)
-            log.info("job %s: round %d closed, model v%d (%d results), checkpoint written in %.1f ms", event.job_id,
-                     job.round, event.version, job.history[-1]["results"], (time.perf_counter() - started) * 1e3)
+            log.info(
+                "job %s: round %d closed, model v%d (%d results), checkpoint written in %.1f ms",
+                event.job_id,
+                job.round,
+                event.version,
+                job.history[-1]["results"],
+                (time.perf_counter() - started) * 1e3,
+            )
             self._announce()
             self._evaluate_later(event.job_id, event.version)
             if job.spec.runtime == "executorch" and job.status == "running":
@@ -234,7 +274,9 @@ class Server:
             base = self._base_programs.get(job_id)
             if base is None or _failed(base):
                 # Exported once per job (with whatever weights are current: they are overwritten).
-                base = asyncio.ensure_future(self._programs.export(job.spec.model, dict(job.weights), job.spec.batch_size))
+                base = asyncio.ensure_future(
+                    self._programs.export(job.spec.model, dict(job.weights), job.spec.batch_size)
+                )
                 self._base_programs[job_id] = base
             task = asyncio.ensure_future(self._with_weights(base, dict(job.weights)))
             self._version_programs = {k: v for k, v in self._version_programs.items() if k[0] != job_id}
@@ -263,8 +305,12 @@ class Server:
         if reply.accepted:
             self._unsaved_by_leaf.setdefault(batch.leaf, set()).add(batch.job_id)
         if events:
-            log.info("job %s: batch of %d results added and round closed in %.1f ms", batch.job_id,
-                     len(batch.task_ids), (time.perf_counter() - started) * 1e3)
+            log.info(
+                "job %s: batch of %d results added and round closed in %.1f ms",
+                batch.job_id,
+                len(batch.task_ids),
+                (time.perf_counter() - started) * 1e3,
+            )
         # The version the batch went into is checkpointed before the leaf is answered.
         self._on_versions(events)
         return reply.model_dump()
@@ -320,8 +366,14 @@ async def _submit(request: web.Request) -> web.Response:
     try:
         spec = JobSpec.model_validate_json(await request.read())
     except ValidationError as exc:
-        return _json({"status": "INVALID_REQUEST", "message": "invalid job spec",
-                      "errors": [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]}, 400)
+        return _json(
+            {
+                "status": "INVALID_REQUEST",
+                "message": "invalid job spec",
+                "errors": [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()],
+            },
+            400,
+        )
     server = request.app[SERVER_KEY]
     job_id = await server.submit_job(spec)
     return _json(server.coordinator.status(job_id, time.monotonic()), 201)
@@ -347,6 +399,11 @@ async def _end(request: web.Request) -> web.Response:
 async def _model(request: web.Request) -> web.Response:
     job = request.app[SERVER_KEY].coordinator.job(request.match_info["job_id"])
     body = await asyncio.to_thread(weights_to_npz, dict(job.weights))
-    return web.Response(body=body, content_type="application/octet-stream",
-                        headers={"X-Model-Version": str(job.version),
-                                 "Content-Disposition": f'attachment; filename="{job.job_id}-v{job.version}.npz"'})
+    return web.Response(
+        body=body,
+        content_type="application/octet-stream",
+        headers={
+            "X-Model-Version": str(job.version),
+            "Content-Disposition": f'attachment; filename="{job.job_id}-v{job.version}.npz"',
+        },
+    )

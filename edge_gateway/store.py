@@ -63,8 +63,9 @@ class CheckpointStore:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def save(self, job_id: str, spec: JobSpec, version: int, weights: Mapping[str, np.ndarray],
-             state: Mapping[str, Any]) -> None:
+    def save(
+        self, job_id: str, spec: JobSpec, version: int, weights: Mapping[str, np.ndarray], state: Mapping[str, Any]
+    ) -> None:
         folder = self.root / job_id
         folder.mkdir(exist_ok=True)
         weights_file = folder / f"v{version}.npz"

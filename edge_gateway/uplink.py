@@ -95,8 +95,9 @@ class ResultBatcher:
         self._wake.set()
         await self._task
 
-    async def submit(self, job_id: str, version: int, task_id: str, weight: float,
-                     update: dict[str, np.ndarray]) -> Outcome:
+    async def submit(
+        self, job_id: str, version: int, task_id: str, weight: float, update: dict[str, np.ndarray]
+    ) -> Outcome:
         done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         group = self._open.setdefault((job_id, version), _Group(job_id, version))
         group.items.append(_Pending(task_id, weight, update, done))
@@ -126,10 +127,13 @@ class ResultBatcher:
             partial, batch = await loop.run_in_executor(None, self._sum, group, items)
             try:
                 reply = SubmitReply.model_validate(
-                    await self._link.call("submit", batch.model_dump(), self._call_timeout))
+                    await self._link.call("submit", batch.model_dump(), self._call_timeout)
+                )
             except RpcUnavailable:
                 if loop.time() >= deadline:
-                    log.warning("server unreachable for %.0f s: %d results not acknowledged", self._hold_limit, len(items))
+                    log.warning(
+                        "server unreachable for %.0f s: %d results not acknowledged", self._hold_limit, len(items)
+                    )
                     _resolve(items, Outcome.UNAVAILABLE)
                     return
                 await asyncio.sleep(0.2)
@@ -162,8 +166,15 @@ class ResultBatcher:
 
     def _batch(self, job_id: str, version: int, partial: PartialSum, task_ids: list[str]) -> SubmitBatch:
         self._seq += 1
-        return SubmitBatch(leaf=self._leaf, seq=self._seq, job_id=job_id, version=version, task_ids=task_ids,
-                           sum_weight=partial.weight, sum_update=tensors_to_binary(partial.sums))
+        return SubmitBatch(
+            leaf=self._leaf,
+            seq=self._seq,
+            job_id=job_id,
+            version=version,
+            task_ids=task_ids,
+            sum_weight=partial.weight,
+            sum_update=tensors_to_binary(partial.sums),
+        )
 
     # -- what the server holds, kept until it is checkpointed -----------------------------------
     def _retain(self, job_id: str, version: int, boot: str, partial: PartialSum, task_ids: list[str]) -> None:
@@ -195,7 +206,9 @@ class ResultBatcher:
             partial, task_ids = kept
             batch = self._batch(job_id, version, partial, task_ids)
             try:
-                reply = SubmitReply.model_validate(await self._link.call("submit", batch.model_dump(), self._call_timeout))
+                reply = SubmitReply.model_validate(
+                    await self._link.call("submit", batch.model_dump(), self._call_timeout)
+                )
             except RpcUnavailable as exc:
                 log.warning("re-sending %d results of job %s v%d failed: %s", len(task_ids), job_id, version, exc)
                 return False
@@ -206,11 +219,21 @@ class ResultBatcher:
                 # The new boot holds them now; should it restart too, they go again.
                 self._retain(job_id, version, reply.boot, partial, task_ids)
             if reply.accepted or reply.late:
-                log.info("re-sent %d results of job %s v%d: %s", len(task_ids), job_id, version,
-                         "counted" if reply.accepted else "version already closed")
+                log.info(
+                    "re-sent %d results of job %s v%d: %s",
+                    len(task_ids),
+                    job_id,
+                    version,
+                    "counted" if reply.accepted else "version already closed",
+                )
             else:
-                log.error("server refused re-sent results of job %s v%d: %s %s", job_id, version, reply.message,
-                          reply.duplicates[:5])
+                log.error(
+                    "server refused re-sent results of job %s v%d: %s %s",
+                    job_id,
+                    version,
+                    reply.message,
+                    reply.duplicates[:5],
+                )
         return True
 
 

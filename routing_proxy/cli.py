@@ -39,23 +39,36 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ssl-cert", type=Path, help="TLS certificate for devices")
     parser.add_argument("--ssl-key", type=Path, help="TLS private key for devices")
     parser.add_argument("--workers", type=int, help="processes sharing the port (default 1)")
-    parser.add_argument("--link-secret-file", type=Path, help="file holding the secret shared with the leaves (or env EDGEFL_LINK_SECRET)")
+    parser.add_argument(
+        "--link-secret-file",
+        type=Path,
+        help="file holding the secret shared with the leaves (or env EDGEFL_LINK_SECRET)",
+    )
     parser.add_argument("--max-body-bytes", type=int, help="largest /result body accepted (default 64 MiB)")
-    parser.add_argument("--max-poll-body-bytes", type=int,
-                        help="largest body of /job, /task, /selection (default 1 MiB)")
-    parser.add_argument("--upstream-timeout", type=float, help="seconds to wait for a leaf before answering RETRY (default 25)")
+    parser.add_argument(
+        "--max-poll-body-bytes", type=int, help="largest body of /job, /task, /selection (default 1 MiB)"
+    )
+    parser.add_argument(
+        "--upstream-timeout", type=float, help="seconds to wait for a leaf before answering RETRY (default 25)"
+    )
     parser.add_argument("--log-level", help="debug, info, warning or error (default info)")
     auth = parser.add_argument_group("device authentication (off unless a file or EDGEFL_PROXY_AUTH_TOKEN is given)")
-    auth.add_argument("--auth-tokens-file", type=Path,
-                      help="accepted X-Flare-User-Info auth_token values, one per line (one more token: env EDGEFL_PROXY_AUTH_TOKEN)")
+    auth.add_argument(
+        "--auth-tokens-file",
+        type=Path,
+        help="accepted X-Flare-User-Info auth_token values, one per line (one more token: env EDGEFL_PROXY_AUTH_TOKEN)",
+    )
     auth.add_argument("--allowed-devices-file", type=Path, help="device ids admitted, one per line")
     limits = parser.add_argument_group("admission control, for the whole proxy (0 = off, the default)")
     limits.add_argument("--device-rate", type=int, help="requests one device may make per --device-window")
     limits.add_argument("--device-window", type=float, help="seconds of a device-rate window (default 60)")
     limits.add_argument("--max-inflight", type=int, help="requests in flight before new polls are refused")
     limits.add_argument("--max-request-rate", type=float, help="requests/s admitted before new polls are refused")
-    limits.add_argument("--refusal-retry-wait", type=int,
-                        help="seconds a refused device is told to wait, jittered up to twice that (default 5)")
+    limits.add_argument(
+        "--refusal-retry-wait",
+        type=int,
+        help="seconds a refused device is told to wait, jittered up to twice that (default 5)",
+    )
     return parser
 
 

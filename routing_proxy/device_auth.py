@@ -52,8 +52,10 @@ class DeviceAuthenticator:
         tokens = list(tokens)
         bad = [i for i, token in enumerate(tokens, 1) if not _TOKEN_CHARS.fullmatch(token)]
         if bad:
-            raise ValueError(f"auth token(s) number {bad} hold characters other than A-Z a-z 0-9 . _ ~ -, "
-                             "which clients do not send intact")
+            raise ValueError(
+                f"auth token(s) number {bad} hold characters other than A-Z a-z 0-9 . _ ~ -, "
+                "which clients do not send intact"
+            )
         self._digests = frozenset(_digest(token) for token in tokens)
         self._devices = None if allowed_devices is None else frozenset(allowed_devices)
 

@@ -341,7 +341,9 @@ class HttpConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._headers_done = True
         if self._parser.get_http_version() not in ("1.1", "1.0"):
-            raise _Refused(invalid_request(505, f"HTTP/{self._parser.get_http_version()} is not supported; use HTTP/1.1"))
+            raise _Refused(
+                invalid_request(505, f"HTTP/{self._parser.get_http_version()} is not supported; use HTTP/1.1")
+            )
         limits = self.limits
         self._path, _, self._query = origin_form(self._target).partition(b"?")
         self._body_limit = limits.max_body_bytes if self._path in limits.upload_paths else limits.max_other_body_bytes
@@ -397,8 +399,13 @@ class HttpConnection(asyncio.Protocol):
 
     def _next(self) -> None:
         """Dispatch queued requests while nothing is in flight and the client reads its answers."""
-        while (not self._in_flight and self._queue and not self._write_paused and not self._closing
-               and self.transport is not None):
+        while (
+            not self._in_flight
+            and self._queue
+            and not self._write_paused
+            and not self._closing
+            and self.transport is not None
+        ):
             item, keep_alive = self._queue.popleft()
             if isinstance(item, Response):
                 self._write(item, head_only=False, keep_alive=False)
@@ -413,8 +420,13 @@ class HttpConnection(asyncio.Protocol):
                 if self._in_flight:
                     reply(json_error(500, "ERROR", "Internal Server Error", close=True))
                 return
-        if (self._idle() and not self._reading and not self._closing and not self._write_paused
-                and not self._waiting_for_memory):
+        if (
+            self._idle()
+            and not self._reading
+            and not self._closing
+            and not self._write_paused
+            and not self._waiting_for_memory
+        ):
             self._resume_reading()
 
     def _replier(self, head_only: bool, keep_alive: bool) -> Reply:
@@ -442,9 +454,13 @@ class HttpConnection(asyncio.Protocol):
         body = response.body
         head = [
             _STATUS_LINES.get(response.status) or f"HTTP/1.1 {response.status} Unknown\r\n".encode("ascii"),
-            b"Content-Type: ", response.content_type.encode("latin-1"),
-            b"\r\nContent-Length: ", str(len(body)).encode("ascii"),
-            b"\r\nDate: ", self.server.clock.date, b"\r\n",
+            b"Content-Type: ",
+            response.content_type.encode("latin-1"),
+            b"\r\nContent-Length: ",
+            str(len(body)).encode("ascii"),
+            b"\r\nDate: ",
+            self.server.clock.date,
+            b"\r\n",
         ]
         for name, value in response.headers:
             head += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")

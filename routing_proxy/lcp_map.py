@@ -33,7 +33,9 @@ def load_lcp_map(path: Path) -> list[Leaf]:
 
 def parse_lcp_map(data: object, source: str = "lcp map") -> list[Leaf]:
     if not isinstance(data, dict) or not data:
-        raise LcpMapError(f'{source} must be a non-empty JSON object like {{"C11": {{"host": "localhost", "port": 9003}}}}')
+        raise LcpMapError(
+            f'{source} must be a non-empty JSON object like {{"C11": {{"host": "localhost", "port": 9003}}}}'
+        )
     leaves = []
     for name, entry in data.items():
         if not isinstance(entry, dict):

@@ -46,8 +46,7 @@ class Upstreams:
         health_timeout: float = 5.0,
     ) -> None:
         self.members = [
-            Upstream(leaf, RpcClient(leaf.host, leaf.port, secret, leaf.name, ssl=ssl_context))
-            for leaf in leaves
+            Upstream(leaf, RpcClient(leaf.host, leaf.port, secret, leaf.name, ssl=ssl_context)) for leaf in leaves
         ]
         self.router = Router([leaf.name for leaf in leaves])
         self._ping_ok: set[int] = set()
@@ -109,8 +108,9 @@ class Upstreams:
                 self._set_health(index, upstream, True, "")
             await asyncio.sleep(self._interval)
 
-    def _set_health(self, index: int, upstream: Upstream, healthy: bool, reason: str,
-                    stopped_answering: bool = False) -> None:
+    def _set_health(
+        self, index: int, upstream: Upstream, healthy: bool, reason: str, stopped_answering: bool = False
+    ) -> None:
         if healthy == upstream.ping_ok:
             return
         upstream.ping_ok = healthy
@@ -122,5 +122,11 @@ class Upstreams:
             # The requests of a leaf that stopped answering would wait out their whole deadline (a
             # partitioned leaf sends no reset): answer them RETRY now, so their devices go elsewhere.
             failed = upstream.client.fail_pending("leaf stopped answering") if stopped_answering else 0
-            logger.warning("leaf %s (%s:%s) is unhealthy: %s; %d requests in flight answered RETRY",
-                           upstream.leaf.name, upstream.leaf.host, upstream.leaf.port, reason, failed)
+            logger.warning(
+                "leaf %s (%s:%s) is unhealthy: %s; %d requests in flight answered RETRY",
+                upstream.leaf.name,
+                upstream.leaf.host,
+                upstream.leaf.port,
+                reason,
+                failed,
+            )

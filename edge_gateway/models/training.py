@@ -118,9 +118,7 @@ def _train_autograd(
                     p.sub_(g, alpha=lr)
                 loss_sum += loss.detach() * len(yb)
 
-    delta = {
-        key: np.subtract(p.detach().numpy(), weights[key], dtype=np.float32) for key, p in net.named_parameters()
-    }
+    delta = {key: np.subtract(p.detach().numpy(), weights[key], dtype=np.float32) for key, p in net.named_parameters()}
     return delta, float(loss_sum)
 
 

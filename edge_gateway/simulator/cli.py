@@ -22,21 +22,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", required=True, help="routing proxy URL, e.g. http://127.0.0.1:4321")
     parser.add_argument("--job", required=True, help="name of the job the devices ask for")
     parser.add_argument("--devices", type=int, required=True, help="number of simulated devices")
-    parser.add_argument("--trainer", choices=TRAINERS, default="synthetic",
-                        help="pytorch: real SGD on a Dirichlet shard; synthetic: random diffs, no torch; "
-                             "executorch: trains the task's ExecuTorch program (APP_DEFINED) on the same "
-                             "shards and uploads what the iOS app uploads (et_tensor_diff JSON)")
-    parser.add_argument("--codec", choices=CODECS, default="json",
-                        help="task and result encoding (the executorch trainer ignores it: always JSON, like iOS)")
-    parser.add_argument("--alpha", type=float, default=0.5,
-                        help="Dirichlet label skew of the shards (pytorch, executorch)")
+    parser.add_argument(
+        "--trainer",
+        choices=TRAINERS,
+        default="synthetic",
+        help="pytorch: real SGD on a Dirichlet shard; synthetic: random diffs, no torch; "
+        "executorch: trains the task's ExecuTorch program (APP_DEFINED) on the same "
+        "shards and uploads what the iOS app uploads (et_tensor_diff JSON)",
+    )
+    parser.add_argument(
+        "--codec",
+        choices=CODECS,
+        default="json",
+        help="task and result encoding (the executorch trainer ignores it: always JSON, like iOS)",
+    )
+    parser.add_argument(
+        "--alpha", type=float, default=0.5, help="Dirichlet label skew of the shards (pytorch, executorch)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--duration", type=float, default=None,
-                        help="stop after this many seconds (default: when every device is done)")
+    parser.add_argument(
+        "--duration", type=float, default=None, help="stop after this many seconds (default: when every device is done)"
+    )
     parser.add_argument("--connections", type=int, default=256, help="keep-alive connection pool size")
     parser.add_argument("--device-prefix", default=None, help="device ids are <prefix>-<i> (default sim-<run>)")
-    parser.add_argument("--keep-polling", action="store_true",
-                        help="when a job ends, go back to /job instead of stopping (until --duration)")
+    parser.add_argument(
+        "--keep-polling",
+        action="store_true",
+        help="when a job ends, go back to /job instead of stopping (until --duration)",
+    )
     parser.add_argument("--report-json", type=Path, default=None, help="also write the report to this file")
 
 
@@ -44,9 +57,17 @@ async def main_async(args: argparse.Namespace) -> int:
     """Run the simulation described by `args`; exit status 0, or 1 when no device joined a job."""
     try:
         config = SimulationConfig(
-            url=args.url, job=args.job, devices=args.devices, trainer=args.trainer, codec=args.codec,
-            alpha=args.alpha, seed=args.seed, duration=args.duration, connections=args.connections,
-            device_prefix=args.device_prefix, keep_polling=args.keep_polling,
+            url=args.url,
+            job=args.job,
+            devices=args.devices,
+            trainer=args.trainer,
+            codec=args.codec,
+            alpha=args.alpha,
+            seed=args.seed,
+            duration=args.duration,
+            connections=args.connections,
+            device_prefix=args.device_prefix,
+            keep_polling=args.keep_polling,
         )
     except ValidationError as exc:
         log.error("invalid simulation settings:\n%s", exc)

@@ -152,8 +152,11 @@ def classify(phase: Phase, http_status: int, body: Mapping[str, Any] | None) -> 
         ok = isinstance(body.get("job_id"), str) and isinstance(body.get("job_name"), str)
         return Reply(Signal.OK if ok else Signal.INVALID, wait, message)
     if status == Status.OK and phase is Phase.POLL:
-        ok = (isinstance(body.get("task_id"), str) and isinstance(body.get("task_name"), str)
-              and isinstance(body.get("task_data"), Mapping))
+        ok = (
+            isinstance(body.get("task_id"), str)
+            and isinstance(body.get("task_name"), str)
+            and isinstance(body.get("task_data"), Mapping)
+        )
         return Reply(Signal.OK if ok else Signal.INVALID, wait, message)
     try:
         signal = Signal(status)
@@ -189,6 +192,7 @@ def decide(phase: Phase, reply: Reply, *, backoff: float, keep_polling: bool, re
         # The result is given up: ask for fresh work at once.
         step, wait, outcomes = Step.POLL, 0.0, outcomes + (Outcome.ABANDONED,)
     return Decision(step, wait, outcomes, rule.drop_cookie)
+
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None

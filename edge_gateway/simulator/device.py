@@ -51,8 +51,18 @@ class _Request:
 class Device:
     """A device that joins a job, trains on tasks and reports results until its job is over."""
 
-    def __init__(self, device_id: str, trainer: Trainer, settings: DeviceSettings, *, session: aiohttp.ClientSession,
-                 stats: Stats, pool: Executor, rng: random.Random, sleep: Sleep = asyncio.sleep) -> None:
+    def __init__(
+        self,
+        device_id: str,
+        trainer: Trainer,
+        settings: DeviceSettings,
+        *,
+        session: aiohttp.ClientSession,
+        stats: Stats,
+        pool: Executor,
+        rng: random.Random,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
         self.device_id = device_id
         self._trainer = trainer
         self._settings = settings
@@ -89,8 +99,13 @@ class Device:
                 resends_left -= 1
             http_status, body = await self._exchange(request)
             reply = classify(request.phase, http_status, body)
-            decision = decide(request.phase, reply, backoff=self._rng.uniform(*self._settings.backoff),
-                              keep_polling=self._settings.keep_polling, resends_left=resends_left)
+            decision = decide(
+                request.phase,
+                reply,
+                backoff=self._rng.uniform(*self._settings.backoff),
+                keep_polling=self._settings.keep_polling,
+                resends_left=resends_left,
+            )
             self._stats.add(decision.outcomes)
             if body is not None and Outcome.JOINED in decision.outcomes:
                 job_id = body["job_id"]
@@ -125,11 +140,13 @@ class Device:
             if values > OFFLOAD_VALUES:
                 loop = asyncio.get_running_loop()
                 content_type, body = await loop.run_in_executor(
-                    self._pool, wire.result_body, codec, diff, num_samples, cookie)
+                    self._pool, wire.result_body, codec, diff, num_samples, cookie
+                )
             else:
                 content_type, body = wire.result_body(codec, diff, num_samples, cookie)
         url = self._settings.base_url.with_path("/result").with_query(
-            job_id=job_id, task_id=task["task_id"], task_name=task["task_name"])
+            job_id=job_id, task_id=task["task_id"], task_name=task["task_name"]
+        )
         return _Request(Phase.REPORT, url, {**self._headers, "Content-Type": content_type}, body)
 
     async def _exchange(self, request: _Request) -> tuple[int, dict[str, Any] | None]:

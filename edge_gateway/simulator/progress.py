@@ -27,17 +27,24 @@ async def show_progress(stats: Stats, devices: int) -> None:
 
 def progress_line(stats: Stats, devices: int) -> str:
     c = stats.counts
-    return (f"devices done {stats.devices_finished}/{devices}  tasks {c['tasks_received']}  "
-            f"results {c['results_accepted']} ok / {c['results_not_counted']} not counted / "
-            f"{c['results_refused']} refused  retries {c['retries']}  errors {c['transport_errors']}")
+    return (
+        f"devices done {stats.devices_finished}/{devices}  tasks {c['tasks_received']}  "
+        f"results {c['results_accepted']} ok / {c['results_not_counted']} not counted / "
+        f"{c['results_refused']} refused  retries {c['retries']}  errors {c['transport_errors']}"
+    )
 
 
 async def _bar(stats: Stats, devices: int) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     # Narrow columns: the whole line fits an 80-column terminal.
-    columns = (TextColumn("devices"), BarColumn(bar_width=10), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.fields[line]}"))
+    columns = (
+        TextColumn("devices"),
+        BarColumn(bar_width=10),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[line]}"),
+    )
     # Refreshed from this task rather than rich's own thread: the figures change on the loop.
     with Progress(*columns, auto_refresh=False) as bar:
         task = bar.add_task("simulation", total=devices, line="")
@@ -53,5 +60,7 @@ async def _bar(stats: Stats, devices: int) -> None:
 
 def _fields(stats: Stats) -> str:
     c = stats.counts
-    return (f"tasks {c['tasks_received']} results {c['results_accepted'] + c['results_not_counted']} "
-            f"retries {c['retries']} errors {c['transport_errors']}")
+    return (
+        f"tasks {c['tasks_received']} results {c['results_accepted'] + c['results_not_counted']} "
+        f"retries {c['retries']} errors {c['transport_errors']}"
+    )

@@ -26,14 +26,22 @@ class SimulationConfig(BaseModel):
     url: str = Field(description="the routing proxy, e.g. http://127.0.0.1:4321 (any path is ignored)")
     job: str = Field(min_length=1, description="job name to ask /job for")
     devices: int = Field(ge=1, le=1_000_000)
-    trainer: TrainerKind = Field(default="synthetic", description=(
-        "synthetic: random diffs, no torch; pytorch: SGD on a Dirichlet shard; executorch: trains the "
-        "task's .pte on the same shards and uploads the iOS app's et_tensor_diff"))
-    codec: Codec = Field(default="json", description=(
-        "task and result encoding; executorch devices ignore it and speak JSON only, as the iOS app does"))
+    trainer: TrainerKind = Field(
+        default="synthetic",
+        description=(
+            "synthetic: random diffs, no torch; pytorch: SGD on a Dirichlet shard; executorch: trains the "
+            "task's .pte on the same shards and uploads the iOS app's et_tensor_diff"
+        ),
+    )
+    codec: Codec = Field(
+        default="json",
+        description=("task and result encoding; executorch devices ignore it and speak JSON only, as the iOS app does"),
+    )
     alpha: float = Field(default=0.5, gt=0.0, description="Dirichlet label skew of the pytorch and executorch shards")
     seed: int = 0
-    duration: float | None = Field(default=None, gt=0.0, description="deadline in seconds; None: until every device is done")
+    duration: float | None = Field(
+        default=None, gt=0.0, description="deadline in seconds; None: until every device is done"
+    )
     connections: int = Field(default=256, ge=1, description="keep-alive connection pool size")
     device_prefix: str | None = Field(default=None, min_length=1, description="ids are <prefix>-<i>; default sim-<run>")
     keep_polling: bool = Field(default=False, description="after a job ends, go back to /job instead of stopping")
@@ -58,8 +66,9 @@ class SimulationConfig(BaseModel):
         return self
 
 
-async def run_simulation(config: SimulationConfig | None = None, /, *, progress: bool = False,
-                         sleep: Sleep = asyncio.sleep, **settings: Any) -> SimulationReport:
+async def run_simulation(
+    config: SimulationConfig | None = None, /, *, progress: bool = False, sleep: Sleep = asyncio.sleep, **settings: Any
+) -> SimulationReport:
     """Run every device until its job is over or `config.duration` passes; return the figures.
 
     Pass a `SimulationConfig`, or its fields as keywords (`run_simulation(url=..., job=...,
@@ -94,8 +103,16 @@ async def run_simulation(config: SimulationConfig | None = None, /, *, progress:
     try:
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             devices = [
-                Device(f"{prefix}-{i}", trainer, settings, session=session, stats=stats, pool=pool,
-                       rng=random.Random(rng.getrandbits(64)), sleep=sleep)
+                Device(
+                    f"{prefix}-{i}",
+                    trainer,
+                    settings,
+                    session=session,
+                    stats=stats,
+                    pool=pool,
+                    rng=random.Random(rng.getrandbits(64)),
+                    sleep=sleep,
+                )
                 for i, trainer in enumerate(trainers)
             ]
             try:
@@ -112,8 +129,14 @@ async def run_simulation(config: SimulationConfig | None = None, /, *, progress:
             await asyncio.gather(reporter, return_exceptions=True)
         # Waits for trainings already running (they cannot be interrupted), drops queued ones.
         await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
-    return SimulationReport.from_stats(stats, device_prefix=prefix, devices=config.devices,
-                                       wall_time_s=loop.time() - started, timed_out=deadline.expired())
+    return SimulationReport.from_stats(
+        stats,
+        device_prefix=prefix,
+        devices=config.devices,
+        wall_time_s=loop.time() - started,
+        timed_out=deadline.expired(),
+    )
+
 
 async def _start(device: Device, delay: float, sleep: Sleep) -> None:
     if delay > 0:

@@ -87,8 +87,9 @@ class SimulationReport:
     latency_ms: dict[str, LatencySummary]
 
     @classmethod
-    def from_stats(cls, stats: Stats, *, device_prefix: str, devices: int, wall_time_s: float,
-                   timed_out: bool) -> SimulationReport:
+    def from_stats(
+        cls, stats: Stats, *, device_prefix: str, devices: int, wall_time_s: float, timed_out: bool
+    ) -> SimulationReport:
         counts = {outcome.value: stats.counts[outcome.value] for outcome in Outcome}
         return cls(
             device_prefix=device_prefix,

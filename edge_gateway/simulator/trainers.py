@@ -90,13 +90,17 @@ class PytorchTrainer:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._train, model, meta, task_data, x, y)
 
-    def _train(self, model: str, meta: dict[str, Any], task_data: Mapping[str, Any],
-               x: np.ndarray, y: np.ndarray) -> tuple[Diff, int]:
+    def _train(
+        self, model: str, meta: dict[str, Any], task_data: Mapping[str, Any], x: np.ndarray, y: np.ndarray
+    ) -> tuple[Diff, int]:
         from edge_gateway.models import train_local
 
         weights = task_weights(task_data)  # decoded here: a large model's lists are slow to parse
         diff, num_samples, _ = train_local(
-            model, weights, x, y,
+            model,
+            weights,
+            x,
+            y,
             epochs=int(meta.get("epochs", meta.get("total_epochs", 1))),
             lr=float(meta.get("lr", meta.get("learning_rate", 0.01))),
             batch_size=int(meta.get("batch_size", 4)),
@@ -128,14 +132,22 @@ class ExecutorchTrainer:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._train, text, meta, epochs, lr, batch_size, x, y)
 
-    def _train(self, text: str, meta: dict[str, Any], epochs: int, lr: float, batch_size: int,
-               x: np.ndarray, y: np.ndarray) -> tuple[Diff, int]:
+    def _train(
+        self, text: str, meta: dict[str, Any], epochs: int, lr: float, batch_size: int, x: np.ndarray, y: np.ndarray
+    ) -> tuple[Diff, int]:
         from edge_gateway.models.executorch_runtime import train_program
 
         # `program` stays referenced until train_program returns: the runtime reads it in place.
         program = decode_program(text)
-        diff, num_samples, _ = train_program(program, x, y, epochs=epochs, lr=lr, batch_size=batch_size,
-                                             seed=_shuffle_seed(self._seed, self._index, meta))
+        diff, num_samples, _ = train_program(
+            program,
+            x,
+            y,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            seed=_shuffle_seed(self._seed, self._index, meta),
+        )
         return EtTensorDiff(diff, {"epochs": epochs, "learning_rate": lr, "batch_size": batch_size}), num_samples
 
 
@@ -165,7 +177,9 @@ def _program_hyper_parameters(meta: Mapping[str, Any]) -> tuple[int, float, int]
     lr = meta.get("learning_rate", meta.get("lr", 0.01))
     batch_size = meta.get("batch_size", 4)
     if type(epochs) is not int or type(batch_size) is not int or type(lr) not in (int, float):
-        raise TaskDataError(f"bad hyper-parameters in task meta: epochs={epochs!r}, lr={lr!r}, batch_size={batch_size!r}")
+        raise TaskDataError(
+            f"bad hyper-parameters in task meta: epochs={epochs!r}, lr={lr!r}, batch_size={batch_size!r}"
+        )
     return epochs, float(lr), batch_size
 
 

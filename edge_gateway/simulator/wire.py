@@ -71,8 +71,9 @@ def task_body(cookie: Mapping[str, Any] | None) -> bytes:
     return _dumps({} if cookie is None else {"cookie": cookie})
 
 
-def result_body(codec: Codec, diff: Mapping[str, np.ndarray], num_samples: int,
-                cookie: Mapping[str, Any] | None) -> tuple[str, bytes]:
+def result_body(
+    codec: Codec, diff: Mapping[str, np.ndarray], num_samples: int, cookie: Mapping[str, Any] | None
+) -> tuple[str, bytes]:
     """(content type, body) of a `/result` carrying a weight diff; the cookie goes back verbatim.
 
     An `EtTensorDiff` is always posted as JSON, exactly as the iOS app posts it (PROTOCOL.md §5).

@@ -12,7 +12,9 @@ def test_json_with_and_without_charset_and_empty():
 
 
 def test_msgpack_body_keeps_bytes():
-    assert decode_body("application/msgpack", msgpack.packb({"d": b"\x00\x01"}, use_bin_type=True)) == {"d": b"\x00\x01"}
+    assert decode_body("application/msgpack", msgpack.packb({"d": b"\x00\x01"}, use_bin_type=True)) == {
+        "d": b"\x00\x01"
+    }
 
 
 @pytest.mark.parametrize("body", [b"{", b"[1, 2]", b'"s"', b"\xff\xfe", b"[" * 10000 + b"]" * 10000])

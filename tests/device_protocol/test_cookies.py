@@ -12,9 +12,15 @@ def test_round_trip_and_protocol_fields():
     assert signer.verify(cookie, "job", "dev", "task") == (3, 7)
 
 
-@pytest.mark.parametrize("change", [
-    {"model_version": 4}, {"device_selection_id": 8}, {"sig": "0" * 64}, {"model_version": "3"},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"model_version": 4},
+        {"device_selection_id": 8},
+        {"sig": "0" * 64},
+        {"model_version": "3"},
+    ],
+)
 def test_forged_cookie_refused(change):
     cookie = {**signer.issue("job", "dev", "task", 3, 7), **change}
     with pytest.raises(CookieInvalid):

@@ -2,7 +2,14 @@ import pytest
 
 from device_protocol.errors import InvalidRequest
 from device_protocol.feg import (
-    JobRequest, ResultRequest, SelectionRequest, Status, TaskRequest, error_response, parse_request, response,
+    JobRequest,
+    ResultRequest,
+    SelectionRequest,
+    Status,
+    TaskRequest,
+    error_response,
+    parse_request,
+    response,
 )
 
 H = {"x-flare-device-id": "D"}
@@ -19,15 +26,18 @@ def test_job_ok():
     assert isinstance(req, JobRequest) and req.job_name == "xor_et" and req.methods == ["xor"]
 
 
-@pytest.mark.parametrize("body,message", [
-    ({"capabilities": {"methods": ["x"]}}, "missing job_name"),
-    ({"job_name": "", "capabilities": {"methods": ["x"]}}, "missing job_name"),
-    ({"job_name": "j"}, "missing capabilities"),
-    ({"job_name": "j", "capabilities": {}}, "missing capabilities"),
-    ({"job_name": "j", "capabilities": {"other": 1}}, "missing methods"),
-    ({"job_name": "j", "capabilities": {"methods": []}}, "missing methods"),
-    ({"job_name": "j", "capabilities": {"methods": "cnn"}}, "invalid methods type <class 'str'>"),
-])
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ({"capabilities": {"methods": ["x"]}}, "missing job_name"),
+        ({"job_name": "", "capabilities": {"methods": ["x"]}}, "missing job_name"),
+        ({"job_name": "j"}, "missing capabilities"),
+        ({"job_name": "j", "capabilities": {}}, "missing capabilities"),
+        ({"job_name": "j", "capabilities": {"other": 1}}, "missing methods"),
+        ({"job_name": "j", "capabilities": {"methods": []}}, "missing methods"),
+        ({"job_name": "j", "capabilities": {"methods": "cnn"}}, "invalid methods type <class 'str'>"),
+    ],
+)
 def test_job_validation_messages(body, message):
     assert msg("job", body=body) == message
 
@@ -54,22 +64,30 @@ def test_merge_order_query_then_body_and_identity_from_headers_only():
 
 
 def test_result_fields_from_query_and_body():
-    req = parse_request("result", {"job_id": "j", "task_id": "t", "task_name": "train"}, H,
-                        {"result": {"kind": "number"}, "cookie": {"x": 1}})
+    req = parse_request(
+        "result",
+        {"job_id": "j", "task_id": "t", "task_name": "train"},
+        H,
+        {"result": {"kind": "number"}, "cookie": {"x": 1}},
+    )
     assert isinstance(req, ResultRequest) and req.status == "OK" and req.result == {"kind": "number"}
     # The Python simulator also puts task_name and status in the body.
-    req = parse_request("result", {"job_id": "j", "task_id": "t"}, H,
-                        {"result": {}, "task_name": "train", "status": "EXCEPTION"})
+    req = parse_request(
+        "result", {"job_id": "j", "task_id": "t"}, H, {"result": {}, "task_name": "train", "status": "EXCEPTION"}
+    )
     assert req.task_name == "train" and req.status == "EXCEPTION"
 
 
-@pytest.mark.parametrize("body,message", [
-    ({"task_name": "train", "result": {}}, "missing task_id"),
-    ({"task_id": "t", "result": {}}, "missing task_name"),
-    ({"task_id": "t", "task_name": "train"}, "missing result"),
-    ({"task_id": "t", "task_name": "train", "result": "x"}, "invalid result type <class 'str'>"),
-    ({"task_id": 5, "task_name": "train", "result": {}}, "invalid task_id type <class 'int'>"),
-])
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ({"task_name": "train", "result": {}}, "missing task_id"),
+        ({"task_id": "t", "result": {}}, "missing task_name"),
+        ({"task_id": "t", "task_name": "train"}, "missing result"),
+        ({"task_id": "t", "task_name": "train", "result": "x"}, "invalid result type <class 'str'>"),
+        ({"task_id": 5, "task_name": "train", "result": {}}, "invalid task_id type <class 'int'>"),
+    ],
+)
 def test_result_validation_messages(body, message):
     assert msg("result", {"job_id": "j"}, body) == message
 
@@ -85,4 +103,7 @@ def test_header_errors_come_first():
 
 def test_response_drops_nulls():
     assert response(Status.RETRY, job_id="j", retry_wait=30, message=None) == {
-        "status": "RETRY", "job_id": "j", "retry_wait": 30}
+        "status": "RETRY",
+        "job_id": "j",
+        "retry_wait": 30,
+    }

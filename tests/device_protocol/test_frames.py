@@ -82,8 +82,19 @@ def test_message_kind(message: list[object], kind: int) -> None:
 
 @pytest.mark.parametrize(
     "message",
-    [None, [], {}, [9, 1], [REQUEST, "1", "feg", None], [REQUEST, 1, b"feg", None], [REQUEST, 1, "feg"],
-     [RESPONSE, 1, 5, None], [HELLO, "text"], [AUTH], [True, 1, "feg", None]],
+    [
+        None,
+        [],
+        {},
+        [9, 1],
+        [REQUEST, "1", "feg", None],
+        [REQUEST, 1, b"feg", None],
+        [REQUEST, 1, "feg"],
+        [RESPONSE, 1, 5, None],
+        [HELLO, "text"],
+        [AUTH],
+        [True, 1, "feg", None],
+    ],
 )
 def test_malformed_messages(message: object) -> None:
     with pytest.raises(FrameError, match="malformed"):

@@ -73,7 +73,9 @@ FEW = settings(max_examples=150, deadline=None, suppress_health_check=[HealthChe
 # -- shared strategies ----------------------------------------------------------------------------
 # What orjson and msgpack both carry: 64-bit integers, finite floats (orjson writes NaN as null).
 ints = st.integers(-(2**63), 2**64 - 1)
-json_scalars = st.none() | st.booleans() | ints | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12)
+json_scalars = (
+    st.none() | st.booleans() | ints | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12)
+)
 json_values = st.recursive(
     json_scalars, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4), max_leaves=24
 )
@@ -126,10 +128,12 @@ def mutated_text(source: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
 
 
 # -- headers.py -----------------------------------------------------------------------------------
-INFO_KEYS = st.sampled_from(["device_id", "app_name", "app_version", "platform", "platform_version", "user_id",
-                             "auth_token"]) | st.text(max_size=8)
+INFO_KEYS = st.sampled_from(
+    ["device_id", "app_name", "app_version", "platform", "platform_version", "user_id", "auth_token"]
+) | st.text(max_size=8)
 query_infos = st.dictionaries(INFO_KEYS, st.text(max_size=10), max_size=5).map(
-    lambda d: "&".join(f"{k}={v}" for k, v in d.items()))
+    lambda d: "&".join(f"{k}={v}" for k, v in d.items())
+)
 json_infos = st.dictionaries(INFO_KEYS, json_values, max_size=5).map(lambda d: orjson.dumps(d).decode())
 info_headers = st.text(max_size=60) | query_infos | json_infos | mutated_text(query_infos | json_infos)
 
@@ -151,8 +155,11 @@ def check_info(value: str) -> None:
 
 
 @FUZZ
-@given(st.dictionaries(st.text(max_size=8),
-                       st.text(min_size=1, max_size=10).filter(lambda v: v != "None") | ints, max_size=6))
+@given(
+    st.dictionaries(
+        st.text(max_size=8), st.text(min_size=1, max_size=10).filter(lambda v: v != "None") | ints, max_size=6
+    )
+)
 def test_json_info_round_trips(fields: dict[str, str | int]) -> None:
     # iOS's shape (PROTOCOL.md §2): values come back as given, non-strings as their JSON text.
     expected = {k: v if isinstance(v, str) else orjson.dumps(v).decode() for k, v in fields.items()}
@@ -160,8 +167,13 @@ def test_json_info_round_trips(fields: dict[str, str | int]) -> None:
 
 
 @FUZZ
-@given(st.dictionaries(st.sampled_from(["x-flare-device-id", "x-flare-device-info", "x-flare-user-info", "accept"]),
-                       info_headers, max_size=4))
+@given(
+    st.dictionaries(
+        st.sampled_from(["x-flare-device-id", "x-flare-device-info", "x-flare-user-info", "accept"]),
+        info_headers,
+        max_size=4,
+    )
+)
 def test_identity_is_the_header_or_invalid_request(headers: dict[str, str]) -> None:
     try:
         device_id, device_info, user_info = device_identity(headers)
@@ -173,11 +185,22 @@ def test_identity_is_the_header_or_invalid_request(headers: dict[str, str]) -> N
 
 
 # -- codecs.py ------------------------------------------------------------------------------------
-content_types = st.sampled_from([JSON, f"{JSON}; charset=utf-8", "Application/JSON", MSGPACK, "text/plain",
-                                 "application/x-www-form-urlencoded", "", ";"]) | st.text(max_size=30)
+content_types = st.sampled_from(
+    [
+        JSON,
+        f"{JSON}; charset=utf-8",
+        "Application/JSON",
+        MSGPACK,
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "",
+        ";",
+    ]
+) | st.text(max_size=30)
 json_bodies = json_objects.map(orjson.dumps)
 msgpack_bodies = st.dictionaries(st.text(max_size=6), packed_values, max_size=5).map(
-    lambda d: msgpack.packb(d, use_bin_type=True))
+    lambda d: msgpack.packb(d, use_bin_type=True)
+)
 bodies = st.binary(max_size=200) | json_bodies | msgpack_bodies | mutated(json_bodies | msgpack_bodies)
 
 
@@ -209,10 +232,14 @@ def test_bodies_round_trip(obj: dict[str, Any], as_msgpack: bool) -> None:
 
 
 # -- feg.py ---------------------------------------------------------------------------------------
-FIELD_NAMES = st.sampled_from(["job_id", "job_name", "capabilities", "task_id", "task_name", "status", "result",
-                               "cookie"])
-field_values = packed_values | st.fixed_dictionaries({"methods": packed_values}) | st.dictionaries(
-    st.binary(max_size=4), packed_values, min_size=1, max_size=2)
+FIELD_NAMES = st.sampled_from(
+    ["job_id", "job_name", "capabilities", "task_id", "task_name", "status", "result", "cookie"]
+)
+field_values = (
+    packed_values
+    | st.fixed_dictionaries({"methods": packed_values})
+    | st.dictionaries(st.binary(max_size=4), packed_values, min_size=1, max_size=2)
+)
 device_headers = st.fixed_dictionaries(
     {"x-flare-device-id": st.sampled_from(["dev-1", "abc?100", "abc#3", " "]) | st.text(max_size=10)},
     optional={"x-flare-device-info": info_headers, "x-flare-user-info": info_headers},
@@ -220,15 +247,22 @@ device_headers = st.fixed_dictionaries(
 
 
 @FUZZ
-@given(st.sampled_from(ENDPOINTS) | st.text(max_size=8),
-       st.dictionaries(FIELD_NAMES | st.text(max_size=6), st.text(max_size=10), max_size=4),
-       device_headers,
-       st.dictionaries(FIELD_NAMES | st.text(max_size=6) | st.binary(max_size=6), field_values, max_size=5))
+@given(
+    st.sampled_from(ENDPOINTS) | st.text(max_size=8),
+    st.dictionaries(FIELD_NAMES | st.text(max_size=6), st.text(max_size=10), max_size=4),
+    device_headers,
+    st.dictionaries(FIELD_NAMES | st.text(max_size=6) | st.binary(max_size=6), field_values, max_size=5),
+)
 @example("task", {}, {"x-flare-device-id": "d"}, {"job_id": "j", "cookie": {b"\xff": 1}})
-@example("result", {"job_id": "j", "task_id": "t", "task_name": "train"}, {"x-flare-device-id": "d"},
-         {"result": {b"\xfe": 1}})
-def test_parse_request_gives_a_request_or_invalid_request(endpoint: str, query: dict[str, str],
-                                                          headers: dict[str, str], body: dict[Any, Any]) -> None:
+@example(
+    "result",
+    {"job_id": "j", "task_id": "t", "task_name": "train"},
+    {"x-flare-device-id": "d"},
+    {"result": {b"\xfe": 1}},
+)
+def test_parse_request_gives_a_request_or_invalid_request(
+    endpoint: str, query: dict[str, str], headers: dict[str, str], body: dict[Any, Any]
+) -> None:
     try:
         request = parse_request(endpoint, query, headers, body)
     except InvalidRequest as exc:
@@ -250,8 +284,12 @@ def test_valid_requests_round_trip(data: st.DataObject) -> None:
     if endpoint == "job":
         fields = {"job_name": data.draw(names), "capabilities": {"methods": data.draw(st.lists(names, min_size=1))}}
     elif endpoint == "result":
-        fields.update(task_id=data.draw(names), task_name=data.draw(names), status=data.draw(names),
-                      result=data.draw(json_objects))
+        fields.update(
+            task_id=data.draw(names),
+            task_name=data.draw(names),
+            status=data.draw(names),
+            result=data.draw(json_objects),
+        )
     if endpoint in ("task", "result"):
         fields["cookie"] = data.draw(st.none() | json_objects)
     # Any text field may come in the query instead of the body (later wins: the body).
@@ -271,16 +309,25 @@ def test_valid_requests_round_trip(data: st.DataObject) -> None:
 # -- tensors.py -----------------------------------------------------------------------------------
 SHAPES = {"w": (2, 3), "b": (3,)}
 dims = st.lists(st.integers(0, 4) | st.sampled_from([-1, 2**31, 2**31 - 1]) | st.floats(0, 3), max_size=5)
-binary_entries = st.fixed_dictionaries({}, optional={
-    "dtype": st.sampled_from(["float32", "float64", "float16", "int8", "object", ""]) | packed_values,
-    "shape": dims | packed_values,
-    "data": st.binary(max_size=64) | packed_values,
-})
-json_entries = st.fixed_dictionaries({}, optional={
-    "sizes": dims | json_values,
-    "strides": dims | json_values,
-    "data": st.lists(st.floats(width=32) | ints, max_size=12) | json_values,
-}) | json_values
+binary_entries = st.fixed_dictionaries(
+    {},
+    optional={
+        "dtype": st.sampled_from(["float32", "float64", "float16", "int8", "object", ""]) | packed_values,
+        "shape": dims | packed_values,
+        "data": st.binary(max_size=64) | packed_values,
+    },
+)
+json_entries = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "sizes": dims | json_values,
+            "strides": dims | json_values,
+            "data": st.lists(st.floats(width=32) | ints, max_size=12) | json_values,
+        },
+    )
+    | json_values
+)
 
 
 @FUZZ
@@ -325,10 +372,14 @@ def check_json_entry(entry: Any) -> None:
 def mutated_updates(draw: st.DrawFn) -> dict[str, Any]:
     """A valid update with some part replaced by something random."""
     arrays = draw(valid_arrays())
-    result = draw(st.sampled_from([
-        to_et_tensor_diff(arrays),
-        {"kind": "WEIGHT_DIFF", "data": tensors_to_binary(arrays), "meta": {}},
-    ]))
+    result = draw(
+        st.sampled_from(
+            [
+                to_et_tensor_diff(arrays),
+                {"kind": "WEIGHT_DIFF", "data": tensors_to_binary(arrays), "meta": {}},
+            ]
+        )
+    )
     target = draw(st.sampled_from(["kind", "meta", "data", "entry", "field"]))
     junk = draw(packed_values | binary_entries | json_entries)
     if target in ("kind", "meta", "data"):
@@ -368,19 +419,22 @@ def check_update(result: dict[str, Any]) -> None:
 def valid_arrays() -> st.SearchStrategy[dict[str, np.ndarray]]:
     finite = st.floats(-1e6, 1e6, width=32)
     return st.fixed_dictionaries({k: hnp.arrays(np.float32, s, elements=finite) for k, s in SHAPES.items()}).filter(
-        lambda arrays: any(a.any() for a in arrays.values()))
+        lambda arrays: any(a.any() for a in arrays.values())
+    )
 
 
 @FUZZ
 @given(valid_arrays(), st.sampled_from(["json", "msgpack"]), st.none() | st.integers(1, 1_000_000))
-def test_valid_updates_round_trip_through_the_codecs(arrays: dict[str, np.ndarray], form: str,
-                                                    num_samples: int | None) -> None:
+def test_valid_updates_round_trip_through_the_codecs(
+    arrays: dict[str, np.ndarray], form: str, num_samples: int | None
+) -> None:
     meta = {} if num_samples is None else {"num_samples": num_samples}
     if form == "json":  # iOS: et_tensor_diff with net. names, flat data, sizes and strides
         content_type, body = encode({"result": to_et_tensor_diff(arrays, meta)})
     else:  # ours: msgpack {dtype, shape, data} tensors
-        content_type, body = encode({"result": {"kind": "WEIGHT_DIFF", "data": tensors_to_binary(arrays),
-                                                "meta": meta}}, msgpack_wanted=True)
+        content_type, body = encode(
+            {"result": {"kind": "WEIGHT_DIFF", "data": tensors_to_binary(arrays), "meta": meta}}, msgpack_wanted=True
+        )
     update, weight = decode_update(decode_body(content_type, body)["result"], SHAPES)
     assert weight == float(num_samples or 1)
     for name, arr in arrays.items():
@@ -393,8 +447,13 @@ sigs = st.text(max_size=70) | st.sampled_from(["é" * 64, "\x00" * 64]) | packed
 
 
 @FUZZ
-@given(st.none() | packed_values | st.fixed_dictionaries(
-    {}, optional={"model_version": ints | packed_values, "device_selection_id": ints | packed_values, "sig": sigs}))
+@given(
+    st.none()
+    | packed_values
+    | st.fixed_dictionaries(
+        {}, optional={"model_version": ints | packed_values, "device_selection_id": ints | packed_values, "sig": sigs}
+    )
+)
 @example({"model_version": 0, "device_selection_id": 1, "sig": "é" * 64})  # compare_digest raised TypeError
 def test_arbitrary_cookies_are_refused(cookie: Any) -> None:
     if cookie is not None and not isinstance(cookie, dict):
@@ -405,13 +464,13 @@ def test_arbitrary_cookies_are_refused(cookie: Any) -> None:
 
 @FUZZ
 @given(names, names, names, st.integers(-1, 2**40), st.integers(0, 2**40), st.data())
-def test_issued_cookies_verify_and_any_change_is_refused(job: str, device: str, task: str, version: int,
-                                                         selection: int, data: st.DataObject) -> None:
+def test_issued_cookies_verify_and_any_change_is_refused(
+    job: str, device: str, task: str, version: int, selection: int, data: st.DataObject
+) -> None:
     cookie = signer.issue(job, device, task, version, selection)
     assert signer.verify(orjson.loads(orjson.dumps(cookie)), job, device, task) == (version, selection)
     # A replayed cookie is authentic: refusing it is the leaf's job (tests/integration).
-    change = data.draw(st.sampled_from(["truncate", "flip", "version", "selection", "job", "device", "task",
-                                        "secret"]))
+    change = data.draw(st.sampled_from(["truncate", "flip", "version", "selection", "job", "device", "task", "secret"]))
     forged, context = dict(cookie), [job, device, task]
     if change == "truncate":
         forged["sig"] = cookie["sig"][: data.draw(st.integers(0, len(cookie["sig"]) - 1))]
@@ -433,7 +492,9 @@ def test_issued_cookies_verify_and_any_change_is_refused(job: str, device: str, 
 # -- frames.py (the link) -------------------------------------------------------------------------
 link_messages = st.one_of(
     st.tuples(st.just(frames.REQUEST), st.integers(0, 2**32), st.text(max_size=8), packed_values).map(list),
-    st.tuples(st.just(frames.RESPONSE), st.integers(0, 2**32), st.none() | st.text(max_size=8), packed_values).map(list),
+    st.tuples(st.just(frames.RESPONSE), st.integers(0, 2**32), st.none() | st.text(max_size=8), packed_values).map(
+        list
+    ),
     st.tuples(st.sampled_from([frames.HELLO, frames.AUTH]), st.binary(max_size=32)).map(list),
 )
 streams = st.lists(link_messages, max_size=4).map(lambda ms: b"".join(encode_frame(m) for m in ms))
@@ -473,8 +534,12 @@ def test_link_messages_round_trip_whatever_the_split(message: list[Any], cuts: l
 
 
 @FUZZ
-@given(st.binary(min_size=1, max_size=32), st.binary(min_size=1, max_size=32), st.binary(max_size=40),
-       st.binary(min_size=16, max_size=16))
+@given(
+    st.binary(min_size=1, max_size=32),
+    st.binary(min_size=1, max_size=32),
+    st.binary(max_size=40),
+    st.binary(min_size=16, max_size=16),
+)
 def test_handshake_accepts_only_the_secret(secret: bytes, other: bytes, garbage: bytes, nonce: bytes) -> None:
     [answer] = FrameDecoder(max_frame=256).feed(frames.auth(secret, nonce))
     assert message_kind(answer) == frames.AUTH
@@ -488,19 +553,39 @@ def test_handshake_accepts_only_the_secret(secret: bytes, other: bytes, garbage:
 
 # -- messages.py (leaf <-> server) ----------------------------------------------------------------
 counts = st.integers(0, 2**31)
-reports = st.builds(LeafJobReport, selection_id=st.integers(-1, 2**31), waiting=counts, assigned=counts,
-                    tasks_issued=counts, refused=counts, late=counts, duplicates=counts)
-job_views = st.builds(
-    JobView, job_id=names, job_name=names, status=st.sampled_from(["pending", "running", "done"]),
-    model_version=st.integers(-1, 2**31), round=counts, selection_id=counts, quota=counts, free_slots=counts,
-    retry_wait=counts, task_timeout=st.floats(0, 1e6),
-    param_shapes=st.dictionaries(names, st.lists(st.integers(0, 64), max_size=4), max_size=3),
-    config=json_objects, task_meta=json_objects, task_kind=st.sampled_from(["WEIGHTS", "APP_DEFINED"]),
-    device_groups=st.dictionaries(names, counts, max_size=3),
-    platforms=st.none() | st.lists(names, max_size=2), device_ids=st.none() | st.lists(names, max_size=2),
+reports = st.builds(
+    LeafJobReport,
+    selection_id=st.integers(-1, 2**31),
+    waiting=counts,
+    assigned=counts,
+    tasks_issued=counts,
+    refused=counts,
+    late=counts,
+    duplicates=counts,
 )
-tensors = st.fixed_dictionaries({"dtype": st.just("float64"), "shape": st.lists(st.integers(0, 3), max_size=2),
-                                 "data": st.binary(max_size=16)})
+job_views = st.builds(
+    JobView,
+    job_id=names,
+    job_name=names,
+    status=st.sampled_from(["pending", "running", "done"]),
+    model_version=st.integers(-1, 2**31),
+    round=counts,
+    selection_id=counts,
+    quota=counts,
+    free_slots=counts,
+    retry_wait=counts,
+    task_timeout=st.floats(0, 1e6),
+    param_shapes=st.dictionaries(names, st.lists(st.integers(0, 64), max_size=4), max_size=3),
+    config=json_objects,
+    task_meta=json_objects,
+    task_kind=st.sampled_from(["WEIGHTS", "APP_DEFINED"]),
+    device_groups=st.dictionaries(names, counts, max_size=3),
+    platforms=st.none() | st.lists(names, max_size=2),
+    device_ids=st.none() | st.lists(names, max_size=2),
+)
+tensors = st.fixed_dictionaries(
+    {"dtype": st.just("float64"), "shape": st.lists(st.integers(0, 3), max_size=2), "data": st.binary(max_size=16)}
+)
 link_models: st.SearchStrategy[BaseModel] = st.one_of(
     reports,
     job_views,
@@ -508,10 +593,23 @@ link_models: st.SearchStrategy[BaseModel] = st.one_of(
     st.builds(SyncReply, boot=names, jobs=st.lists(job_views, max_size=2)),
     st.builds(ModelRequest, job_id=names, version=st.integers(-1, 2**31)),
     st.builds(RegisterGroup, job_id=names, prefix=names, count=counts),
-    st.builds(SubmitBatch, leaf=names, seq=counts, job_id=names, version=counts, task_ids=st.lists(names, max_size=3),
-              sum_weight=st.floats(0, 1e9), sum_update=st.dictionaries(names, tensors, max_size=2)),
-    st.builds(SubmitReply, accepted=st.booleans(), late=st.booleans(), duplicates=st.lists(names, max_size=2),
-              message=st.text(max_size=10)),
+    st.builds(
+        SubmitBatch,
+        leaf=names,
+        seq=counts,
+        job_id=names,
+        version=counts,
+        task_ids=st.lists(names, max_size=3),
+        sum_weight=st.floats(0, 1e9),
+        sum_update=st.dictionaries(names, tensors, max_size=2),
+    ),
+    st.builds(
+        SubmitReply,
+        accepted=st.booleans(),
+        late=st.booleans(),
+        duplicates=st.lists(names, max_size=2),
+        message=st.text(max_size=10),
+    ),
 )
 
 
@@ -556,18 +654,20 @@ PATHOLOGICAL: dict[str, Callable[[], None]] = {
     "info: JSON value 300 deep": lambda: check_info(f'{{"platform": {nested(300)}}}'),
     "info: JSON value 10,000 deep": lambda: check_info(f'{{"platform": {nested(10_000)}}}'),
     "info: JSON 10,000 deep": lambda: check_info(nested(10_000)),
-    "info: 400-digit number": lambda: check_info('{"a": 1' + '0' * 400 + '}'),
+    "info: 400-digit number": lambda: check_info('{"a": 1' + "0" * 400 + "}"),
     "body: objects 10,000 deep": lambda: check_body(JSON, b'{"a":' * 10_000),
     "body: lists 10,000 deep": lambda: check_body(JSON, nested(10_000).encode()),
     "body: 400-digit number": lambda: check_body(JSON, b'{"n": 1' + b"0" * 400 + b"}"),
     "body: msgpack 10,000 deep": lambda: check_body(MSGPACK, b"\x81\xa1a" + b"\x91" * 10_000 + b"\xc0"),
     # Used to allocate 16 GB of offsets for an empty tensor.
     "tensor: empty with huge strided sizes": lambda: check_json_entry(
-        {"sizes": [2**31 - 1, 0], "strides": [0, 1], "data": []}),
+        {"sizes": [2**31 - 1, 0], "strides": [0, 1], "data": []}
+    ),
     # Used to take time quadratic in the number of dimensions (minutes for a few MB).
     "tensor: 100,000 sizes": lambda: check_json_entry({"sizes": [2**31 - 1] * 100_000, "data": [1.0]}),
     "tensor: 100,000-dim binary shape": lambda: check_binary_entry(
-        {"dtype": "float32", "shape": [2**31 - 1] * 100_000, "data": b""}),
+        {"dtype": "float32", "shape": [2**31 - 1] * 100_000, "data": b""}
+    ),
     "tensor: data 900 deep": lambda: check_json_entry({"sizes": [1], "data": deep_value(900)}),
     # repr of the reason used to raise RecursionError.
     "update: error reason 1,000 deep": lambda: check_update({"kind": "error", "data": {"error": deep_value(1_000)}}),
@@ -575,8 +675,9 @@ PATHOLOGICAL: dict[str, Callable[[], None]] = {
     "update: 100 kB error reason": lambda: check_update({"kind": "error", "data": "x" * 100_000}),
     # The malformed-message preview's repr used to raise RecursionError.
     "link: message 1,000 deep": lambda: check_stream(encode_frame(deep_value(1_000)), []),
-    "link: payload 1,000 deep": lambda: check_link_model(SyncRequest, {"leaf": "l", "boot": "b",
-                                                                       "jobs": deep_value(1_000)}),
+    "link: payload 1,000 deep": lambda: check_link_model(
+        SyncRequest, {"leaf": "l", "boot": "b", "jobs": deep_value(1_000)}
+    ),
 }
 
 

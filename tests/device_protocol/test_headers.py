@@ -1,7 +1,8 @@
+from urllib.parse import parse_qs, urlencode
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from urllib.parse import parse_qs, urlencode
 
 from device_protocol.errors import InvalidRequest
 from device_protocol.headers import device_identity, parse_info
@@ -9,10 +10,16 @@ from device_protocol.headers import device_identity, parse_info
 
 def test_query_string_urlencoded_and_raw_spaces():
     assert parse_info("device_id=D&platform=ios&app_version=1.0", "h") == {
-        "device_id": "D", "platform": "ios", "app_version": "1.0"}
+        "device_id": "D",
+        "platform": "ios",
+        "app_version": "1.0",
+    }
     # Android sends raw spaces; '+' is a space and %XX is decoded like parse_qs.
     assert parse_info("app_name=My App&user_name=a+b&x=%41%20c", "h") == {
-        "app_name": "My App", "user_name": "a b", "x": "A c"}
+        "app_name": "My App",
+        "user_name": "a b",
+        "x": "A c",
+    }
 
 
 def test_query_string_drops_blank_none_and_bare_pieces():
@@ -37,8 +44,11 @@ def test_broken_json_info_is_invalid_request(value):
     assert "X-Flare-Device-Info" in err.value.message
 
 
-@given(st.dictionaries(st.text(min_size=1).filter(lambda k: k != "None"),
-                       st.text(min_size=1).filter(lambda v: v != "None"), max_size=6))
+@given(
+    st.dictionaries(
+        st.text(min_size=1).filter(lambda k: k != "None"), st.text(min_size=1).filter(lambda v: v != "None"), max_size=6
+    )
+)
 def test_query_strings_parse_like_parse_qs(fields):
     encoded = urlencode(fields)
     expected = {k: v[0] for k, v in parse_qs(encoded).items() if v[0] != "None"}
@@ -55,8 +65,9 @@ def test_parse_info_never_raises_anything_but_invalid_request(text):
 
 
 def test_identity_from_headers():
-    device_id, info, user = device_identity({
-        "x-flare-device-id": "D", "x-flare-device-info": "platform=android", "x-flare-user-info": "{}"})
+    device_id, info, user = device_identity(
+        {"x-flare-device-id": "D", "x-flare-device-info": "platform=android", "x-flare-user-info": "{}"}
+    )
     assert (device_id, info, user) == ("D", {"platform": "android", "device_id": "D"}, {})
 
 

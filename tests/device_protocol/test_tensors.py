@@ -6,15 +6,22 @@ from hypothesis.extra import numpy as hnp
 
 from device_protocol.errors import UpdateRejected
 from device_protocol.tensors import (
-    decode_update, from_binary, from_json_entry, to_binary, to_et_tensor_diff, tensors_to_binary,
+    decode_update,
+    from_binary,
+    from_json_entry,
+    tensors_to_binary,
+    to_binary,
+    to_et_tensor_diff,
 )
 
 SHAPES = {"fc.weight": (2, 3), "fc.bias": (3,)}
 
 
 def arrays(scale=1.0):
-    return {"fc.weight": (np.arange(6, dtype=np.float32).reshape(2, 3) + 1) * scale,
-            "fc.bias": np.array([0.5, -1, 2], dtype=np.float32) * scale}
+    return {
+        "fc.weight": (np.arange(6, dtype=np.float32).reshape(2, 3) + 1) * scale,
+        "fc.bias": np.array([0.5, -1, 2], dtype=np.float32) * scale,
+    }
 
 
 def test_ios_et_tensor_diff_with_net_prefix():
@@ -60,20 +67,26 @@ def test_binary_codec_property(arr):
     np.testing.assert_array_equal(back, arr)
 
 
-@given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=4, max_side=5),
-                  elements=st.floats(-1e6, 1e6, width=32)))
+@given(
+    hnp.arrays(
+        np.float32, hnp.array_shapes(min_dims=1, max_dims=4, max_side=5), elements=st.floats(-1e6, 1e6, width=32)
+    )
+)
 def test_et_entry_property(arr):
     entry = to_et_tensor_diff({"x": arr}, prefix="")["data"]["x"]
     np.testing.assert_array_equal(from_json_entry(entry), arr)
 
 
-@pytest.mark.parametrize("entry", [
-    {"dtype": "object", "shape": [1], "data": b"x"},
-    {"dtype": "float32", "shape": [2], "data": b"\0\0\0\0"},
-    {"dtype": "float32", "shape": [-1], "data": b""},
-    {"dtype": "float32", "shape": "2", "data": b""},
-    {"dtype": "float32", "shape": [1], "data": "AAAA"},
-])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"dtype": "object", "shape": [1], "data": b"x"},
+        {"dtype": "float32", "shape": [2], "data": b"\0\0\0\0"},
+        {"dtype": "float32", "shape": [-1], "data": b""},
+        {"dtype": "float32", "shape": "2", "data": b""},
+        {"dtype": "float32", "shape": [1], "data": "AAAA"},
+    ],
+)
 def test_bad_binary_refused(entry):
     with pytest.raises(ValueError):
         from_binary(entry)
@@ -118,9 +131,13 @@ def test_refusals():
     assert "given twice" in bad({"kind": "number", "data": {**good_data(), "fc.bias": [1.0, 2.0, 3.0]}})
 
 
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
-                    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
-                    max_leaves=20))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+        lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+        max_leaves=20,
+    )
+)
 def test_decode_update_never_crashes(data):
     try:
         decode_update({"kind": "number", "data": data}, SHAPES)

@@ -17,16 +17,27 @@ def make(**spec):
 
 def sync(c, leaf, now, waiting=0, assigned=0, selection=None):
     sel = c.jobs["j"].selection_id if selection is None else selection
-    reply = c.sync(SyncRequest(leaf=leaf, boot="x", jobs={"j": LeafJobReport(selection_id=sel, waiting=waiting,
-                                                                               assigned=assigned)}), now)
+    reply = c.sync(
+        SyncRequest(
+            leaf=leaf, boot="x", jobs={"j": LeafJobReport(selection_id=sel, waiting=waiting, assigned=assigned)}
+        ),
+        now,
+    )
     return reply.jobs[0]
 
 
 def batch(c, ids, version=None, value=1.0, weight=None, leaf="a"):
     w = float(len(ids)) if weight is None else weight
     upd = {"w": np.full((2, 2), value * w, np.float64)}
-    b = SubmitBatch(leaf=leaf, seq=1, job_id="j", version=c.jobs["j"].version if version is None else version,
-                    task_ids=ids, sum_weight=w, sum_update=tensors_to_binary(upd))
+    b = SubmitBatch(
+        leaf=leaf,
+        seq=1,
+        job_id="j",
+        version=c.jobs["j"].version if version is None else version,
+        task_ids=ids,
+        sum_weight=w,
+        sum_update=tensors_to_binary(upd),
+    )
     return c.submit(b, upd, now=1.0)
 
 
@@ -205,8 +216,9 @@ def test_nothing_is_held_without_expected_leaves():
 def test_batch_with_wrong_shapes_refused():
     c = make()
     upd = {"w": np.ones((3, 3))}
-    b = SubmitBatch(leaf="a", seq=1, job_id="j", version=0, task_ids=["t"], sum_weight=1.0,
-                    sum_update=tensors_to_binary(upd))
+    b = SubmitBatch(
+        leaf="a", seq=1, job_id="j", version=0, task_ids=["t"], sum_weight=1.0, sum_update=tensors_to_binary(upd)
+    )
     reply, _ = c.submit(b, upd, 0.0)
     assert not reply.accepted and "parameters" in reply.message
 

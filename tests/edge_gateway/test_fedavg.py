@@ -18,8 +18,10 @@ def make_updates(seed: int, n: int):
 
 def flat_fedavg(base, updates, weights):
     total = sum(weights)
-    return {k: base[k].astype(np.float64) + sum(w * u[k].astype(np.float64) for u, w in zip(updates, weights)) / total
-            for k in base}
+    return {
+        k: base[k].astype(np.float64) + sum(w * u[k].astype(np.float64) for u, w in zip(updates, weights)) / total
+        for k in base
+    }
 
 
 @settings(max_examples=60, deadline=None)

@@ -3,8 +3,20 @@ from edge_gateway.leaf_state import LeafJob, ResultVerdict, TaskDecision
 
 
 def view(**kw):
-    base = dict(job_id="j", job_name="n", status="running", model_version=0, round=0, selection_id=0, quota=2,
-                retry_wait=30, task_timeout=10.0, param_shapes={"w": [2]}, config={}, task_meta={})
+    base = dict(
+        job_id="j",
+        job_name="n",
+        status="running",
+        model_version=0,
+        round=0,
+        selection_id=0,
+        quota=2,
+        retry_wait=30,
+        task_timeout=10.0,
+        param_shapes={"w": [2]},
+        config={},
+        task_meta={},
+    )
     return JobView(**{**base, **kw})
 
 
@@ -107,7 +119,7 @@ def test_allow_lists_keep_other_devices_off_the_job():
 def test_a_forgotten_result_still_expires_and_never_takes_a_newer_lease_with_it():
     job = LeafJob(view=view(quota=3), waiting_window=60)
     _, first = job.decide_task("a", 0.0, True)
-    _, second = job.decide_task("b", 5.0, True)
+    _, _second = job.decide_task("b", 5.0, True)
     job.judge_result(first.task_id, 0)
     job.forget_result(first.task_id)  # now queued behind b's lease
     decision, again = job.decide_task("a", 10.5, True)  # a's lease ran out at 10.0

@@ -151,7 +151,9 @@ def test_no_request_is_served_before_auth(run: Runner) -> None:
         async with link() as (_, _client, port):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             header = await reader.readexactly(4)
-            [kind, nonce] = frames.FrameDecoder().feed(header + await reader.readexactly(struct.unpack(">I", header)[0]))[0]
+            [kind, nonce] = frames.FrameDecoder().feed(
+                header + await reader.readexactly(struct.unpack(">I", header)[0])
+            )[0]
             assert kind == frames.HELLO and len(nonce) == frames.NONCE_SIZE
             writer.write(frames.request(1, "echo", "sneaky"))
             assert await reader.read() == b""  # closed without an answer
@@ -182,7 +184,7 @@ def test_deadline(run: Runner) -> None:
         async with link() as (_, client, _port):
             assert await client.wait_connected(5)
             started = time.monotonic()
-            with pytest.raises(RpcUnavailable, match="no answer within 0.2") as info:
+            with pytest.raises(RpcUnavailable, match=r"no answer within 0\.2") as info:
                 await client.call("slow", 1.0, timeout=0.2)
             assert info.value.sent
             assert time.monotonic() - started < 0.9
@@ -277,8 +279,9 @@ def test_tls(run: Runner, tmp_path: Path) -> None:
     client_ssl = ssl.create_default_context(cafile=str(cert))
 
     async def main() -> None:
-        async with link(server_ssl=server_ssl, client_ssl=client_ssl, host="localhost",
-                        server_secret=b"k", client_secret=b"k") as (_, client, _port):
+        async with link(
+            server_ssl=server_ssl, client_ssl=client_ssl, host="localhost", server_secret=b"k", client_secret=b"k"
+        ) as (_, client, _port):
             assert await client.wait_connected(5)
             assert await client.call("echo", b"x" * 1_000_000, timeout=10) == b"x" * 1_000_000
 
@@ -292,10 +295,10 @@ def test_tls_with_an_untrusted_server_never_connects(run: Runner, tmp_path: Path
 
     async def main() -> None:
         async with link(server_ssl=server_ssl, client_ssl=ssl.create_default_context(), host="localhost") as (
-            _, client, _port,
+            _,
+            client,
+            _port,
         ):
             assert not await client.wait_connected(0.5)
 
     run(main)
-
-

@@ -21,8 +21,15 @@ SPEC = JobSpec(name="xor", model="xor", rounds=3, devices_per_round=1, evaluate=
 def closing_batch(server: Server) -> dict[str, object]:
     shapes = server.coordinator.job("j").shapes
     update = {name: np.ones(shape) for name, shape in shapes.items()}
-    return SubmitBatch(leaf="leaf-0", seq=1, job_id="j", version=0, task_ids=["t1"], sum_weight=1.0,
-                       sum_update=tensors_to_binary(update)).model_dump()
+    return SubmitBatch(
+        leaf="leaf-0",
+        seq=1,
+        job_id="j",
+        version=0,
+        task_ids=["t1"],
+        sum_weight=1.0,
+        sum_update=tensors_to_binary(update),
+    ).model_dump()
 
 
 async def test_watch_answers_when_behind_and_wakes_on_a_new_version(tmp_path: Path) -> None:

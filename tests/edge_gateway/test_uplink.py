@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_gateway.config import ServerConfig
 from device_protocol.messages import SyncRequest
+from edge_gateway.config import ServerConfig
 from edge_gateway.jobs import JobSpec
 from edge_gateway.models import initial_weights
 from edge_gateway.server import Server
@@ -41,8 +41,9 @@ async def server_at(data_dir: Path) -> AsyncIterator[Server]:
         await server.stop()
 
 
-async def running_job(lives: AsyncExitStack, data_dir: Path,
-                      spec: JobSpec) -> tuple[Server, str, SwitchableLink, ResultBatcher]:
+async def running_job(
+    lives: AsyncExitStack, data_dir: Path, spec: JobSpec
+) -> tuple[Server, str, SwitchableLink, ResultBatcher]:
     """A server with `spec` submitted, and leaf-0's batcher sending to it over the in-memory link."""
     server = await lives.enter_async_context(server_at(data_dir))
     job_id = await server.submit_job(spec)
@@ -61,7 +62,7 @@ def update(seed: int) -> dict[str, Any]:
 
 async def test_only_what_an_earlier_boot_took_is_sent_again(tmp_path: Path) -> None:
     async with AsyncExitStack() as lives:
-        first, j, link, batcher = await running_job(lives, tmp_path, SPEC)
+        _first, j, link, batcher = await running_job(lives, tmp_path, SPEC)
         assert await batcher.submit(j, 0, "t1", 1.0, update(1)) is Outcome.ACCEPTED
         assert await batcher.submit(j, 0, "t2", 1.0, update(2)) is Outcome.ACCEPTED
 
@@ -92,7 +93,7 @@ async def test_a_resumed_job_closes_no_round_before_the_leaves_re_sent(tmp_path:
     knows which leaf to wait for from disk, and waits for its word, not for a guessed time."""
     spec = SPEC.model_copy(update={"devices_per_round": 2})
     async with AsyncExitStack() as lives:
-        first, j, link, batcher = await running_job(lives, tmp_path, spec)
+        _first, j, link, batcher = await running_job(lives, tmp_path, spec)
         assert await batcher.submit(j, 0, "t1", 1.0, update(1)) is Outcome.ACCEPTED
         second = await lives.enter_async_context(server_at(tmp_path))
         assert second.coordinator.awaiting_resends == {"leaf-0"}

@@ -18,7 +18,9 @@ STEP = 0.01
 
 
 def diff_for(weights: dict[str, Any]) -> dict[str, np.ndarray]:
-    return {name: np.where(np.asarray(v, np.float32) < 0, STEP, -STEP).astype(np.float32) for name, v in weights.items()}
+    return {
+        name: np.where(np.asarray(v, np.float32) < 0, STEP, -STEP).astype(np.float32) for name, v in weights.items()
+    }
 
 
 @dataclass
@@ -44,10 +46,21 @@ class IosDevice:
         if endpoint == "job":
             info = f"device_id={self.device_id}&app_name=ExampleApp&app_version=1.0&platform=ios&platform_version=17.5"
         else:
-            info = orjson.dumps({"device_id": self.device_id, "app_name": "ExampleApp", "app_version": "1.0",
-                                 "platform": "ios", "platform_version": "17.5"}).decode()
-        return {"X-Flare-Device-ID": self.device_id, "X-Flare-Device-Info": info, "X-Flare-User-Info": "{}",
-                "Content-Type": "application/json"}
+            info = orjson.dumps(
+                {
+                    "device_id": self.device_id,
+                    "app_name": "ExampleApp",
+                    "app_version": "1.0",
+                    "platform": "ios",
+                    "platform_version": "17.5",
+                }
+            ).decode()
+        return {
+            "X-Flare-Device-ID": self.device_id,
+            "X-Flare-Device-Info": info,
+            "X-Flare-User-Info": "{}",
+            "Content-Type": "application/json",
+        }
 
     def wait_seconds(self, reply: dict[str, Any]) -> float:
         return float(reply.get("retry_wait", 5))
@@ -95,7 +108,9 @@ class IosDevice:
             cookie = reply["cookie"]
             tasks += 1
             query = f"?job_id={quote(job_id)}&task_id={quote(reply['task_id'])}&task_name={reply['task_name']}"
-            answer = await self.post("result", query, {"result": self.result_payload(reply["task_data"]), "cookie": cookie})
+            answer = await self.post(
+                "result", query, {"result": self.result_payload(reply["task_data"]), "cookie": cookie}
+            )
             self.transcript.results.append(answer)
         return self.transcript
 
@@ -111,15 +126,21 @@ class AndroidDevice(IosDevice):
 
     def headers(self, endpoint: str) -> dict[str, str]:
         info = f"device_id={self.device_id}&app_name=NVFlare Android&app_version=1.0.0&platform=android&platform_version=14"
-        return {"X-Flare-Device-ID": self.device_id, "X-Flare-Device-Info": info,
-                "X-Flare-User-Info": "user_id=u1&user_name=Jane Doe", "Content-Type": "application/json; charset=utf-8"}
+        return {
+            "X-Flare-Device-ID": self.device_id,
+            "X-Flare-Device-Info": info,
+            "X-Flare-User-Info": "user_id=u1&user_name=Jane Doe",
+            "Content-Type": "application/json; charset=utf-8",
+        }
 
     def wait_seconds(self, reply: dict[str, Any]) -> float:
         return float(reply.get("retry_wait", 5)) / 1000.0
 
     def result_payload(self, task_data: dict[str, Any]) -> dict[str, Any]:
-        data = {f"net.{name}": {"sizes": list(arr.shape), "data": arr.ravel().tolist()}
-                for name, arr in diff_for(task_data["data"]).items()}
+        data = {
+            f"net.{name}": {"sizes": list(arr.shape), "data": arr.ravel().tolist()}
+            for name, arr in diff_for(task_data["data"]).items()
+        }
         return {"kind": "number", "data": data, "meta": {}}
 
     def cookie_after_retry(self, cookie: dict[str, Any] | None) -> dict[str, Any] | None:

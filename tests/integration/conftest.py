@@ -11,6 +11,7 @@ import pytest
 
 from edge_gateway.launcher import Stack, start_stack
 
+
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     stack = await start_stack(tmp_path, leaves=2, proxy_host="127.0.0.1", proxy_port=0)

@@ -10,18 +10,20 @@ import orjson
 
 
 async def submit_job(api_url: str, **spec: Any) -> str:
-    async with aiohttp.ClientSession() as session:
-        async with session.post(f"{api_url}/api/jobs", data=orjson.dumps(spec),
-                                headers={"Content-Type": "application/json"}) as reply:
-            body = orjson.loads(await reply.read())
-            assert reply.status == 201, body
-            return str(body["job_id"])
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{api_url}/api/jobs", data=orjson.dumps(spec), headers={"Content-Type": "application/json"}
+        ) as reply,
+    ):
+        body = orjson.loads(await reply.read())
+        assert reply.status == 201, body
+        return str(body["job_id"])
 
 
 async def job_status(api_url: str, job_id: str) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{api_url}/api/jobs/{job_id}") as reply:
-            return dict(orjson.loads(await reply.read()))
+    async with aiohttp.ClientSession() as session, session.get(f"{api_url}/api/jobs/{job_id}") as reply:
+        return dict(orjson.loads(await reply.read()))
 
 
 async def wait_for(api_url: str, job_id: str, predicate: Any, timeout: float = 90.0) -> dict[str, Any]:

@@ -125,8 +125,9 @@ class LoadRun:
             await asyncio.gather(self.task, return_exceptions=True)
 
 
-async def start_job(stack: Stack, name: str, rounds: int, *, leaves: int, job: Mapping[str, Any], devices: int,
-                    seed: int = 0) -> tuple[str, LoadRun]:
+async def start_job(
+    stack: Stack, name: str, rounds: int, *, leaves: int, job: Mapping[str, Any], devices: int, seed: int = 0
+) -> tuple[str, LoadRun]:
     """Submit a job and start `devices` devices on it, each "training" a second per task."""
     job_id = await submit_job(stack.api_url, name=name, rounds=rounds, **job)
     await wait_leaves_synced(stack.api_url, job_id, leaves)
@@ -143,8 +144,16 @@ async def finish_job(stack: Stack, job_id: str, load: LoadRun, rounds: int) -> t
     return status, transcript
 
 
-def start_devices(url: str, job: str, devices: int, *, train_seconds: float, seed: int = 0,
-                  result_attempts: int = 12, duration: float = 240.0) -> LoadRun:
+def start_devices(
+    url: str,
+    job: str,
+    devices: int,
+    *,
+    train_seconds: float,
+    seed: int = 0,
+    result_attempts: int = 12,
+    duration: float = 240.0,
+) -> LoadRun:
     """Start `devices` simulated devices on `job` behind the proxy at `url` (bounded by `duration`).
 
     `result_attempts` is generous: a device keeps its result through a fault rather than giving it
@@ -152,14 +161,29 @@ def start_devices(url: str, job: str, devices: int, *, train_seconds: float, see
     """
     transcript = Transcript()
     task = asyncio.get_running_loop().create_task(
-        _run(url, job, devices, train_seconds, seed, result_attempts, duration, transcript), name="fault-load")
+        _run(url, job, devices, train_seconds, seed, result_attempts, duration, transcript), name="fault-load"
+    )
     return LoadRun(task, transcript)
 
 
-async def _run(url: str, job: str, devices: int, train_seconds: float, seed: int, result_attempts: int,
-               duration: float, transcript: Transcript) -> SimulationReport:
-    settings = DeviceSettings(base_url=URL(url).with_path("/"), job_name=job, codec="json", keep_polling=False,
-                              result_attempts=result_attempts, backoff=(0.5, 2.0))
+async def _run(
+    url: str,
+    job: str,
+    devices: int,
+    train_seconds: float,
+    seed: int,
+    result_attempts: int,
+    duration: float,
+    transcript: Transcript,
+) -> SimulationReport:
+    settings = DeviceSettings(
+        base_url=URL(url).with_path("/"),
+        job_name=job,
+        codec="json",
+        keep_polling=False,
+        result_attempts=result_attempts,
+        backoff=(0.5, 2.0),
+    )
     stats = Stats(seed)
     rng = random.Random(seed)
     loop = asyncio.get_running_loop()
@@ -172,10 +196,15 @@ async def _run(url: str, job: str, devices: int, train_seconds: float, seed: int
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256), timeout=timeout) as session:
             fleet = []
             for i in range(devices):
-                device = TracedDevice(f"fault-{seed}-{i}", PacedTrainer(np.random.default_rng(seed * 100_003 + i),
-                                                                        train_seconds),
-                                      settings, session=session, stats=stats, pool=pool,
-                                      rng=random.Random(rng.getrandbits(64)))
+                device = TracedDevice(
+                    f"fault-{seed}-{i}",
+                    PacedTrainer(np.random.default_rng(seed * 100_003 + i), train_seconds),
+                    settings,
+                    session=session,
+                    stats=stats,
+                    pool=pool,
+                    rng=random.Random(rng.getrandbits(64)),
+                )
                 device.transcript = transcript
                 fleet.append(device)
             try:
@@ -185,8 +214,13 @@ async def _run(url: str, job: str, devices: int, train_seconds: float, seed: int
             except TimeoutError:
                 if not deadline.expired():
                     raise
-    return SimulationReport.from_stats(stats, device_prefix=f"fault-{seed}", devices=devices,
-                                       wall_time_s=loop.time() - started, timed_out=deadline.expired())
+    return SimulationReport.from_stats(
+        stats,
+        device_prefix=f"fault-{seed}",
+        devices=devices,
+        wall_time_s=loop.time() - started,
+        timed_out=deadline.expired(),
+    )
 
 
 async def _staggered(device: Device, delay: float) -> None:
@@ -196,8 +230,9 @@ async def _staggered(device: Device, delay: float) -> None:
 
 def assert_no_device_refused(report: SimulationReport, transcript: Transcript) -> None:
     """Devices may hear RETRY or lose a connection; never ERROR, never a malformed answer."""
-    errors = {k: n for k, n in transcript.statuses.items() if k[1] in ("ERROR", "INVALID_REQUEST")
-              or k[1].startswith("OK: ")}
+    errors = {
+        k: n for k, n in transcript.statuses.items() if k[1] in ("ERROR", "INVALID_REQUEST") or k[1].startswith("OK: ")
+    }
     assert not errors, errors
     assert report.sessions_refused == 0 and report.invalid_replies == 0 and report.results_refused == 0, report
     assert report.training_errors == 0 and not report.timed_out, report

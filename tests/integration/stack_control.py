@@ -68,10 +68,23 @@ async def restart_server(stack: Stack, run_dir: Path, generation: int = 2) -> Ch
     """A new server on the old ports and data directory (it resumes from its checkpoints)."""
     ports = server_ports(run_dir)
     ready = run_dir / f"server{generation}.ready"
-    new = await spawn(f"server{generation}", ["edge_gateway", "server", "--http-port", str(ports["http_port"]),
-                                              "--link-port", str(ports["link_port"]), "--data-dir",
-                                              str(run_dir / "server"), "--ready-file", str(ready)],
-                      run_dir / "logs", stack.env)
+    new = await spawn(
+        f"server{generation}",
+        [
+            "edge_gateway",
+            "server",
+            "--http-port",
+            str(ports["http_port"]),
+            "--link-port",
+            str(ports["link_port"]),
+            "--data-dir",
+            str(run_dir / "server"),
+            "--ready-file",
+            str(ready),
+        ],
+        run_dir / "logs",
+        stack.env,
+    )
     _replace(stack, next(c for c in stack.children if c.name.startswith("server")), new)
     await wait_ready_file(new, ready)
     return new
@@ -81,9 +94,23 @@ async def restart_leaf(stack: Stack, run_dir: Path, name: str) -> Child:
     """A fresh leaf process under the same name and port (the proxy's lcp map is unchanged)."""
     port = orjson.loads(stack.lcp_map.read_bytes())[name]["port"]
     ready = run_dir / f"{name}-restarted.ready"
-    new = await spawn(f"{name}-restarted", ["edge_gateway", "leaf", "--name", name, "--port", str(port),
-                                            "--server", f"127.0.0.1:{server_ports(run_dir)['link_port']}",
-                                            "--ready-file", str(ready)], run_dir / "logs", stack.env)
+    new = await spawn(
+        f"{name}-restarted",
+        [
+            "edge_gateway",
+            "leaf",
+            "--name",
+            name,
+            "--port",
+            str(port),
+            "--server",
+            f"127.0.0.1:{server_ports(run_dir)['link_port']}",
+            "--ready-file",
+            str(ready),
+        ],
+        run_dir / "logs",
+        stack.env,
+    )
     _replace(stack, child(stack, name), new)
     await wait_ready_file(new, ready)
     return new
@@ -92,8 +119,12 @@ async def restart_leaf(stack: Stack, run_dir: Path, name: str) -> Child:
 async def restart_proxy(stack: Stack, run_dir: Path) -> Child:
     """A new proxy on the old port, started the way the launcher starts it."""
     port = stack.proxy_url.rsplit(":", 1)[1]
-    new = await spawn("proxy-restarted", ["routing_proxy", port, str(stack.lcp_map), "--host", "127.0.0.1"],
-                      run_dir / "logs", stack.env)
+    new = await spawn(
+        "proxy-restarted",
+        ["routing_proxy", port, str(stack.lcp_map), "--host", "127.0.0.1"],
+        run_dir / "logs",
+        stack.env,
+    )
     _replace(stack, child(stack, "proxy"), new)
     await wait_proxy_healthy(stack, leaves=None)
     return new
@@ -101,23 +132,29 @@ async def restart_proxy(stack: Stack, run_dir: Path) -> Child:
 
 async def proxy_health(stack: Stack) -> dict[str, Any] | None:
     try:
-        async with aiohttp.ClientSession() as session, \
-                session.get(f"{stack.proxy_url}/health", timeout=aiohttp.ClientTimeout(total=5)) as reply:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{stack.proxy_url}/health", timeout=aiohttp.ClientTimeout(total=5)) as reply,
+        ):
             return dict(orjson.loads(await reply.read()))
     except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):
         return None
 
 
-async def wait_proxy_healthy(stack: Stack, leaves: int | None, timeout: float = 30.0,
-                             unhealthy: str | None = None) -> dict[str, Any]:
+async def wait_proxy_healthy(
+    stack: Stack, leaves: int | None, timeout: float = 30.0, unhealthy: str | None = None
+) -> dict[str, Any]:
     """Wait until the proxy answers /health with `leaves` healthy leaves (any, if None), and
     `unhealthy` (a leaf name), if given, among the unhealthy ones."""
     deadline = time.monotonic() + timeout
     health: dict[str, Any] | None = None
     while time.monotonic() < deadline:
         health = await proxy_health(stack)
-        if health is not None and (leaves is None or health["healthy"] == leaves) and (
-                unhealthy is None or not health["leaves"][unhealthy]["healthy"]):
+        if (
+            health is not None
+            and (leaves is None or health["healthy"] == leaves)
+            and (unhealthy is None or not health["leaves"][unhealthy]["healthy"])
+        ):
             return health
         await asyncio.sleep(0.2)
     raise AssertionError(f"proxy health not reached in {timeout} s: {health}")

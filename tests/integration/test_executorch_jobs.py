@@ -14,8 +14,8 @@ import pytest
 
 from edge_gateway.launcher import Stack
 from edge_gateway.models import initial_weights, load_dataset
-
 from tests.executorch_warnings import EXECUTORCH_WARNINGS
+
 from .clients import AndroidDevice, IosDevice
 from .helpers import submit_job, wait_for
 
@@ -37,21 +37,37 @@ class TrainingIosDevice(IosDevice):
 
         assert task_data["kind"] == "APP_DEFINED" and isinstance(task_data["data"], str)
         meta = task_data["meta"]
-        assert (meta["model_buffer_type"], meta["model_buffer_native_format"], meta["model_buffer_encoding"]) == \
-            ("executorch", "binary", "base64")
+        assert (meta["model_buffer_type"], meta["model_buffer_native_format"], meta["model_buffer_encoding"]) == (
+            "executorch",
+            "binary",
+            "base64",
+        )
         program = base64.b64decode(task_data["data"])
         assert program[4:8] == b"ET12"
         self.programs.append(program)
-        diff, _, _ = train_program(program, *self.data, epochs=meta["total_epochs"], lr=meta["learning_rate"],
-                                   batch_size=meta["batch_size"])
+        diff, _, _ = train_program(
+            program, *self.data, epochs=meta["total_epochs"], lr=meta["learning_rate"], batch_size=meta["batch_size"]
+        )
         self.diffs.append(diff)
-        data = {name: {"sizes": list(arr.shape), "strides": [s // arr.itemsize for s in arr.strides],
-                       "data": arr.ravel().tolist()} for name, arr in diff.items()}
+        data = {
+            name: {
+                "sizes": list(arr.shape),
+                "strides": [s // arr.itemsize for s in arr.strides],
+                "data": arr.ravel().tolist(),
+            }
+            for name, arr in diff.items()
+        }
         if self.platform == "android":  # kind "number", no strides (PROTOCOL.md §5)
             data = {name: {k: v for k, v in entry.items() if k != "strides"} for name, entry in data.items()}
-        return {"kind": "et_tensor_diff" if self.platform == "ios" else "number", "data": data,
-                "meta": {"epochs": meta["total_epochs"], "learning_rate": meta["learning_rate"],
-                         "batch_size": meta["batch_size"]}}
+        return {
+            "kind": "et_tensor_diff" if self.platform == "ios" else "number",
+            "data": data,
+            "meta": {
+                "epochs": meta["total_epochs"],
+                "learning_rate": meta["learning_rate"],
+                "batch_size": meta["batch_size"],
+            },
+        }
 
 
 class TrainingAndroidDevice(TrainingIosDevice, AndroidDevice):
@@ -59,18 +75,34 @@ class TrainingAndroidDevice(TrainingIosDevice, AndroidDevice):
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("job,model,batch,client", [("xor_et", "xor", 1, TrainingIosDevice),
-                                                    ("cifar10_et", "cifar10", 4, TrainingIosDevice),
-                                                    ("xor_et", "xor", 1, TrainingAndroidDevice)])
-async def test_phone_job_trained_on_served_programs(stack: Stack, http: aiohttp.ClientSession, job: str, model: str,
-                                                    batch: int, client: type[TrainingIosDevice]) -> None:
+@pytest.mark.parametrize(
+    "job,model,batch,client",
+    [
+        ("xor_et", "xor", 1, TrainingIosDevice),
+        ("cifar10_et", "cifar10", 4, TrainingIosDevice),
+        ("xor_et", "xor", 1, TrainingAndroidDevice),
+    ],
+)
+async def test_phone_job_trained_on_served_programs(
+    stack: Stack, http: aiohttp.ClientSession, job: str, model: str, batch: int, client: type[TrainingIosDevice]
+) -> None:
     rounds, per_round = 3, 3
-    job_id = await submit_job(stack.api_url, name=job, model=model, runtime="executorch", rounds=rounds,
-                              devices_per_round=per_round, over_selection=0.0, retry_wait=1, epochs=2, lr=0.1,
-                              batch_size=batch, seed=1)
+    job_id = await submit_job(
+        stack.api_url,
+        name=job,
+        model=model,
+        runtime="executorch",
+        rounds=rounds,
+        devices_per_round=per_round,
+        over_selection=0.0,
+        retry_wait=1,
+        epochs=2,
+        lr=0.1,
+        batch_size=batch,
+        seed=1,
+    )
     x, y = load_dataset(model, "train")
-    devices = [client(http, stack.proxy_url, f"phone-{i}", job, data=(x[i:48:4], y[i:48:4]))
-               for i in range(4)]
+    devices = [client(http, stack.proxy_url, f"phone-{i}", job, data=(x[i:48:4], y[i:48:4])) for i in range(4)]
     deadline = asyncio.get_running_loop().time() + 180
     transcripts = await asyncio.gather(*(d.run(max_tasks=rounds, deadline=deadline) for d in devices))
 
@@ -81,8 +113,12 @@ async def test_phone_job_trained_on_served_programs(stack: Stack, http: aiohttp.
     assert len({p for d in devices for p in d.programs}) >= rounds  # each version served as its own program
     # The global model moved exactly by the mean of the diffs the server counted (iOS reports no
     # sample count, so each weighs 1), version after version.
-    counted = [diff for d in devices for diff, answer in zip(d.diffs, d.transcript.results)
-               if answer["status"] == "OK" and "message" not in answer]
+    counted = [
+        diff
+        for d in devices
+        for diff, answer in zip(d.diffs, d.transcript.results)
+        if answer["status"] == "OK" and "message" not in answer
+    ]
     assert len(counted) == rounds * per_round
     expected = {k: v.astype(np.float64) for k, v in initial_weights(model, 1).items()}
     for diff in counted:

@@ -34,8 +34,15 @@ from .stack_control import (
 
 DEVICES = 1000
 # Small model, short waits: a round is ~100 results of XOR, and a device polls every 2 s.
-JOB: dict[str, Any] = {"model": "xor", "devices_per_round": 100, "over_selection": 0.2, "retry_wait": 2,
-                       "task_timeout": 20.0, "round_timeout": 60.0, "evaluate": False}
+JOB: dict[str, Any] = {
+    "model": "xor",
+    "devices_per_round": 100,
+    "over_selection": 0.2,
+    "retry_wait": 2,
+    "task_timeout": 20.0,
+    "round_timeout": 60.0,
+    "evaluate": False,
+}
 
 pytestmark = [pytest.mark.slow]
 
@@ -97,14 +104,15 @@ async def test_server_killed_mid_round_under_load(stack: Stack, tmp_path: Path) 
     try:
         # Well inside a round (~100 results a second come in): the server holds partial sums that
         # only the leaves can give back.
-        before = await wait_for(stack.api_url, job_id, lambda s: s["round"] >= 2 and 20 <= s["reported"] <= 60,
-                                timeout=90)
+        before = await wait_for(
+            stack.api_url, job_id, lambda s: s["round"] >= 2 and 20 <= s["reported"] <= 60, timeout=90
+        )
         await kill(child(stack, "server"))
         await asyncio.sleep(2.0)  # devices go on meanwhile: their results wait in the leaves
         await restart_server(stack, tmp_path)
         resumed = await job_status(stack.api_url, job_id)
         assert resumed["model_version"] >= before["model_version"], (before, resumed)
-        assert resumed["history"][:len(before["history"])] == before["history"]  # from the checkpoint
+        assert resumed["history"][: len(before["history"])] == before["history"]  # from the checkpoint
         await rounds_later(stack, job_id, 1)
         status = await finish(stack, job_id, load, rounds)
     finally:

@@ -11,8 +11,17 @@ from edge_gateway.launcher import Stack
 
 
 async def job_cli(api: str, *args: str) -> tuple[int, dict]:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "edge_gateway", "job", "--api", api, *args,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "edge_gateway",
+        "job",
+        "--api",
+        api,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert err == b"" or b"Traceback" not in err, err
     return int(proc.returncode or 0), orjson.loads(out)

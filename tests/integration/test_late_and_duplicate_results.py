@@ -30,9 +30,18 @@ TASK_TIMEOUT = 3.0
 
 
 async def one_round_job(stack: Stack, name: str, results: int) -> str:
-    job_id = await submit_job(stack.api_url, name=name, model="xor", rounds=1, devices_per_round=results,
-                              over_selection=0.0, retry_wait=1, task_timeout=TASK_TIMEOUT, round_timeout=120.0,
-                              evaluate=False)
+    job_id = await submit_job(
+        stack.api_url,
+        name=name,
+        model="xor",
+        rounds=1,
+        devices_per_round=results,
+        over_selection=0.0,
+        retry_wait=1,
+        task_timeout=TASK_TIMEOUT,
+        round_timeout=120.0,
+        evaluate=False,
+    )
     await wait_leaves_synced(stack.api_url, job_id, 2)
     return job_id
 
@@ -65,10 +74,12 @@ def result_body(device: IosDevice, task: dict[str, Any]) -> dict[str, Any]:
 
 
 async def test_vanished_device_loses_its_lease_and_its_late_result_counts_nowhere(
-        stack: Stack, http: aiohttp.ClientSession) -> None:
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
     job_id = await one_round_job(stack, "xor_lease", results=2)
-    gone, stays, stand_in = (IosDevice(http, stack.proxy_url, f"lease-{n}", "xor_lease")
-                             for n in ("gone", "stays", "stand-in"))
+    gone, stays, stand_in = (
+        IosDevice(http, stack.proxy_url, f"lease-{n}", "xor_lease") for n in ("gone", "stays", "stand-in")
+    )
     for device in (gone, stays, stand_in):
         await join(device)
     loop = asyncio.get_running_loop()
@@ -144,8 +155,9 @@ async def test_the_same_result_twice_counts_once_and_both_get_ok(stack: Stack, h
     task = await take_task(second, job_id)
     query, body = result_query(job_id, task), result_body(second, task)
     ids = {"task_id": task["task_id"], "task_name": "train"}
-    answers = await asyncio.gather(second.post("result", query, body),
-                                   feg_to_leaf(stack, other_leaf(second), second, query, body))
+    answers = await asyncio.gather(
+        second.post("result", query, body), feg_to_leaf(stack, other_leaf(second), second, query, body)
+    )
     counted_once = {"status": "OK", "message": "duplicate result for this task: counted once", **ids}
     assert sorted(answers, key=len) == [{"status": "OK", **ids}, counted_once], answers
     status = await job_status(stack.api_url, job_id)

@@ -16,8 +16,16 @@ from .helpers import submit_job, wait_for
 
 async def test_leaf_killed_mid_job(stack: Stack, http: aiohttp.ClientSession) -> None:
     rounds, per_round = 4, 6
-    job_id = await submit_job(stack.api_url, name="xor_failover", model="xor", rounds=rounds,
-                              devices_per_round=per_round, over_selection=0.5, retry_wait=1, evaluate=False)
+    job_id = await submit_job(
+        stack.api_url,
+        name="xor_failover",
+        model="xor",
+        rounds=rounds,
+        devices_per_round=per_round,
+        over_selection=0.5,
+        retry_wait=1,
+        evaluate=False,
+    )
     devices = [IosDevice(http, stack.proxy_url, f"phone-{i}", "xor_failover") for i in range(16)]
     deadline = asyncio.get_running_loop().time() + 90
     running = asyncio.gather(*(d.run(max_tasks=20, deadline=deadline) for d in devices))

@@ -56,7 +56,9 @@ async def _skip_handshake(port: int, method: str, payload: Any) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         header = await reader.readexactly(4)
-        [kind, _nonce] = frames.FrameDecoder().feed(header + await reader.readexactly(struct.unpack(">I", header)[0]))[0]
+        [kind, _nonce] = frames.FrameDecoder().feed(header + await reader.readexactly(struct.unpack(">I", header)[0]))[
+            0
+        ]
         assert kind == frames.HELLO
         writer.write(frames.request(1, method, payload))
         async with asyncio.timeout(15.0):
@@ -66,15 +68,25 @@ async def _skip_handshake(port: int, method: str, payload: Any) -> bytes:
 
 
 async def test_stray_process_cannot_use_the_links(stack: Stack, tmp_path: Path) -> None:
-    job_id = await submit_job(stack.api_url, name="xor_links", model="xor", rounds=2, devices_per_round=2,
-                              evaluate=False)
+    job_id = await submit_job(
+        stack.api_url, name="xor_links", model="xor", rounds=2, devices_per_round=2, evaluate=False
+    )
     server_port = orjson.loads((tmp_path / "server.ready").read_bytes())["link_port"]
     leaf_port = orjson.loads(stack.lcp_map.read_bytes())["leaf-0"]["port"]
     secret = stack.env["EDGEFL_LINK_SECRET"].encode()
     version = (await job_status(stack.api_url, job_id))["model_version"]
     model = {"job_id": job_id, "version": version}
-    partial = {"leaf": "leaf-0", "seq": 1, "job_id": job_id, "version": version, "round": 0,
-               "task_ids": ["forged"], "weights": [1.0], "sum_weight": 1.0, "sum_update": {}}
+    partial = {
+        "leaf": "leaf-0",
+        "seq": 1,
+        "job_id": job_id,
+        "version": version,
+        "round": 0,
+        "task_ids": ["forged"],
+        "weights": [1.0],
+        "sum_weight": 1.0,
+        "sum_update": {},
+    }
 
     # The calls are real ones: with the secret, the server serves the model and the leaf the job.
     assert "weights" in await _answered(server_port, secret, "model", model)

@@ -14,9 +14,15 @@ import pytest
 
 
 async def run_cli(args: list[str], timeout: float) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "edge_gateway", *args,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                                                stdin=asyncio.subprocess.DEVNULL)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "edge_gateway",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        stdin=asyncio.subprocess.DEVNULL,
+    )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
     finally:
@@ -39,9 +45,28 @@ def gone(pid: int) -> bool:
 
 
 async def test_local_stack_runs_a_job_to_completion(tmp_path: Path) -> None:
-    code, out = await run_cli(["local", "--port", "0", "--leaves", "2", "--job", "xor", "--rounds", "2",
-                               "--devices-per-round", "4", "--simulated", "8", "--retry-wait", "1",
-                               "--data-dir", str(tmp_path)], timeout=120)
+    code, out = await run_cli(
+        [
+            "local",
+            "--port",
+            "0",
+            "--leaves",
+            "2",
+            "--job",
+            "xor",
+            "--rounds",
+            "2",
+            "--devices-per-round",
+            "4",
+            "--simulated",
+            "8",
+            "--retry-wait",
+            "1",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        timeout=120,
+    )
     assert code == 0, out
     assert len(re.findall(r"^round +\d+ +model v\d+ +results +\d+ +test accuracy", out, re.M)) == 2, out
     assert "job done" in out and "refused 0" in out
@@ -51,9 +76,24 @@ async def test_local_stack_runs_a_job_to_completion(tmp_path: Path) -> None:
 
 async def test_sigterm_stops_every_process(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "edge_gateway", "local", "--port", "0", "--leaves", "2", "--job", "xor",
-        "--simulated", "0", "--data-dir", str(tmp_path), stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL)
+        sys.executable,
+        "-m",
+        "edge_gateway",
+        "local",
+        "--port",
+        "0",
+        "--leaves",
+        "2",
+        "--job",
+        "xor",
+        "--simulated",
+        "0",
+        "--data-dir",
+        str(tmp_path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        stdin=asyncio.subprocess.DEVNULL,
+    )
     try:
         assert proc.stdout is not None
         banner = await asyncio.wait_for(proc.stdout.readline(), 60)  # printed once the stack serves
@@ -87,11 +127,30 @@ async def test_digits_on_executorch_devices_learns_like_pytorch_devices(tmp_path
     """The same digits job (rounds, devices, seeds), once trained by simulated phones running the
     served .pte with ExecuTorch, once by PyTorch devices: accuracies within 2 points."""
     pytest.importorskip("executorch")
-    common = ["--port", "0", "--model", "digits", "--rounds", "20", "--devices-per-round", "100",
-              "--simulated", "100", "--epochs", "10", "--lr", "0.5", "--batch-size", "8", "--retry-wait", "1"]
+    common = [
+        "--port",
+        "0",
+        "--model",
+        "digits",
+        "--rounds",
+        "20",
+        "--devices-per-round",
+        "100",
+        "--simulated",
+        "100",
+        "--epochs",
+        "10",
+        "--lr",
+        "0.5",
+        "--batch-size",
+        "8",
+        "--retry-wait",
+        "1",
+    ]
     (et_code, et_out), (pt_code, pt_out) = await asyncio.gather(
         run_cli(["local", "--job", "digits_et", "--data-dir", str(tmp_path / "et"), *common], timeout=380),
-        run_cli(["local", "--job", "digits", "--data-dir", str(tmp_path / "pt"), *common], timeout=380))
+        run_cli(["local", "--job", "digits", "--data-dir", str(tmp_path / "pt"), *common], timeout=380),
+    )
     assert et_code == 0 and pt_code == 0, (et_out[-2000:], pt_out[-2000:])
 
     def final_accuracy(out: str) -> float:

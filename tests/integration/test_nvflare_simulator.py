@@ -21,8 +21,13 @@ from .helpers import submit_job, wait_for
 pytest.importorskip("nvflare")  # CI installs it (scripts/test.sh); say so rather than fail obscurely
 
 HERE = Path(__file__).parent
-FAILURE_MARKS = ("cannot get a job for", "stop running due to bad", "exception processing task",
-                 "bad result from device", "exception sending request")
+FAILURE_MARKS = (
+    "cannot get a job for",
+    "stop running due to bad",
+    "exception processing task",
+    "bad result from device",
+    "exception sending request",
+)
 
 
 def render_config(path: Path, port: str, job: str, devices: int) -> None:
@@ -34,15 +39,29 @@ def render_config(path: Path, port: str, job: str, devices: int) -> None:
 
 async def test_nvflare_device_simulator_completes_a_job(stack: Stack, tmp_path: Path) -> None:
     devices, rounds, per_round = 6, 2, 4
-    job_id = await submit_job(stack.api_url, name="nvflare_sim", model="xor", rounds=rounds,
-                              devices_per_round=per_round, over_selection=0.0, retry_wait=1, evaluate=False)
+    job_id = await submit_job(
+        stack.api_url,
+        name="nvflare_sim",
+        model="xor",
+        rounds=rounds,
+        devices_per_round=per_round,
+        over_selection=0.0,
+        retry_wait=1,
+        evaluate=False,
+    )
     config = tmp_path / "sim.json"
     render_config(config, stack.proxy_url.rsplit(":", 1)[1], "nvflare_sim", devices)
     log_path = tmp_path / "simulator.log"
     with open(log_path, "wb") as log:
         sim = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "nvflare.edge.simulation.run_device_simulator", str(config),
-            stdout=log, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL)
+            sys.executable,
+            "-m",
+            "nvflare.edge.simulation.run_device_simulator",
+            str(config),
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+            stdin=asyncio.subprocess.DEVNULL,
+        )
     try:
         code = await asyncio.wait_for(sim.wait(), 90)
     finally:

@@ -61,8 +61,9 @@ def _ip(*argv: str) -> None:
 
 def _free_subnet() -> int:
     """A third octet of 10.231.x.0/24 no interface of this host uses (other runs may hold some)."""
-    used = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, timeout=10,
-                          check=False).stdout
+    used = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, timeout=10, check=False
+    ).stdout
     start = os.getpid() % 250
     for step in range(250):
         octet = (start + step) % 250 + 1
@@ -109,8 +110,12 @@ async def _spawn_in(ns: Namespace, name: str, args: list[str], logs: Path, env: 
     log_path = logs / f"{name}.log"
     with _append(log_path) as out:
         process = await asyncio.create_subprocess_exec(
-            *ns.exec(sys.executable, "-m", *args), stdout=out, stderr=asyncio.subprocess.STDOUT,
-            stdin=asyncio.subprocess.DEVNULL, env={**os.environ, **env})
+            *ns.exec(sys.executable, "-m", *args),
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+            stdin=asyncio.subprocess.DEVNULL,
+            env={**os.environ, **env},
+        )
     return Child(name, process, log_path)
 
 
@@ -123,9 +128,25 @@ async def split_stack(namespace: Namespace, tmp_path: Path) -> AsyncIterator[Sta
     env = {"EDGEFL_LINK_SECRET": os.urandom(16).hex()}
     stack = Stack("", "", tmp_path / "lcp_map.json", env)
     try:
-        server = await spawn("server", ["edge_gateway", "server", "--host", namespace.host_ip, "--http-port", "0",
-                                        "--link-port", "0", "--data-dir", str(tmp_path / "server"),
-                                        "--ready-file", str(tmp_path / "server.ready")], logs, env)
+        server = await spawn(
+            "server",
+            [
+                "edge_gateway",
+                "server",
+                "--host",
+                namespace.host_ip,
+                "--http-port",
+                "0",
+                "--link-port",
+                "0",
+                "--data-dir",
+                str(tmp_path / "server"),
+                "--ready-file",
+                str(tmp_path / "server.ready"),
+            ],
+            logs,
+            env,
+        )
         stack.children.append(server)
         ports = await wait_ready_file(server, tmp_path / "server.ready")
         link = ports["link_port"]
@@ -134,15 +155,28 @@ async def split_stack(namespace: Namespace, tmp_path: Path) -> AsyncIterator[Sta
         for i in range(4):
             name = f"leaf-{i}"
             host = namespace.ns_ip if i == 3 else "127.0.0.1"
-            args = ["edge_gateway", "leaf", "--name", name, "--host", host, "--port", "0",
-                    "--server", f"{namespace.host_ip}:{link}", "--ready-file", str(tmp_path / f"{name}.ready")]
+            args = [
+                "edge_gateway",
+                "leaf",
+                "--name",
+                name,
+                "--host",
+                host,
+                "--port",
+                "0",
+                "--server",
+                f"{namespace.host_ip}:{link}",
+                "--ready-file",
+                str(tmp_path / f"{name}.ready"),
+            ]
             leaf = await (_spawn_in(namespace, name, args, logs, env) if i == 3 else spawn(name, args, logs, env))
             stack.children.append(leaf)
             lcp[name] = {"host": host, "port": (await wait_ready_file(leaf, tmp_path / f"{name}.ready"))["port"]}
         stack.lcp_map.write_bytes(orjson.dumps(lcp))
         port = free_port()
-        stack.children.append(await spawn("proxy", ["routing_proxy", str(port), str(stack.lcp_map), "--host",
-                                                    "127.0.0.1"], logs, env))
+        stack.children.append(
+            await spawn("proxy", ["routing_proxy", str(port), str(stack.lcp_map), "--host", "127.0.0.1"], logs, env)
+        )
         stack.proxy_url = f"http://127.0.0.1:{port}"
         await wait_proxy_healthy(stack, 4)
         yield stack
@@ -184,6 +218,8 @@ async def test_leaf_partitioned_for_30_s_then_healed(split_stack: Stack, namespa
     # Last, as it is the proxy's part: a task a device got while the partition lasted came from
     # another leaf (leaf-3's answers could not get out), so leaf-3's devices moved.
     moved = [t - cut_at for d, t in load.transcript.tasks if d in homed and cut_at + 1.0 < t < healed_at]
-    assert moved, ("none of leaf-3's devices got a task from another leaf during the 30 s partition: the proxy "
-                   "held their requests to the unreachable leaf for its upstream timeout (25 s), then they waited 5 s "
-                   "(its RETRY has no retry_wait) and the partition was over")
+    assert moved, (
+        "none of leaf-3's devices got a task from another leaf during the 30 s partition: the proxy "
+        "held their requests to the unreachable leaf for its upstream timeout (25 s), then they waited 5 s "
+        "(its RETRY has no retry_wait) and the partition was over"
+    )

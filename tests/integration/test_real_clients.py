@@ -16,10 +16,20 @@ from .helpers import job_status, submit_job, wait_for
 
 
 async def test_ios_and_android_devices_complete_a_job(stack: Stack, http: aiohttp.ClientSession) -> None:
-    job_id = await submit_job(stack.api_url, name="xor_mixed", model="xor", rounds=2, devices_per_round=4,
-                              over_selection=0.0, retry_wait=1, seed=3, evaluate=False)
-    devices = [IosDevice(http, stack.proxy_url, f"ios-{i}", "xor_mixed") for i in range(3)] + \
-              [AndroidDevice(http, stack.proxy_url, f"NVFlare_Android-{i:016x}", "xor_mixed") for i in range(3)]
+    job_id = await submit_job(
+        stack.api_url,
+        name="xor_mixed",
+        model="xor",
+        rounds=2,
+        devices_per_round=4,
+        over_selection=0.0,
+        retry_wait=1,
+        seed=3,
+        evaluate=False,
+    )
+    devices = [IosDevice(http, stack.proxy_url, f"ios-{i}", "xor_mixed") for i in range(3)] + [
+        AndroidDevice(http, stack.proxy_url, f"NVFlare_Android-{i:016x}", "xor_mixed") for i in range(3)
+    ]
     deadline = asyncio.get_running_loop().time() + 60
     transcripts = await asyncio.gather(*(d.run(max_tasks=5, deadline=deadline) for d in devices))
 
@@ -48,12 +58,23 @@ async def test_ios_and_android_devices_complete_a_job(stack: Stack, http: aiohtt
 
 async def test_phone_only_job_keeps_simulated_devices_off(stack: Stack, http: aiohttp.ClientSession) -> None:
     """A job reserved for phones (`platforms`): a simulated device is never selected, an iPhone is."""
-    job_id = await submit_job(stack.api_url, name="phones_only", model="xor", rounds=1, devices_per_round=1,
-                              retry_wait=1, platforms=["ios", "android"], evaluate=False)
+    job_id = await submit_job(
+        stack.api_url,
+        name="phones_only",
+        model="xor",
+        rounds=1,
+        devices_per_round=1,
+        retry_wait=1,
+        platforms=["ios", "android"],
+        evaluate=False,
+    )
     await wait_for(stack.api_url, job_id, lambda s: len(s["leaves"]) == 2, timeout=30)
     sim = IosDevice(http, stack.proxy_url, "sim-7", "phones_only")
-    sim.headers = lambda endpoint: {"X-Flare-Device-ID": "sim-7", "Content-Type": "application/json",  # type: ignore[method-assign]
-                                    "X-Flare-Device-Info": "device_id=sim-7&app_name=edgefl-sim&platform=sim"}
+    sim.headers = lambda endpoint: {
+        "X-Flare-Device-ID": "sim-7",
+        "Content-Type": "application/json",  # type: ignore[method-assign]
+        "X-Flare-Device-Info": "device_id=sim-7&app_name=edgefl-sim&platform=sim",
+    }
     for _ in range(3):
         reply = await sim.post("task", f"?job_id={job_id}", {})
         assert reply["status"] == "RETRY" and reply["message"] == "Device not selected"

@@ -20,8 +20,16 @@ from .helpers import submit_job, wait_for
 
 async def test_server_killed_and_restarted(stack: Stack, http: aiohttp.ClientSession, tmp_path: Path) -> None:
     rounds, per_round = 12, 5
-    job_id = await submit_job(stack.api_url, name="xor_restart", model="xor", rounds=rounds,
-                              devices_per_round=per_round, over_selection=0.4, retry_wait=1, evaluate=False)
+    job_id = await submit_job(
+        stack.api_url,
+        name="xor_restart",
+        model="xor",
+        rounds=rounds,
+        devices_per_round=per_round,
+        over_selection=0.4,
+        retry_wait=1,
+        evaluate=False,
+    )
     devices = [IosDevice(http, stack.proxy_url, f"phone-{i}", "xor_restart") for i in range(12)]
     deadline = asyncio.get_running_loop().time() + 120
     running = asyncio.gather(*(d.run(max_tasks=20, deadline=deadline) for d in devices))
@@ -34,9 +42,23 @@ async def test_server_killed_and_restarted(stack: Stack, http: aiohttp.ClientSes
     await old.process.wait()
     await asyncio.sleep(1.0)  # devices keep calling meanwhile: their results wait in the leaves
     ready = tmp_path / "server2.ready"
-    new = await spawn("server2", ["edge_gateway", "server", "--http-port", str(ports["http_port"]),
-                                  "--link-port", str(ports["link_port"]), "--data-dir", str(tmp_path / "server"),
-                                  "--ready-file", str(ready)], tmp_path / "logs", stack.env)
+    new = await spawn(
+        "server2",
+        [
+            "edge_gateway",
+            "server",
+            "--http-port",
+            str(ports["http_port"]),
+            "--link-port",
+            str(ports["link_port"]),
+            "--data-dir",
+            str(tmp_path / "server"),
+            "--ready-file",
+            str(ready),
+        ],
+        tmp_path / "logs",
+        stack.env,
+    )
     stack.children[stack.children.index(old)] = new  # stopped by PID with the rest
     await wait_ready_file(new, ready)
 

@@ -34,8 +34,15 @@ from .test_local_cli import child_pids, gone
 
 EXIT_BOUND = 10.0  # seconds from SIGTERM to exit, for each process
 DEVICES = 300
-JOB: dict[str, Any] = {"model": "xor", "devices_per_round": 40, "over_selection": 0.2, "retry_wait": 2,
-                       "task_timeout": 20.0, "round_timeout": 60.0, "evaluate": False}
+JOB: dict[str, Any] = {
+    "model": "xor",
+    "devices_per_round": 40,
+    "over_selection": 0.2,
+    "retry_wait": 2,
+    "task_timeout": 20.0,
+    "round_timeout": 60.0,
+    "evaluate": False,
+}
 
 pytestmark = [pytest.mark.slow]
 
@@ -136,10 +143,32 @@ async def test_sigterm_local_launcher_stops_the_whole_stack(tmp_path: Path) -> N
     bound = 2 * EXIT_BOUND  # four children stopped one after another, each well within EXIT_BOUND
     pids: list[int] = []
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "edge_gateway", "local", "--port", "0", "--leaves", "2", "--job", "xor",
-        "--rounds", "200", "--devices-per-round", "20", "--simulated", "100", "--trainer", "synthetic",
-        "--retry-wait", "1", "--data-dir", str(tmp_path), stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL)
+        sys.executable,
+        "-m",
+        "edge_gateway",
+        "local",
+        "--port",
+        "0",
+        "--leaves",
+        "2",
+        "--job",
+        "xor",
+        "--rounds",
+        "200",
+        "--devices-per-round",
+        "20",
+        "--simulated",
+        "100",
+        "--trainer",
+        "synthetic",
+        "--retry-wait",
+        "1",
+        "--data-dir",
+        str(tmp_path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        stdin=asyncio.subprocess.DEVNULL,
+    )
     try:
         assert proc.stdout is not None
         seen = b""

@@ -25,7 +25,9 @@ def headers(device: str | None = "dev-1", info: str | None = None, ctype: str = 
     return h
 
 
-async def call(http: aiohttp.ClientSession, url: str, body: Any, hdrs: dict[str, str], method: str = "POST") -> tuple[int, dict[str, Any]]:
+async def call(
+    http: aiohttp.ClientSession, url: str, body: Any, hdrs: dict[str, str], method: str = "POST"
+) -> tuple[int, dict[str, Any]]:
     data = body if isinstance(body, bytes) else orjson.dumps(body)
     async with http.request(method, url, data=data, headers=hdrs) as reply:
         assert reply.content_type == "application/json", await reply.text()
@@ -34,8 +36,16 @@ async def call(http: aiohttp.ClientSession, url: str, body: Any, hdrs: dict[str,
 
 @pytest.fixture
 async def job(stack: Stack) -> str:
-    job_id = await submit_job(stack.api_url, name="xor_checks", model="xor", rounds=3, devices_per_round=40,
-                              over_selection=0.0, retry_wait=1, evaluate=False)
+    job_id = await submit_job(
+        stack.api_url,
+        name="xor_checks",
+        model="xor",
+        rounds=3,
+        devices_per_round=40,
+        over_selection=0.0,
+        retry_wait=1,
+        evaluate=False,
+    )
     await wait_leaves_synced(stack.api_url, job_id, 2)
     return job_id
 
@@ -45,12 +55,21 @@ async def test_request_validation_messages(stack: Stack, http: aiohttp.ClientSes
     invalid = "INVALID_REQUEST"
     cases = [
         ("/job", {"job_name": "x", "capabilities": {"methods": ["a"]}}, headers(None), "Device ID missing"),
-        ("/job", {"job_name": "x", "capabilities": {"methods": ["a"]}}, headers("a", "device_id=b"),
-         "Device ID mismatch: X-Flare-Device-ID does not match X-Flare-Device-Info"),
+        (
+            "/job",
+            {"job_name": "x", "capabilities": {"methods": ["a"]}},
+            headers("a", "device_id=b"),
+            "Device ID mismatch: X-Flare-Device-ID does not match X-Flare-Device-Info",
+        ),
         ("/job", {"capabilities": {"methods": ["a"]}}, headers(), "missing job_name"),
         ("/job", {"job_name": "x"}, headers(), "missing capabilities"),
         ("/job", {"job_name": "x", "capabilities": {"methods": []}}, headers(), "missing methods"),
-        ("/job", {"job_name": "x", "capabilities": {"methods": "cnn"}}, headers(), "invalid methods type <class 'str'>"),
+        (
+            "/job",
+            {"job_name": "x", "capabilities": {"methods": "cnn"}},
+            headers(),
+            "invalid methods type <class 'str'>",
+        ),
         ("/task", {}, headers(), "missing job_id"),
         ("/selection", {}, headers(), "missing job_id"),
         ("/result", {"task_id": "t", "task_name": "train", "result": {}}, headers(), "missing job_id"),
@@ -72,7 +91,9 @@ async def test_request_validation_messages(stack: Stack, http: aiohttp.ClientSes
     assert (await call(http, p + "/nope", {}, headers()))[0] == 404
     assert (await call(http, p + "/job", None, headers(), method="DELETE"))[0] == 405
     # Still serving after all of that.
-    status, reply = await call(http, p + "/job", {"job_name": "xor_checks", "capabilities": {"methods": ["a"]}}, headers())
+    status, reply = await call(
+        http, p + "/job", {"job_name": "xor_checks", "capabilities": {"methods": ["a"]}}, headers()
+    )
     assert status == 200 and reply["status"] == "OK" and reply["job_id"] == job
 
 
@@ -108,18 +129,29 @@ async def task_for(http: aiohttp.ClientSession, proxy: str, job: str, hdrs: dict
 
 
 def diff(task: dict[str, Any], value: float = 0.01) -> dict[str, Any]:
-    data = {f"net.{k}": {"sizes": list(np.shape(v)), "data": np.full(np.size(v), value).tolist()}
-            for k, v in task["task_data"]["data"].items()}
+    data = {
+        f"net.{k}": {"sizes": list(np.shape(v)), "data": np.full(np.size(v), value).tolist()}
+        for k, v in task["task_data"]["data"].items()
+    }
     return {"kind": "et_tensor_diff", "data": data, "meta": {}}
 
 
-async def post_result(http: aiohttp.ClientSession, proxy: str, job: str, device: str, task: dict[str, Any],
-                      result: dict[str, Any], cookie: Any = "same", task_id: str | None = None,
-                      status: str = "OK") -> dict[str, Any]:
+async def post_result(
+    http: aiohttp.ClientSession,
+    proxy: str,
+    job: str,
+    device: str,
+    task: dict[str, Any],
+    result: dict[str, Any],
+    cookie: Any = "same",
+    task_id: str | None = None,
+    status: str = "OK",
+) -> dict[str, Any]:
     tid = task_id or task["task_id"]
     body = {"result": result, "cookie": task["cookie"] if cookie == "same" else cookie}
-    code, reply = await call(http, f"{proxy}/result?job_id={job}&task_id={tid}&task_name=train&status={status}",
-                             body, headers(device))
+    code, reply = await call(
+        http, f"{proxy}/result?job_id={job}&task_id={tid}&task_name=train&status={status}", body, headers(device)
+    )
     assert code == 200, reply
     return reply
 
@@ -173,5 +205,5 @@ async def test_bad_results_never_touch_the_aggregate(stack: Stack, http: aiohttp
     after = await job_status(stack.api_url, job)
     assert after["reported"] == 1 and after["results_counted"] == 1
     # Having trained in this selection, the device is not selected again until the next one.
-    code, reply = await call(http, f"{p}/task?job_id={job}", {}, headers("dev-a"))
+    _code, reply = await call(http, f"{p}/task?job_id={job}", {}, headers("dev-a"))
     assert reply["status"] == "RETRY" and reply["message"] == "Device not selected" and reply["retry_wait"] == 1

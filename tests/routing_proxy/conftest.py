@@ -19,7 +19,9 @@ from routing_proxy.server import ProxyServer
 from .helpers import SECRET, FegHandler, Leaf, Proxy, wait_for, write_lcp_map
 
 
-def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
     return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
 
@@ -50,8 +52,14 @@ async def proxy(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Proxy]]
     async def make(leaves: list[Leaf], wait_healthy: bool = True, **settings: Any) -> Proxy:
         lcp_map = write_lcp_map(tmp_path / f"lcp_map{len(servers)}.json", leaves)
         values: dict[str, Any] = {
-            "host": "127.0.0.1", "port": 0, "lcp_map": lcp_map, "link_secret": SECRET.decode(),
-            "health_interval": 0.05, "health_timeout": 1.0, "upstream_timeout": 5.0, "drain_timeout": 5.0,
+            "host": "127.0.0.1",
+            "port": 0,
+            "lcp_map": lcp_map,
+            "link_secret": SECRET.decode(),
+            "health_interval": 0.05,
+            "health_timeout": 1.0,
+            "upstream_timeout": 5.0,
+            "drain_timeout": 5.0,
         }
         values.update(settings)
         server = ProxyServer(ProxyConfig(**values))

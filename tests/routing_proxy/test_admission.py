@@ -74,8 +74,9 @@ def test_memory_stays_fixed_under_churn_and_quiet_devices_are_not_refused() -> N
 
 def test_workers_sharing_the_counts_count_a_device_once() -> None:
     shared = bytearray(4 * device_counter_cells(1 << 8))
-    first, second = (AdmissionControl(device_rate=6, device_window=10.0, slots=1 << 8, device_counts=shared)
-                     for _ in range(2))
+    first, second = (
+        AdmissionControl(device_rate=6, device_window=10.0, slots=1 << 8, device_counts=shared) for _ in range(2)
+    )
     assert admitted(first, "phone", 1.0, 4) == 4
     assert admitted(second, "phone", 2.0, 4) == 2  # its first call in this window clears nothing
     assert admitted(first, "phone", 3.0, 1) == 0
@@ -142,8 +143,15 @@ def test_body_is_retry_with_the_wait_in_seconds() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"device_rate": -1}, {"max_inflight": -1}, {"max_rate": -1.0}, {"device_window": 0.0}, {"retry_wait": 0},
-     {"slots": 1000}, {"slots": 1}],
+    [
+        {"device_rate": -1},
+        {"max_inflight": -1},
+        {"max_rate": -1.0},
+        {"device_window": 0.0},
+        {"retry_wait": 0},
+        {"slots": 1000},
+        {"slots": 1},
+    ],
 )
 def test_bad_settings_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
@@ -155,10 +163,29 @@ def test_config_off_by_default() -> None:
 
 
 def test_cli_flags_map_onto_the_config() -> None:
-    config = load_config(["4321", "lcp.json", "--device-rate", "20", "--device-window", "30",
-                          "--max-inflight", "500", "--max-request-rate", "8000", "--refusal-retry-wait", "10"])
-    assert (config.device_rate, config.device_window, config.max_inflight, config.max_request_rate,
-            config.refusal_retry_wait) == (20, 30.0, 500, 8000.0, 10)
+    config = load_config(
+        [
+            "4321",
+            "lcp.json",
+            "--device-rate",
+            "20",
+            "--device-window",
+            "30",
+            "--max-inflight",
+            "500",
+            "--max-request-rate",
+            "8000",
+            "--refusal-retry-wait",
+            "10",
+        ]
+    )
+    assert (
+        config.device_rate,
+        config.device_window,
+        config.max_inflight,
+        config.max_request_rate,
+        config.refusal_retry_wait,
+    ) == (20, 30.0, 500, 8000.0, 10)
     control = config.admission()
     assert control is not None
     assert admitted(control, "d", 0.0, 25) == 20

@@ -104,8 +104,19 @@ async def test_module_serves_and_drains_on_sigterm(
     lcp_map, secret = setup_files(tmp_path, leaf)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "routing_proxy", str(port), str(lcp_map), "--host", "127.0.0.1",
-               "--link-secret-file", str(secret), "--log-level", "info"]
+    command = [
+        sys.executable,
+        "-m",
+        "routing_proxy",
+        str(port),
+        str(lcp_map),
+        "--host",
+        "127.0.0.1",
+        "--link-secret-file",
+        str(secret),
+        "--log-level",
+        "info",
+    ]
     log = tmp_path / "proxy.log"
     async with running(command, log) as process:
         await wait_healthy(http, url, process, log)
@@ -124,23 +135,36 @@ async def test_module_serves_and_drains_on_sigterm(
 
 
 @one_loop
-async def test_start_script_with_two_workers(
-    leaves: MakeLeaf, http: aiohttp.ClientSession, tmp_path: Path
-) -> None:
+async def test_start_script_with_two_workers(leaves: MakeLeaf, http: aiohttp.ClientSession, tmp_path: Path) -> None:
     leaf = await leaves("C11")
     lcp_map, secret = setup_files(tmp_path, leaf)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [str(REPO / "scripts" / "start_rp.sh"), str(port), str(lcp_map), "--host", "127.0.0.1",
-               "--workers", "2", "--link-secret-file", str(secret), "--device-rate", "4", "--device-window", "86400"]
+    command = [
+        str(REPO / "scripts" / "start_rp.sh"),
+        str(port),
+        str(lcp_map),
+        "--host",
+        "127.0.0.1",
+        "--workers",
+        "2",
+        "--link-secret-file",
+        str(secret),
+        "--device-rate",
+        "4",
+        "--device-window",
+        "86400",
+    ]
     log = tmp_path / "proxy.log"
 
     async def ask(device_id: str) -> dict[str, Any]:
         # A new connection each time, as the Python simulator does (PROTOCOL.md §6).
-        async with aiohttp.ClientSession() as fresh:
-            async with fresh.post(f"{url}/task?job_id=J", headers={"X-Flare-Device-ID": device_id}) as reply:
-                body = await reply.read()
-                return orjson.loads(body) if reply.content_type == "application/json" else echoed(body)
+        async with (
+            aiohttp.ClientSession() as fresh,
+            fresh.post(f"{url}/task?job_id=J", headers={"X-Flare-Device-ID": device_id}) as reply,
+        ):
+            body = await reply.read()
+            return orjson.loads(body) if reply.content_type == "application/json" else echoed(body)
 
     async with running(command, log) as process:
         await wait_healthy(http, url, process, log)
@@ -176,5 +200,7 @@ def test_proxy_imports_nothing_heavy() -> None:
         "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('torch', 'sklearn', 'executorch', 'edge_gateway', 'aiohttp'))))"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
+    )
     assert set(result.stdout.split()) <= {"edge_gateway", "edge_gateway.rpc"}

@@ -90,7 +90,9 @@ def test_config_reads_files_and_env_token(tmp_path: Path, monkeypatch: pytest.Mo
     tokens.write_text("# issued 2024\nfrom-file\n")
     devices.write_text("ios-1\nandroid-1\n")
     monkeypatch.setenv("EDGEFL_PROXY_AUTH_TOKEN", "from-env")
-    config = load_config(["4321", "lcp.json", "--auth-tokens-file", str(tokens), "--allowed-devices-file", str(devices)])
+    config = load_config(
+        ["4321", "lcp.json", "--auth-tokens-file", str(tokens), "--allowed-devices-file", str(devices)]
+    )
     assert (config.auth_tokens_file, config.allowed_devices_file) == (tokens, devices)
     auth = config.device_auth()
     assert auth is not None

@@ -42,9 +42,7 @@ async def assert_retry(http: aiohttp.ClientSession, proxy: Proxy, device: str = 
         assert orjson.loads(await reply.read()) == RETRY
 
 
-async def test_no_leaf_reachable_is_retry(
-    leaves: MakeLeaf, proxy: MakeProxy, http: aiohttp.ClientSession
-) -> None:
+async def test_no_leaf_reachable_is_retry(leaves: MakeLeaf, proxy: MakeProxy, http: aiohttp.ClientSession) -> None:
     leaf = await leaves("C11")
     await leaf.stop()
     px = await proxy([leaf], wait_healthy=False)
@@ -121,9 +119,7 @@ async def test_deadline_is_retry_and_not_resent(
     assert any("no answer within 0.3" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
 
 
-async def test_leaf_dying_mid_request_is_retry(
-    leaves: MakeLeaf, proxy: MakeProxy, http: aiohttp.ClientSession
-) -> None:
+async def test_leaf_dying_mid_request_is_retry(leaves: MakeLeaf, proxy: MakeProxy, http: aiohttp.ClientSession) -> None:
     arrived = asyncio.Event()
 
     async def hang(payload: list[Any]) -> list[Any]:
@@ -149,9 +145,7 @@ async def test_leaf_handler_error_is_retry(leaves: MakeLeaf, proxy: MakeProxy, h
     await assert_retry(http, px)
 
 
-async def test_malformed_leaf_result_is_retry(
-    leaves: MakeLeaf, proxy: MakeProxy, http: aiohttp.ClientSession
-) -> None:
+async def test_malformed_leaf_result_is_retry(leaves: MakeLeaf, proxy: MakeProxy, http: aiohttp.ClientSession) -> None:
     results = iter([[200, "application/json"], "nonsense", [200, "application/json", "not bytes"], [99, "x", b""]])
 
     async def odd(payload: list[Any]) -> Any:

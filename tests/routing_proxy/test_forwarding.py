@@ -110,9 +110,7 @@ async def test_leaf_answer_is_written_back_as_is(
 
 
 @pytest.mark.parametrize("headers", [{}, {"X-Flare-Device-ID": ""}, {"x-flare-device-id": "  "}])
-async def test_device_id_missing(
-    one: tuple[Leaf, Proxy], http: aiohttp.ClientSession, headers: dict[str, str]
-) -> None:
+async def test_device_id_missing(one: tuple[Leaf, Proxy], http: aiohttp.ClientSession, headers: dict[str, str]) -> None:
     leaf, proxy = one
     async with http.post(f"{proxy.url}/task?job_id=J", data=b"{}", headers={**headers, **JSON}) as reply:
         assert reply.status == 400
@@ -137,10 +135,16 @@ async def test_unknown_path_is_json_404(one: tuple[Leaf, Proxy], http: aiohttp.C
         assert path in await error_of(reply, 404)
 
 
-@pytest.mark.parametrize(("method", "path", "allow"), [
-    ("GET", "/job", "POST"), ("PUT", "/task", "GET, POST"), ("DELETE", "/result", "POST"),
-    ("GET", "/selection", "POST"), ("POST", "/health", "GET, HEAD"),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("GET", "/job", "POST"),
+        ("PUT", "/task", "GET, POST"),
+        ("DELETE", "/result", "POST"),
+        ("GET", "/selection", "POST"),
+        ("POST", "/health", "GET, HEAD"),
+    ],
+)
 async def test_wrong_method_is_json_405(
     one: tuple[Leaf, Proxy], http: aiohttp.ClientSession, method: str, path: str, allow: str
 ) -> None:
@@ -162,9 +166,7 @@ async def test_body_over_the_limit_by_content_length(
     assert len(leaf.received) == 1
 
 
-async def test_streamed_body_over_the_limit(
-    leaves: MakeLeaf, proxy: MakeProxy, http: aiohttp.ClientSession
-) -> None:
+async def test_streamed_body_over_the_limit(leaves: MakeLeaf, proxy: MakeProxy, http: aiohttp.ClientSession) -> None:
     leaf = await leaves("C11")
     px = await proxy([leaf], max_body_bytes=1000)
 
@@ -196,9 +198,7 @@ async def test_unsupported_content_type_is_json_415(
 
 
 @pytest.mark.parametrize("content_type", ["application/json", "Application/JSON; charset=UTF-8", "application/msgpack"])
-async def test_supported_content_types(
-    one: tuple[Leaf, Proxy], http: aiohttp.ClientSession, content_type: str
-) -> None:
+async def test_supported_content_types(one: tuple[Leaf, Proxy], http: aiohttp.ClientSession, content_type: str) -> None:
     _, proxy = one
     async with http.post(f"{proxy.url}/result", data=b"{}", headers={**DEVICE, "Content-Type": content_type}) as reply:
         assert reply.status == 200
@@ -237,7 +237,9 @@ async def test_header_that_is_not_utf8_is_json_400(one: tuple[Leaf, Proxy]) -> N
     try:
         writer.write(b"GET /task HTTP/1.1\r\nHost: x\r\nX-Flare-Device-ID: D\r\nX-Flare-Device-Info: a=\xe9\r\n\r\n")
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-        length = int(next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")).split(b":")[1])
+        length = int(
+            next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")).split(b":")[1]
+        )
         body = await reader.readexactly(length)
     finally:
         writer.close()

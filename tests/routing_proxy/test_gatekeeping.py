@@ -19,12 +19,14 @@ MakeProxy = Callable[..., Awaitable[Proxy]]
 TOKEN = "s3cret-Token_1.0~"
 
 
-async def ask(http: aiohttp.ClientSession, proxy: Proxy, device: str, endpoint: str = "task",
-              **headers: str) -> tuple[int, dict[str, Any] | None]:
+async def ask(
+    http: aiohttp.ClientSession, proxy: Proxy, device: str, endpoint: str = "task", **headers: str
+) -> tuple[int, dict[str, Any] | None]:
     sent = {"X-Flare-Device-ID": device, **{k.replace("_", "-"): v for k, v in headers.items()}}
     body = b"{}" if endpoint == "result" else b""
-    async with http.post(f"{proxy.url}/{endpoint}?job_id=J", data=body,
-                         headers={**sent, "Content-Type": "application/json"}) as reply:
+    async with http.post(
+        f"{proxy.url}/{endpoint}?job_id=J", data=body, headers={**sent, "Content-Type": "application/json"}
+    ) as reply:
         raw = await reply.read()
         return reply.status, (orjson.loads(raw) if reply.content_type == "application/json" else None)
 
@@ -37,10 +39,14 @@ async def test_token_in_user_info_any_shape(
     leaf = await leaves("C11")
     px = await proxy([leaf], auth_tokens_file=tokens)
 
-    assert await ask(http, px, "D1") == (403, {"status": "INVALID_REQUEST",
-                                                "message": "auth_token missing from X-Flare-User-Info"})
+    assert await ask(http, px, "D1") == (
+        403,
+        {"status": "INVALID_REQUEST", "message": "auth_token missing from X-Flare-User-Info"},
+    )
     assert await ask(http, px, "D1", X_Flare_User_Info="auth_token=wrong") == (
-        403, {"status": "INVALID_REQUEST", "message": "invalid auth_token"})
+        403,
+        {"status": "INVALID_REQUEST", "message": "invalid auth_token"},
+    )
     assert leaf.received == []
     # Android's raw query string, iOS's JSON object: both carry the token.
     assert (await ask(http, px, "D1", X_Flare_User_Info=f"user=u&auth_token={TOKEN}"))[0] == 200

@@ -97,7 +97,7 @@ async def test_http10_closes_after_the_answer(leaves: MakeLeaf, proxy: MakeProxy
     leaf = await leaves("C11")
     px = await proxy([leaf])
     raw = await exchange(px, b"GET /task?job_id=J HTTP/1.0\r\nX-Flare-Device-ID: D\r\n\r\n")
-    (status, headers, body), = answers(raw)  # one answer, then the proxy closed
+    ((status, headers, body),) = answers(raw)  # one answer, then the proxy closed
     assert status == 200 and headers["connection"] == "close"
     assert echoed(body)["payload"][1] == {"job_id": "J"}
 
@@ -116,16 +116,21 @@ async def test_expect_100_continue(leaves: MakeLeaf, proxy: MakeProxy) -> None:
     px = await proxy([leaf], max_body_bytes=1000)
     reader, writer = await asyncio.open_connection("127.0.0.1", port_of(px))
     try:
-        writer.write(b"POST /result HTTP/1.1\r\nHost: x\r\nX-Flare-Device-ID: D\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+        writer.write(
+            b"POST /result HTTP/1.1\r\nHost: x\r\nX-Flare-Device-ID: D\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 2\r\nExpect: 100-continue\r\n\r\n"
+        )
         assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.1 100 Continue\r\n\r\n"
         writer.write(b"{}")
         assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 200 ")
     finally:
         writer.close()
     # Over the limit: refused at once, the body never asked for.
-    raw = await exchange(px, b"POST /result HTTP/1.1\r\nHost: x\r\nX-Flare-Device-ID: D\r\nContent-Type: application/json\r\n"
-                             b"Content-Length: 5000\r\nExpect: 100-continue\r\n\r\n")
+    raw = await exchange(
+        px,
+        b"POST /result HTTP/1.1\r\nHost: x\r\nX-Flare-Device-ID: D\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 5000\r\nExpect: 100-continue\r\n\r\n",
+    )
     assert b"100 Continue" not in raw
     assert "1000" in error(answers(raw)[0], 413)
     assert len(leaf.received) == 1
@@ -137,8 +142,10 @@ async def test_content_length_over_the_limit_is_refused_before_the_body(leaves: 
     reader, writer = await asyncio.open_connection("127.0.0.1", port_of(px))
     try:
         # Only the head is sent: the answer must come without waiting for the 10 MB.
-        writer.write(b"POST /result HTTP/1.1\r\nHost: x\r\nX-Flare-Device-ID: D\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 10000000\r\n\r\n")
+        writer.write(
+            b"POST /result HTTP/1.1\r\nHost: x\r\nX-Flare-Device-ID: D\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 10000000\r\n\r\n"
+        )
         raw = await asyncio.wait_for(reader.read(65536), 5)
     finally:
         writer.close()
@@ -153,16 +160,19 @@ async def test_polls_get_a_smaller_body_limit_than_uploads(leaves: MakeLeaf, pro
     px = await proxy([leaf], max_body_bytes=10_000, max_poll_body_bytes=1_000)
 
     def post(target: bytes, size: int) -> bytes:
-        return (b"POST " + target + b" HTTP/1.1\r\nHost: x\r\nX-Flare-Device-ID: D\r\n"
-                b"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % size
-                + b" " * size)
+        return (
+            b"POST " + target + b" HTTP/1.1\r\nHost: x\r\nX-Flare-Device-ID: D\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % size + b" " * size
+        )
 
     for target in (b"/task?job_id=J", b"/job", b"/selection?job_id=J", b"/nowhere", b"http://gw/task?job_id=J"):
         assert error(answers(await exchange(px, post(target, 1_001)))[0], 413) == "request body larger than 1000 bytes"
     assert answers(await exchange(px, post(b"/task?job_id=J", 1_000)))[0][0] == 200
     for target in (b"/result?job_id=J", b"http://gw:4321/result?job_id=J"):
         assert answers(await exchange(px, post(target, 5_000)))[0][0] == 200
-    assert error(answers(await exchange(px, post(b"/result", 10_001)))[0], 413) == "request body larger than 10000 bytes"
+    assert (
+        error(answers(await exchange(px, post(b"/result", 10_001)))[0], 413) == "request body larger than 10000 bytes"
+    )
     assert len(leaf.received) == 3
 
 
@@ -205,8 +215,11 @@ async def test_slow_head_and_slow_body_get_408(leaves: MakeLeaf, proxy: MakeProx
     started = asyncio.get_running_loop().time()
     slow_head, slow_body = await asyncio.gather(
         exchange(px, b"POST /task HTTP/1.1\r\nHost: x\r\n"),
-        exchange(px, b"POST /result HTTP/1.1\r\nHost: x\r\nX-Flare-Device-ID: D\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 100\r\n\r\n{"),
+        exchange(
+            px,
+            b"POST /result HTTP/1.1\r\nHost: x\r\nX-Flare-Device-ID: D\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{",
+        ),
     )
     # The sweep runs once a second: cut after 1-2 s plus the linger, never after the 5 s read wait.
     assert asyncio.get_running_loop().time() - started < 4.5
@@ -247,7 +260,7 @@ async def test_a_client_that_half_closes_still_gets_its_answers(leaves: MakeLeaf
     leaf = await leaves("C11")
     px = await proxy([leaf])
     raw = await exchange(px, TASK, half_close=True)
-    (status, headers, body), = answers(raw)
+    ((status, headers, body),) = answers(raw)
     assert status == 200 and headers["connection"] == "close" and echoed(body)["payload"][0] == "task"
     second = TASK.replace(b"job_id=J", b"job_id=K")
     got = answers(await exchange(px, TASK + second, half_close=True))
@@ -269,9 +282,12 @@ async def test_http_versions_other_than_1x_are_505(leaves: MakeLeaf, proxy: Make
 async def test_websocket_upgrade_is_answered_as_http_and_closed(leaves: MakeLeaf, proxy: MakeProxy) -> None:
     leaf = await leaves("C11")
     px = await proxy([leaf])
-    raw = await exchange(px, b"GET /task?job_id=J HTTP/1.1\r\nHost: x\r\nX-Flare-Device-ID: D\r\n"
-                             b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x00junk")
-    (status, _, body), = answers(raw)
+    raw = await exchange(
+        px,
+        b"GET /task?job_id=J HTTP/1.1\r\nHost: x\r\nX-Flare-Device-ID: D\r\n"
+        b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x00junk",
+    )
+    ((status, _, body),) = answers(raw)
     assert status == 200 and echoed(body)["payload"][0] == "task"
 
 
@@ -297,7 +313,7 @@ async def test_drain_closes_idle_connections_and_finishes_busy_ones(leaves: Make
     finally:
         idle_writer.close()
         busy_writer.close()
-    (status, headers, body), = answers(answer)
+    ((status, headers, body),) = answers(answer)
     assert status == 200 and headers["connection"] == "close" and body == b'{"status":"OK"}'
 
 
@@ -313,9 +329,12 @@ async def test_nothing_is_dispatched_after_a_closing_answer(leaves: MakeLeaf, pr
 async def test_absolute_form_targets_are_routed_by_their_path(leaves: MakeLeaf, proxy: MakeProxy) -> None:
     leaf = await leaves("C11")
     px = await proxy([leaf])
-    raw = await exchange(px, b"POST http://gateway.lan:4321/task?job_id=J HTTP/1.1\r\nHost: gateway.lan:4321\r\n"
-                             b"X-Flare-Device-ID: D\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-    (status, _, body), = answers(raw)
+    raw = await exchange(
+        px,
+        b"POST http://gateway.lan:4321/task?job_id=J HTTP/1.1\r\nHost: gateway.lan:4321\r\n"
+        b"X-Flare-Device-ID: D\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    ((status, _, body),) = answers(raw)
     assert status == 200 and echoed(body)["payload"][:2] == ["task", {"job_id": "J"}]
 
 
@@ -324,8 +343,10 @@ async def test_bodies_in_progress_share_a_memory_budget(leaves: MakeLeaf, proxy:
     both uploads are answered, the second only after the first freed its share."""
     leaf = await leaves("C11")
     px = await proxy([leaf], max_body_bytes=10_000, max_buffered_bytes=1_000)
-    head = (b"POST /result HTTP/1.1\r\nHost: x\r\nX-Flare-Device-ID: D\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 902\r\nConnection: close\r\n\r\n{\"")
+    head = (
+        b"POST /result HTTP/1.1\r\nHost: x\r\nX-Flare-Device-ID: D\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 902\r\nConnection: close\r\n\r\n{"'
+    )
     first_reader, first = await asyncio.open_connection("127.0.0.1", port_of(px))
     second_reader, second = await asyncio.open_connection("127.0.0.1", port_of(px))
     try:
@@ -333,10 +354,10 @@ async def test_bodies_in_progress_share_a_memory_budget(leaves: MakeLeaf, proxy:
         await asyncio.sleep(0.2)
         second.write(head + b"b" * 600)  # 1,200 bytes in progress: over the budget
         await asyncio.sleep(0.2)
-        second.write(b"b" * 299 + b"\"}")  # complete, but sits unread while the proxy is over budget
+        second.write(b"b" * 299 + b'"}')  # complete, but sits unread while the proxy is over budget
         await asyncio.sleep(1.5)
         assert len(leaf.received) == 0
-        first.write(b"a" * 299 + b"\"}")
+        first.write(b"a" * 299 + b'"}')
         first_raw = await asyncio.wait_for(first_reader.read(), 5)
         second_raw = await asyncio.wait_for(second_reader.read(), 5)  # resumed by the next sweep
     finally:

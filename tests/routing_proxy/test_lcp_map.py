@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from routing_proxy.lcp_map import Leaf, LcpMapError, load_lcp_map
+from routing_proxy.lcp_map import LcpMapError, Leaf, load_lcp_map
 
 
 def test_reads_the_incumbents_format_in_order(tmp_path: Path) -> None:

@@ -21,7 +21,9 @@ def owner(router: Router, device: str, healthy: set[int]) -> int | None:
 
 @settings(max_examples=150, deadline=None)
 @given(names=leaf_names, devices=device_ids, data=st.data())
-def test_preference_is_the_healthy_leaves_in_a_fixed_order(names: list[str], devices: list[str], data: st.DataObject) -> None:
+def test_preference_is_the_healthy_leaves_in_a_fixed_order(
+    names: list[str], devices: list[str], data: st.DataObject
+) -> None:
     router = Router(names)
     healthy = set(data.draw(st.sets(st.sampled_from(range(len(names))))))
     for device in devices:

@@ -40,7 +40,9 @@ async def test_leaf_with_an_untrusted_certificate_is_never_used(
     leaf_tls.load_cert_chain(cert, key)
     leaf = await leaves("C11", tls=leaf_tls)
     px = await proxy([leaf], root_ca=other_ca, wait_healthy=False)
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"{px.url}/task?job_id=J", headers={"X-Flare-Device-ID": "D"}) as reply:
-            assert await reply.json() == {"status": "RETRY"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{px.url}/task?job_id=J", headers={"X-Flare-Device-ID": "D"}) as reply,
+    ):
+        assert await reply.json() == {"status": "RETRY"}
     assert leaf.received == []

@@ -100,7 +100,9 @@ def test_training_from_many_threads_at_once_completes(xor_program: bytes) -> Non
 
     x, y = load_dataset("xor", "train")
     with ThreadPoolExecutor(max_workers=4) as pool:
-        futures = [pool.submit(train_program, xor_program, x[i::4], y[i::4], epochs=3, lr=0.1, batch_size=BATCH)
-                   for i in range(8)]
+        futures = [
+            pool.submit(train_program, xor_program, x[i::4], y[i::4], epochs=3, lr=0.1, batch_size=BATCH)
+            for i in range(8)
+        ]
         results = [f.result(timeout=60) for f in futures]
     assert all(np.isfinite(loss) and n > 0 for _, n, loss in results)

@@ -49,6 +49,7 @@ def test_digits_is_a_stratified_80_20_split_in_unit_range() -> None:
         assert abs(int((yte == c).sum()) - 0.2 * total) <= 0.5
     # Together the two splits are exactly the data set (as a multiset of rows).
     together = np.concatenate([xtr, xte]) * 16
+
     def rows_sorted(a: np.ndarray) -> np.ndarray:
         return a[np.lexsort(a.T[::-1])]
 

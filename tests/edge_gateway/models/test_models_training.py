@@ -137,7 +137,9 @@ def test_bad_inputs_are_rejected() -> None:
     x, y = load_dataset("digits", "train")
     w = initial_weights("digits")
     with pytest.raises(ValueError, match="missing"):
-        train_local("digits", {k: v for k, v in w.items() if k != "fc2.bias"}, x[:5], y[:5], epochs=1, lr=0.1, batch_size=2)
+        train_local(
+            "digits", {k: v for k, v in w.items() if k != "fc2.bias"}, x[:5], y[:5], epochs=1, lr=0.1, batch_size=2
+        )
     with pytest.raises(ValueError, match="unexpected"):
         train_local("digits", {**w, "net.fc1.weight": w["fc1.weight"]}, x[:5], y[:5], epochs=1, lr=0.1, batch_size=2)
     with pytest.raises(ValueError, match="shape"):

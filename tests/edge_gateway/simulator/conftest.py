@@ -10,7 +10,6 @@ from .fake_feg import FakeFeg
 StartFeg = Callable[..., Awaitable[tuple[FakeFeg, str]]]
 
 
-
 @pytest.fixture
 async def start_feg() -> AsyncIterator[StartFeg]:
     """Start a `FakeFeg(**options)` on 127.0.0.1:0; returns (server, base URL)."""

@@ -88,8 +88,12 @@ class FakeFeg:
         device, body = await self._receive(request, "job")
         if body.get("job_name") != JOB_NAME or not body.get("capabilities", {}).get("methods"):
             self.problems.append(f"bad /job body {body}")
-        return self._answer(request, "job", device, lambda: {
-            "status": "OK", "job_id": JOB_ID, "job_name": JOB_NAME, "job_data": {"config": {}}})
+        return self._answer(
+            request,
+            "job",
+            device,
+            lambda: {"status": "OK", "job_id": JOB_ID, "job_name": JOB_NAME, "job_data": {"config": {}}},
+        )
 
     async def _task(self, request: web.Request) -> web.StreamResponse:
         device, body = await self._receive(request, "task")
@@ -112,16 +116,26 @@ class FakeFeg:
         self.issued[task_id] = cookie
         task_data: dict[str, Any]
         if self.program is not None:
-            task_data = {"kind": "APP_DEFINED", "data": base64.b64encode(self.program).decode("ascii"),
-                         "meta": {**self.meta, "model_version": 7}}
+            task_data = {
+                "kind": "APP_DEFINED",
+                "data": base64.b64encode(self.program).decode("ascii"),
+                "meta": {**self.meta, "model_version": 7},
+            }
         else:
             if wants_msgpack(request.headers.get("Accept", "")):
                 data: dict[str, Any] = tensors_to_binary(self.weights)
             else:
                 data = {name: arr.tolist() for name, arr in self.weights.items()}
             task_data = {"kind": "WEIGHTS", "data": data, "meta": {**self.meta, "model_version": 7}}
-        return {"status": "OK", "job_id": JOB_ID, "retry_wait": 0, "task_id": task_id, "task_name": "train",
-                "task_data": task_data, "cookie": cookie}
+        return {
+            "status": "OK",
+            "job_id": JOB_ID,
+            "retry_wait": 0,
+            "task_id": task_id,
+            "task_name": "train",
+            "task_data": task_data,
+            "cookie": cookie,
+        }
 
     async def _result(self, request: web.Request) -> web.StreamResponse:
         device, body = await self._receive(request, "result")
@@ -138,16 +152,28 @@ class FakeFeg:
         except UpdateRejected as exc:
             self.problems.append(f"result of {task_id} refused: {exc.message}")
         else:
-            self.results.append(Result(device, task_id, media_type(request.headers.get("Content-Type", "")),
-                                       await request.read(), weight, diff))
+            self.results.append(
+                Result(
+                    device,
+                    task_id,
+                    media_type(request.headers.get("Content-Type", "")),
+                    await request.read(),
+                    weight,
+                    diff,
+                )
+            )
         ids = {"task_id": task_id, "task_name": "train"}
         return self._answer(request, "result", device, lambda: {"status": "OK", **ids})
 
     # -- helpers ---------------------------------------------------------------------------------
     async def _receive(self, request: web.Request, endpoint: str) -> tuple[str, dict[str, Any]]:
         device = request.headers.get("X-Flare-Device-ID", "")
-        self.headers.append({k: request.headers.get(k, "<absent>") for k in (
-            "X-Flare-Device-ID", "X-Flare-Device-Info", "X-Flare-User-Info", "Content-Type")})
+        self.headers.append(
+            {
+                k: request.headers.get(k, "<absent>")
+                for k in ("X-Flare-Device-ID", "X-Flare-Device-Info", "X-Flare-User-Info", "Content-Type")
+            }
+        )
         info = {k: v[0] for k, v in parse_qs(request.headers.get("X-Flare-Device-Info", "")).items()}
         expected = {"device_id": device, "app_name": "edgefl-sim", "app_version": "1.0", "platform": "sim"}
         if not device or info != expected:
@@ -161,8 +187,9 @@ class FakeFeg:
         self._calls[(device, endpoint)] += 1
         return device, body
 
-    def _answer(self, request: web.Request, endpoint: str, device: str,
-                default: Callable[[], dict[str, Any]]) -> web.StreamResponse:
+    def _answer(
+        self, request: web.Request, endpoint: str, device: str, default: Callable[[], dict[str, Any]]
+    ) -> web.StreamResponse:
         script = self.scripts.get(endpoint)
         reply = script(device, self._calls[(device, endpoint)] - 1) if script else None
         if isinstance(reply, int):

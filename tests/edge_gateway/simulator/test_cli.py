@@ -23,7 +23,13 @@ def parse(*argv: str) -> argparse.Namespace:
 def test_defaults() -> None:
     args = parse("--url", "http://h:4321", "--job", "J", "--devices", "3")
     assert (args.trainer, args.codec, args.alpha, args.seed, args.duration, args.connections) == (
-        "synthetic", "json", 0.5, 0, None, 256)
+        "synthetic",
+        "json",
+        0.5,
+        0,
+        None,
+        256,
+    )
     assert (args.device_prefix, args.keep_polling, args.report_json) == (None, False, None)
 
 
@@ -33,11 +39,26 @@ def test_every_trainer_is_a_choice() -> None:
 
 
 async def test_main_runs_prints_the_summary_and_writes_the_report(
-        start_feg: StartFeg, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    start_feg: StartFeg, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     feg, url = await start_feg(tasks_per_device=1, retry_first_task=False)
     out = tmp_path / "report.json"
-    args = parse("--url", url + "/some/prefix", "--job", JOB_NAME, "--devices", "2", "--codec", "msgpack",
-                 "--device-prefix", "cli", "--report-json", str(out), "--duration", "60")
+    args = parse(
+        "--url",
+        url + "/some/prefix",
+        "--job",
+        JOB_NAME,
+        "--devices",
+        "2",
+        "--codec",
+        "msgpack",
+        "--device-prefix",
+        "cli",
+        "--report-json",
+        str(out),
+        "--duration",
+        "60",
+    )
     assert await main_async(args) == 0
 
     report = json.loads(out.read_text())
@@ -53,10 +74,13 @@ async def test_main_fails_when_no_device_joins(start_feg: StartFeg) -> None:
     assert await main_async(parse("--url", url, "--job", JOB_NAME, "--devices", "1")) == 1
 
 
-@pytest.mark.parametrize("argv", [
-    ("--url", "http://h:4321", "--job", "J", "--devices", "0"),
-    ("--url", "h:4321", "--job", "J", "--devices", "1"),
-    ("--url", "http://h:4321", "--job", "J", "--devices", "1", "--duration", "-1"),
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("--url", "http://h:4321", "--job", "J", "--devices", "0"),
+        ("--url", "h:4321", "--job", "J", "--devices", "1"),
+        ("--url", "http://h:4321", "--job", "J", "--devices", "1", "--duration", "-1"),
+    ],
+)
 async def test_main_refuses_bad_settings(argv: tuple[str, ...]) -> None:
     assert await main_async(parse(*argv)) == 2

@@ -16,8 +16,15 @@ from .fake_feg import JOB_NAME, recording_sleep
 
 
 def config(url: str, **overrides: Any) -> SimulationConfig:
-    options: dict[str, Any] = {"url": url, "job": JOB_NAME, "devices": 3, "stagger": 0.0, "device_prefix": "dev",
-                               "backoff_min": 0.01, "backoff_max": 0.02}
+    options: dict[str, Any] = {
+        "url": url,
+        "job": JOB_NAME,
+        "devices": 3,
+        "stagger": 0.0,
+        "device_prefix": "dev",
+        "backoff_min": 0.01,
+        "backoff_max": 0.02,
+    }
     return SimulationConfig(**{**options, **overrides})
 
 
@@ -35,8 +42,16 @@ async def test_full_session_counts_order_and_cookie_echo(start_feg: StartFeg, co
     assert {name: lat.count for name, lat in report.latency_ms.items()} == {"job": 3, "task": 12, "result": 6}
     # retry_wait (1 s) is slept right after the RETRY, before the next /task, and nowhere else.
     for i in range(3):
-        assert feg.events[f"dev-{i}"] == ["job:OK", "task:RETRY", "sleep:1", "task:OK", "result:OK",
-                                          "task:OK", "result:OK", "task:NO_JOB"]
+        assert feg.events[f"dev-{i}"] == [
+            "job:OK",
+            "task:RETRY",
+            "sleep:1",
+            "task:OK",
+            "result:OK",
+            "task:OK",
+            "result:OK",
+            "task:NO_JOB",
+        ]
     # Each result echoes its task's cookie (checked by the server) and each /task carries the
     # previous task's cookie, except after a RETRY, as iOS does.
     assert len(feg.results) == 6 and {r.task_id for r in feg.results} == set(feg.issued)
@@ -74,7 +89,9 @@ async def test_headers_follow_the_ios_format(start_feg: StartFeg) -> None:
     assert len(feg.headers) == 4 and all(h["X-Flare-Device-ID"] == "hdr-0" for h in feg.headers)
 
 
-async def test_result_retry_resends_the_same_body_then_not_counted_then_refused(start_feg: StartFeg, codec: str) -> None:
+async def test_result_retry_resends_the_same_body_then_not_counted_then_refused(
+    start_feg: StartFeg, codec: str
+) -> None:
     def result_script(device: str, n: int) -> dict[str, Any] | None:
         ids = {"task_name": "train"}
         return [
@@ -88,35 +105,77 @@ async def test_result_retry_resends_the_same_body_then_not_counted_then_refused(
     report = await run_simulation(config(url, codec=codec, devices=2), sleep=recording_sleep(feg))
 
     assert feg.problems == []
-    assert (report.tasks_received, report.results_accepted, report.results_not_counted, report.results_refused) == (6, 2, 2, 2)
+    assert (report.tasks_received, report.results_accepted, report.results_not_counted, report.results_refused) == (
+        6,
+        2,
+        2,
+        2,
+    )
     assert (report.retries, report.results_abandoned, report.devices_finished) == (2, 0, 2)
     for i in range(2):
-        assert feg.events[f"dev-{i}"] == ["job:OK", "task:OK", "result:RETRY", "sleep:1", "result:OK",
-                                          "task:OK", "result:OK", "task:OK", "result:ERROR", "task:NO_JOB"]
+        assert feg.events[f"dev-{i}"] == [
+            "job:OK",
+            "task:OK",
+            "result:RETRY",
+            "sleep:1",
+            "result:OK",
+            "task:OK",
+            "result:OK",
+            "task:OK",
+            "result:ERROR",
+            "task:NO_JOB",
+        ]
         first, resent = [r for r in feg.results if r.device_id == f"dev-{i}"][:2]
         assert first.task_id == resent.task_id and first.body == resent.body
 
 
 async def test_result_given_up_after_the_bounded_resends(start_feg: StartFeg) -> None:
-    feg, url = await start_feg(tasks_per_device=1, retry_first_task=False,
-                               scripts={"result": lambda device, n: {"status": "RETRY", "retry_wait": 2}})
+    feg, url = await start_feg(
+        tasks_per_device=1,
+        retry_first_task=False,
+        scripts={"result": lambda device, n: {"status": "RETRY", "retry_wait": 2}},
+    )
     report = await run_simulation(config(url, devices=1, result_attempts=3), sleep=recording_sleep(feg, real=False))
 
     assert (report.results_abandoned, report.retries, report.results_accepted) == (1, 3, 0)
-    assert feg.events["dev-0"] == ["job:OK", "task:OK", "result:RETRY", "sleep:2", "result:RETRY", "sleep:2",
-                                   "result:RETRY", "task:NO_JOB"]
+    assert feg.events["dev-0"] == [
+        "job:OK",
+        "task:OK",
+        "result:RETRY",
+        "sleep:2",
+        "result:RETRY",
+        "sleep:2",
+        "result:RETRY",
+        "task:NO_JOB",
+    ]
 
 
 async def test_job_wait_and_http_errors_back_off_without_crashing(start_feg: StartFeg) -> None:
-    job_answers: list[dict[str, Any] | int | None] = [{"status": "NO_JOB"}, {"status": "RETRY", "retry_wait": 3}, 503, None]
-    feg, url = await start_feg(tasks_per_device=1, retry_first_task=False, scripts={
-        "job": lambda device, n: job_answers[n],
-        "task": lambda device, n: 500 if n == 0 else None,
-    })
-    report = await run_simulation(config(url, devices=1, backoff_min=0.5, backoff_max=0.75),
-                                  sleep=recording_sleep(feg, real=False))
+    job_answers: list[dict[str, Any] | int | None] = [
+        {"status": "NO_JOB"},
+        {"status": "RETRY", "retry_wait": 3},
+        503,
+        None,
+    ]
+    feg, url = await start_feg(
+        tasks_per_device=1,
+        retry_first_task=False,
+        scripts={
+            "job": lambda device, n: job_answers[n],
+            "task": lambda device, n: 500 if n == 0 else None,
+        },
+    )
+    report = await run_simulation(
+        config(url, devices=1, backoff_min=0.5, backoff_max=0.75), sleep=recording_sleep(feg, real=False)
+    )
 
-    assert (report.no_job, report.retries, report.transport_errors, report.jobs_joined, report.results_accepted) == (1, 1, 2, 1, 1)
+    assert (report.no_job, report.retries, report.transport_errors, report.jobs_joined, report.results_accepted) == (
+        1,
+        1,
+        2,
+        1,
+        1,
+    )
     events = feg.events["dev-0"]
     # NO_JOB without retry_wait waits the iOS default of 5 s; 5xx answers are backed off with jitter.
     assert events[:5] == ["job:NO_JOB", "sleep:5", "job:RETRY", "sleep:3", "job:HTTP503"]
@@ -124,6 +183,7 @@ async def test_job_wait_and_http_errors_back_off_without_crashing(start_feg: Sta
     assert events[9:] == ["task:OK", "result:OK", "task:NO_JOB"]
     backoffs = [events[5], events[8]]
     assert all(e.startswith("sleep:") and 0.5 <= float(e.removeprefix("sleep:")) <= 0.75 for e in backoffs)
+
 
 async def test_unreachable_gateway_counts_transport_errors_until_the_deadline() -> None:
     with socket.socket() as probe:  # a port nothing listens on
@@ -143,7 +203,9 @@ async def test_unreachable_gateway_counts_transport_errors_until_the_deadline() 
 
 
 async def test_error_on_task_ends_the_session(start_feg: StartFeg) -> None:
-    feg, url = await start_feg(retry_first_task=False, scripts={"task": lambda d, n: {"status": "ERROR", "message": "no"}})
+    feg, url = await start_feg(
+        retry_first_task=False, scripts={"task": lambda d, n: {"status": "ERROR", "message": "no"}}
+    )
     report = await run_simulation(config(url, devices=2))
 
     assert (report.sessions_refused, report.tasks_received, report.devices_finished) == (2, 0, 2)
@@ -152,24 +214,45 @@ async def test_error_on_task_ends_the_session(start_feg: StartFeg) -> None:
 
 async def test_keep_polling_returns_to_job_after_the_job_ends(start_feg: StartFeg) -> None:
     job_answers = [None, None, {"status": "DONE"}]
-    feg, url = await start_feg(tasks_per_device=1, retry_first_task=False,
-                               scripts={"job": lambda device, n: job_answers[n]})
+    feg, url = await start_feg(
+        tasks_per_device=1, retry_first_task=False, scripts={"job": lambda device, n: job_answers[n]}
+    )
     report = await run_simulation(config(url, devices=1, keep_polling=True), sleep=recording_sleep(feg, real=False))
 
     assert (report.jobs_joined, report.jobs_finished, report.results_accepted, report.devices_finished) == (2, 3, 1, 1)
-    assert feg.events["dev-0"] == ["job:OK", "task:OK", "result:OK", "task:NO_JOB", "sleep:5",
-                                   "job:OK", "task:NO_JOB", "sleep:5", "job:DONE"]
+    assert feg.events["dev-0"] == [
+        "job:OK",
+        "task:OK",
+        "result:OK",
+        "task:NO_JOB",
+        "sleep:5",
+        "job:OK",
+        "task:NO_JOB",
+        "sleep:5",
+        "job:DONE",
+    ]
 
 
 async def test_invalid_task_data_is_reported_as_an_error_result(start_feg: StartFeg, codec: str) -> None:
     def task_script(device: str, n: int) -> dict[str, Any] | None:
         if n:
             return None
-        return {"status": "OK", "task_id": "phone-task", "task_name": "train", "cookie": {"c": 1},
-                "task_data": {"kind": "APP_DEFINED", "data": "UEsDBA==", "meta": {}}}
+        return {
+            "status": "OK",
+            "task_id": "phone-task",
+            "task_name": "train",
+            "cookie": {"c": 1},
+            "task_data": {"kind": "APP_DEFINED", "data": "UEsDBA==", "meta": {}},
+        }
 
-    feg, url = await start_feg(tasks_per_device=0, retry_first_task=False, scripts={
-        "task": task_script, "result": lambda d, n: {"status": "ERROR", "message": "device reported a training error"}})
+    feg, url = await start_feg(
+        tasks_per_device=0,
+        retry_first_task=False,
+        scripts={
+            "task": task_script,
+            "result": lambda d, n: {"status": "ERROR", "message": "device reported a training error"},
+        },
+    )
     report = await run_simulation(config(url, devices=1, codec=codec))
 
     assert (report.training_errors, report.results_refused, report.devices_finished) == (1, 1, 1)

@@ -17,7 +17,6 @@ from edge_gateway.models.executorch_program import export_training_program
 from edge_gateway.simulator import wire
 from edge_gateway.simulator.runner import SimulationConfig, run_simulation
 from edge_gateway.simulator.trainers import ExecutorchTrainer, ShardedData
-
 from tests.executorch_warnings import EXECUTORCH_WARNINGS
 
 from .conftest import StartFeg
@@ -27,8 +26,15 @@ pytestmark = [pytest.mark.filterwarnings(spec) for spec in EXECUTORCH_WARNINGS]
 
 BATCH = 4
 WEIGHTS = models.initial_weights("xor", 0)
-META = {"model_buffer_type": "executorch", "model_buffer_native_format": "binary", "model_buffer_encoding": "base64",
-        "batch_size": BATCH, "learning_rate": 0.1, "total_epochs": 2, "model": "xor"}
+META = {
+    "model_buffer_type": "executorch",
+    "model_buffer_native_format": "binary",
+    "model_buffer_encoding": "base64",
+    "batch_size": BATCH,
+    "learning_rate": 0.1,
+    "total_epochs": 2,
+    "model": "xor",
+}
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +44,11 @@ def xor_program() -> bytes:
 
 def program_task(program: bytes, **meta: Any) -> dict[str, Any]:
     """APP_DEFINED task data as the gateway sends it to phones (PROTOCOL.md §4)."""
-    return {"kind": "APP_DEFINED", "data": base64.b64encode(program).decode("ascii"),
-            "meta": {**META, "model_version": 1, **meta}}
+    return {
+        "kind": "APP_DEFINED",
+        "data": base64.b64encode(program).decode("ascii"),
+        "meta": {**META, "model_version": 1, **meta},
+    }
 
 
 async def train(task_data: dict[str, Any], *, index: int = 1) -> tuple[dict[str, np.ndarray], int]:
@@ -80,26 +89,41 @@ async def test_the_result_is_the_ios_upload_in_json_whatever_the_codec(xor_progr
     assert result["meta"] == {"epochs": 1, "learning_rate": 0.05, "batch_size": BATCH, "num_samples": n}
     for name, entry in result["data"].items():
         arr = diff[name]
-        assert entry == {"sizes": list(arr.shape), "strides": [s // 4 for s in arr.strides],
-                         "data": entry["data"]}
+        assert entry == {"sizes": list(arr.shape), "strides": [s // 4 for s in arr.strides], "data": entry["data"]}
         assert all(type(v) is float for v in entry["data"])
         np.testing.assert_array_equal(np.array(entry["data"], dtype=np.float32), arr.ravel())
 
 
 async def test_a_task_it_cannot_train_on_is_refused(xor_program: bytes) -> None:
-    weights_task = {"kind": "WEIGHTS", "data": {k: v.tolist() for k, v in WEIGHTS.items()},
-                    "meta": {"model": "xor", "model_version": 1}}
-    for bad in (weights_task, program_task(xor_program[:4] + b"XXXX" + xor_program[8:]),
-                {**program_task(xor_program), "meta": {k: v for k, v in META.items() if k != "model"}}):
+    weights_task = {
+        "kind": "WEIGHTS",
+        "data": {k: v.tolist() for k, v in WEIGHTS.items()},
+        "meta": {"model": "xor", "model_version": 1},
+    }
+    for bad in (
+        weights_task,
+        program_task(xor_program[:4] + b"XXXX" + xor_program[8:]),
+        {**program_task(xor_program), "meta": {k: v for k, v in META.items() if k != "model"}},
+    ):
         with pytest.raises(wire.TaskDataError):
             await train(bad)
 
 
 async def test_phones_in_a_run_upload_json_et_tensor_diffs(start_feg: StartFeg, xor_program: bytes) -> None:
-    feg, url = await start_feg(tasks_per_device=1, retry_first_task=False, program=xor_program,
-                               weights=WEIGHTS, meta=META)
-    config = SimulationConfig(url=url, job=JOB_NAME, devices=2, trainer="executorch", codec="msgpack",
-                              alpha=0.5, seed=3, stagger=0.0, device_prefix="phone")
+    feg, url = await start_feg(
+        tasks_per_device=1, retry_first_task=False, program=xor_program, weights=WEIGHTS, meta=META
+    )
+    config = SimulationConfig(
+        url=url,
+        job=JOB_NAME,
+        devices=2,
+        trainer="executorch",
+        codec="msgpack",
+        alpha=0.5,
+        seed=3,
+        stagger=0.0,
+        device_prefix="phone",
+    )
     report = await run_simulation(config)
 
     assert feg.problems == []  # the server checked each diff against the xor shapes
@@ -114,10 +138,16 @@ async def test_phones_in_a_run_upload_json_et_tensor_diffs(start_feg: StartFeg, 
 
 
 async def test_weights_tasks_are_reported_as_ios_error_results(start_feg: StartFeg) -> None:
-    feg, url = await start_feg(tasks_per_device=1, retry_first_task=False, weights=WEIGHTS, meta=META,
-                               scripts={"result": lambda d, n: {"status": "ERROR", "message": "training error"}})
-    report = await run_simulation(url=url, job=JOB_NAME, devices=1, trainer="executorch", codec="msgpack",
-                                  stagger=0.0, device_prefix="phone")
+    feg, url = await start_feg(
+        tasks_per_device=1,
+        retry_first_task=False,
+        weights=WEIGHTS,
+        meta=META,
+        scripts={"result": lambda d, n: {"status": "ERROR", "message": "training error"}},
+    )
+    report = await run_simulation(
+        url=url, job=JOB_NAME, devices=1, trainer="executorch", codec="msgpack", stagger=0.0, device_prefix="phone"
+    )
 
     assert (report.training_errors, report.results_refused, report.results_accepted) == (1, 1, 0)
     assert len(feg.problems) == 1 and "device reported a training error" in feg.problems[0]

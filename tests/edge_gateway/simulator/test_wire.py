@@ -33,13 +33,16 @@ def test_weights_and_shapes_from_task_data(codec: str) -> None:
     assert wire.task_meta(task_data(codec)) == META
 
 
-@pytest.mark.parametrize("bad", [
-    {"kind": "APP_DEFINED", "data": "UEsDBA==", "meta": {}},
-    {"kind": "WEIGHTS", "data": {}, "meta": {}},
-    {"kind": "WEIGHTS", "data": {"w": [[1.0]]}},
-    {"kind": "WEIGHTS", "data": {"w": [[1.0], [1.0, 2.0]]}, "meta": {}},
-    {"kind": "WEIGHTS", "data": {"w": {"dtype": "float32", "shape": [2], "data": b"\0" * 4}}, "meta": {}},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"kind": "APP_DEFINED", "data": "UEsDBA==", "meta": {}},
+        {"kind": "WEIGHTS", "data": {}, "meta": {}},
+        {"kind": "WEIGHTS", "data": {"w": [[1.0]]}},
+        {"kind": "WEIGHTS", "data": {"w": [[1.0], [1.0, 2.0]]}, "meta": {}},
+        {"kind": "WEIGHTS", "data": {"w": {"dtype": "float32", "shape": [2], "data": b"\0" * 4}}, "meta": {}},
+    ],
+)
 def test_untrainable_task_data_is_refused(bad: dict) -> None:
     with pytest.raises(wire.TaskDataError):
         wire.task_weights(bad)
@@ -68,7 +71,7 @@ def test_msgpack_result_carries_binary_tensors() -> None:
 
 
 def test_error_result_is_the_ios_error_dxo(codec: str) -> None:
-    content_type, body = wire.error_result_body(codec, "boom", None)
+    _content_type, body = wire.error_result_body(codec, "boom", None)
     payload = msgpack.unpackb(body, raw=False) if codec == "msgpack" else orjson.loads(body)
     assert payload == {"result": {"kind": "error", "data": {"error": "boom"}, "meta": {}}, "cookie": None}
 
@@ -77,7 +80,11 @@ def test_identity_headers_parse_back() -> None:
     headers = wire.identity_headers("sim ab&c-1")
     assert headers["X-Flare-Device-ID"] == "sim ab&c-1" and headers["X-Flare-User-Info"] == ""
     assert parse_info(headers["X-Flare-Device-Info"], "x") == {
-        "device_id": "sim ab&c-1", "app_name": "edgefl-sim", "app_version": "1.0", "platform": "sim"}
+        "device_id": "sim ab&c-1",
+        "app_name": "edgefl-sim",
+        "app_version": "1.0",
+        "platform": "sim",
+    }
 
 
 def test_request_bodies() -> None:
@@ -93,9 +100,16 @@ def test_undecodable_reply_is_none() -> None:
 
 
 PTE = b"\0\0\0\0ET12" + bytes(range(40))  # only the magic is checked before the runtime loads it
-PROGRAM_META = {"model_version": 3, "model_buffer_type": "executorch", "model_buffer_native_format": "binary",
-                "model_buffer_encoding": "base64", "batch_size": 4, "learning_rate": 0.1, "total_epochs": 1,
-                "model": "xor"}
+PROGRAM_META = {
+    "model_version": 3,
+    "model_buffer_type": "executorch",
+    "model_buffer_native_format": "binary",
+    "model_buffer_encoding": "base64",
+    "batch_size": 4,
+    "learning_rate": 0.1,
+    "total_epochs": 1,
+    "model": "xor",
+}
 
 
 def test_program_task_gives_the_base64_text_and_meta() -> None:
@@ -104,13 +118,16 @@ def test_program_task_gives_the_base64_text_and_meta() -> None:
     assert wire.decode_program(text) == PTE
 
 
-@pytest.mark.parametrize("bad", [
-    {"kind": "WEIGHTS", "data": {"w": [1.0]}, "meta": PROGRAM_META},
-    {"kind": "APP_DEFINED", "data": {"w": [1.0]}, "meta": PROGRAM_META},
-    {"kind": "APP_DEFINED", "data": "AAAA"},
-    {"kind": "APP_DEFINED", "data": "AAAA", "meta": {**PROGRAM_META, "model_buffer_type": "pytorch"}},
-    {"kind": "APP_DEFINED", "data": "AAAA", "meta": {**PROGRAM_META, "model_buffer_encoding": "hex"}},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"kind": "WEIGHTS", "data": {"w": [1.0]}, "meta": PROGRAM_META},
+        {"kind": "APP_DEFINED", "data": {"w": [1.0]}, "meta": PROGRAM_META},
+        {"kind": "APP_DEFINED", "data": "AAAA"},
+        {"kind": "APP_DEFINED", "data": "AAAA", "meta": {**PROGRAM_META, "model_buffer_type": "pytorch"}},
+        {"kind": "APP_DEFINED", "data": "AAAA", "meta": {**PROGRAM_META, "model_buffer_encoding": "hex"}},
+    ],
+)
 def test_program_task_refuses_what_the_ios_app_cannot_load(bad: dict) -> None:
     with pytest.raises(wire.TaskDataError):
         wire.program_task(bad)
@@ -123,15 +140,19 @@ def test_decode_program_refuses_what_is_not_a_pte(text: str) -> None:
 
 
 def test_et_tensor_diff_is_posted_as_the_ios_app_posts_it(codec: str) -> None:
-    diff = wire.EtTensorDiff({"net.w": np.full((2, 3), 0.5, dtype=np.float32), "net.b": np.array([-1.0, 1.0])},
-                             {"epochs": 2, "learning_rate": 0.1, "batch_size": 4})
+    diff = wire.EtTensorDiff(
+        {"net.w": np.full((2, 3), 0.5, dtype=np.float32), "net.b": np.array([-1.0, 1.0])},
+        {"epochs": 2, "learning_rate": 0.1, "batch_size": 4},
+    )
     content_type, body = wire.result_body(codec, diff, 9, {"v": 1})  # JSON whatever the codec
     payload = orjson.loads(body)
     assert content_type == JSON and payload["cookie"] == {"v": 1}
     assert payload["result"] == {
         "kind": "et_tensor_diff",
-        "data": {"net.w": {"sizes": [2, 3], "strides": [3, 1], "data": [0.5] * 6},
-                 "net.b": {"sizes": [2], "strides": [1], "data": [-1.0, 1.0]}},
+        "data": {
+            "net.w": {"sizes": [2, 3], "strides": [3, 1], "data": [0.5] * 6},
+            "net.b": {"sizes": [2], "strides": [1], "data": [-1.0, 1.0]},
+        },
         "meta": {"epochs": 2, "learning_rate": 0.1, "batch_size": 4, "num_samples": 9},
     }
     decoded, weight = decode_update(payload["result"], SHAPES)
