@@ -46,7 +46,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def weights_to_npz(weights: Mapping[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, **weights)
+    np.savez(buf, **weights)  # type: ignore[arg-type]  # numpy stubs type **kwds as allow_pickle
     return buf.getvalue()
 
 

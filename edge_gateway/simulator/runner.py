@@ -81,7 +81,7 @@ async def run_simulation(
         raise TypeError("pass either a SimulationConfig or its fields as keywords, not both")
     prefix = config.device_prefix or f"sim-{secrets.token_hex(3)}"
     stats = Stats(config.seed)
-    settings = DeviceSettings(
+    device_settings = DeviceSettings(
         base_url=URL(config.url).with_path("/"),
         job_name=config.job,
         # Phones speak JSON: the APP_DEFINED program is base64 text whatever the codec, and the iOS
@@ -106,7 +106,7 @@ async def run_simulation(
                 Device(
                     f"{prefix}-{i}",
                     trainer,
-                    settings,
+                    device_settings,
                     session=session,
                     stats=stats,
                     pool=pool,
