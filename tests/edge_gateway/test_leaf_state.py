@@ -1,5 +1,5 @@
 from device_protocol.messages import JobView
-from edge_gateway.leaf_state import LeafJob, ResultVerdict, TaskDecision
+from edge_gateway.leaf.job_state import LeafJob, ResultVerdict, TaskDecision
 
 
 def view(**kw):

@@ -1,4 +1,4 @@
-"""The leaf aggregator: answers devices (via the proxy's link) and feeds partial sums upward."""
+"""The leaf process: an RPC server for the proxy, a link to the server."""
 
 from __future__ import annotations
 
@@ -29,11 +29,11 @@ from device_protocol.feg import (
 from device_protocol.messages import JobView, RegisterGroup, SyncReply, SyncRequest
 from device_protocol.tensors import decode_update, max_result_body_bytes, tensors_from_binary
 
-from .config import LeafConfig
-from .leaf_state import LeafJob, Lease, ResultVerdict, TaskDecision
-from .payloads import TaskPayload
-from .rpc import RpcClient, RpcRemoteError, RpcServer, RpcUnavailable
-from .uplink import Outcome, ResultBatcher, ServerLink
+from ..config import LeafConfig
+from ..rpc import RpcClient, RpcRemoteError, RpcServer, RpcUnavailable
+from ..uplink import Outcome, ResultBatcher, ServerLink
+from .job_state import LeafJob, Lease, ResultVerdict, TaskDecision
+from .task_payload import TaskPayload
 
 log = logging.getLogger(__name__)
 
