@@ -1,10 +1,9 @@
-"""The leaf process: an RPC server for the proxy, a link to the server."""
+"""The leaf process: lifecycle and drain, the proxy-facing handlers, and keeping in sync with the server."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import uuid
 from collections.abc import Awaitable
 from typing import Any
@@ -13,47 +12,36 @@ import orjson
 
 from device_protocol.codecs import JSON, decode_body, encode, wants_msgpack
 from device_protocol.cookies import CookieSigner
-from device_protocol.errors import BodyTooLarge, CookieInvalid, ProtocolError, UpdateRejected
+from device_protocol.errors import BodyTooLarge, ProtocolError
 from device_protocol.feg import (
     FegRequest,
-    Identity,
     JobRequest,
     ResultRequest,
-    SelectionRequest,
     Status,
     TaskRequest,
     error_response,
     parse_request,
     response,
 )
-from device_protocol.messages import JobView, RegisterGroup, SyncReply, SyncRequest
-from device_protocol.tensors import decode_update, max_result_body_bytes, tensors_from_binary
+from device_protocol.messages import JobView, SyncReply, SyncRequest
+from device_protocol.tensors import max_result_body_bytes
 
 from ..config import LeafConfig
 from ..rpc import RpcClient, RpcRemoteError, RpcServer, RpcUnavailable
-from ..uplink import Outcome, ResultBatcher, ServerLink
-from .job_state import LeafJob, Lease, ResultVerdict, TaskDecision
-from .task_payload import TaskPayload
+from ..uplink import ResultBatcher, ServerLink
+from .endpoints import STARTING_RETRY_WAIT, DeviceEndpoints, FegReply
+from .job_state import LeafJob
+from .payload_cache import PayloadCache
 
 log = logging.getLogger(__name__)
 
 # Bodies larger than this are decoded in a worker thread so other devices are not held up.
 INLINE_DECODE_LIMIT = 64 * 1024
-SIMULATOR_GROUP = re.compile(r"(?P<prefix>[^?#]+)\?(?P<count>[1-9][0-9]{0,5})")
-STARTING_RETRY_WAIT = 5
 # On SIGTERM the leaf answers requests until none has come for this long: the proxy stops sending
 # once its next health ping (every second by default) fails.
 DRAIN_QUIET = 1.0
 DRAINING_RETRY_WAIT = 1  # another leaf will answer: no need to wait long
 WATCH_WAIT = 20.0  # seconds the server may hold a "watch" call
-
-FegReply = list[Any]  # [http_status, content_type, body]
-
-
-def _from_simulator(identity: Identity) -> bool:
-    """NVFlare's Python simulator sends `platform=None`, read as no platform (docs/NVFLARE_SIMULATOR.md
-    §4); phones name theirs, so a phone's `x?N` id is an ordinary id and registers no phantoms."""
-    return "platform" not in identity.device_info
 
 
 class Leaf:
@@ -71,11 +59,18 @@ class Leaf:
         )
         self._link: ServerLink = link if link is not None else self._client  # type: ignore[assignment]
         self._rpc = RpcServer({"feg": self.handle_feg, "ping": self.handle_ping}, secret)
-        self._signer = CookieSigner(config.cookie_key())
         self.batcher = ResultBatcher(self.name, self._link, hold_limit=config.result_hold)
         self.jobs: dict[str, LeafJob] = {}
-        self._payloads: dict[str, TaskPayload] = {}
-        self._fetching: set[tuple[str, int]] = set()
+        self._payloads = PayloadCache(self._link, self._is_current)
+        self._endpoints = DeviceEndpoints(
+            self.jobs,
+            self._payloads,
+            CookieSigner(config.cookie_key()),
+            self.batcher,
+            self._link,
+            config.quota_hold,
+            self._sync_soon,
+        )
         self._server_boot: str | None = None
         self._synced = asyncio.Event()  # replaced after every sync, so waiters see the next one
         self._wake_sync = asyncio.Event()
@@ -120,6 +115,7 @@ class Leaf:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._payloads.close()
         if self._client is not None:
             await self._client.close()
 
@@ -192,13 +188,13 @@ class Leaf:
         if not self._synced_once():
             reply = response(Status.RETRY, retry_wait=STARTING_RETRY_WAIT, message="Gateway starting")
         elif isinstance(request, JobRequest):
-            reply = self._job(request)
+            reply = self._endpoints.job(request)
         elif isinstance(request, TaskRequest):
-            return self._task(request, as_msgpack)
+            return self._endpoints.task(request, as_msgpack)
         elif isinstance(request, ResultRequest):
-            return self._encoded(self._result(request, offload=body_size > INLINE_DECODE_LIMIT), as_msgpack)
+            return self._encoded(self._endpoints.result(request, offload=body_size > INLINE_DECODE_LIMIT), as_msgpack)
         else:
-            return self._encoded(self._selection(request), as_msgpack)
+            return self._encoded(self._endpoints.selection(request), as_msgpack)
         content_type, data = encode(reply, as_msgpack)
         return [200, content_type, data]
 
@@ -210,149 +206,10 @@ class Leaf:
     def _synced_once(self) -> bool:
         return self._server_boot is not None
 
-    def _job(self, request: JobRequest) -> dict[str, Any]:
-        # Jobs are looked up by exact name; a running one wins over a finished one of that name.
-        matches = [j.view for j in self.jobs.values() if j.view.job_name == request.job_name]
-        live = [v for v in matches if v.status != "done"]
-        if not live:
-            return response(Status.NO_JOB, message=f"no running job named {request.job_name!r}")
-        view = live[0]
-        return response(Status.OK, job_id=view.job_id, job_name=view.job_name, job_data={"config": view.config})
-
-    def _task(self, request: TaskRequest, as_msgpack: bool) -> FegReply | Awaitable[FegReply]:
-        job = self.jobs.get(request.job_id)
-        if job is None:
-            content_type, data = encode(response(Status.NO_JOB, message=f"unknown job {request.job_id!r}"), as_msgpack)
-            return [200, content_type, data]
-        loop = asyncio.get_running_loop()
-        decision, lease = self._decide(job, request, loop.time())
-        if decision is TaskDecision.NOT_SELECTED and job.view.free_slots > 0 and self.config.quota_hold > 0:
-            return self._task_held(job, request, as_msgpack, loop.time() + self.config.quota_hold)
-        return self._task_answer(job, request, decision, lease, as_msgpack)
-
-    async def _task_held(self, job: LeafJob, request: TaskRequest, as_msgpack: bool, give_up: float) -> FegReply:
-        # No slot here, but some are free: ask the server now and give it a moment rather
-        # than sending the device away for retry_wait.
-        loop = asyncio.get_running_loop()
-        while True:
-            self._wake_sync.set()
-            await self._next_sync(give_up - loop.time())
-            decision, lease = self._decide(job, request, loop.time())
-            left = give_up - loop.time()
-            if decision is not TaskDecision.NOT_SELECTED or left <= 0 or job.view.free_slots == 0:
-                return self._task_answer(job, request, decision, lease, as_msgpack)
-
-    def _decide(self, job: LeafJob, request: TaskRequest, now: float) -> tuple[TaskDecision, Lease | None]:
-        payload = self._payloads.get(job.view.job_id)
-        ready = payload is not None and payload.version == job.view.model_version
-        return job.decide_task(request.identity.device_id, now, ready, request.identity.device_info.get("platform"))
-
-    def _task_answer(
-        self, job: LeafJob, request: TaskRequest, decision: TaskDecision, lease: Lease | None, as_msgpack: bool
-    ) -> FegReply:
-        view = job.view
-        payload = self._payloads.get(view.job_id)
-        if decision is TaskDecision.TASK and lease is not None and payload is not None:
-            cookie = self._signer.issue(
-                view.job_id, request.identity.device_id, lease.task_id, lease.version, lease.selection_id
-            )
-            content_type, data = payload.render(lease.task_id, cookie, as_msgpack)
-            return [200, content_type, data]
-        if decision is TaskDecision.NO_JOB:
-            reply = response(Status.NO_JOB, job_id=view.job_id, message="job finished")
-        elif decision is TaskDecision.NOT_READY:
-            reply = response(Status.RETRY, job_id=view.job_id, retry_wait=view.retry_wait, message="Model not ready")
-        else:
-            reply = response(
-                Status.RETRY, job_id=view.job_id, retry_wait=view.retry_wait, message="Device not selected"
-            )
-        content_type, data = encode(reply, as_msgpack)
-        return [200, content_type, data]
-
-    async def _result(self, request: ResultRequest, offload: bool) -> dict[str, Any]:
-        ids = {"task_id": request.task_id, "task_name": request.task_name}
-        job = self.jobs.get(request.job_id)
-        if job is None:
-            return response(Status.ERROR, message=f"unknown job {request.job_id!r}", **ids)
-        if request.status != Status.OK.value:
-            job.refused += 1
-            return response(
-                Status.ERROR, message=f"device reported status {request.status!r}: result not counted", **ids
-            )
-        try:
-            version, _ = self._signer.verify(
-                request.cookie, job.view.job_id, request.identity.device_id, request.task_id
-            )
-        except CookieInvalid as exc:
-            job.refused += 1
-            log.info("refused result from %s: %s", request.identity.device_id, exc.message)
-            return response(Status.ERROR, message=exc.message, **ids)
-        if job.reported_already(request.task_id):
-            job.duplicates += 1
-            return response(Status.OK, message="duplicate result for this task: counted once", **ids)
-        if version != job.view.model_version or job.view.status != "running":
-            job.late += 1
-            return response(Status.OK, message=f"late result for model version {version}: not counted", **ids)
-        try:
-            shapes = {k: tuple(v) for k, v in job.view.param_shapes.items()}
-            if offload:  # lists of a large diff take milliseconds to turn into arrays
-                update, weight = await asyncio.to_thread(decode_update, request.result, shapes)
-            else:
-                update, weight = decode_update(request.result, shapes)
-        except UpdateRejected as exc:
-            job.refused += 1
-            log.info("refused result from %s: %s", request.identity.device_id, exc.message)
-            return response(Status.ERROR, message=exc.message, **ids)
-        verdict = job.judge_result(request.task_id, version)
-        if verdict is ResultVerdict.LATE:
-            return response(Status.OK, message="late result (lease expired or round closed): not counted", **ids)
-        if verdict is ResultVerdict.DUPLICATE:
-            return response(Status.OK, message="duplicate result for this task: counted once", **ids)
-        outcome = await self.batcher.submit(job.view.job_id, version, request.task_id, weight, update)
-        if outcome is Outcome.ACCEPTED:
-            return response(Status.OK, **ids)
-        if outcome is Outcome.LATE:
-            job.late_upstream(request.task_id)
-            return response(Status.OK, message="late result (round closed): not counted", **ids)
-        if outcome is Outcome.DUPLICATE:
-            job.duplicates += 1
-            return response(Status.OK, message="duplicate result for this task: counted once", **ids)
-        job.forget_result(request.task_id)
-        return response(
-            Status.RETRY, retry_wait=STARTING_RETRY_WAIT, message="server unavailable: send the result again", **ids
-        )
-
-    async def _selection(self, request: SelectionRequest) -> dict[str, Any]:
-        # NVFlare's Python simulator: it announces its devices as "<prefix>?N", reads which of
-        # "<prefix>#i" may ask for a task, and stops only on NO_JOB (docs/NVFLARE_SIMULATOR.md).
-        job = self.jobs.get(request.job_id)
-        if job is None or job.view.status == "done":
-            return response(Status.NO_JOB, message=f"no running job {request.job_id!r}")
-        group = SIMULATOR_GROUP.fullmatch(request.identity.device_id) if _from_simulator(request.identity) else None
-        if group is not None:
-            register = RegisterGroup(job_id=job.view.job_id, prefix=group["prefix"], count=int(group["count"]))
-            try:
-                await self._link.call("register", register.model_dump(), 5.0)
-            except RpcUnavailable:
-                return response(Status.RETRY, retry_wait=STARTING_RETRY_WAIT, message="server unavailable")
-            except RpcRemoteError as exc:
-                log.warning("simulated device group %s?%d refused: %s", register.prefix, register.count, exc)
-                return response(
-                    Status.RETRY,
-                    retry_wait=job.view.retry_wait,
-                    message="simulated device group refused: too many devices for this job",
-                )
-            job.view = job.view.model_copy(
-                update={"device_groups": {**job.view.device_groups, register.prefix: register.count}}
-            )
-        selection = job.selection()
-        # Every simulated device may ask; the leaves' slots decide who trains (PROTOCOL.md §4).
-        for prefix, count in job.view.device_groups.items():
-            selection.update((f"{prefix}#{i}", job.view.selection_id) for i in range(count))
-        return response(Status.OK, job_id=job.view.job_id, selection=selection)
-
     # -- server sync --------------------------------------------------------------------------
-    async def _next_sync(self, timeout: float) -> None:
+    async def _sync_soon(self, timeout: float) -> None:
+        """Ask for a sync now and wait for the next one to finish, at most `timeout` seconds."""
+        self._wake_sync.set()
         try:
             await asyncio.wait_for(self._synced.wait(), timeout)
         except TimeoutError:
@@ -402,7 +259,7 @@ class Leaf:
             self._apply(view)
         for job_id in [j for j in self.jobs if j not in seen]:
             del self.jobs[job_id]
-            self._payloads.pop(job_id, None)
+            self._payloads.drop(job_id)
         self._synced.set()
         self._synced = asyncio.Event()
 
@@ -413,45 +270,8 @@ class Leaf:
         else:
             job.apply_view(view)
         self.batcher.release(view.job_id, view.model_version)
-        payload = self._payloads.get(view.job_id)
-        key = (view.job_id, view.model_version)
-        if (
-            view.status != "done"
-            and view.model_version >= 0
-            and (payload is None or payload.version != view.model_version)
-            and key not in self._fetching
-        ):
-            self._fetching.add(key)
-            self._tasks.append(asyncio.get_running_loop().create_task(self._fetch_model(view)))
+        self._payloads.want(view)
 
-    async def _fetch_model(self, view: JobView) -> None:
-        key = (view.job_id, view.model_version)
-        loop = asyncio.get_running_loop()
-        asked = loop.time()
-        try:
-            reply = await self._link.call("model", {"job_id": view.job_id, "version": view.model_version}, 60.0)
-            fetched = loop.time()
-            if view.task_kind == "APP_DEFINED":
-                payload = await asyncio.to_thread(
-                    TaskPayload.for_program, view.job_id, view.model_version, reply["program"], view.task_meta
-                )
-            else:
-                weights = tensors_from_binary(reply["weights"])
-                payload = await asyncio.to_thread(
-                    TaskPayload.for_weights, view.job_id, view.model_version, weights, view.task_meta
-                )
-            current = self.jobs.get(view.job_id)
-            if current is not None and current.view.model_version == view.model_version:
-                self._payloads[view.job_id] = payload
-                log.info(
-                    "job %s model v%d servable: fetched in %.1f ms, task payload built in %.1f ms",
-                    view.job_id,
-                    view.model_version,
-                    (fetched - asked) * 1e3,
-                    (loop.time() - fetched) * 1e3,
-                )
-        except (RpcUnavailable, RpcRemoteError) as exc:
-            log.warning("fetching model %s v%d failed: %s", view.job_id, view.model_version, exc)
-        finally:
-            self._fetching.discard(key)
-            self._tasks = [t for t in self._tasks if not t.done()]
+    def _is_current(self, job_id: str, version: int) -> bool:
+        job = self.jobs.get(job_id)
+        return job is not None and job.view.model_version == version
