@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from device_protocol.messages import JobView, LeafJobReport, SubmitBatch, SubmitReply, SyncReply, SyncRequest
+from device_protocol.messages import JobStatus, JobView, LeafJobReport, SubmitBatch, SubmitReply, SyncReply, SyncRequest
 
 from .fedavg import PartialSum
 from .jobs import JobSpec
@@ -51,7 +51,7 @@ class JobState:
     job_id: str
     spec: JobSpec
     weights: dict[str, np.ndarray]
-    status: str = "running"
+    status: JobStatus = JobStatus.RUNNING
     version: int = 0
     round: int = 0
     selection_id: int = 0
@@ -98,7 +98,7 @@ class Coordinator:
         version: int = 0,
         round_: int = 0,
         history: list[dict[str, Any]] | None = None,
-        status: str = "running",
+        status: JobStatus = JobStatus.RUNNING,
         device_groups: Mapping[str, int] | None = None,
     ) -> JobState:
         """Add a new job, or one restored from its checkpoint after a restart."""
@@ -115,7 +115,7 @@ class Coordinator:
             device_groups=dict(device_groups or {}),
         )
         if job.round >= spec.rounds:
-            job.status = "done"
+            job.status = JobStatus.DONE
         self.jobs[job_id] = job
         return job
 
@@ -126,7 +126,7 @@ class Coordinator:
             raise JobNotFound(job_id) from None
 
     def end_job(self, job_id: str) -> None:
-        self.job(job_id).status = "done"
+        self.job(job_id).status = JobStatus.DONE
 
     def register_group(self, job_id: str, prefix: str, count: int) -> None:
         """Record a simulator's device group; refuses groups past the per-job cap."""
@@ -165,7 +165,7 @@ class Coordinator:
 
     def _view(self, job: JobState, leaf: str, leaf_boot: str, report: LeafJobReport, now: float) -> JobView:
         grant = free = 0
-        if job.status == "running":
+        if job.status is JobStatus.RUNNING:
             grant, free = self._grant(job, leaf, report, now)
         slots = job.leaves.get(leaf)
         if slots is None:
@@ -234,7 +234,7 @@ class Coordinator:
     ) -> tuple[SubmitReply, list[NewVersion]]:
         """Count a leaf's batch exactly once, or say why not; may close the round."""
         job = self.job(batch.job_id)
-        if job.status != "running" or batch.version != job.version:
+        if job.status is not JobStatus.RUNNING or batch.version != job.version:
             # Leaves count these per device (LeafJobReport.late); the server only says so.
             return SubmitReply(
                 accepted=False,
@@ -258,7 +258,7 @@ class Coordinator:
         events = []
         held = self.rounds_held(now)
         for job in self.jobs.values():
-            if job.status != "running" or held:
+            if job.status is not JobStatus.RUNNING or held:
                 continue
             if job.partial.count >= job.spec.devices_per_round:
                 events.append(self._close_round(job, now, reason="quorum"))
@@ -292,7 +292,7 @@ class Coordinator:
         job.partial = PartialSum(job.shapes)
         job.counted = set()
         if job.round >= job.spec.rounds:
-            job.status = "done"
+            job.status = JobStatus.DONE
         return NewVersion(job.job_id, job.version)
 
     def record_evaluation(self, job_id: str, version: int, accuracy: float, loss: float) -> None:

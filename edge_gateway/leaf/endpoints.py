@@ -20,7 +20,7 @@ from device_protocol.feg import (
     TaskRequest,
     response,
 )
-from device_protocol.messages import RegisterGroup
+from device_protocol.messages import JobStatus, RegisterGroup
 from device_protocol.tensors import decode_update
 
 from ..rpc import RpcRemoteError, RpcUnavailable
@@ -67,7 +67,7 @@ class DeviceEndpoints:
     def job(self, request: JobRequest) -> dict[str, Any]:
         # Jobs are looked up by exact name; a running one wins over a finished one of that name.
         matches = [j.view for j in self._jobs.values() if j.view.job_name == request.job_name]
-        live = [v for v in matches if v.status != "done"]
+        live = [v for v in matches if v.status is not JobStatus.DONE]
         if not live:
             return response(Status.NO_JOB, message=f"no running job named {request.job_name!r}")
         view = live[0]
@@ -142,7 +142,7 @@ class DeviceEndpoints:
         if job.reported_already(request.task_id):
             job.duplicates += 1
             return response(Status.OK, message="duplicate result for this task: counted once", **ids)
-        if version != job.view.model_version or job.view.status != "running":
+        if version != job.view.model_version or job.view.status is not JobStatus.RUNNING:
             job.late += 1
             return response(Status.OK, message=f"late result for model version {version}: not counted", **ids)
         try:
@@ -178,7 +178,7 @@ class DeviceEndpoints:
         # NVFlare's Python simulator: it announces its devices as "<prefix>?N", reads which of
         # "<prefix>#i" may ask for a task, and stops only on NO_JOB (docs/NVFLARE_SIMULATOR.md).
         job = self._jobs.get(request.job_id)
-        if job is None or job.view.status == "done":
+        if job is None or job.view.status is JobStatus.DONE:
             return response(Status.NO_JOB, message=f"no running job {request.job_id!r}")
         group = SIMULATOR_GROUP.fullmatch(request.identity.device_id) if _from_simulator(request.identity) else None
         if group is not None:

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
 
-from device_protocol.messages import JobView, LeafJobReport
+from device_protocol.messages import JobStatus, JobView, LeafJobReport
 
 
 class TaskDecision(Enum):
@@ -122,11 +122,11 @@ class LeafJob:
         self, device_id: str, now: float, model_ready: bool, platform: str | None = None
     ) -> tuple[TaskDecision, Lease | None]:
         view = self.view
-        if view.status == "done":
+        if view.status is JobStatus.DONE:
             return TaskDecision.NO_JOB, None
         if not self.eligible(device_id, platform):
             return TaskDecision.NOT_ELIGIBLE, None
-        if view.status != "running" or view.model_version < 0 or not model_ready:
+        if view.status is not JobStatus.RUNNING or view.model_version < 0 or not model_ready:
             return TaskDecision.NOT_READY, None
         self.expire(now)
         lease = self.leases.get(device_id)
@@ -167,7 +167,11 @@ class LeafJob:
         if self.reported_already(task_id):
             self.duplicates += 1
             return ResultVerdict.DUPLICATE
-        if version != self.view.model_version or self.view.status != "running" or task_id in self.expired_tasks:
+        if (
+            version != self.view.model_version
+            or self.view.status is not JobStatus.RUNNING
+            or task_id in self.expired_tasks
+        ):
             self.late += 1
             return ResultVerdict.LATE
         self.reported_tasks.add(task_id)

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from device_protocol.messages import JobView
+from device_protocol.messages import JobStatus, JobView
 from device_protocol.tensors import tensors_from_binary
 
 from ..rpc import RpcRemoteError, RpcUnavailable
@@ -43,7 +43,12 @@ class PayloadCache:
     def want(self, view: JobView) -> None:
         """Start fetching the view's model version unless it is built, being fetched, or not needed."""
         key = (view.job_id, view.model_version)
-        if view.status != "done" and view.model_version >= 0 and not self.ready(view) and key not in self._fetching:
+        if (
+            view.status is not JobStatus.DONE
+            and view.model_version >= 0
+            and not self.ready(view)
+            and key not in self._fetching
+        ):
             self._fetching.add(key)
             task = asyncio.get_running_loop().create_task(self._fetch_model(view))
             self._tasks.add(task)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from device_protocol.messages import LeafJobReport, SubmitBatch, SyncRequest
+from device_protocol.messages import JobStatus, LeafJobReport, SubmitBatch, SyncRequest
 from device_protocol.tensors import tensors_to_binary
 from edge_gateway.coordinator import RESEND_WAIT_LIMIT, Coordinator, fair_level
 from edge_gateway.jobs import JobSpec
@@ -147,7 +147,7 @@ def test_duplicates_refused_whole_and_late_batches_marked():
 def test_last_round_ends_job_and_late_after():
     c = make(devices_per_round=1, rounds=1)
     _, events = batch(c, ["t1"])
-    assert events and c.jobs["j"].status == "done"
+    assert events and c.jobs["j"].status == JobStatus.DONE
     assert batch(c, ["t2"])[0].late
 
 

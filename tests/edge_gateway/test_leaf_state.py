@@ -1,4 +1,4 @@
-from device_protocol.messages import JobView
+from device_protocol.messages import JobStatus, JobView
 from edge_gateway.leaf.job_state import LeafJob, ResultVerdict, TaskDecision
 
 
@@ -6,7 +6,7 @@ def view(**kw):
     base = dict(
         job_id="j",
         job_name="n",
-        status="running",
+        status=JobStatus.RUNNING,
         model_version=0,
         round=0,
         selection_id=0,
@@ -36,7 +36,9 @@ def test_first_come_within_quota_then_not_selected():
 def test_not_ready_and_done():
     assert LeafJob(view=view(model_version=-1), waiting_window=1).decide_task("a", 0, True)[0] is TaskDecision.NOT_READY
     assert LeafJob(view=view(), waiting_window=1).decide_task("a", 0, False)[0] is TaskDecision.NOT_READY
-    assert LeafJob(view=view(status="done"), waiting_window=1).decide_task("a", 0, True)[0] is TaskDecision.NO_JOB
+    assert (
+        LeafJob(view=view(status=JobStatus.DONE), waiting_window=1).decide_task("a", 0, True)[0] is TaskDecision.NO_JOB
+    )
 
 
 def test_lease_expiry_frees_slot_and_late_result():

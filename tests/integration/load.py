@@ -21,6 +21,7 @@ import aiohttp
 import numpy as np
 from yarl import URL
 
+from device_protocol.messages import JobStatus
 from edge_gateway.launcher import Stack
 from edge_gateway.simulator.decisions import NOT_COUNTED_MARK, Phase
 from edge_gateway.simulator.device import Device, DeviceSettings, _Request
@@ -138,7 +139,7 @@ async def finish_job(stack: Stack, job_id: str, load: LoadRun, rounds: int) -> t
     """Wait for the devices to stop (the job is over for them); check the job ran every round and no
     device was refused. Returns the job's final status and the devices' transcript."""
     report, transcript = await load.finish(timeout=150)
-    status = await wait_for(stack.api_url, job_id, lambda s: s["status"] == "done", timeout=15)
+    status = await wait_for(stack.api_url, job_id, lambda s: s["status"] == JobStatus.DONE, timeout=15)
     assert len(status["history"]) == rounds and status["model_version"] == rounds, status
     assert_no_device_refused(report, transcript)
     return status, transcript

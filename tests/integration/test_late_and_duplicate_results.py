@@ -19,6 +19,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
+from device_protocol.messages import JobStatus
 from edge_gateway.launcher import Stack
 from edge_gateway.rpc import RpcClient
 from routing_proxy.routing import Router
@@ -106,7 +107,9 @@ async def test_vanished_device_loses_its_lease_and_its_late_result_counts_nowher
 
     answer = await stand_in.post("result", result_query(job_id, stand_in_task), result_body(stand_in, stand_in_task))
     assert answer["status"] == "OK" and "message" not in answer, answer
-    status = await wait_for(stack.api_url, job_id, lambda s: s["status"] == "done" and s["late"] >= 1, timeout=15)
+    status = await wait_for(
+        stack.api_url, job_id, lambda s: s["status"] == JobStatus.DONE and s["late"] >= 1, timeout=15
+    )
     assert [h["results"] for h in status["history"]] == [2] and status["results_counted"] == 2, status
     assert status["late"] == 1 and status["duplicates"] == 0, status
 
@@ -166,5 +169,5 @@ async def test_the_same_result_twice_counts_once_and_both_get_ok(stack: Stack, h
     task = await take_task(third, job_id)
     answer = await third.post("result", result_query(job_id, task), result_body(third, task))
     assert answer["status"] == "OK" and "message" not in answer, answer
-    status = await wait_for(stack.api_url, job_id, lambda s: s["status"] == "done", timeout=15)
+    status = await wait_for(stack.api_url, job_id, lambda s: s["status"] == JobStatus.DONE, timeout=15)
     assert [h["results"] for h in status["history"]] == [3] and status["results_counted"] == 3, status
