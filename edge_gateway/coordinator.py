@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,28 @@ RESEND_WAIT_LIMIT = 30.0
 LEAF_COUNTERS = ("tasks_issued", "refused", "late", "duplicates")
 # Simulator groups only list devices in the selection map; the cap keeps the map a sane size.
 MAX_GROUP_DEVICES = 100_000
+
+
+class RoundEnd(StrEnum):
+    """How a round ends (the value is its history's `closed_by`)."""
+
+    QUORUM = "quorum"  # devices_per_round results: closed
+    DEADLINE = "deadline"  # past round_timeout with at least min_results: closed
+    RESELECT = "reselect"  # past round_timeout with fewer: a fresh selection, keeping what was counted
+
+
+def round_due(spec: JobSpec, results: int, opened_at: float, now: float, *, held: bool) -> RoundEnd | None:
+    """Whether a running job's round (selection opened at `opened_at`, `results` counted) ends now.
+
+    None: it stays open. While rounds are held (`Coordinator.rounds_held`) none ends at all.
+    """
+    if held:
+        return None
+    if results >= spec.devices_per_round:
+        return RoundEnd.QUORUM
+    if now - opened_at < spec.round_timeout:
+        return None
+    return RoundEnd.DEADLINE if results >= spec.min_results else RoundEnd.RESELECT
 
 
 @dataclass(frozen=True)
@@ -249,31 +272,29 @@ class Coordinator:
         job.partial.add_partial(update, batch.sum_weight, len(batch.task_ids))
         job.counted.update(batch.task_ids)
         events = []
-        if job.partial.count >= job.spec.devices_per_round and not self.rounds_held(now):
-            events.append(self._close_round(job, now, reason="quorum"))
+        # Only a quorum closes a round here; deadlines are the tick's.
+        if self._round_due(job, now) is RoundEnd.QUORUM:
+            events.append(self._close_round(job, now, RoundEnd.QUORUM))
         return SubmitReply(accepted=True, boot=self.boot), events
 
     def tick(self, now: float) -> list[NewVersion]:
         """Apply round deadlines, and close rounds that reached their quorum while held."""
         events = []
-        held = self.rounds_held(now)
         for job in self.jobs.values():
-            if job.status is not JobStatus.RUNNING or held:
+            if job.status is not JobStatus.RUNNING:
                 continue
-            if job.partial.count >= job.spec.devices_per_round:
-                events.append(self._close_round(job, now, reason="quorum"))
-                continue
-            if now - job.selection_opened_at < job.spec.round_timeout:
-                continue
-            if job.partial.count >= job.spec.min_results:
-                events.append(self._close_round(job, now, reason="deadline"))
-            else:
-                # Too few results: open a fresh selection, keeping what was counted.
+            end = self._round_due(job, now)
+            if end is RoundEnd.RESELECT:
                 job.selection_id += 1
                 job.selection_opened_at = now
+            elif end is not None:
+                events.append(self._close_round(job, now, end))
         return events
 
-    def _close_round(self, job: JobState, now: float, reason: str) -> NewVersion:
+    def _round_due(self, job: JobState, now: float) -> RoundEnd | None:
+        return round_due(job.spec, job.partial.count, job.selection_opened_at, now, held=self.rounds_held(now))
+
+    def _close_round(self, job: JobState, now: float, reason: RoundEnd) -> NewVersion:
         job.weights = job.partial.apply_to(job.weights, job.spec.server_lr)
         job.history.append(
             {
@@ -281,7 +302,7 @@ class Coordinator:
                 "round": job.round + 1,
                 "results": job.partial.count,
                 "weight": job.partial.weight,
-                "closed_by": reason,
+                "closed_by": reason.value,
                 "closed_at": now,
             }
         )
