@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from device_protocol.codecs import encode
@@ -24,9 +25,10 @@ from device_protocol.messages import JobStatus, RegisterGroup
 from device_protocol.tensors import decode_update
 
 from ..rpc import RpcRemoteError, RpcUnavailable
-from ..uplink import Outcome, ResultBatcher, ServerLink
-from .job_state import LeafJob, Lease, ResultVerdict, TaskDecision
+from ..uplink import ResultBatcher, ServerLink
+from .job_state import LeafJob, Lease, TaskDecision
 from .payload_cache import PayloadCache
+from .result_verdicts import ResultFacts, judge_result, result_answer
 
 log = logging.getLogger(__name__)
 
@@ -122,56 +124,53 @@ class DeviceEndpoints:
         return [200, content_type, data]
 
     async def result(self, request: ResultRequest, offload: bool) -> dict[str, Any]:
-        ids = {"task_id": request.task_id, "task_name": request.task_name}
+        # Facts are gathered and `judge_result` asked after each step; it alone decides.
         job = self._jobs.get(request.job_id)
+        detail: str | None = None  # why the cookie or the update was refused
+        version = -1
         if job is None:
-            return response(Status.ERROR, message=f"unknown job {request.job_id!r}", **ids)
-        if request.status != Status.OK.value:
-            job.refused += 1
-            return response(
-                Status.ERROR, message=f"device reported status {request.status!r}: result not counted", **ids
-            )
-        try:
-            version, _ = self._signer.verify(
-                request.cookie, job.view.job_id, request.identity.device_id, request.task_id
-            )
-        except CookieInvalid as exc:
-            job.refused += 1
-            log.info("refused result from %s: %s", request.identity.device_id, exc.message)
-            return response(Status.ERROR, message=exc.message, **ids)
-        if job.reported_already(request.task_id):
-            job.duplicates += 1
-            return response(Status.OK, message="duplicate result for this task: counted once", **ids)
-        if version != job.view.model_version or job.view.status is not JobStatus.RUNNING:
-            job.late += 1
-            return response(Status.OK, message=f"late result for model version {version}: not counted", **ids)
-        try:
-            shapes = {k: tuple(v) for k, v in job.view.param_shapes.items()}
-            if offload:  # lists of a large diff take milliseconds to turn into arrays
-                update, weight = await asyncio.to_thread(decode_update, request.result, shapes)
+            facts = ResultFacts(job_known=False)
+        elif request.status != Status.OK.value:
+            facts = ResultFacts(device_ok=False)
+        else:
+            try:
+                version, _ = self._signer.verify(
+                    request.cookie, job.view.job_id, request.identity.device_id, request.task_id
+                )
+                facts = job.result_facts(request.task_id, version)
+            except CookieInvalid as exc:
+                facts, detail = ResultFacts(cookie_ok=False), exc.message
+        verdict = judge_result(facts)
+        if verdict is None and job is not None:
+            try:
+                shapes = {k: tuple(v) for k, v in job.view.param_shapes.items()}
+                if offload:  # lists of a large diff take milliseconds to turn into arrays
+                    update, weight = await asyncio.to_thread(decode_update, request.result, shapes)
+                else:
+                    update, weight = decode_update(request.result, shapes)
+            except UpdateRejected as exc:
+                facts, detail = replace(facts, decoded=False), exc.message
             else:
-                update, weight = decode_update(request.result, shapes)
-        except UpdateRejected as exc:
-            job.refused += 1
-            log.info("refused result from %s: %s", request.identity.device_id, exc.message)
-            return response(Status.ERROR, message=exc.message, **ids)
-        verdict = job.judge_result(request.task_id, version)
-        if verdict is ResultVerdict.LATE:
-            return response(Status.OK, message="late result (lease expired or round closed): not counted", **ids)
-        if verdict is ResultVerdict.DUPLICATE:
-            return response(Status.OK, message="duplicate result for this task: counted once", **ids)
-        outcome = await self._batcher.submit(job.view.job_id, version, request.task_id, weight, update)
-        if outcome is Outcome.ACCEPTED:
-            return response(Status.OK, **ids)
-        if outcome is Outcome.LATE:
-            job.late_upstream(request.task_id)
-            return response(Status.OK, message="late result (round closed): not counted", **ids)
-        if outcome is Outcome.DUPLICATE:
-            job.duplicates += 1
-            return response(Status.OK, message="duplicate result for this task: counted once", **ids)
-        job.forget_result(request.task_id)
-        return response(
-            Status.RETRY, retry_wait=STARTING_RETRY_WAIT, message="server unavailable: send the result again", **ids
+                # Looked at again: the round may have closed or the lease run out meanwhile.
+                facts = replace(job.result_facts(request.task_id, version), decoded=True)
+            verdict = judge_result(facts)
+            if verdict is None:
+                job.take(request.task_id)
+                outcome = await self._batcher.submit(job.view.job_id, version, request.task_id, weight, update)
+                verdict = judge_result(replace(facts, upstream=outcome))
+        assert verdict is not None, "a result the server has answered always has a verdict"
+        if job is not None:
+            job.settle(request.task_id, verdict)
+        if detail is not None:
+            log.info("refused result from %s: %s", request.identity.device_id, detail)
+        return result_answer(
+            verdict,
+            request.task_id,
+            request.task_name,
+            job_id=request.job_id,
+            device_status=request.status,
+            detail=detail,
+            version=version,
         )
 
     async def selection(self, request: SelectionRequest) -> dict[str, Any]:
