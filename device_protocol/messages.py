@@ -88,7 +88,6 @@ class SubmitBatch(_Message):
     """Validated results of one job and model version, summed: (Σ w·Δ, Σ w, n) plus task ids."""
 
     leaf: str
-    seq: int
     job_id: str
     version: int
     task_ids: list[str]

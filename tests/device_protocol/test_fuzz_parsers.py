@@ -597,7 +597,6 @@ link_models: st.SearchStrategy[BaseModel] = st.one_of(
     st.builds(
         SubmitBatch,
         leaf=names,
-        seq=counts,
         job_id=names,
         version=counts,
         task_ids=st.lists(names, max_size=3),

@@ -31,7 +31,6 @@ def batch(c, ids, version=None, value=1.0, weight=None, leaf="a"):
     upd = {"w": np.full((2, 2), value * w, np.float64)}
     b = SubmitBatch(
         leaf=leaf,
-        seq=1,
         job_id="j",
         version=c.jobs["j"].version if version is None else version,
         task_ids=ids,
@@ -193,7 +192,6 @@ def test_a_submit_closes_by_quorum_only_the_tick_by_deadline():
     reply, events = c.submit(
         SubmitBatch(
             leaf="a",
-            seq=1,
             job_id="j",
             version=0,
             task_ids=["t2"],
@@ -262,9 +260,7 @@ def test_nothing_is_held_without_expected_leaves():
 def test_batch_with_wrong_shapes_refused():
     c = make()
     upd = {"w": np.ones((3, 3))}
-    b = SubmitBatch(
-        leaf="a", seq=1, job_id="j", version=0, task_ids=["t"], sum_weight=1.0, sum_update=tensors_to_binary(upd)
-    )
+    b = SubmitBatch(leaf="a", job_id="j", version=0, task_ids=["t"], sum_weight=1.0, sum_update=tensors_to_binary(upd))
     reply, _ = c.submit(b, upd, 0.0)
     assert not reply.accepted and "parameters" in reply.message
 
