@@ -91,7 +91,7 @@ def run_variant(variant: str, updates: int) -> dict[str, float]:
 def run_round_close() -> dict[str, float]:
     """Inside the child: combine 4 leaves' partials, close the round, build the next task payload."""
     from edge_gateway.fedavg import PartialSum
-    from edge_gateway.payloads import TaskPayload
+    from edge_gateway.leaf.task_payload import TaskPayload
 
     rng = np.random.default_rng(1)
     weights = {k: rng.standard_normal(s, dtype=np.float32) for k, s in SHAPES.items()}

@@ -8,7 +8,7 @@ raw float32) and JSON (nested lists, what iOS/Android-style clients get). Proxy 
 pinned to CPU 1; the client (this process, aiohttp, --conns concurrent devices) to CPU 0.
 Each device takes its task once, then asks again for --seconds: a device asking again within its
 lease gets the same task (its answer may have been lost), so every answer is a full model served
-from the leaf's per-version cache (edge_gateway/payloads.py), with only task id and cookie spliced
+from the leaf's per-version cache (edge_gateway/leaf/task_payload.py), with only task id and cookie spliced
 in. MB/s = response bytes the client received / wall time.
 """
 

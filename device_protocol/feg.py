@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from .errors import InvalidRequest
 from .headers import device_identity
 
-Endpoint = Literal["job", "task", "result", "selection"]
 ENDPOINTS: tuple[str, ...] = ("job", "task", "result", "selection")
 
 

@@ -13,9 +13,6 @@ DEVICE_ID = "x-flare-device-id"
 DEVICE_INFO = "x-flare-device-info"
 USER_INFO = "x-flare-user-info"
 
-DEVICE_INFO_KEYS = ("device_id", "app_name", "app_version", "platform", "platform_version")
-USER_INFO_KEYS = ("user_id", "user_name", "access_token", "auth_token", "auth_session")
-
 # NVFlare's Python simulator writes str(None) for fields it has no value for.
 _ABSENT = "None"
 
@@ -61,11 +58,6 @@ def _parse_json_info(text: str, header: str) -> dict[str, str]:
         except orjson.JSONEncodeError:  # nested deeper than orjson writes (it reads deeper)
             raise InvalidRequest(f"{header} value of {key[:40]!r} is nested too deeply") from None
     return info
-
-
-def lower_keys(headers: Mapping[str, str]) -> dict[str, str]:
-    """Header names are case-insensitive (PROTOCOL.md §2)."""
-    return {k.lower(): v for k, v in headers.items()}
 
 
 def device_identity(headers: Mapping[str, str]) -> tuple[str, dict[str, str], dict[str, str]]:

@@ -5,11 +5,18 @@ They travel as msgpack maps: `model_dump()` on one side, `model_validate()` on t
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-JobStatus = Literal["pending", "running", "done"]
+
+class JobStatus(StrEnum):
+    """A job's status, as leaves see it in a `JobView` and people in the job API."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
 
 
 class _Message(BaseModel):
@@ -81,7 +88,6 @@ class SubmitBatch(_Message):
     """Validated results of one job and model version, summed: (Σ w·Δ, Σ w, n) plus task ids."""
 
     leaf: str
-    seq: int
     job_id: str
     version: int
     task_ids: list[str]

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
 
-from device_protocol.messages import JobView, LeafJobReport, SubmitBatch, SubmitReply, SyncReply, SyncRequest
+from device_protocol.messages import JobStatus, JobView, LeafJobReport, SubmitBatch, SubmitReply, SyncReply, SyncRequest
 
 from .fedavg import PartialSum
 from .jobs import JobSpec
@@ -29,6 +30,28 @@ RESEND_WAIT_LIMIT = 30.0
 LEAF_COUNTERS = ("tasks_issued", "refused", "late", "duplicates")
 # Simulator groups only list devices in the selection map; the cap keeps the map a sane size.
 MAX_GROUP_DEVICES = 100_000
+
+
+class RoundEnd(StrEnum):
+    """How a round ends (the value is its history's `closed_by`)."""
+
+    QUORUM = "quorum"  # devices_per_round results: closed
+    DEADLINE = "deadline"  # past round_timeout with at least min_results: closed
+    RESELECT = "reselect"  # past round_timeout with fewer: a fresh selection, keeping what was counted
+
+
+def round_due(spec: JobSpec, results: int, opened_at: float, now: float, *, held: bool) -> RoundEnd | None:
+    """Whether a running job's round (selection opened at `opened_at`, `results` counted) ends now.
+
+    None: it stays open. While rounds are held (`Coordinator.rounds_held`) none ends at all.
+    """
+    if held:
+        return None
+    if results >= spec.devices_per_round:
+        return RoundEnd.QUORUM
+    if now - opened_at < spec.round_timeout:
+        return None
+    return RoundEnd.DEADLINE if results >= spec.min_results else RoundEnd.RESELECT
 
 
 @dataclass(frozen=True)
@@ -51,7 +74,7 @@ class JobState:
     job_id: str
     spec: JobSpec
     weights: dict[str, np.ndarray]
-    status: str = "running"
+    status: JobStatus = JobStatus.RUNNING
     version: int = 0
     round: int = 0
     selection_id: int = 0
@@ -98,7 +121,7 @@ class Coordinator:
         version: int = 0,
         round_: int = 0,
         history: list[dict[str, Any]] | None = None,
-        status: str = "running",
+        status: JobStatus = JobStatus.RUNNING,
         device_groups: Mapping[str, int] | None = None,
     ) -> JobState:
         """Add a new job, or one restored from its checkpoint after a restart."""
@@ -115,7 +138,7 @@ class Coordinator:
             device_groups=dict(device_groups or {}),
         )
         if job.round >= spec.rounds:
-            job.status = "done"
+            job.status = JobStatus.DONE
         self.jobs[job_id] = job
         return job
 
@@ -126,7 +149,7 @@ class Coordinator:
             raise JobNotFound(job_id) from None
 
     def end_job(self, job_id: str) -> None:
-        self.job(job_id).status = "done"
+        self.job(job_id).status = JobStatus.DONE
 
     def register_group(self, job_id: str, prefix: str, count: int) -> None:
         """Record a simulator's device group; refuses groups past the per-job cap."""
@@ -165,7 +188,7 @@ class Coordinator:
 
     def _view(self, job: JobState, leaf: str, leaf_boot: str, report: LeafJobReport, now: float) -> JobView:
         grant = free = 0
-        if job.status == "running":
+        if job.status is JobStatus.RUNNING:
             grant, free = self._grant(job, leaf, report, now)
         slots = job.leaves.get(leaf)
         if slots is None:
@@ -234,7 +257,7 @@ class Coordinator:
     ) -> tuple[SubmitReply, list[NewVersion]]:
         """Count a leaf's batch exactly once, or say why not; may close the round."""
         job = self.job(batch.job_id)
-        if job.status != "running" or batch.version != job.version:
+        if job.status is not JobStatus.RUNNING or batch.version != job.version:
             # Leaves count these per device (LeafJobReport.late); the server only says so.
             return SubmitReply(
                 accepted=False,
@@ -249,31 +272,29 @@ class Coordinator:
         job.partial.add_partial(update, batch.sum_weight, len(batch.task_ids))
         job.counted.update(batch.task_ids)
         events = []
-        if job.partial.count >= job.spec.devices_per_round and not self.rounds_held(now):
-            events.append(self._close_round(job, now, reason="quorum"))
+        # Only a quorum closes a round here; deadlines are the tick's.
+        if self._round_due(job, now) is RoundEnd.QUORUM:
+            events.append(self._close_round(job, now, RoundEnd.QUORUM))
         return SubmitReply(accepted=True, boot=self.boot), events
 
     def tick(self, now: float) -> list[NewVersion]:
         """Apply round deadlines, and close rounds that reached their quorum while held."""
         events = []
-        held = self.rounds_held(now)
         for job in self.jobs.values():
-            if job.status != "running" or held:
+            if job.status is not JobStatus.RUNNING:
                 continue
-            if job.partial.count >= job.spec.devices_per_round:
-                events.append(self._close_round(job, now, reason="quorum"))
-                continue
-            if now - job.selection_opened_at < job.spec.round_timeout:
-                continue
-            if job.partial.count >= job.spec.min_results:
-                events.append(self._close_round(job, now, reason="deadline"))
-            else:
-                # Too few results: open a fresh selection, keeping what was counted.
+            end = self._round_due(job, now)
+            if end is RoundEnd.RESELECT:
                 job.selection_id += 1
                 job.selection_opened_at = now
+            elif end is not None:
+                events.append(self._close_round(job, now, end))
         return events
 
-    def _close_round(self, job: JobState, now: float, reason: str) -> NewVersion:
+    def _round_due(self, job: JobState, now: float) -> RoundEnd | None:
+        return round_due(job.spec, job.partial.count, job.selection_opened_at, now, held=self.rounds_held(now))
+
+    def _close_round(self, job: JobState, now: float, reason: RoundEnd) -> NewVersion:
         job.weights = job.partial.apply_to(job.weights, job.spec.server_lr)
         job.history.append(
             {
@@ -281,7 +302,7 @@ class Coordinator:
                 "round": job.round + 1,
                 "results": job.partial.count,
                 "weight": job.partial.weight,
-                "closed_by": reason,
+                "closed_by": reason.value,
                 "closed_at": now,
             }
         )
@@ -292,7 +313,7 @@ class Coordinator:
         job.partial = PartialSum(job.shapes)
         job.counted = set()
         if job.round >= job.spec.rounds:
-            job.status = "done"
+            job.status = JobStatus.DONE
         return NewVersion(job.job_id, job.version)
 
     def record_evaluation(self, job_id: str, version: int, accuracy: float, loss: float) -> None:

@@ -21,6 +21,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+from device_protocol.messages import JobStatus
+
 from . import runtime
 from .processes import Child, free_port, spawn, wait_ready_file
 
@@ -236,7 +238,7 @@ async def watch_job(api_url: str, job_id: str, stop: asyncio.Event, out: Any = p
                     f"test accuracy {h['accuracy']:.4f}  loss {h['loss']:.4f}"
                 )
                 printed += 1
-            if status.get("status") == "done" and printed == len(history):
+            if status.get("status") == JobStatus.DONE and printed == len(history):
                 return status
             try:
                 await asyncio.wait_for(stop.wait(), 0.5)
@@ -272,7 +274,7 @@ async def run_local(args: argparse.Namespace) -> int:
             devices.cancel()
             await asyncio.gather(devices, return_exceptions=True)
         history = status.get("history", [])
-        if status.get("status") == "done" and history:
+        if status.get("status") == JobStatus.DONE and history:
             print(
                 f"job done in {time.monotonic() - started:.1f} s: final test accuracy "
                 f"{history[-1].get('accuracy', float('nan')):.4f}, results counted {status['results_counted']}, "

@@ -13,7 +13,7 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from device_protocol.messages import ModelRequest, RegisterGroup, SubmitBatch, SyncRequest
+from device_protocol.messages import JobStatus, ModelRequest, RegisterGroup, SubmitBatch, SyncRequest
 from device_protocol.tensors import tensors_from_binary, tensors_to_binary
 
 from .config import ServerConfig
@@ -107,12 +107,12 @@ class Server:
                 version=cp.state["version"],
                 round_=cp.state["round"],
                 history=cp.state.get("history"),
-                status=cp.state.get("status", "running"),
+                status=JobStatus(cp.state.get("status", JobStatus.RUNNING)),
                 device_groups=cp.state.get("device_groups"),
             )
             log.info("resumed job %s (%s) at model version %d", cp.job_id, cp.spec.name, cp.state["version"])
         self._leaves_on_disk = load_names(self._leaves_file)
-        if self._leaves_on_disk and any(job.status == "running" for job in self.coordinator.jobs.values()):
+        if self._leaves_on_disk and any(job.status is JobStatus.RUNNING for job in self.coordinator.jobs.values()):
             self.coordinator.expect_resends(self._leaves_on_disk, now)
             log.info(
                 "no round closes until leaves %s have re-sent what the last process took (at most %.0f s)",
@@ -210,7 +210,7 @@ class Server:
             )
             self._announce()
             self._evaluate_later(event.job_id, event.version)
-            if job.spec.runtime == "executorch" and job.status == "running":
+            if job.spec.runtime == "executorch" and job.status is JobStatus.RUNNING:
                 self._program(event.job_id, event.version)  # ready before the leaves ask
 
     async def _tick_loop(self) -> None:

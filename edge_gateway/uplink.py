@@ -77,7 +77,6 @@ class ResultBatcher:
         self._call_timeout = call_timeout
         self._open: dict[tuple[str, int], _Group] = {}
         self._wake = asyncio.Event()
-        self._seq = 0
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         # (job id, model version, server boot that took them) -> (their sum, their task ids)
@@ -165,10 +164,8 @@ class ResultBatcher:
         return partial, self._batch(group.job_id, group.version, partial, [p.task_id for p in items])
 
     def _batch(self, job_id: str, version: int, partial: PartialSum, task_ids: list[str]) -> SubmitBatch:
-        self._seq += 1
         return SubmitBatch(
             leaf=self._leaf,
-            seq=self._seq,
             job_id=job_id,
             version=version,
             task_ids=task_ids,

@@ -19,8 +19,6 @@ from device_protocol.feg import Status
 DEFAULT_RETRY_WAIT = 5.0
 # iOS also accepts these as a successful /job answer (PROTOCOL.md §4).
 JOB_OK_STATUSES = frozenset({"OK", "RUNNING", "SUBMITTED", "APPROVED", "DISPATCHED"})
-# The leaf answers OK with this phrase when a result arrived but cannot count (late, stale).
-NOT_COUNTED_MARK = "not counted"
 
 
 class Phase(StrEnum):
@@ -124,7 +122,9 @@ class Reply:
 
     signal: Signal
     retry_wait: float | None = None
-    message: str | None = None
+    # A /result answer's `counted` (ours, docs/ARCHITECTURE.md): False for a result taken but not
+    # counted (late); None when the answer does not say.
+    counted: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -140,31 +140,31 @@ def classify(phase: Phase, http_status: int, body: Mapping[str, Any] | None) -> 
     if http_status >= 500:
         return Reply(Signal.TRANSPORT)
     if http_status >= 400:
-        return Reply(Signal.INVALID, message=_text(body.get("message")) if body is not None else None)
+        return Reply(Signal.INVALID)
     if body is None:
         return Reply(Signal.TRANSPORT)
     status = body.get("status")
     retry_wait = body.get("retry_wait")
     wait = float(retry_wait) if isinstance(retry_wait, int | float) and retry_wait >= 0 else None
-    message = _text(body.get("message"))
+    counted = body.get("counted") if isinstance(body.get("counted"), bool) else None
     if phase is Phase.JOIN and status in JOB_OK_STATUSES:
         # iOS needs both job_id and job_name to start a session.
         ok = isinstance(body.get("job_id"), str) and isinstance(body.get("job_name"), str)
-        return Reply(Signal.OK if ok else Signal.INVALID, wait, message)
+        return Reply(Signal.OK if ok else Signal.INVALID, wait)
     if status == Status.OK and phase is Phase.POLL:
         ok = (
             isinstance(body.get("task_id"), str)
             and isinstance(body.get("task_name"), str)
             and isinstance(body.get("task_data"), Mapping)
         )
-        return Reply(Signal.OK if ok else Signal.INVALID, wait, message)
+        return Reply(Signal.OK if ok else Signal.INVALID, wait)
     try:
         signal = Signal(status)
     except ValueError:
         signal = Signal.INVALID  # INVALID_REQUEST and statuses no client knows
     if signal is Signal.TRANSPORT:
         signal = Signal.INVALID
-    return Reply(signal, wait, message)
+    return Reply(signal, wait, counted)
 
 
 def decide(phase: Phase, reply: Reply, *, backoff: float, keep_polling: bool, resends_left: int) -> Decision:
@@ -186,13 +186,9 @@ def decide(phase: Phase, reply: Reply, *, backoff: float, keep_polling: bool, re
         # Back to /job after the usual pause, so a job that stays listed cannot spin the device.
         step = Step.JOIN
         wait = DEFAULT_RETRY_WAIT if reply.retry_wait is None else reply.retry_wait
-    if phase is Phase.REPORT and reply.signal is Signal.OK and NOT_COUNTED_MARK in (reply.message or ""):
+    if phase is Phase.REPORT and reply.signal is Signal.OK and reply.counted is False:
         outcomes = (Outcome.NOT_COUNTED,)
     if step is Step.RESEND and resends_left <= 0:
         # The result is given up: ask for fresh work at once.
         step, wait, outcomes = Step.POLL, 0.0, outcomes + (Outcome.ABANDONED,)
     return Decision(step, wait, outcomes, rule.drop_cookie)
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None

@@ -70,8 +70,8 @@ class SimulationReport:
     jobs_joined: int  # /job answered OK
     jobs_finished: int  # NO_JOB/DONE while working: the job is over for that device
     tasks_received: int
-    results_accepted: int  # OK without a "not counted" message
-    results_not_counted: int  # OK with a "not counted" message (late, stale)
+    results_accepted: int  # OK, counted (or counted before: a duplicate)
+    results_not_counted: int  # OK with "counted": false (late, stale)
     results_refused: int  # ERROR (or the job gone) on /result
     results_abandoned: int  # still RETRY or unreachable after every resend
     training_errors: int

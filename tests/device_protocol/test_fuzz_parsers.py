@@ -50,6 +50,7 @@ from device_protocol.frames import (
 )
 from device_protocol.headers import device_identity, parse_info
 from device_protocol.messages import (
+    JobStatus,
     JobView,
     LeafJobReport,
     ModelRequest,
@@ -567,7 +568,7 @@ job_views = st.builds(
     JobView,
     job_id=names,
     job_name=names,
-    status=st.sampled_from(["pending", "running", "done"]),
+    status=st.sampled_from(JobStatus),
     model_version=st.integers(-1, 2**31),
     round=counts,
     selection_id=counts,
@@ -596,7 +597,6 @@ link_models: st.SearchStrategy[BaseModel] = st.one_of(
     st.builds(
         SubmitBatch,
         leaf=names,
-        seq=counts,
         job_id=names,
         version=counts,
         task_ids=st.lists(names, max_size=3),

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from device_protocol.messages import LeafJobReport, SubmitBatch, SyncRequest
+from device_protocol.messages import JobStatus, LeafJobReport, SubmitBatch, SyncRequest
 from device_protocol.tensors import tensors_to_binary
-from edge_gateway.coordinator import RESEND_WAIT_LIMIT, Coordinator, fair_level
+from edge_gateway.coordinator import RESEND_WAIT_LIMIT, Coordinator, RoundEnd, fair_level, round_due
 from edge_gateway.jobs import JobSpec
 
 W = {"w": np.zeros((2, 2), np.float32)}
@@ -31,7 +31,6 @@ def batch(c, ids, version=None, value=1.0, weight=None, leaf="a"):
     upd = {"w": np.full((2, 2), value * w, np.float64)}
     b = SubmitBatch(
         leaf=leaf,
-        seq=1,
         job_id="j",
         version=c.jobs["j"].version if version is None else version,
         task_ids=ids,
@@ -147,7 +146,7 @@ def test_duplicates_refused_whole_and_late_batches_marked():
 def test_last_round_ends_job_and_late_after():
     c = make(devices_per_round=1, rounds=1)
     _, events = batch(c, ["t1"])
-    assert events and c.jobs["j"].status == "done"
+    assert events and c.jobs["j"].status == JobStatus.DONE
     assert batch(c, ["t2"])[0].late
 
 
@@ -159,6 +158,51 @@ def test_deadline_closes_with_min_results_or_reopens_selection():
     assert c.tick(15.0) == []
     events = c.tick(21.5)
     assert [e.version for e in events] == [1] and c.jobs["j"].history[0]["closed_by"] == "deadline"
+
+
+ROUND = JobSpec(name="n", devices_per_round=4, min_results_fraction=0.5, round_timeout=10.0, task_timeout=5.0)
+
+
+@pytest.mark.parametrize(
+    ("results", "now", "held", "end"),
+    [
+        (0, 1.0, False, None),  # open, nothing counted
+        (3, 9.99, False, None),  # short of the quorum, before the deadline
+        (4, 1.0, False, RoundEnd.QUORUM),
+        (5, 11.0, False, RoundEnd.QUORUM),  # a quorum wins over the deadline
+        (2, 10.0, False, RoundEnd.DEADLINE),  # deadline reached with min_results (2)
+        (1, 10.0, False, RoundEnd.RESELECT),  # deadline reached with too few
+        (0, 50.0, False, RoundEnd.RESELECT),
+        (4, 1.0, True, None),  # held after a restart: not even a quorum ends it
+        (2, 11.0, True, None),
+    ],
+)
+def test_round_due(results, now, held, end):
+    assert round_due(ROUND, results, opened_at=0.0, now=now, held=held) is end
+
+
+def test_round_due_counts_the_deadline_from_the_selection_opening():
+    assert round_due(ROUND, 2, opened_at=5.0, now=14.9, held=False) is None
+    assert round_due(ROUND, 2, opened_at=5.0, now=15.0, held=False) is RoundEnd.DEADLINE
+
+
+def test_a_submit_closes_by_quorum_only_the_tick_by_deadline():
+    c = make(devices_per_round=4, min_results_fraction=0.5, round_timeout=10.0, task_timeout=5.0)
+    batch(c, ["t1"])
+    reply, events = c.submit(
+        SubmitBatch(
+            leaf="a",
+            job_id="j",
+            version=0,
+            task_ids=["t2"],
+            sum_weight=1.0,
+            sum_update=tensors_to_binary({"w": np.ones((2, 2))}),
+        ),
+        {"w": np.ones((2, 2))},
+        now=20.0,  # past the deadline with min_results: still open until the tick
+    )
+    assert reply.accepted and events == []
+    assert [e.version for e in c.tick(20.1)] == [1] and c.jobs["j"].history[0]["closed_by"] == RoundEnd.DEADLINE
 
 
 def test_a_restarted_leafs_counters_add_to_those_of_its_ended_process():
@@ -216,9 +260,7 @@ def test_nothing_is_held_without_expected_leaves():
 def test_batch_with_wrong_shapes_refused():
     c = make()
     upd = {"w": np.ones((3, 3))}
-    b = SubmitBatch(
-        leaf="a", seq=1, job_id="j", version=0, task_ids=["t"], sum_weight=1.0, sum_update=tensors_to_binary(upd)
-    )
+    b = SubmitBatch(leaf="a", job_id="j", version=0, task_ids=["t"], sum_weight=1.0, sum_update=tensors_to_binary(upd))
     reply, _ = c.submit(b, upd, 0.0)
     assert not reply.accepted and "parameters" in reply.message
 

@@ -1,12 +1,15 @@
-from device_protocol.messages import JobView
-from edge_gateway.leaf_state import LeafJob, ResultVerdict, TaskDecision
+from dataclasses import replace
+
+from device_protocol.messages import JobStatus, JobView
+from edge_gateway.leaf.job_state import LeafJob, TaskDecision
+from edge_gateway.leaf.result_verdicts import ResultVerdict, judge_result
 
 
 def view(**kw):
     base = dict(
         job_id="j",
         job_name="n",
-        status="running",
+        status=JobStatus.RUNNING,
         model_version=0,
         round=0,
         selection_id=0,
@@ -18,6 +21,17 @@ def view(**kw):
         task_meta={},
     )
     return JobView(**{**base, **kw})
+
+
+def judge(job: LeafJob, task_id: str, version: int) -> ResultVerdict | None:
+    """What /result does with an authentic result once decoded: the verdict, booked, or None when
+    the result is taken (and goes to the server)."""
+    verdict = judge_result(replace(job.result_facts(task_id, version), decoded=True))
+    if verdict is None:
+        job.take(task_id)
+    else:
+        job.settle(task_id, verdict)
+    return verdict
 
 
 def test_first_come_within_quota_then_not_selected():
@@ -36,7 +50,9 @@ def test_first_come_within_quota_then_not_selected():
 def test_not_ready_and_done():
     assert LeafJob(view=view(model_version=-1), waiting_window=1).decide_task("a", 0, True)[0] is TaskDecision.NOT_READY
     assert LeafJob(view=view(), waiting_window=1).decide_task("a", 0, False)[0] is TaskDecision.NOT_READY
-    assert LeafJob(view=view(status="done"), waiting_window=1).decide_task("a", 0, True)[0] is TaskDecision.NO_JOB
+    assert (
+        LeafJob(view=view(status=JobStatus.DONE), waiting_window=1).decide_task("a", 0, True)[0] is TaskDecision.NO_JOB
+    )
 
 
 def test_lease_expiry_frees_slot_and_late_result():
@@ -45,20 +61,20 @@ def test_lease_expiry_frees_slot_and_late_result():
     assert job.decide_task("b", 5.0, True)[0] is TaskDecision.NOT_SELECTED
     decision, lease_b = job.decide_task("b", 10.5, True)
     assert decision is TaskDecision.TASK
-    assert job.judge_result(lease.task_id, 0) is ResultVerdict.LATE
-    assert job.judge_result(lease_b.task_id, 0) is ResultVerdict.COUNT
-    assert job.judge_result(lease_b.task_id, 0) is ResultVerdict.DUPLICATE
+    assert judge(job, lease.task_id, 0) is ResultVerdict.LATE
+    assert judge(job, lease_b.task_id, 0) is None
+    assert judge(job, lease_b.task_id, 0) is ResultVerdict.DUPLICATE
     assert (job.late, job.duplicates) == (1, 1)
 
 
 def test_trained_device_waits_for_next_selection():
     job = LeafJob(view=view(), waiting_window=60)
     _, lease = job.decide_task("a", 0.0, True)
-    assert job.judge_result(lease.task_id, 0) is ResultVerdict.COUNT
+    assert judge(job, lease.task_id, 0) is None
     assert job.decide_task("a", 1.0, True)[0] is TaskDecision.ALREADY_TRAINED
     job.apply_view(view(selection_id=1, model_version=1))
     assert job.decide_task("a", 2.0, True)[0] is TaskDecision.TASK
-    assert job.judge_result(lease.task_id, 0) is ResultVerdict.DUPLICATE  # counted in version 0
+    assert judge(job, lease.task_id, 0) is ResultVerdict.DUPLICATE  # counted in version 0
 
 
 def test_a_counted_result_sent_again_after_the_round_closed_is_a_duplicate_not_late():
@@ -67,35 +83,35 @@ def test_a_counted_result_sent_again_after_the_round_closed_is_a_duplicate_not_l
     job = LeafJob(view=view(), waiting_window=60)
     _, counted = job.decide_task("a", 0.0, True)
     _, not_sent = job.decide_task("b", 0.0, True)
-    assert job.judge_result(counted.task_id, 0) is ResultVerdict.COUNT
+    assert judge(job, counted.task_id, 0) is None
     job.apply_view(view(selection_id=1, model_version=1))
     assert job.reported_already(counted.task_id)
-    assert job.judge_result(counted.task_id, 0) is ResultVerdict.DUPLICATE
-    assert job.judge_result(not_sent.task_id, 0) is ResultVerdict.LATE
+    assert judge(job, counted.task_id, 0) is ResultVerdict.DUPLICATE
+    assert judge(job, not_sent.task_id, 0) is ResultVerdict.LATE
     assert (job.late, job.duplicates) == (1, 1)
     # One version back only: the set stays as small as one round's results.
     job.apply_view(view(selection_id=2, model_version=2))
     assert not job.reported_already(counted.task_id)
-    assert job.judge_result(counted.task_id, 0) is ResultVerdict.LATE
+    assert judge(job, counted.task_id, 0) is ResultVerdict.LATE
 
 
 def test_a_result_the_server_took_as_late_is_late_when_sent_again():
     job = LeafJob(view=view(), waiting_window=60)
     _, lease = job.decide_task("a", 0.0, True)
-    assert job.judge_result(lease.task_id, 0) is ResultVerdict.COUNT
-    job.late_upstream(lease.task_id)  # the server had closed the round before it arrived
+    assert judge(job, lease.task_id, 0) is None
+    job.settle(lease.task_id, ResultVerdict.LATE_UPSTREAM)  # the server had closed the round before it arrived
     job.apply_view(view(selection_id=1, model_version=1))
     assert not job.reported_already(lease.task_id)
-    assert job.judge_result(lease.task_id, 0) is ResultVerdict.LATE
+    assert judge(job, lease.task_id, 0) is ResultVerdict.LATE
     assert (job.late, job.duplicates) == (2, 0)
 
 
 def test_forget_result_lets_retry_count():
     job = LeafJob(view=view(), waiting_window=60)
     _, lease = job.decide_task("a", 0.0, True)
-    assert job.judge_result(lease.task_id, 0) is ResultVerdict.COUNT
-    job.forget_result(lease.task_id)
-    assert job.judge_result(lease.task_id, 0) is ResultVerdict.COUNT
+    assert judge(job, lease.task_id, 0) is None
+    job.settle(lease.task_id, ResultVerdict.UNAVAILABLE)
+    assert judge(job, lease.task_id, 0) is None
 
 
 def test_waiting_forgets_devices_that_went_quiet():
@@ -120,11 +136,11 @@ def test_a_forgotten_result_still_expires_and_never_takes_a_newer_lease_with_it(
     job = LeafJob(view=view(quota=3), waiting_window=60)
     _, first = job.decide_task("a", 0.0, True)
     _, _second = job.decide_task("b", 5.0, True)
-    job.judge_result(first.task_id, 0)
-    job.forget_result(first.task_id)  # now queued behind b's lease
+    judge(job, first.task_id, 0)
+    job.settle(first.task_id, ResultVerdict.UNAVAILABLE)  # now queued behind b's lease
     decision, again = job.decide_task("a", 10.5, True)  # a's lease ran out at 10.0
     assert decision is TaskDecision.TASK and again.task_id != first.task_id
-    assert job.judge_result(first.task_id, 0) is ResultVerdict.LATE
+    assert judge(job, first.task_id, 0) is ResultVerdict.LATE
     job.expire(15.5)  # b's runs out; a's new lease (until 20.5) stays
     assert set(job.leases) == {"a"} and job.leases["a"] is again
 

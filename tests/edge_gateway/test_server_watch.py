@@ -23,7 +23,6 @@ def closing_batch(server: Server) -> dict[str, object]:
     update = {name: np.ones(shape) for name, shape in shapes.items()}
     return SubmitBatch(
         leaf="leaf-0",
-        seq=1,
         job_id="j",
         version=0,
         task_ids=["t1"],

@@ -21,16 +21,14 @@ import aiohttp
 import numpy as np
 from yarl import URL
 
+from device_protocol.messages import JobStatus
 from edge_gateway.launcher import Stack
-from edge_gateway.simulator.decisions import NOT_COUNTED_MARK, Phase
+from edge_gateway.simulator.decisions import Phase
 from edge_gateway.simulator.device import Device, DeviceSettings, _Request
 from edge_gateway.simulator.stats import SimulationReport, Stats
 from edge_gateway.simulator.trainers import Diff, SyntheticTrainer
 
 from .helpers import submit_job, wait_for, wait_leaves_synced
-
-# What the leaf says when a task's result was counted already (edge_gateway/leaf.py).
-COUNTED_ONCE_MARK = "counted once"
 
 
 class PacedTrainer:
@@ -83,14 +81,17 @@ def _result_verdict(http_status: int, body: Mapping[str, Any] | None) -> str:
     if http_status == 0 or http_status >= 500 or body is None:
         return "transport"
     status = str(body.get("status"))
-    message = body.get("message")
-    if status == "OK" and isinstance(message, str):
-        if COUNTED_ONCE_MARK in message:
-            return "duplicate"
-        return "not_counted" if NOT_COUNTED_MARK in message else f"OK: {message}"
     if status == "OK":
-        return "counted"
-    if status == "RETRY" and message is None and "retry_wait" not in body:
+        # The leaf's machine-readable verdict (docs/ARCHITECTURE.md "Device-facing payloads of our own").
+        counted, reason = body.get("counted"), body.get("reason")
+        if counted is True and reason is None:
+            return "counted"
+        if counted is True and reason == "duplicate":
+            return "duplicate"
+        if counted is False:
+            return "not_counted"
+        return f"OK: counted={counted!r}, reason={reason!r}"  # an answer the leaf never gives
+    if status == "RETRY" and body.get("message") is None and "retry_wait" not in body:
         # The proxy's answer when a leaf took a request and went silent (PROTOCOL.md §8).
         return "unanswered"
     return status
@@ -138,7 +139,7 @@ async def finish_job(stack: Stack, job_id: str, load: LoadRun, rounds: int) -> t
     """Wait for the devices to stop (the job is over for them); check the job ran every round and no
     device was refused. Returns the job's final status and the devices' transcript."""
     report, transcript = await load.finish(timeout=150)
-    status = await wait_for(stack.api_url, job_id, lambda s: s["status"] == "done", timeout=15)
+    status = await wait_for(stack.api_url, job_id, lambda s: s["status"] == JobStatus.DONE, timeout=15)
     assert len(status["history"]) == rounds and status["model_version"] == rounds, status
     assert_no_device_refused(report, transcript)
     return status, transcript

@@ -12,6 +12,7 @@ import aiohttp
 import numpy as np
 import pytest
 
+from device_protocol.messages import JobStatus
 from edge_gateway.launcher import Stack
 from edge_gateway.models import initial_weights, load_dataset
 from tests.executorch_warnings import EXECUTORCH_WARNINGS
@@ -106,7 +107,7 @@ async def test_phone_job_trained_on_served_programs(
     deadline = asyncio.get_running_loop().time() + 180
     transcripts = await asyncio.gather(*(d.run(max_tasks=rounds, deadline=deadline) for d in devices))
 
-    status = await wait_for(stack.api_url, job_id, lambda s: s["status"] == "done", timeout=30)
+    status = await wait_for(stack.api_url, job_id, lambda s: s["status"] == JobStatus.DONE, timeout=30)
     assert status["refused"] == 0 and [h["results"] for h in status["history"]] == [per_round] * rounds
     assert all(t.count("task", "ERROR") == 0 for t in transcripts)
     assert any(t.count("task", "RETRY") for t in transcripts)  # "Model not ready" while the export ran

@@ -161,7 +161,7 @@ async def valid_device_trains(stack: Stack, http: aiohttp.ClientSession, job_id:
     before = await counters(stack, job_id)
     task = await task_for(http, stack.proxy_url, job_id, headers(device_id))
     reply = await post_result(http, stack.proxy_url, job_id, device_id, task, diff(task))
-    assert reply == {"status": "OK", "task_id": task["task_id"], "task_name": "train"}
+    assert reply == {"status": "OK", "task_id": task["task_id"], "task_name": "train", "counted": True}
     await wait_for(stack.api_url, job_id, lambda s: s["results_counted"] == before["results_counted"] + 1, timeout=10)
 
 
@@ -606,9 +606,9 @@ async def test_hostile_results_never_touch_the_aggregate(stack: Stack, http: aio
 
     # The victim's real result still counts, once; the thief's own task is untouched by all this.
     ok = await post_result(http, p, job, "victim", task, good)
-    assert ok == {"status": "OK", "task_id": task["task_id"], "task_name": "train"}
+    assert ok == {"status": "OK", "task_id": task["task_id"], "task_name": "train", "counted": True}
     ok = await post_result(http, p, job, "thief", thief, diff(thief))
-    assert ok == {"status": "OK", "task_id": thief["task_id"], "task_name": "train"}
+    assert ok == {"status": "OK", "task_id": thief["task_id"], "task_name": "train", "counted": True}
     await assert_untouched(stack, job, before, refused=len(refusals), results_counted=2, reported=2)
 
 
@@ -641,6 +641,8 @@ async def test_stale_replayed_and_expired_results_are_not_counted(stack: Stack, 
         "task_id": tasks["straggler"]["task_id"],
         "task_name": "train",
         "message": "late result for model version 0: not counted",
+        "counted": False,
+        "reason": "late",
     }
     # The same, replayed by a device whose result already counted (its OK lost): it hears so.
     replay = await post_result(http, p, job, "early-1", tasks["early-1"], diff(tasks["early-1"]))
@@ -649,6 +651,8 @@ async def test_stale_replayed_and_expired_results_are_not_counted(stack: Stack, 
         "task_id": tasks["early-1"]["task_id"],
         "task_name": "train",
         "message": "duplicate result for this task: counted once",
+        "counted": True,
+        "reason": "duplicate",
     }
     await assert_untouched(stack, job, before, late=1, duplicates=1)
 
@@ -661,6 +665,8 @@ async def test_stale_replayed_and_expired_results_are_not_counted(stack: Stack, 
         "task_id": expired["task_id"],
         "task_name": "train",
         "message": "late result (lease expired or round closed): not counted",
+        "counted": False,
+        "reason": "late",
     }
     await assert_untouched(stack, job, before, late=2, duplicates=1, tasks_issued=1)
 

@@ -7,6 +7,7 @@ import sys
 
 import orjson
 
+from device_protocol.messages import JobStatus
 from edge_gateway.launcher import Stack
 
 
@@ -31,7 +32,7 @@ async def test_job_commands(stack: Stack, tmp_path) -> None:
     spec = tmp_path / "spec.json"
     spec.write_bytes(orjson.dumps({"name": "from_file", "model": "xor", "rounds": 2, "retry_wait": 2}))
     code, submitted = await job_cli(stack.api_url, "submit", "--spec", str(spec), "--devices-per-round", "3")
-    assert code == 0 and submitted["status"] == "running"
+    assert code == 0 and submitted["status"] == JobStatus.RUNNING
     assert submitted["spec"]["devices_per_round"] == 3 and submitted["spec"]["retry_wait"] == 2
     job_id = submitted["job_id"]
     code, listed = await job_cli(stack.api_url, "list")
@@ -39,7 +40,7 @@ async def test_job_commands(stack: Stack, tmp_path) -> None:
     code, status = await job_cli(stack.api_url, "status", job_id)
     assert code == 0 and status["model_version"] == 0 and status["history"] == []
     code, ended = await job_cli(stack.api_url, "end", job_id)
-    assert code == 0 and ended["status"] == "done"
+    assert code == 0 and ended["status"] == JobStatus.DONE
     code, refused = await job_cli(stack.api_url, "submit", "--name", "bad", "--model", "resnet")
     assert code == 1 and refused["status"] == "INVALID_REQUEST" and any("model" in e for e in refused["errors"])
     code, missing = await job_cli(stack.api_url, "status", "no-such-job")

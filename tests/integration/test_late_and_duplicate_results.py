@@ -19,6 +19,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
+from device_protocol.messages import JobStatus
 from edge_gateway.launcher import Stack
 from edge_gateway.rpc import RpcClient
 from routing_proxy.routing import Router
@@ -91,7 +92,7 @@ async def test_vanished_device_loses_its_lease_and_its_late_result_counts_nowher
     reply = await stand_in.post("task", f"?job_id={quote(job_id)}", {})
     assert (reply["status"], reply.get("message")) == ("RETRY", "Device not selected"), reply
     answer = await stays.post("result", result_query(job_id, stays_task), result_body(stays, stays_task))
-    assert answer == {"status": "OK", "task_id": stays_task["task_id"], "task_name": "train"}
+    assert answer == {"status": "OK", "task_id": stays_task["task_id"], "task_name": "train", "counted": True}
 
     # `gone` never reports: at the deadline its slot is refilled, never before.
     stand_in_task = await take_task(stand_in, job_id)
@@ -101,12 +102,15 @@ async def test_vanished_device_loses_its_lease_and_its_late_result_counts_nowher
     # Its result arrives after all: OK (Android would end its session on anything else), not counted.
     late = await gone.post("result", result_query(job_id, gone_task), result_body(gone, gone_task))
     assert late["status"] == "OK" and "not counted" in late["message"], late
+    assert (late["counted"], late["reason"]) == (False, "late"), late
     status = await job_status(stack.api_url, job_id)
     assert (status["reported"], status["results_counted"]) == (1, 1), status
 
     answer = await stand_in.post("result", result_query(job_id, stand_in_task), result_body(stand_in, stand_in_task))
     assert answer["status"] == "OK" and "message" not in answer, answer
-    status = await wait_for(stack.api_url, job_id, lambda s: s["status"] == "done" and s["late"] >= 1, timeout=15)
+    status = await wait_for(
+        stack.api_url, job_id, lambda s: s["status"] == JobStatus.DONE and s["late"] >= 1, timeout=15
+    )
     assert [h["results"] for h in status["history"]] == [2] and status["results_counted"] == 2, status
     assert status["late"] == 1 and status["duplicates"] == 0, status
 
@@ -142,8 +146,14 @@ async def test_the_same_result_twice_counts_once_and_both_get_ok(stack: Stack, h
     task = await take_task(first, job_id)
     query, body = result_query(job_id, task), result_body(first, task)
     ids = {"task_id": task["task_id"], "task_name": "train"}
-    counted_once = {"status": "OK", "message": "duplicate result for this task: counted once", **ids}
-    assert await first.post("result", query, body) == {"status": "OK", **ids}
+    counted_once = {
+        "status": "OK",
+        "message": "duplicate result for this task: counted once",
+        "counted": True,
+        "reason": "duplicate",
+        **ids,
+    }
+    assert await first.post("result", query, body) == {"status": "OK", "counted": True, **ids}
     # Its answer "lost": the device sends it again, through the proxy to the same leaf...
     assert await first.post("result", query, body) == counted_once
     # ...and to the other leaf, which has never seen it: the server refuses it as a duplicate.
@@ -158,13 +168,19 @@ async def test_the_same_result_twice_counts_once_and_both_get_ok(stack: Stack, h
     answers = await asyncio.gather(
         second.post("result", query, body), feg_to_leaf(stack, other_leaf(second), second, query, body)
     )
-    counted_once = {"status": "OK", "message": "duplicate result for this task: counted once", **ids}
-    assert sorted(answers, key=len) == [{"status": "OK", **ids}, counted_once], answers
+    counted_once = {
+        "status": "OK",
+        "message": "duplicate result for this task: counted once",
+        "counted": True,
+        "reason": "duplicate",
+        **ids,
+    }
+    assert sorted(answers, key=len) == [{"status": "OK", "counted": True, **ids}, counted_once], answers
     status = await job_status(stack.api_url, job_id)
     assert (status["reported"], status["results_counted"]) == (2, 2), status
 
     task = await take_task(third, job_id)
     answer = await third.post("result", result_query(job_id, task), result_body(third, task))
     assert answer["status"] == "OK" and "message" not in answer, answer
-    status = await wait_for(stack.api_url, job_id, lambda s: s["status"] == "done", timeout=15)
+    status = await wait_for(stack.api_url, job_id, lambda s: s["status"] == JobStatus.DONE, timeout=15)
     assert [h["results"] for h in status["history"]] == [3] and status["results_counted"] == 3, status

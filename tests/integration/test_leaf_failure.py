@@ -8,6 +8,7 @@ import signal
 
 import aiohttp
 
+from device_protocol.messages import JobStatus
 from edge_gateway.launcher import Stack
 
 from .clients import IosDevice
@@ -36,7 +37,7 @@ async def test_leaf_killed_mid_job(stack: Stack, http: aiohttp.ClientSession) ->
     await victim.process.wait()
 
     transcripts = await running
-    status = await wait_for(stack.api_url, job_id, lambda s: s["status"] == "done", timeout=10)
+    status = await wait_for(stack.api_url, job_id, lambda s: s["status"] == JobStatus.DONE, timeout=10)
     # A round closes once it has per_round results; one batch may carry it past that, never past
     # the tasks handed out (per_round * 1.5).
     assert len(status["history"]) == rounds

@@ -78,7 +78,6 @@ async def test_stray_process_cannot_use_the_links(stack: Stack, tmp_path: Path) 
     model = {"job_id": job_id, "version": version}
     partial = {
         "leaf": "leaf-0",
-        "seq": 1,
         "job_id": job_id,
         "version": version,
         "round": 0,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from device_protocol.messages import JobStatus
 from edge_gateway.launcher import Stack
 
 from .helpers import submit_job, wait_for
@@ -73,7 +74,7 @@ async def test_nvflare_device_simulator_completes_a_job(stack: Stack, tmp_path: 
     assert "DeviceSimulator run ended" in output and "is gone" in output, output[-3000:]
     for mark in FAILURE_MARKS:
         assert mark not in output, (mark, output[-3000:])
-    status = await wait_for(stack.api_url, job_id, lambda s: s["status"] == "done", timeout=5)
+    status = await wait_for(stack.api_url, job_id, lambda s: s["status"] == JobStatus.DONE, timeout=5)
     assert status["results_counted"] == rounds * per_round
     assert [h["results"] for h in status["history"]] == [per_round] * rounds
     trained = output.count("finished training")

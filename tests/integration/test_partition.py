@@ -24,6 +24,7 @@ from typing import BinaryIO
 import orjson
 import pytest
 
+from device_protocol.messages import JobStatus
 from edge_gateway.launcher import Stack
 from edge_gateway.processes import Child, free_port, spawn, wait_ready_file
 from routing_proxy.routing import Router
@@ -203,7 +204,7 @@ async def test_leaf_partitioned_for_30_s_then_healed(split_stack: Stack, namespa
         finally:
             namespace.set_link(up=True)
         healed_at = loop.time()
-        assert (await job_status(stack.api_url, job_id))["status"] == "running"  # the heal is under load too
+        assert (await job_status(stack.api_url, job_id))["status"] == JobStatus.RUNNING  # the heal is under load too
         await wait_proxy_healthy(stack, 4, timeout=60)
         await wait_for(stack.api_url, job_id, lambda s: "leaf-3" in s["leaves"], timeout=60)
         rejoined_at = loop.time()

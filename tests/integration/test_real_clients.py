@@ -8,6 +8,7 @@ import io
 import aiohttp
 import numpy as np
 
+from device_protocol.messages import JobStatus
 from edge_gateway.launcher import Stack
 from edge_gateway.models import initial_weights
 
@@ -33,7 +34,7 @@ async def test_ios_and_android_devices_complete_a_job(stack: Stack, http: aiohtt
     deadline = asyncio.get_running_loop().time() + 60
     transcripts = await asyncio.gather(*(d.run(max_tasks=5, deadline=deadline) for d in devices))
 
-    status = await wait_for(stack.api_url, job_id, lambda s: s["status"] == "done", timeout=10)
+    status = await wait_for(stack.api_url, job_id, lambda s: s["status"] == JobStatus.DONE, timeout=10)
     assert status["results_counted"] == 8 and [h["results"] for h in status["history"]] == [4, 4]
     assert status["refused"] == 0
     answers = [a for t in transcripts for a in t.results]
@@ -81,4 +82,6 @@ async def test_phone_only_job_keeps_simulated_devices_off(stack: Stack, http: ai
     phone = IosDevice(http, stack.proxy_url, "iphone-1", "phones_only")
     transcript = await phone.run(max_tasks=1, deadline=asyncio.get_running_loop().time() + 30)
     assert [a["status"] for a in transcript.results] == ["OK"]
-    assert (await wait_for(stack.api_url, job_id, lambda s: s["status"] == "done", timeout=10))["results_counted"] == 1
+    assert (await wait_for(stack.api_url, job_id, lambda s: s["status"] == JobStatus.DONE, timeout=10))[
+        "results_counted"
+    ] == 1

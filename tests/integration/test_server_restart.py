@@ -11,6 +11,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
+from device_protocol.messages import JobStatus
 from edge_gateway.launcher import Stack
 from edge_gateway.processes import spawn, wait_ready_file
 
@@ -35,7 +36,7 @@ async def test_server_killed_and_restarted(stack: Stack, http: aiohttp.ClientSes
     running = asyncio.gather(*(d.run(max_tasks=20, deadline=deadline) for d in devices))
 
     before = await wait_for(stack.api_url, job_id, lambda s: s["round"] >= 1, timeout=30)
-    assert before["status"] == "running", before
+    assert before["status"] == JobStatus.RUNNING, before
     ports = orjson.loads((tmp_path / "server.ready").read_bytes())
     old = next(c for c in stack.children if c.name == "server")
     old.process.send_signal(signal.SIGKILL)
@@ -63,7 +64,7 @@ async def test_server_killed_and_restarted(stack: Stack, http: aiohttp.ClientSes
     await wait_ready_file(new, ready)
 
     transcripts = await running
-    status = await wait_for(stack.api_url, job_id, lambda s: s["status"] == "done", timeout=15)
+    status = await wait_for(stack.api_url, job_id, lambda s: s["status"] == JobStatus.DONE, timeout=15)
     assert status["model_version"] == rounds and len(status["history"]) == rounds
     assert status["history"][0]["closed_at"] == before["history"][0]["closed_at"]  # resumed, not restarted
     for t in transcripts:

@@ -191,7 +191,7 @@ async def test_bad_results_never_touch_the_aggregate(stack: Stack, http: aiohttp
     ]
     for result, cookie, task_id, status, message in refusals:
         reply = await post_result(http, p, job, "dev-a", task, result, cookie, task_id, status)
-        assert reply["status"] == "ERROR", (message, reply)
+        assert reply["status"] == "ERROR" and reply["counted"] is False, (message, reply)
         if message:
             assert message in reply["message"], (message, reply)
     # Leaves report their counters with each sync, a fraction of a second later.
@@ -199,9 +199,10 @@ async def test_bad_results_never_touch_the_aggregate(stack: Stack, http: aiohttp
     assert before["results_counted"] == 0 and before["reported"] == 0
 
     ok = await post_result(http, p, job, "dev-a", task, good)
-    assert ok == {"status": "OK", "task_id": task["task_id"], "task_name": "train"}
+    assert ok == {"status": "OK", "task_id": task["task_id"], "task_name": "train", "counted": True}
     again = await post_result(http, p, job, "dev-a", task, good)  # a retry after a lost answer
     assert again["status"] == "OK" and "counted once" in again["message"]
+    assert (again["counted"], again["reason"]) == (True, "duplicate"), again
     after = await job_status(stack.api_url, job)
     assert after["reported"] == 1 and after["results_counted"] == 1
     # Having trained in this selection, the device is not selected again until the next one.

@@ -28,13 +28,13 @@ def run(
     signal: Signal,
     *,
     retry_wait: float | None = None,
-    message: str | None = None,
+    counted: bool | None = None,
     keep_polling: bool = False,
     resends_left: int = 2,
     backoff: float = 2.5,
 ) -> Decision:
     return decide(
-        phase, Reply(signal, retry_wait, message), backoff=backoff, keep_polling=keep_polling, resends_left=resends_left
+        phase, Reply(signal, retry_wait, counted), backoff=backoff, keep_polling=keep_polling, resends_left=resends_left
     )
 
 
@@ -91,11 +91,11 @@ def test_keep_polling_sends_a_finished_job_back_to_job_after_a_pause() -> None:
     assert run(Phase.POLL, Signal.ERROR, keep_polling=True).step is Step.STOP
 
 
-def test_ok_result_with_not_counted_message() -> None:
-    assert run(Phase.REPORT, Signal.OK, message="late result (round closed): not counted").outcomes == (O.NOT_COUNTED,)
-    assert run(Phase.REPORT, Signal.OK, message="duplicate result for this task: counted once").outcomes == (
-        O.ACCEPTED,
-    )
+def test_ok_result_not_counted() -> None:
+    assert run(Phase.REPORT, Signal.OK, counted=False).outcomes == (O.NOT_COUNTED,)
+    assert run(Phase.REPORT, Signal.OK, counted=True).outcomes == (O.ACCEPTED,)
+    assert run(Phase.REPORT, Signal.OK).outcomes == (O.ACCEPTED,)  # an answer that does not say
+    assert run(Phase.REPORT, Signal.RETRY, counted=False).outcomes == (O.RETRY,)
 
 
 @pytest.mark.parametrize("signal", [Signal.RETRY, Signal.TRANSPORT])
@@ -124,11 +124,15 @@ TASK_OK = {"status": "OK", "task_id": "T", "task_name": "train", "task_data": {"
             Phase.POLL,
             200,
             {"status": "RETRY", "retry_wait": 30, "message": "Model not ready"},
-            Reply(Signal.RETRY, 30.0, "Model not ready"),
+            Reply(Signal.RETRY, 30.0),
         ),
         (Phase.POLL, 200, {"status": "RETRY", "retry_wait": -1}, Reply(Signal.RETRY)),
         (Phase.POLL, 200, {"status": "RETRY", "retry_wait": "30"}, Reply(Signal.RETRY)),
-        (Phase.REPORT, 200, {"status": "OK", "message": "x: not counted"}, Reply(Signal.OK, None, "x: not counted")),
+        (Phase.REPORT, 200, {"status": "OK", "counted": False, "reason": "late"}, Reply(Signal.OK, None, False)),
+        (Phase.REPORT, 200, {"status": "OK", "counted": True}, Reply(Signal.OK, None, True)),
+        # Meaning is never read out of the human message.
+        (Phase.REPORT, 200, {"status": "OK", "message": "x: not counted"}, Reply(Signal.OK)),
+        (Phase.REPORT, 200, {"status": "OK", "counted": "false"}, Reply(Signal.OK)),
         (Phase.REPORT, 200, {"status": "TRANSPORT"}, Reply(Signal.INVALID)),
         (Phase.REPORT, 200, {"status": "SOMETHING"}, Reply(Signal.INVALID)),
         (Phase.REPORT, 200, {}, Reply(Signal.INVALID)),
@@ -136,7 +140,7 @@ TASK_OK = {"status": "OK", "task_id": "T", "task_name": "train", "task_data": {"
             Phase.POLL,
             400,
             {"status": "INVALID_REQUEST", "message": "missing job_id"},
-            Reply(Signal.INVALID, None, "missing job_id"),
+            Reply(Signal.INVALID),
         ),
         (Phase.POLL, 413, None, Reply(Signal.INVALID)),
         (Phase.POLL, 502, {"status": "OK"}, Reply(Signal.TRANSPORT)),

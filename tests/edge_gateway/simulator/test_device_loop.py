@@ -97,7 +97,7 @@ async def test_result_retry_resends_the_same_body_then_not_counted_then_refused(
         return [
             {"status": "RETRY", "retry_wait": 1, "message": "server unavailable: send the result again", **ids},
             None,
-            {"status": "OK", "message": "late result (round closed): not counted", **ids},
+            {"status": "OK", "message": "late result (round closed): not counted", "counted": False, **ids},
             {"status": "ERROR", "message": "all-zero diff", **ids},
         ][n]
 

@@ -12,7 +12,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
 
-from device_protocol.messages import JobView, LeafJobReport
+from device_protocol.messages import JobStatus, JobView, LeafJobReport
+
+from .result_verdicts import RESULT_ANSWERS, ResultFacts, ResultVerdict, Tally
 
 
 class TaskDecision(Enum):
@@ -22,12 +24,6 @@ class TaskDecision(Enum):
     ALREADY_TRAINED = "already_trained"  # trained in this selection: wait for the next
     NOT_ELIGIBLE = "not_eligible"  # the job's allow-lists leave this device out
     TASK = "task"
-
-
-class ResultVerdict(Enum):
-    COUNT = "count"
-    LATE = "late"
-    DUPLICATE = "duplicate"
 
 
 @dataclass
@@ -122,11 +118,11 @@ class LeafJob:
         self, device_id: str, now: float, model_ready: bool, platform: str | None = None
     ) -> tuple[TaskDecision, Lease | None]:
         view = self.view
-        if view.status == "done":
+        if view.status is JobStatus.DONE:
             return TaskDecision.NO_JOB, None
         if not self.eligible(device_id, platform):
             return TaskDecision.NOT_ELIGIBLE, None
-        if view.status != "running" or view.model_version < 0 or not model_ready:
+        if view.status is not JobStatus.RUNNING or view.model_version < 0 or not model_ready:
             return TaskDecision.NOT_READY, None
         self.expire(now)
         lease = self.leases.get(device_id)
@@ -162,29 +158,40 @@ class LeafJob:
         """Whether this task's result was taken before (this model version or the one before)."""
         return task_id in self.reported_tasks or task_id in self.reported_before
 
-    def judge_result(self, task_id: str, version: int) -> ResultVerdict:
-        """Decide whether an authentic result (cookie verified) can still count."""
-        if self.reported_already(task_id):
-            self.duplicates += 1
-            return ResultVerdict.DUPLICATE
-        if version != self.view.model_version or self.view.status != "running" or task_id in self.expired_tasks:
-            self.late += 1
-            return ResultVerdict.LATE
+    def result_facts(self, task_id: str, version: int) -> ResultFacts:
+        """What this job's books say of an authentic result of `task_id` for model `version`."""
+        return ResultFacts(
+            reported=self.reported_already(task_id),
+            current=version == self.view.model_version and self.view.status is JobStatus.RUNNING,
+            lease_expired=task_id in self.expired_tasks,
+        )
+
+    def take(self, task_id: str) -> None:
+        """The result passed every check and goes to the server: a second one is a duplicate."""
         self.reported_tasks.add(task_id)
         lease = self.by_task.get(task_id)
         if lease is not None:
             lease.reported = True
             self.unreported.pop(task_id, None)
-        return ResultVerdict.COUNT
 
-    def late_upstream(self, task_id: str) -> None:
-        """The server closed the round before this result reached it: it was not counted."""
-        self.late += 1
-        self.reported_tasks.discard(task_id)
-        self.reported_before.discard(task_id)
+    def settle(self, task_id: str, verdict: ResultVerdict) -> None:
+        """Book the verdict on a result: the counter it moves, and what it undoes of `take`."""
+        tally = RESULT_ANSWERS[verdict].tally
+        if tally is Tally.REFUSED:
+            self.refused += 1
+        elif tally is Tally.LATE:
+            self.late += 1
+        elif tally is Tally.DUPLICATES:
+            self.duplicates += 1
+        if verdict is ResultVerdict.LATE_UPSTREAM:
+            # The server closed the round before this result reached it: it was not counted.
+            self.reported_tasks.discard(task_id)
+            self.reported_before.discard(task_id)
+        elif verdict is ResultVerdict.UNAVAILABLE:
+            self._forget(task_id)
 
-    def forget_result(self, task_id: str) -> None:
-        """The result could not be made durable: let the device's retry count."""
+    def _forget(self, task_id: str) -> None:
+        # The result could not be made durable: let the device's retry count.
         self.reported_tasks.discard(task_id)
         self.reported_before.discard(task_id)
         lease = self.by_task.get(task_id)

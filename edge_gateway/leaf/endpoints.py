@@ -1,0 +1,203 @@
+"""The leaf's answers to devices' /job, /task, /result and /selection, from its view of each job."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+from device_protocol.codecs import encode
+from device_protocol.cookies import CookieSigner
+from device_protocol.errors import CookieInvalid, UpdateRejected
+from device_protocol.feg import (
+    Identity,
+    JobRequest,
+    ResultRequest,
+    SelectionRequest,
+    Status,
+    TaskRequest,
+    response,
+)
+from device_protocol.messages import JobStatus, RegisterGroup
+from device_protocol.tensors import decode_update
+
+from ..rpc import RpcRemoteError, RpcUnavailable
+from ..uplink import ResultBatcher, ServerLink
+from .job_state import LeafJob, Lease, TaskDecision
+from .payload_cache import PayloadCache
+from .result_verdicts import ResultFacts, judge_result, result_answer
+
+log = logging.getLogger(__name__)
+
+SIMULATOR_GROUP = re.compile(r"(?P<prefix>[^?#]+)\?(?P<count>[1-9][0-9]{0,5})")
+STARTING_RETRY_WAIT = 5
+
+FegReply = list[Any]  # [http_status, content_type, body]
+
+
+def _from_simulator(identity: Identity) -> bool:
+    """NVFlare's Python simulator sends `platform=None`, read as no platform (docs/NVFLARE_SIMULATOR.md
+    §4); phones name theirs, so a phone's `x?N` id is an ordinary id and registers no phantoms."""
+    return "platform" not in identity.device_info
+
+
+class DeviceEndpoints:
+    """Answers parsed device requests; the leaf process owns the jobs, payloads and links it reads."""
+
+    def __init__(
+        self,
+        jobs: dict[str, LeafJob],
+        payloads: PayloadCache,
+        signer: CookieSigner,
+        batcher: ResultBatcher,
+        link: ServerLink,
+        quota_hold: float,
+        sync_soon: Callable[[float], Awaitable[None]],
+    ) -> None:
+        self._jobs = jobs
+        self._payloads = payloads
+        self._signer = signer
+        self._batcher = batcher
+        self._link = link
+        self._quota_hold = quota_hold
+        # Asks the server for a sync now and waits (at most the given seconds) until one is done.
+        self._sync_soon = sync_soon
+
+    def job(self, request: JobRequest) -> dict[str, Any]:
+        # Jobs are looked up by exact name; a running one wins over a finished one of that name.
+        matches = [j.view for j in self._jobs.values() if j.view.job_name == request.job_name]
+        live = [v for v in matches if v.status is not JobStatus.DONE]
+        if not live:
+            return response(Status.NO_JOB, message=f"no running job named {request.job_name!r}")
+        view = live[0]
+        return response(Status.OK, job_id=view.job_id, job_name=view.job_name, job_data={"config": view.config})
+
+    def task(self, request: TaskRequest, as_msgpack: bool) -> FegReply | Awaitable[FegReply]:
+        job = self._jobs.get(request.job_id)
+        if job is None:
+            content_type, data = encode(response(Status.NO_JOB, message=f"unknown job {request.job_id!r}"), as_msgpack)
+            return [200, content_type, data]
+        loop = asyncio.get_running_loop()
+        decision, lease = self._decide(job, request, loop.time())
+        if decision is TaskDecision.NOT_SELECTED and job.view.free_slots > 0 and self._quota_hold > 0:
+            return self._task_held(job, request, as_msgpack, loop.time() + self._quota_hold)
+        return self._task_answer(job, request, decision, lease, as_msgpack)
+
+    async def _task_held(self, job: LeafJob, request: TaskRequest, as_msgpack: bool, give_up: float) -> FegReply:
+        # No slot here, but some are free: ask the server now and give it a moment rather
+        # than sending the device away for retry_wait.
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._sync_soon(give_up - loop.time())
+            decision, lease = self._decide(job, request, loop.time())
+            left = give_up - loop.time()
+            if decision is not TaskDecision.NOT_SELECTED or left <= 0 or job.view.free_slots == 0:
+                return self._task_answer(job, request, decision, lease, as_msgpack)
+
+    def _decide(self, job: LeafJob, request: TaskRequest, now: float) -> tuple[TaskDecision, Lease | None]:
+        ready = self._payloads.ready(job.view)
+        return job.decide_task(request.identity.device_id, now, ready, request.identity.device_info.get("platform"))
+
+    def _task_answer(
+        self, job: LeafJob, request: TaskRequest, decision: TaskDecision, lease: Lease | None, as_msgpack: bool
+    ) -> FegReply:
+        view = job.view
+        payload = self._payloads.get(view.job_id)
+        if decision is TaskDecision.TASK and lease is not None and payload is not None:
+            cookie = self._signer.issue(
+                view.job_id, request.identity.device_id, lease.task_id, lease.version, lease.selection_id
+            )
+            content_type, data = payload.render(lease.task_id, cookie, as_msgpack)
+            return [200, content_type, data]
+        if decision is TaskDecision.NO_JOB:
+            reply = response(Status.NO_JOB, job_id=view.job_id, message="job finished")
+        elif decision is TaskDecision.NOT_READY:
+            reply = response(Status.RETRY, job_id=view.job_id, retry_wait=view.retry_wait, message="Model not ready")
+        else:
+            reply = response(
+                Status.RETRY, job_id=view.job_id, retry_wait=view.retry_wait, message="Device not selected"
+            )
+        content_type, data = encode(reply, as_msgpack)
+        return [200, content_type, data]
+
+    async def result(self, request: ResultRequest, offload: bool) -> dict[str, Any]:
+        # Facts are gathered and `judge_result` asked after each step; it alone decides.
+        job = self._jobs.get(request.job_id)
+        detail: str | None = None  # why the cookie or the update was refused
+        version = -1
+        if job is None:
+            facts = ResultFacts(job_known=False)
+        elif request.status != Status.OK.value:
+            facts = ResultFacts(device_ok=False)
+        else:
+            try:
+                version, _ = self._signer.verify(
+                    request.cookie, job.view.job_id, request.identity.device_id, request.task_id
+                )
+                facts = job.result_facts(request.task_id, version)
+            except CookieInvalid as exc:
+                facts, detail = ResultFacts(cookie_ok=False), exc.message
+        verdict = judge_result(facts)
+        if verdict is None and job is not None:
+            try:
+                shapes = {k: tuple(v) for k, v in job.view.param_shapes.items()}
+                if offload:  # lists of a large diff take milliseconds to turn into arrays
+                    update, weight = await asyncio.to_thread(decode_update, request.result, shapes)
+                else:
+                    update, weight = decode_update(request.result, shapes)
+            except UpdateRejected as exc:
+                facts, detail = replace(facts, decoded=False), exc.message
+            else:
+                # Looked at again: the round may have closed or the lease run out meanwhile.
+                facts = replace(job.result_facts(request.task_id, version), decoded=True)
+            verdict = judge_result(facts)
+            if verdict is None:
+                job.take(request.task_id)
+                outcome = await self._batcher.submit(job.view.job_id, version, request.task_id, weight, update)
+                verdict = judge_result(replace(facts, upstream=outcome))
+        assert verdict is not None, "a result the server has answered always has a verdict"
+        if job is not None:
+            job.settle(request.task_id, verdict)
+        if detail is not None:
+            log.info("refused result from %s: %s", request.identity.device_id, detail)
+        return result_answer(
+            verdict,
+            request.task_id,
+            request.task_name,
+            job_id=request.job_id,
+            device_status=request.status,
+            detail=detail,
+            version=version,
+        )
+
+    async def selection(self, request: SelectionRequest) -> dict[str, Any]:
+        # NVFlare's Python simulator: it announces its devices as "<prefix>?N", reads which of
+        # "<prefix>#i" may ask for a task, and stops only on NO_JOB (docs/NVFLARE_SIMULATOR.md).
+        job = self._jobs.get(request.job_id)
+        if job is None or job.view.status is JobStatus.DONE:
+            return response(Status.NO_JOB, message=f"no running job {request.job_id!r}")
+        group = SIMULATOR_GROUP.fullmatch(request.identity.device_id) if _from_simulator(request.identity) else None
+        if group is not None:
+            register = RegisterGroup(job_id=job.view.job_id, prefix=group["prefix"], count=int(group["count"]))
+            try:
+                await self._link.call("register", register.model_dump(), 5.0)
+            except RpcUnavailable:
+                return response(Status.RETRY, retry_wait=STARTING_RETRY_WAIT, message="server unavailable")
+            except RpcRemoteError as exc:
+                log.warning("simulated device group %s?%d refused: %s", register.prefix, register.count, exc)
+                return response(
+                    Status.RETRY,
+                    retry_wait=job.view.retry_wait,
+                    message="simulated device group refused: too many devices for this job",
+                )
+            job.view = job.view.model_copy(
+                update={"device_groups": {**job.view.device_groups, register.prefix: register.count}}
+            )
+        selection = job.selection()
+        # Every simulated device may ask; the leaves' slots decide who trains (PROTOCOL.md §4).
+        for prefix, count in job.view.device_groups.items():
+            selection.update((f"{prefix}#{i}", job.view.selection_id) for i in range(count))
+        return response(Status.OK, job_id=job.view.job_id, selection=selection)

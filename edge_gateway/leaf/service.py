@@ -1,0 +1,277 @@
+"""The leaf process: lifecycle and drain, the proxy-facing handlers, and keeping in sync with the server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable
+from typing import Any
+
+import orjson
+
+from device_protocol.codecs import JSON, decode_body, encode, wants_msgpack
+from device_protocol.cookies import CookieSigner
+from device_protocol.errors import BodyTooLarge, ProtocolError
+from device_protocol.feg import (
+    FegRequest,
+    JobRequest,
+    ResultRequest,
+    Status,
+    TaskRequest,
+    error_response,
+    parse_request,
+    response,
+)
+from device_protocol.messages import JobView, SyncReply, SyncRequest
+from device_protocol.tensors import max_result_body_bytes
+
+from ..config import LeafConfig
+from ..rpc import RpcClient, RpcRemoteError, RpcServer, RpcUnavailable
+from ..uplink import ResultBatcher, ServerLink
+from .endpoints import STARTING_RETRY_WAIT, DeviceEndpoints, FegReply
+from .job_state import LeafJob
+from .payload_cache import PayloadCache
+
+log = logging.getLogger(__name__)
+
+# Bodies larger than this are decoded in a worker thread so other devices are not held up.
+INLINE_DECODE_LIMIT = 64 * 1024
+# On SIGTERM the leaf answers requests until none has come for this long: the proxy stops sending
+# once its next health ping (every second by default) fails.
+DRAIN_QUIET = 1.0
+DRAINING_RETRY_WAIT = 1  # another leaf will answer: no need to wait long
+WATCH_WAIT = 20.0  # seconds the server may hold a "watch" call
+
+
+class Leaf:
+    """One leaf process: an RPC server for the proxy, a link to the server."""
+
+    def __init__(self, config: LeafConfig, link: ServerLink | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self.boot = uuid.uuid4().hex
+        secret = config.secret_bytes()
+        self._client = (
+            RpcClient(config.server_host, config.server_port, secret, name=f"{self.name}->server")
+            if link is None
+            else None
+        )
+        self._link: ServerLink = link if link is not None else self._client  # type: ignore[assignment]
+        self._rpc = RpcServer({"feg": self.handle_feg, "ping": self.handle_ping}, secret)
+        self.batcher = ResultBatcher(self.name, self._link, hold_limit=config.result_hold)
+        self.jobs: dict[str, LeafJob] = {}
+        self._payloads = PayloadCache(self._link, self._is_current)
+        self._endpoints = DeviceEndpoints(
+            self.jobs,
+            self._payloads,
+            CookieSigner(config.cookie_key()),
+            self.batcher,
+            self._link,
+            config.quota_hold,
+            self._sync_soon,
+        )
+        self._server_boot: str | None = None
+        self._synced = asyncio.Event()  # replaced after every sync, so waiters see the next one
+        self._wake_sync = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.port = 0
+        self._draining = False
+        self._busy = 0  # device requests taken and not answered yet
+        self._last_request = 0.0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> int:
+        if self._client is not None:
+            await self._client.start()
+        self.batcher.start()
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._sync_loop(), name="leaf-sync"))
+        self._tasks.append(loop.create_task(self._watch_loop(), name="leaf-watch"))
+        self.port = await self._rpc.start(self.config.host, self.config.port)
+        log.info("leaf %s listening on %s:%d", self.name, self.config.host, self.port)
+        return self.port
+
+    async def stop(self) -> None:
+        """Drain: fail health pings and turn new work away, but answer every result taken (and the
+        ones still coming until the proxy has moved the devices away), within `drain_timeout`.
+        Then flush what waits for the server and close the links."""
+        self._draining = True
+        loop = asyncio.get_running_loop()
+        started, in_flight = loop.time(), self._busy
+        deadline = started + self.config.drain_timeout
+        while loop.time() < deadline and (self._busy or loop.time() - self._last_request < DRAIN_QUIET):
+            await asyncio.sleep(0.05)
+        if self._busy:
+            log.warning(
+                "leaf %s: %d requests unanswered after a %.0f s drain", self.name, self._busy, self.config.drain_timeout
+            )
+        else:
+            log.info(
+                "leaf %s drained in %.1f s (%d requests were in flight)", self.name, loop.time() - started, in_flight
+            )
+        await self._rpc.close()
+        await self.batcher.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._payloads.close()
+        if self._client is not None:
+            await self._client.close()
+
+    # -- proxy-facing handlers ----------------------------------------------------------------
+    def handle_ping(self, _: Any) -> str:
+        if self._draining:
+            raise RuntimeError("leaf shutting down")  # the proxy marks it unhealthy and moves its devices
+        return "pong"
+
+    def handle_feg(self, payload: Any) -> FegReply | Awaitable[FegReply]:
+        """The answer now when it needs no waiting (most /job and /task), else an awaitable."""
+        self._last_request = asyncio.get_running_loop().time()
+        if self._draining and payload[0] != "result":
+            # A result is still answered (Android ends its session on anything but OK); new work
+            # is for the leaves that stay.
+            reply = response(Status.RETRY, retry_wait=DRAINING_RETRY_WAIT, message="leaf shutting down")
+            content_type, data = encode(reply, wants_msgpack(payload[2].get("accept", "")))
+            return [200, content_type, data]
+        outcome = self._answer_feg(payload)
+        if isinstance(outcome, Awaitable):
+            self._busy += 1
+            return self._counted(outcome)
+        return outcome
+
+    async def _counted(self, outcome: Awaitable[FegReply]) -> FegReply:
+        try:
+            return await outcome
+        finally:
+            self._busy -= 1
+
+    def _answer_feg(self, payload: Any) -> FegReply | Awaitable[FegReply]:
+        endpoint, query, headers, body = payload
+        if len(body) > INLINE_DECODE_LIMIT:
+            if endpoint == "result" and len(body) > (limit := self._result_body_limit(query.get("job_id"))):
+                # Refused unparsed: junk the size of an upload would become millions of objects.
+                return self._refused(
+                    endpoint,
+                    BodyTooLarge(f"result body larger than {limit} bytes, more than this job's model can need"),
+                )
+            return self._feg_decoded_in_thread(endpoint, query, headers, body)
+        try:
+            fields = decode_body(headers.get("content-type", ""), body)
+            request = parse_request(endpoint, query, headers, fields)
+        except ProtocolError as exc:
+            return self._refused(endpoint, exc)
+        return self._feg(request, headers, len(body))
+
+    async def _feg_decoded_in_thread(self, endpoint: str, query: Any, headers: Any, body: bytes) -> FegReply:
+        try:
+            fields = await asyncio.to_thread(decode_body, headers.get("content-type", ""), body)
+            request = parse_request(endpoint, query, headers, fields)
+        except ProtocolError as exc:
+            return self._refused(endpoint, exc)
+        outcome = self._feg(request, headers, len(body))
+        return await outcome if isinstance(outcome, Awaitable) else outcome
+
+    def _result_body_limit(self, job_id: str | None) -> int:
+        job = self.jobs.get(job_id or "")
+        if job is not None:
+            return max_result_body_bytes(job.param_count())
+        # An unknown job is answered as such once parsed; the body is bounded by the largest model.
+        return max_result_body_bytes(max((j.param_count() for j in self.jobs.values()), default=0))
+
+    def _refused(self, endpoint: str, exc: ProtocolError) -> FegReply:
+        log.info("refused %s request: %s", endpoint, exc.message)
+        return [exc.http_status, JSON, orjson.dumps(error_response(exc.status, exc.message, exc.errors))]
+
+    def _feg(self, request: FegRequest, headers: Any, body_size: int) -> FegReply | Awaitable[FegReply]:
+        as_msgpack = wants_msgpack(headers.get("accept", ""))
+        if not self._synced_once():
+            reply = response(Status.RETRY, retry_wait=STARTING_RETRY_WAIT, message="Gateway starting")
+        elif isinstance(request, JobRequest):
+            reply = self._endpoints.job(request)
+        elif isinstance(request, TaskRequest):
+            return self._endpoints.task(request, as_msgpack)
+        elif isinstance(request, ResultRequest):
+            return self._encoded(self._endpoints.result(request, offload=body_size > INLINE_DECODE_LIMIT), as_msgpack)
+        else:
+            return self._encoded(self._endpoints.selection(request), as_msgpack)
+        content_type, data = encode(reply, as_msgpack)
+        return [200, content_type, data]
+
+    @staticmethod
+    async def _encoded(reply: Awaitable[dict[str, Any]], as_msgpack: bool) -> FegReply:
+        content_type, data = encode(await reply, as_msgpack)
+        return [200, content_type, data]
+
+    def _synced_once(self) -> bool:
+        return self._server_boot is not None
+
+    # -- server sync --------------------------------------------------------------------------
+    async def _sync_soon(self, timeout: float) -> None:
+        """Ask for a sync now and wait for the next one to finish, at most `timeout` seconds."""
+        self._wake_sync.set()
+        try:
+            await asyncio.wait_for(self._synced.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    async def _sync_loop(self) -> None:
+        while True:
+            try:
+                await self._sync_once()
+            except (RpcUnavailable, RpcRemoteError) as exc:
+                log.debug("sync failed: %s", exc)
+            except Exception:
+                log.exception("sync failed")
+            try:
+                await asyncio.wait_for(self._wake_sync.wait(), self.config.sync_interval)
+            except TimeoutError:
+                pass
+            self._wake_sync.clear()
+
+    async def _watch_loop(self) -> None:
+        # A new model version is served as soon as the server has it, not up to a sync interval later.
+        seen = -1
+        while True:
+            try:
+                seen = await self._link.call("watch", {"seen": seen, "wait": WATCH_WAIT}, WATCH_WAIT + 5.0)
+            except (RpcUnavailable, RpcRemoteError) as exc:
+                log.debug("watch failed: %s", exc)
+                await asyncio.sleep(self.config.sync_interval)  # the periodic sync still runs
+                continue
+            self._wake_sync.set()
+
+    async def _sync_once(self) -> None:
+        now = asyncio.get_running_loop().time()
+        reports = {job_id: job.report(now) for job_id, job in self.jobs.items()}
+        request = SyncRequest(leaf=self.name, boot=self.boot, jobs=reports, server_boot=self._server_boot)
+        reply = SyncReply.model_validate(await self._link.call("sync", request.model_dump(), 5.0))
+        if reply.boot != self._server_boot:
+            if self._server_boot is not None:
+                log.warning("server restarted (boot %s): sending again what it had not checkpointed", reply.boot)
+                if not await self.batcher.resend_retained(reply.boot):
+                    return  # the next sync tries again
+            self._server_boot = reply.boot
+            self._wake_sync.set()  # the server holds its rounds until this leaf says it has re-sent
+        seen = set()
+        for view in reply.jobs:
+            seen.add(view.job_id)
+            self._apply(view)
+        for job_id in [j for j in self.jobs if j not in seen]:
+            del self.jobs[job_id]
+            self._payloads.drop(job_id)
+        self._synced.set()
+        self._synced = asyncio.Event()
+
+    def _apply(self, view: JobView) -> None:
+        job = self.jobs.get(view.job_id)
+        if job is None:
+            self.jobs[view.job_id] = LeafJob(view=view, waiting_window=2.0 * view.retry_wait + 5.0)
+        else:
+            job.apply_view(view)
+        self.batcher.release(view.job_id, view.model_version)
+        self._payloads.want(view)
+
+    def _is_current(self, job_id: str, version: int) -> bool:
+        job = self.jobs.get(job_id)
+        return job is not None and job.view.model_version == version
