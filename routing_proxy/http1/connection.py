@@ -17,7 +17,7 @@ import httptools
 from internal_link.flow_control import FlowControl
 
 from .messages import Reply, Request, Response, invalid_request, json_error, origin_form, response_head
-from .state import SLOW_MESSAGES, Deadline, Hold, Incoming
+from .state import SLOW_MESSAGES, Deadline, Hold, Incoming, Pending
 
 if TYPE_CHECKING:
     from .server import HttpServer
@@ -33,11 +33,13 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class _Refused(Exception):
-    """Raised inside a parser callback to stop parsing and answer with `response`."""
+    """Raised inside a parser callback to stop parsing and answer with `response`, then read (and
+    discard) for `linger` seconds what the client still sends."""
 
-    def __init__(self, response: Response) -> None:
+    def __init__(self, response: Response, linger: float = _LINGER_SECONDS) -> None:
         super().__init__(response.status)
         self.response = response
+        self.linger = linger
 
 
 class HttpConnection(asyncio.Protocol):
@@ -54,10 +56,12 @@ class HttpConnection(asyncio.Protocol):
         self._on_deadline = Deadline.CLOSE
         self._parser = httptools.HttpRequestParser(self)
         self._incoming: Incoming | None = None
-        self._waiting_for_memory = False
-        # Parsed requests (or ready answers to refused ones) in arrival order, with keep-alive.
-        self._queue: deque[tuple[Request | Response, bool]] = deque()
+        # Parsed requests (or ready answers to refused ones) in arrival order.
+        self._queue: deque[Pending] = deque()
         self._in_flight = False
+        # Of the server's body budget: what this connection holds in all, and its request in flight.
+        self._held = 0
+        self._in_flight_held = 0
         self._closing = False
         self._upgraded = False
         self._began_here = False
@@ -74,18 +78,17 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
-        self.server.waiting_for_memory.discard(self)
-        self._drop_body()
         self._flow.connection_lost()
         self.transport = None
         self._queue.clear()
+        self._incoming = None
+        self._in_flight_held = 0
+        self._release(self._held)  # nothing will be written for any of it
 
     def eof_received(self) -> bool:
         """A client may shut its sending side once its request is out (HTTP/1.0 scripts, `nc -N`):
         the requests it completed are still answered, then the connection closes."""
-        if self._incoming is not None:  # a request it can no longer finish
-            self._drop_body()
-            self._incoming = None
+        self._drop_incoming()  # a request it can no longer finish
         tls = self.transport is not None and self.transport.get_extra_info("sslcontext") is not None
         if self._closing or self._idle() or tls:  # TLS cannot stay half-open
             return False  # the transport closes
@@ -102,7 +105,7 @@ class HttpConnection(asyncio.Protocol):
             refused = exc.__context__
             if not isinstance(refused, _Refused):
                 raise
-            self._refuse(refused.response)
+            self._refuse(refused.response, refused.linger)
             return
         except httptools.HttpParserUpgrade:
             # Answered as plain HTTP (allowed: the Upgrade header may be ignored); what follows
@@ -170,11 +173,17 @@ class HttpConnection(asyncio.Protocol):
         limits = self.limits
         incoming.path, _, incoming.query = origin_form(incoming.target).partition(b"?")
         upload = incoming.path in limits.upload_paths
-        incoming.body_limit = limits.max_body_bytes if upload else limits.max_other_body_bytes
+        # A body the budget could never take is refused for good, not told to come back.
+        path_limit = limits.max_body_bytes if upload else limits.max_other_body_bytes
+        incoming.body_limit = min(path_limit, self.server.budget.largest)
         length = incoming.headers.get(b"content-length")
-        # llhttp has checked that it is a number.
-        if length is not None and int(length) > incoming.body_limit:
-            raise _Refused(_body_too_large(incoming))
+        if length is not None:
+            incoming.length = int(length)  # llhttp has checked that it is a number
+            if incoming.length > incoming.body_limit:
+                raise _Refused(_body_too_large(incoming))
+            if incoming.length:
+                # All of it now: a body that does not fit is refused before the client sends it.
+                self._hold(incoming, incoming.length, incoming.length)
         if self._idle():
             self._arm(limits.body_timeout, Deadline.SLOW_BODY)
             # Only when nothing is owed before it: a 100 must not land inside an earlier answer.
@@ -186,14 +195,9 @@ class HttpConnection(asyncio.Protocol):
         incoming.body_bytes += len(body)
         if incoming.body_bytes > incoming.body_limit:
             raise _Refused(_body_too_large(incoming))
+        if incoming.length is None:  # chunked: held as it streams
+            self._hold(incoming, len(body), incoming.body_bytes)
         incoming.body.append(body)
-        server = self.server
-        incoming.buffered += len(body)
-        server.buffered_bytes += len(body)
-        if server.buffered_bytes > self.limits.max_buffered_bytes and not self._waiting_for_memory:
-            self._waiting_for_memory = True
-            server.waiting_for_memory.add(self)
-            self._flow.pause_reading(Hold.MEMORY)
 
     def on_message_complete(self) -> None:
         incoming = self._parsing()
@@ -201,9 +205,9 @@ class HttpConnection(asyncio.Protocol):
         request = Request(
             self._parser.get_method().decode("ascii"), incoming.path, incoming.query, incoming.headers, body
         )
-        self._drop_body()  # handed on: the link and the leaf bound it from here
         self._incoming = None
-        self._queue.append((request, self._parser.should_keep_alive()))
+        # Its share of the budget goes with it, until its answer is written.
+        self._queue.append(Pending(request, self._parser.should_keep_alive(), incoming.held))
         if len(self._queue) > _MAX_QUEUED:
             self._flow.pause_reading(Hold.BACKLOG)
         self._next()
@@ -213,15 +217,33 @@ class HttpConnection(asyncio.Protocol):
         assert incoming is not None, "httptools calls back only inside a message"
         return incoming
 
-    def resume_after_memory(self) -> None:
-        self._waiting_for_memory = False
-        self._flow.resume_reading(Hold.MEMORY)
+    # The body budget
 
-    def _drop_body(self) -> None:
-        """The body in progress no longer counts against the server's buffer budget."""
-        if self._incoming is not None:
-            self.server.buffered_bytes -= self._incoming.buffered
-            self._incoming.buffered = 0
+    def _hold(self, incoming: Incoming, size: int, body_size: int) -> None:
+        """Count `size` more bytes of this body (`body_size` long) against the server's budget, or
+        refuse the request at once: RETRY, never a pause (budget.py says why)."""
+        if not self.server.budget.take(size, body_size, self._held):
+            raise _Refused(self.server.busy(), linger=self.limits.body_timeout)
+        incoming.held += size
+        self._held += size
+
+    def _release(self, size: int) -> None:
+        if size:
+            self._held -= size
+            self.server.budget.release(size)
+
+    def _drop_incoming(self) -> None:
+        """Forget the request being parsed, and the budget its body held."""
+        incoming = self._incoming
+        if incoming is not None:
+            self._incoming = None
+            self._release(incoming.held)
+
+    def _discard_queue(self) -> None:
+        """Forget the requests that will never be answered (the connection closes before them)."""
+        for pending in self._queue:
+            self._release(pending.held)
+        self._queue.clear()
 
     def _head_too_large(self) -> Response:
         return invalid_request(431, f"request head larger than {self.limits.max_head_bytes} bytes")
@@ -240,13 +262,15 @@ class HttpConnection(asyncio.Protocol):
             and not self._closing
             and self.transport is not None
         ):
-            item, keep_alive = self._queue.popleft()
+            pending = self._queue.popleft()
+            item = pending.item
             if isinstance(item, Response):
-                self._write(item, head_only=False, keep_alive=False)
+                self._write(item, head_only=False, keep_alive=False, linger=pending.linger)
                 return
             self._in_flight = True
+            self._in_flight_held = pending.held
             self._arm(float("inf"), Deadline.CLOSE)  # the dispatcher answers within its own deadline
-            reply = self._replier(item.method == "HEAD", keep_alive)
+            reply = self._replier(item.method == "HEAD", pending.keep_alive)
             try:
                 self.server.dispatch(item, reply)
             except Exception:
@@ -267,15 +291,18 @@ class HttpConnection(asyncio.Protocol):
             answered = True
             self._in_flight = False
             if self.transport is None:
-                return  # the device left; nothing to write to
+                return  # the device left; nothing to write to (and nothing held: see connection_lost)
             last = (self._upgraded or self._peer_done) and not self._queue
             again = keep_alive and not response.close and not self.server.draining and not last
+            # Answered: the request's body is done with once the answer is in the transport's hands.
+            self._release(self._in_flight_held)
+            self._in_flight_held = 0
             self._write(response, head_only, again)
             self._next()
 
         return reply
 
-    def _write(self, response: Response, head_only: bool, keep_alive: bool) -> None:
+    def _write(self, response: Response, head_only: bool, keep_alive: bool, linger: float = _LINGER_SECONDS) -> None:
         transport = self.transport
         if transport is None:
             return
@@ -287,27 +314,27 @@ class HttpConnection(asyncio.Protocol):
         if keep_alive:
             self._arm_for_state()
         else:
-            self._close_after_write()
+            self._close_after_write(linger)
 
-    def _refuse(self, response: Response) -> None:
-        """Stop reading this connection; answer `response` after the answers already owed."""
+    def _refuse(self, response: Response, linger: float = _LINGER_SECONDS) -> None:
+        """Stop reading this connection; answer `response` after the answers already owed, then
+        close, reading (and discarding) for `linger` seconds what the client still sends."""
         self._flow.pause_reading(Hold.STOPPED)
-        self._drop_body()
-        self._incoming = None
-        self._queue.append((response, False))
+        self._drop_incoming()
+        self._queue.append(Pending(response, keep_alive=False, linger=linger))
         self._next()
 
-    def _close_after_write(self) -> None:
+    def _close_after_write(self, linger: float = _LINGER_SECONDS) -> None:
         transport = self.transport
         if transport is None or self._closing:
             return
         self._closing = True
-        self._queue.clear()
+        self._discard_queue()
         if transport.can_write_eof() and not self._peer_done:
-            # Half-close and read (discarding) a moment longer: see _LINGER_SECONDS.
+            # Half-close and read (discarding) a while longer: see _LINGER_SECONDS.
             transport.write_eof()
             self._flow.resume_reading_regardless()
-            self._arm(_LINGER_SECONDS, Deadline.ABORT)
+            self._arm(linger, Deadline.ABORT)
         else:
             transport.close()
 

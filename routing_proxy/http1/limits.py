@@ -20,6 +20,8 @@ class HttpLimits:
     body_timeout: float = 60.0
     keepalive_timeout: float = 75.0
     send_timeout: float = 60.0
-    # Request bodies being received, all connections together: past it, connections still sending
-    # one stop being read until others finish (many big uploads at once cannot exhaust memory).
+    # Request bodies held, all connections together: from a body's head (or, chunked, as it
+    # streams) until its answer is written. What does not fit is told to come back (budget.py).
     max_buffered_bytes: int = 512 * 1024 * 1024
+    # The same for one connection's bodies (pipelined ones add up): two full uploads.
+    max_connection_buffered_bytes: int = 128 * 1024 * 1024

@@ -6,10 +6,12 @@ import asyncio
 import email.utils
 import logging
 import time
+from collections.abc import Callable
 
+from .budget import BodyBudget
 from .connection import HttpConnection
 from .limits import HttpLimits
-from .messages import Dispatcher
+from .messages import Dispatcher, Response
 
 logger = logging.getLogger(__name__)
 
@@ -26,14 +28,21 @@ class Clock:
 
 
 class HttpServer:
-    """The set of open connections: their deadlines (swept each second) and the drain."""
+    """The set of open connections: their deadlines (swept each second), their body budget, the drain.
 
-    def __init__(self, dispatch: Dispatcher, limits: HttpLimits) -> None:
+    `busy()` makes the answer to a request whose body the budget cannot take now (the dispatcher's
+    protocol decides what "come back later" looks like); a body it could never take is a 413.
+    """
+
+    def __init__(self, dispatch: Dispatcher, limits: HttpLimits, busy: Callable[[], Response]) -> None:
         self.dispatch = dispatch
         self.limits = limits
+        self.busy = busy
         self.connections: set[HttpConnection] = set()
-        self.buffered_bytes = 0  # of request bodies not yet complete
-        self.waiting_for_memory: set[HttpConnection] = set()
+        self.budget = BodyBudget(
+            limits.max_buffered_bytes, limits.max_connection_buffered_bytes, limits.max_other_body_bytes
+        )
+        self._refusals_logged = 0
         self.clock = Clock()
         self.draining = False
         self._sweeper: asyncio.Task[None] | None = None
@@ -68,7 +77,7 @@ class HttpServer:
     def sweep(self) -> None:
         """Act on every deadline that has passed (once a second; tests call it directly)."""
         self.clock.tick()
-        self._resume_waiting_for_memory()
+        self._log_refusals()
         now = asyncio.get_running_loop().time()
         for connection in [c for c in self.connections if c.deadline < now]:
             try:
@@ -77,6 +86,14 @@ class HttpServer:
                 logger.exception("closing a connection past its deadline failed")
                 connection.abort()
 
-    def _resume_waiting_for_memory(self) -> None:
-        while self.waiting_for_memory and self.buffered_bytes <= self.limits.max_buffered_bytes:
-            self.waiting_for_memory.pop().resume_after_memory()
+    def _log_refusals(self) -> None:
+        # One line a second at most, however many bodies a flood of uploads gets refused.
+        refused = self.budget.refused - self._refusals_logged
+        if refused:
+            self._refusals_logged = self.budget.refused
+            logger.warning(
+                "%d request bodies told to come back later: %d of %d bytes held for bodies",
+                refused,
+                self.budget.held,
+                self.budget.total,
+            )

@@ -1,8 +1,11 @@
-"""A connection's records: what its deadline does, why it is not read, the request being parsed."""
+"""A connection's records: what its deadline does, why it is not read, the requests it holds."""
 
 from __future__ import annotations
 
 import enum
+from typing import NamedTuple
+
+from .messages import Request, Response
 
 
 class Deadline(enum.Enum):
@@ -25,7 +28,6 @@ class Hold(enum.IntFlag):
 
     UNREAD_ANSWERS = enum.auto()  # the client does not read what it is sent
     BACKLOG = enum.auto()  # too many parsed requests wait their turn
-    MEMORY = enum.auto()  # request bodies in progress are over the server's budget
     STOPPED = enum.auto()  # refused or upgraded: nothing more is parsed
 
 
@@ -36,11 +38,12 @@ class Incoming:
         "body",
         "body_bytes",
         "body_limit",
-        "buffered",
         "head_bytes",
         "header_count",
         "headers",
         "headers_done",
+        "held",
+        "length",
         "path",
         "query",
         "target",
@@ -55,5 +58,15 @@ class Incoming:
         self.header_count = 0
         self.body: list[bytes] = []
         self.body_bytes = 0
-        self.body_limit = 0  # from the path, once the head is complete
-        self.buffered = 0  # of this body, counted in the server's budget
+        self.body_limit = 0  # from the path and the budget, once the head is complete
+        self.length: int | None = None  # announced by Content-Length
+        self.held = 0  # of the body budget: the announced length, or what a chunked body streamed
+
+
+class Pending(NamedTuple):
+    """A parsed request waiting its turn, or the ready answer to a refused one."""
+
+    item: Request | Response
+    keep_alive: bool
+    held: int = 0  # of the body budget, until its answer is handed to the transport
+    linger: float = 0.0  # after a refusal: how long to read (and discard) what the client still sends

@@ -125,9 +125,12 @@ def open_connection(server: HttpServer) -> tuple[HttpConnection, FakeTransport]:
     return connection, transport
 
 
+BUSY = Response(200, "application/json", b'{"status":"RETRY"}', close=True)
+
+
 def make_server(limits: HttpLimits | None = None) -> tuple[HttpServer, Dispatched]:
     dispatched = Dispatched()
-    return HttpServer(dispatched, limits or HttpLimits()), dispatched
+    return HttpServer(dispatched, limits or HttpLimits(), busy=lambda: BUSY), dispatched
 
 
 def split_answers(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:

@@ -131,3 +131,101 @@ async def test_a_half_close_mid_body_dispatches_nothing() -> None:
     assert len(dispatched.calls) == 1 and transport.closed
     ((_, headers, _),) = split_answers(transport.sent)
     assert headers["connection"] == "close"
+
+
+# The body budget (budget.py): held from the head until the answer is written, refused, never paused.
+
+KiB = 1024
+
+
+def upload(size: int, path: bytes = b"/result") -> bytes:
+    return b"POST %s HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (path, size) + b"x" * size
+
+
+def budget_limits(total: int, per_connection: int = 1 << 30, small: int = 64 * KiB) -> HttpLimits:
+    return HttpLimits(
+        max_buffered_bytes=total, max_connection_buffered_bytes=per_connection, max_other_body_bytes=small
+    )
+
+
+async def test_pipelined_bodies_hold_the_budget_until_answered_and_no_more_is_taken() -> None:
+    server, dispatched = make_server(budget_limits(1000 * KiB, small=100 * KiB))
+    connections = [open_connection(server) for _ in range(4)]
+    for _, transport in connections:
+        transport.feed(upload(100 * KiB) * 8)
+    # Ten bodies fit (the first connection's eight, two of the second's); a connection that met
+    # the limit stops being read, its refusal owed after the answers before it. The first is still
+    # read: nobody waits for memory that others would have to free.
+    assert server.budget.held == 1000 * KiB and server.budget.refused == 3
+    assert connections[0][1].reading
+    answered = 0
+    while len(dispatched.calls) > answered:
+        dispatched.answer(answered, ok())
+        answered += 1
+        assert server.budget.held == (10 - answered) * 100 * KiB
+    assert answered == 10
+    busy = [split_answers(t.sent)[-1] for _, t in connections if t.eof_written]
+    assert busy and all(orjson.loads(body)["status"] == "RETRY" for _, _, body in busy)
+
+
+async def test_one_connection_cannot_hold_more_than_its_cap() -> None:
+    server, dispatched = make_server(budget_limits(10_000 * KiB, per_connection=250 * KiB, small=100 * KiB))
+    _, transport = open_connection(server)
+    transport.feed(upload(100 * KiB) * 3)
+    assert server.budget.held == 200 * KiB and not transport.reading
+    dispatched.answer(0, ok())
+    assert server.budget.held == 100 * KiB  # freed as soon as its answer was handed over
+    dispatched.answer(1, ok())
+    statuses = [orjson.loads(body)["status"] for _, _, body in split_answers(transport.sent)]
+    assert statuses == ["OK", "OK", "RETRY"] and transport.eof_written and server.budget.held == 0
+
+
+async def test_a_lost_connection_frees_all_it_held() -> None:
+    server, dispatched = make_server(budget_limits(1000 * KiB, small=100 * KiB))
+    _, transport = open_connection(server)
+    transport.feed(upload(100 * KiB) * 2 + upload(100 * KiB)[:1000])  # in flight, queued, partial
+    assert len(dispatched.calls) == 1 and server.budget.held == 300 * KiB
+    transport.abort()
+    assert server.budget.held == 0
+    dispatched.answer(0, ok())  # the late answer has nothing to write and nothing to free
+    assert server.budget.held == 0 and transport.writes == []
+
+
+async def test_large_bodies_leave_an_eighth_of_the_budget_to_small_ones() -> None:
+    server, dispatched = make_server(budget_limits(800 * KiB, small=64 * KiB))
+    _, large = open_connection(server)
+    large.feed(upload(700 * KiB)[:-1])  # stalls one byte short: holds 700 KiB
+    _, second = open_connection(server)
+    second.feed(upload(65 * KiB)[:100])  # large too: would pass 7/8 of the budget
+    assert orjson.loads(split_answers(second.sent)[0][2])["status"] == "RETRY"
+    _, small = open_connection(server)
+    small.feed(upload(64 * KiB))  # small: may use the last eighth
+    assert [r.path for r in dispatched.requests] == [b"/result"] and server.budget.held == 764 * KiB
+
+
+async def test_a_body_larger_than_the_budget_could_ever_take_is_413_not_retry() -> None:
+    server, _ = make_server(budget_limits(800 * KiB, small=64 * KiB))
+    _, transport = open_connection(server)
+    transport.feed(b"POST /result HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (700 * KiB + 1))
+    ((status, _, body),) = split_answers(transport.sent)
+    assert status == 413 and orjson.loads(body)["message"] == f"request body larger than {700 * KiB} bytes"
+    assert server.budget.refused == 0
+
+
+async def test_a_chunked_body_is_held_as_it_streams_and_refused_when_it_no_longer_fits() -> None:
+    server, dispatched = make_server(budget_limits(1000 * KiB, small=2000 * KiB))
+    _, holder = open_connection(server)
+    holder.feed(upload(600 * KiB)[:-1])
+    _, transport = open_connection(server)
+    transport.feed(b"POST /result HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    chunk = b"%x\r\n" % (100 * KiB) + b"y" * (100 * KiB) + b"\r\n"
+    for held in (700, 800, 900, 1000):
+        transport.feed(chunk)
+        assert server.budget.held == held * KiB and transport.sent == b""
+    transport.feed(chunk)
+    assert orjson.loads(split_answers(transport.sent)[0][2])["status"] == "RETRY"
+    assert server.budget.held == 600 * KiB and dispatched.calls == []
+    # Lingering after it (it may still be sending): read and discarded, never held.
+    assert transport.reading and transport.eof_written
+    transport.feed(chunk * 3)
+    assert server.budget.held == 600 * KiB
