@@ -2,6 +2,7 @@
 
     python -m routing_proxy 4321 lcp_map.json [rootCA.pem] [--ssl-cert C --ssl-key K]
         [--host 0.0.0.0] [--workers N] [--link-secret-file F] [--log-level info]
+        [--max-buffered-bytes B] [--max-connection-buffered-bytes B]
         [--auth-tokens-file F] [--allowed-devices-file F]
         [--device-rate N --device-window S] [--max-inflight N] [--max-request-rate R]
 
@@ -47,6 +48,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-body-bytes", type=int, help="largest /result body accepted (default 64 MiB)")
     parser.add_argument(
         "--max-poll-body-bytes", type=int, help="largest body of /job, /task, /selection (default 1 MiB)"
+    )
+    parser.add_argument(
+        "--max-buffered-bytes",
+        type=int,
+        help="memory for request bodies, all connections together; past it bodies get RETRY (default 512 MiB)",
+    )
+    parser.add_argument(
+        "--max-connection-buffered-bytes",
+        type=int,
+        help="memory for one connection's request bodies, pipelined ones together (default 128 MiB)",
     )
     parser.add_argument(
         "--upstream-timeout", type=float, help="seconds to wait for a leaf before answering RETRY (default 25)"

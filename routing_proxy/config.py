@@ -44,8 +44,11 @@ class ProxyConfig(BaseSettings):
     body_timeout: float = Field(60.0, gt=0)
     # Phones poll every few seconds; an idle connection is kept as long as nginx's default.
     keepalive_timeout: float = Field(75.0, gt=0)
-    # Request bodies being received at once, all connections together, before reading pauses.
+    # Memory for request bodies, held from a body's head until its answer is written: all
+    # connections together, and one connection (its pipelined bodies add up). What does not fit
+    # now is answered RETRY at once; a body larger than could ever fit, 413.
     max_buffered_bytes: int = Field(512 * 1024 * 1024, gt=0)
+    max_connection_buffered_bytes: int = Field(128 * 1024 * 1024, gt=0)
     health_interval: float = Field(1.0, gt=0)
     health_timeout: float = Field(5.0, gt=0)
     # SIGTERM: how long in-flight requests may take to finish before they are cut.

@@ -8,6 +8,7 @@ import gc
 import logging
 import multiprocessing
 import os
+import random
 import secrets
 import signal
 import ssl
@@ -17,10 +18,12 @@ from contextlib import contextmanager
 from multiprocessing.connection import wait
 from typing import Any
 
-from .admission import device_counter_cells
+from device_protocol.codecs import JSON
+
+from .admission import Refusal, device_counter_cells
 from .config import ProxyConfig
 from .forwarding import Forwarder
-from .http1 import HttpLimits, HttpServer
+from .http1 import HttpLimits, HttpServer, Response
 from .lcp_map import load_lcp_map
 from .upstreams import Upstreams
 
@@ -54,6 +57,7 @@ class ProxyServer:
             body_timeout=config.body_timeout,
             keepalive_timeout=config.keepalive_timeout,
             max_buffered_bytes=config.max_buffered_bytes,
+            max_connection_buffered_bytes=config.max_connection_buffered_bytes,
         )
         forwarder = Forwarder(
             self.upstreams,
@@ -61,7 +65,7 @@ class ProxyServer:
             device_auth=config.device_auth(),
             admission=config.admission(device_counts),
         )
-        self.http = HttpServer(forwarder, limits)
+        self.http = HttpServer(forwarder, limits, busy=lambda: no_memory_for_body(config.refusal_retry_wait))
         self._listener: asyncio.Server | None = None
 
     async def start(self) -> int:
@@ -92,6 +96,22 @@ class ProxyServer:
         if self._listener is not None:
             await self._listener.wait_closed()
             self._listener = None
+
+
+NO_MEMORY_REASON = "gateway busy: no memory for this request body now; send it again later"
+
+
+def no_memory_for_body(retry_wait: int) -> Response:
+    """RETRY for a body the proxy's memory budget cannot take now, with a jittered wait like
+    admission control's refusals, so a crowd refused together does not come back together.
+
+    HTTP 200, not 503: RETRY is never an HTTP error (PROTOCOL.md §4, §8). Every client reads the
+    status from the JSON of a 200; on a 503 our simulator would back off as after a transport
+    failure and ignore `retry_wait`, and NVFlare's treats anything but 200 as an unexplained RETRY.
+    `Retry-After` says the same wait to anything that reads HTTP only.
+    """
+    refusal = Refusal(random.randint(retry_wait, 2 * retry_wait), NO_MEMORY_REASON)
+    return Response(200, JSON, refusal.body(), headers=(("Retry-After", str(refusal.retry_wait)),), close=True)
 
 
 def _leaf_tls(config: ProxyConfig) -> ssl.SSLContext | None:

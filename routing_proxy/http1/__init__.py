@@ -1,0 +1,12 @@
+"""The device-facing HTTP/1.1 server: llhttp parsing (httptools), limits, timeouts, keep-alive.
+
+Why not aiohttp's server: its request and response objects cost about as much CPU per request as
+the whole forwarding path (docs/BENCHMARKS.md §1). `messages` is what the dispatcher sees,
+`connection` one device's connection (its records in `state`), `server` the set of them.
+"""
+
+from .limits import HttpLimits
+from .messages import Dispatcher, Reply, Request, Response, invalid_request, json_error
+from .server import HttpServer
+
+__all__ = ["Dispatcher", "HttpLimits", "HttpServer", "Reply", "Request", "Response", "invalid_request", "json_error"]

@@ -1,0 +1,385 @@
+"""One device connection: parse with llhttp (httptools), enforce the limits while reading, dispatch
+one request at a time and write the answers back in request order.
+
+It knows nothing about FEG: the dispatcher decides every answer except the ones about HTTP itself,
+which are JSON like the rest (PROTOCOL.md §3, ours).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from internal_link.flow_control import FlowControl
+
+from .messages import Reply, Request, Response, invalid_request, json_error, origin_form, response_head
+from .state import SLOW_MESSAGES, Deadline, Hold, Incoming, Pending
+
+if TYPE_CHECKING:
+    from .server import HttpServer
+
+logger = logging.getLogger(__name__)
+
+# Read at most this much past a refused request before closing, so the client sees the answer
+# instead of a reset (the kernel resets a socket closed with unread data).
+_LINGER_SECONDS = 2.0
+# Complete requests queued behind the one in flight before reading stops (pipelining clients).
+_MAX_QUEUED = 8
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class _Refused(Exception):
+    """Raised inside a parser callback to stop parsing and answer with `response`, then read (and
+    discard) for `linger` seconds what the client still sends."""
+
+    def __init__(self, response: Response, linger: float = _LINGER_SECONDS) -> None:
+        super().__init__(response.status)
+        self.response = response
+        self.linger = linger
+
+
+class HttpConnection(asyncio.Protocol):
+    """One device connection: parse, queue, dispatch one request at a time, answer in order."""
+
+    _flow: FlowControl  # from connection_made on
+
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+        self.limits = server.limits
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.deadline = float("inf")
+        self._on_deadline = Deadline.CLOSE
+        self._parser = httptools.HttpRequestParser(self)
+        self._incoming: Incoming | None = None
+        # Parsed requests (or ready answers to refused ones) in arrival order.
+        self._queue: deque[Pending] = deque()
+        self._in_flight = False
+        # Of the server's body budget: what this connection holds in all, and its request in flight.
+        self._held = 0
+        self._in_flight_held = 0
+        self._closing = False
+        self._upgraded = False
+        self._began_here = False
+        self._peer_done = False  # the client half-closed: answer what it sent, then close
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self._flow = FlowControl(self.transport)
+        self.server.connections.add(self)
+        # A connection that never sends a request is closed like an idle one, only sooner.
+        self._arm(self.limits.head_timeout, Deadline.CLOSE)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        self._flow.connection_lost()
+        self.transport = None
+        self._queue.clear()
+        self._incoming = None
+        self._in_flight_held = 0
+        self._release(self._held)  # nothing will be written for any of it
+
+    def eof_received(self) -> bool:
+        """A client may shut its sending side once its request is out (HTTP/1.0 scripts, `nc -N`):
+        the requests it completed are still answered, then the connection closes."""
+        self._drop_incoming()  # a request it can no longer finish
+        tls = self.transport is not None and self.transport.get_extra_info("sslcontext") is not None
+        if self._closing or self._idle() or tls:  # TLS cannot stay half-open
+            return False  # the transport closes
+        self._peer_done = True
+        return True
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing or self._upgraded:
+            return  # lingering after the last answer: discard
+        self._began_here = False
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            refused = exc.__context__
+            if not isinstance(refused, _Refused):
+                raise
+            self._refuse(refused.response, refused.linger)
+            return
+        except httptools.HttpParserUpgrade:
+            # Answered as plain HTTP (allowed: the Upgrade header may be ignored); what follows
+            # would be another protocol, so nothing more is read and the connection closes.
+            self._upgraded = True
+            self._flow.pause_reading(Hold.STOPPED)
+            if self._idle():
+                self._close_after_write()  # its answer is already out
+            return
+        except httptools.HttpParserError as exc:
+            self._refuse(invalid_request(400, f"malformed HTTP request: {_reason(exc)}"))
+            return
+        incoming = self._incoming
+        if incoming is not None and not incoming.headers_done and not self._began_here:
+            # httptools buffers an unfinished header line: bound it by the bytes fed meanwhile.
+            incoming.head_bytes += len(data)
+            if incoming.head_bytes > self.limits.max_head_bytes:
+                self._refuse(self._head_too_large())
+
+    def pause_writing(self) -> None:
+        self._flow.pause_writing()
+        self._flow.pause_reading(Hold.UNREAD_ANSWERS)
+        self._arm(self.limits.send_timeout, Deadline.ABORT)
+
+    def resume_writing(self) -> None:
+        self._flow.resume_writing()
+        if not self._idle():
+            self._flow.pause_reading(Hold.BACKLOG)  # more requests once the client caught up
+        self._flow.resume_reading(Hold.UNREAD_ANSWERS)
+        self._arm_for_state()
+        self._next()
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._began_here = True
+        self._incoming = Incoming()
+        if self._idle():
+            self._arm(self.limits.head_timeout, Deadline.SLOW_HEAD)
+
+    def on_url(self, url: bytes) -> None:
+        incoming = self._parsing()
+        incoming.target += url
+        incoming.head_bytes += len(url)
+        if incoming.head_bytes > self.limits.max_head_bytes:
+            raise _Refused(self._head_too_large())
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        incoming = self._parsing()
+        incoming.header_count += 1
+        if incoming.header_count > self.limits.max_headers:
+            raise _Refused(invalid_request(431, f"more than {self.limits.max_headers} header fields"))
+        incoming.head_bytes += len(name) + len(value)
+        if incoming.head_bytes > self.limits.max_head_bytes:
+            raise _Refused(self._head_too_large())
+        incoming.headers.setdefault(name.lower(), value)
+
+    def on_headers_complete(self) -> None:
+        incoming = self._parsing()
+        incoming.headers_done = True
+        if self._parser.get_http_version() not in ("1.1", "1.0"):
+            raise _Refused(
+                invalid_request(505, f"HTTP/{self._parser.get_http_version()} is not supported; use HTTP/1.1")
+            )
+        limits = self.limits
+        incoming.path, _, incoming.query = origin_form(incoming.target).partition(b"?")
+        upload = incoming.path in limits.upload_paths
+        # A body the budget could never take is refused for good, not told to come back.
+        path_limit = limits.max_body_bytes if upload else limits.max_other_body_bytes
+        incoming.body_limit = min(path_limit, self.server.budget.largest)
+        length = incoming.headers.get(b"content-length")
+        if length is not None:
+            incoming.length = int(length)  # llhttp has checked that it is a number
+            if incoming.length > incoming.body_limit:
+                raise _Refused(_body_too_large(incoming))
+            if incoming.length:
+                # All of it now: a body that does not fit is refused before the client sends it.
+                self._hold(incoming, incoming.length, incoming.length)
+        if self._idle():
+            self._arm(limits.body_timeout, Deadline.SLOW_BODY)
+            # Only when nothing is owed before it: a 100 must not land inside an earlier answer.
+            if incoming.headers.get(b"expect", b"").lower() == b"100-continue" and self.transport is not None:
+                self.transport.write(_CONTINUE)
+
+    def on_body(self, body: bytes) -> None:
+        incoming = self._parsing()
+        incoming.body_bytes += len(body)
+        if incoming.body_bytes > incoming.body_limit:
+            raise _Refused(_body_too_large(incoming))
+        if incoming.length is None:  # chunked: held as it streams
+            self._hold(incoming, len(body), incoming.body_bytes)
+        incoming.body.append(body)
+
+    def on_message_complete(self) -> None:
+        incoming = self._parsing()
+        body = incoming.body[0] if len(incoming.body) == 1 else b"".join(incoming.body)
+        request = Request(
+            self._parser.get_method().decode("ascii"), incoming.path, incoming.query, incoming.headers, body
+        )
+        self._incoming = None
+        # Its share of the budget goes with it, until its answer is written.
+        self._queue.append(Pending(request, self._parser.should_keep_alive(), incoming.held))
+        if len(self._queue) > _MAX_QUEUED:
+            self._flow.pause_reading(Hold.BACKLOG)
+        self._next()
+
+    def _parsing(self) -> Incoming:
+        incoming = self._incoming
+        assert incoming is not None, "httptools calls back only inside a message"
+        return incoming
+
+    # The body budget
+
+    def _hold(self, incoming: Incoming, size: int, body_size: int) -> None:
+        """Count `size` more bytes of this body (`body_size` long) against the server's budget, or
+        refuse the request at once: RETRY, never a pause (budget.py says why)."""
+        if not self.server.budget.take(size, body_size, self._held):
+            raise _Refused(self.server.busy(), linger=self.limits.body_timeout)
+        incoming.held += size
+        self._held += size
+
+    def _release(self, size: int) -> None:
+        if size:
+            self._held -= size
+            self.server.budget.release(size)
+
+    def _drop_incoming(self) -> None:
+        """Forget the request being parsed, and the budget its body held."""
+        incoming = self._incoming
+        if incoming is not None:
+            self._incoming = None
+            self._release(incoming.held)
+
+    def _discard_queue(self) -> None:
+        """Forget the requests that will never be answered (the connection closes before them)."""
+        for pending in self._queue:
+            self._release(pending.held)
+        self._queue.clear()
+
+    def _head_too_large(self) -> Response:
+        return invalid_request(431, f"request head larger than {self.limits.max_head_bytes} bytes")
+
+    # The answers, in order
+
+    def _idle(self) -> bool:
+        return not self._in_flight and not self._queue
+
+    def _next(self) -> None:
+        """Dispatch queued requests while nothing is in flight and the client reads its answers."""
+        while (
+            not self._in_flight
+            and self._queue
+            and not self._flow.write_paused
+            and not self._closing
+            and self.transport is not None
+        ):
+            pending = self._queue.popleft()
+            item = pending.item
+            if isinstance(item, Response):
+                self._write(item, head_only=False, keep_alive=False, linger=pending.linger)
+                return
+            self._in_flight = True
+            self._in_flight_held = pending.held
+            self._arm(float("inf"), Deadline.CLOSE)  # the dispatcher answers within its own deadline
+            reply = self._replier(item.method == "HEAD", pending.keep_alive)
+            try:
+                self.server.dispatch(item, reply)
+            except Exception:
+                logger.exception("dispatcher failed on %s %.200r", item.method, item.path)
+                if self._in_flight:
+                    reply(json_error(500, "ERROR", "Internal Server Error", close=True))
+                return
+        if self._idle():
+            self._flow.resume_reading(Hold.BACKLOG)
+
+    def _replier(self, head_only: bool, keep_alive: bool) -> Reply:
+        answered = False
+
+        def reply(response: Response) -> None:
+            nonlocal answered
+            if answered:
+                raise RuntimeError("a request was answered twice")
+            answered = True
+            self._in_flight = False
+            if self.transport is None:
+                return  # the device left; nothing to write to (and nothing held: see connection_lost)
+            last = (self._upgraded or self._peer_done) and not self._queue
+            again = keep_alive and not response.close and not self.server.draining and not last
+            # Answered: the request's body is done with once the answer is in the transport's hands.
+            self._release(self._in_flight_held)
+            self._in_flight_held = 0
+            self._write(response, head_only, again)
+            self._next()
+
+        return reply
+
+    def _write(self, response: Response, head_only: bool, keep_alive: bool, linger: float = _LINGER_SECONDS) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        head = response_head(response, self.server.clock.date, keep_alive)
+        if head_only or not response.body:
+            transport.write(head)
+        else:
+            transport.writelines((head, response.body))  # scattered where the loop can: no copy
+        if keep_alive:
+            self._arm_for_state()
+        else:
+            self._close_after_write(linger)
+
+    def _refuse(self, response: Response, linger: float = _LINGER_SECONDS) -> None:
+        """Stop reading this connection; answer `response` after the answers already owed, then
+        close, reading (and discarding) for `linger` seconds what the client still sends."""
+        self._flow.pause_reading(Hold.STOPPED)
+        self._drop_incoming()
+        self._queue.append(Pending(response, keep_alive=False, linger=linger))
+        self._next()
+
+    def _close_after_write(self, linger: float = _LINGER_SECONDS) -> None:
+        transport = self.transport
+        if transport is None or self._closing:
+            return
+        self._closing = True
+        self._discard_queue()
+        if transport.can_write_eof() and not self._peer_done:
+            # Half-close and read (discarding) a while longer: see _LINGER_SECONDS.
+            transport.write_eof()
+            self._flow.resume_reading_regardless()
+            self._arm(linger, Deadline.ABORT)
+        else:
+            transport.close()
+
+    # Deadlines and shutdown
+
+    def _arm(self, seconds: float, action: Deadline) -> None:
+        self.deadline = self.loop.time() + seconds
+        self._on_deadline = action
+
+    def _arm_for_state(self) -> None:
+        """The deadline that fits once nothing is owed: the partial request's, or idleness'."""
+        if self._flow.write_paused or not self._idle():
+            return
+        incoming = self._incoming
+        if incoming is None:
+            self._arm(self.limits.keepalive_timeout, Deadline.CLOSE)
+        elif incoming.headers_done:
+            self._arm(self.limits.body_timeout, Deadline.SLOW_BODY)
+        else:
+            self._arm(self.limits.head_timeout, Deadline.SLOW_HEAD)
+
+    def deadline_passed(self) -> None:
+        action = self._on_deadline
+        self._arm(float("inf"), Deadline.CLOSE)
+        if action is Deadline.CLOSE:
+            self.close_if_idle()
+        elif action is Deadline.ABORT:
+            self.abort()
+        else:
+            logger.debug("closing a slow connection: %s", SLOW_MESSAGES[action])
+            self._refuse(invalid_request(408, SLOW_MESSAGES[action]))
+
+    def close_if_idle(self) -> None:
+        if self.transport is not None and self._idle() and self._incoming is None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _body_too_large(incoming: Incoming) -> Response:
+    return invalid_request(413, f"request body larger than {incoming.body_limit} bytes")
+
+
+def _reason(exc: httptools.HttpParserError) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:200]

@@ -1,0 +1,90 @@
+"""What crosses between the HTTP server and its dispatcher: requests, responses, and their bytes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from http import HTTPStatus
+
+import orjson
+
+from device_protocol.codecs import JSON
+
+INVALID_REQUEST = "INVALID_REQUEST"
+
+
+class Request:
+    """One parsed request: its target split into path and query (an absolute-form target reduced to
+    them). Header names are lower-cased; the first of repeated headers wins."""
+
+    __slots__ = ("body", "headers", "method", "path", "query")
+
+    def __init__(self, method: str, path: bytes, query: bytes, headers: dict[bytes, bytes], body: bytes) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.body = body
+
+
+class Response:
+    """One answer: status, content type and body, plus headers and whether to close after it."""
+
+    __slots__ = ("body", "close", "content_type", "headers", "status")
+
+    def __init__(
+        self,
+        status: int,
+        content_type: str,
+        body: bytes,
+        headers: tuple[tuple[str, str], ...] = (),
+        close: bool = False,
+    ) -> None:
+        self.status = status
+        self.content_type = content_type
+        self.body = body
+        self.headers = headers
+        self.close = close
+
+
+Reply = Callable[[Response], None]
+# Called once per request; must call `reply` exactly once, now or later.
+Dispatcher = Callable[[Request, Reply], None]
+
+
+def json_error(http_status: int, status: str, message: str, close: bool = False) -> Response:
+    """`{"status": status, "message": message}` with the given HTTP status."""
+    return Response(http_status, JSON, orjson.dumps({"status": status, "message": message}), close=close)
+
+
+def invalid_request(http_status: int, message: str, close: bool = False) -> Response:
+    return json_error(http_status, INVALID_REQUEST, message, close)
+
+
+def origin_form(target: bytes) -> bytes:
+    """The path and query of a request target, also of an absolute-form one (RFC 9112 §3.2.2:
+    clients behind a forward proxy send `http://host/path?query`)."""
+    if target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
+        slash = target.find(b"/", target.index(b"//") + 2)
+        return target[slash:] if slash >= 0 else b"/"
+    return target
+
+
+_STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode("ascii") for s in HTTPStatus}
+
+
+def response_head(response: Response, date: bytes, keep_alive: bool) -> bytes:
+    """The status line and header block of `response`, its blank line included."""
+    head = [
+        _STATUS_LINES.get(response.status) or f"HTTP/1.1 {response.status} Unknown\r\n".encode("ascii"),
+        b"Content-Type: ",
+        response.content_type.encode("latin-1"),
+        b"\r\nContent-Length: ",
+        str(len(response.body)).encode("ascii"),
+        b"\r\nDate: ",
+        date,
+        b"\r\n",
+    ]
+    for name, value in response.headers:
+        head += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
+    head.append(b"\r\n" if keep_alive else b"Connection: close\r\n\r\n")
+    return b"".join(head)
