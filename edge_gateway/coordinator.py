@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from device_protocol.messages import JobView, LeafJobReport, SubmitBatch, SubmitReply, SyncReply, SyncRequest
+from internal_link.messages import JobView, LeafJobReport, SubmitBatch, SubmitReply, SyncReply, SyncRequest
 
 from .fedavg import PartialSum
 from .jobs import JobSpec

@@ -26,13 +26,16 @@ from device_protocol.feg import (
     parse_request,
     response,
 )
-from device_protocol.messages import JobView, RegisterGroup, SyncReply, SyncRequest
 from device_protocol.tensors import decode_update, max_result_body_bytes, tensors_from_binary
+from internal_link.calls import FEG, PING, PONG, DeviceAnswer, DeviceCall, device_call_handler
+from internal_link.client import LinkClient
+from internal_link.errors import CallRefused, ErrorCode, LinkUnavailable, RemoteError
+from internal_link.messages import JobView, RegisterGroup, SyncReply, SyncRequest
+from internal_link.server import LinkServer
 
 from .config import LeafConfig
 from .leaf_state import LeafJob, Lease, ResultVerdict, TaskDecision
 from .payloads import TaskPayload
-from .rpc import RpcClient, RpcRemoteError, RpcServer, RpcUnavailable
 from .uplink import Outcome, ResultBatcher, ServerLink
 
 log = logging.getLogger(__name__)
@@ -45,9 +48,10 @@ STARTING_RETRY_WAIT = 5
 # once its next health ping (every second by default) fails.
 DRAIN_QUIET = 1.0
 DRAINING_RETRY_WAIT = 1  # another leaf will answer: no need to wait long
+ANSWER_MARGIN = 0.05  # seconds a held /task keeps for its answer to reach the proxy in time
 WATCH_WAIT = 20.0  # seconds the server may hold a "watch" call
 
-FegReply = list[Any]  # [http_status, content_type, body]
+FegReply = DeviceAnswer | list[Any]  # a list [http_status, content_type, body] is the same on the link
 
 
 def _from_simulator(identity: Identity) -> bool:
@@ -65,12 +69,12 @@ class Leaf:
         self.boot = uuid.uuid4().hex
         secret = config.secret_bytes()
         self._client = (
-            RpcClient(config.server_host, config.server_port, secret, name=f"{self.name}->server")
+            LinkClient(config.server_host, config.server_port, secret, name=f"{self.name}->server")
             if link is None
             else None
         )
         self._link: ServerLink = link if link is not None else self._client  # type: ignore[assignment]
-        self._rpc = RpcServer({"feg": self.handle_feg, "ping": self.handle_ping}, secret)
+        self._rpc = LinkServer({FEG: device_call_handler(self.handle_feg), PING: self.handle_ping}, secret)
         self._signer = CookieSigner(config.cookie_key())
         self.batcher = ResultBatcher(self.name, self._link, hold_limit=config.result_hold)
         self.jobs: dict[str, LeafJob] = {}
@@ -126,19 +130,20 @@ class Leaf:
     # -- proxy-facing handlers ----------------------------------------------------------------
     def handle_ping(self, _: Any) -> str:
         if self._draining:
-            raise RuntimeError("leaf shutting down")  # the proxy marks it unhealthy and moves its devices
-        return "pong"
+            # The proxy marks it unhealthy and moves its devices.
+            raise CallRefused(ErrorCode.SHUTTING_DOWN, "leaf shutting down")
+        return PONG
 
-    def handle_feg(self, payload: Any) -> FegReply | Awaitable[FegReply]:
+    def handle_feg(self, call: DeviceCall) -> FegReply | Awaitable[FegReply]:
         """The answer now when it needs no waiting (most /job and /task), else an awaitable."""
         self._last_request = asyncio.get_running_loop().time()
-        if self._draining and payload[0] != "result":
+        if self._draining and call.endpoint != "result":
             # A result is still answered (Android ends its session on anything but OK); new work
             # is for the leaves that stay.
             reply = response(Status.RETRY, retry_wait=DRAINING_RETRY_WAIT, message="leaf shutting down")
-            content_type, data = encode(reply, wants_msgpack(payload[2].get("accept", "")))
-            return [200, content_type, data]
-        outcome = self._answer_feg(payload)
+            content_type, data = encode(reply, wants_msgpack(call.headers.get("accept", "")))
+            return DeviceAnswer(200, content_type, data)
+        outcome = self._answer_feg(call)
         if isinstance(outcome, Awaitable):
             self._busy += 1
             return self._counted(outcome)
@@ -150,8 +155,8 @@ class Leaf:
         finally:
             self._busy -= 1
 
-    def _answer_feg(self, payload: Any) -> FegReply | Awaitable[FegReply]:
-        endpoint, query, headers, body = payload
+    def _answer_feg(self, call: DeviceCall) -> FegReply | Awaitable[FegReply]:
+        endpoint, query, headers, body, wait = call
         if len(body) > INLINE_DECODE_LIMIT:
             if endpoint == "result" and len(body) > (limit := self._result_body_limit(query.get("job_id"))):
                 # Refused unparsed: junk the size of an upload would become millions of objects.
@@ -159,21 +164,23 @@ class Leaf:
                     endpoint,
                     BodyTooLarge(f"result body larger than {limit} bytes, more than this job's model can need"),
                 )
-            return self._feg_decoded_in_thread(endpoint, query, headers, body)
+            return self._feg_decoded_in_thread(endpoint, query, headers, body, wait)
         try:
             fields = decode_body(headers.get("content-type", ""), body)
             request = parse_request(endpoint, query, headers, fields)
         except ProtocolError as exc:
             return self._refused(endpoint, exc)
-        return self._feg(request, headers, len(body))
+        return self._feg(request, headers, len(body), wait)
 
-    async def _feg_decoded_in_thread(self, endpoint: str, query: Any, headers: Any, body: bytes) -> FegReply:
+    async def _feg_decoded_in_thread(
+        self, endpoint: str, query: Any, headers: Any, body: bytes, wait: float
+    ) -> FegReply:
         try:
             fields = await asyncio.to_thread(decode_body, headers.get("content-type", ""), body)
             request = parse_request(endpoint, query, headers, fields)
         except ProtocolError as exc:
             return self._refused(endpoint, exc)
-        outcome = self._feg(request, headers, len(body))
+        outcome = self._feg(request, headers, len(body), wait)
         return await outcome if isinstance(outcome, Awaitable) else outcome
 
     def _result_body_limit(self, job_id: str | None) -> int:
@@ -185,16 +192,16 @@ class Leaf:
 
     def _refused(self, endpoint: str, exc: ProtocolError) -> FegReply:
         log.info("refused %s request: %s", endpoint, exc.message)
-        return [exc.http_status, JSON, orjson.dumps(error_response(exc.status, exc.message, exc.errors))]
+        return DeviceAnswer(exc.http_status, JSON, orjson.dumps(error_response(exc.status, exc.message, exc.errors)))
 
-    def _feg(self, request: FegRequest, headers: Any, body_size: int) -> FegReply | Awaitable[FegReply]:
+    def _feg(self, request: FegRequest, headers: Any, body_size: int, wait: float) -> FegReply | Awaitable[FegReply]:
         as_msgpack = wants_msgpack(headers.get("accept", ""))
         if not self._synced_once():
             reply = response(Status.RETRY, retry_wait=STARTING_RETRY_WAIT, message="Gateway starting")
         elif isinstance(request, JobRequest):
             reply = self._job(request)
         elif isinstance(request, TaskRequest):
-            return self._task(request, as_msgpack)
+            return self._task(request, as_msgpack, wait)
         elif isinstance(request, ResultRequest):
             return self._encoded(self._result(request, offload=body_size > INLINE_DECODE_LIMIT), as_msgpack)
         else:
@@ -219,15 +226,17 @@ class Leaf:
         view = live[0]
         return response(Status.OK, job_id=view.job_id, job_name=view.job_name, job_data={"config": view.config})
 
-    def _task(self, request: TaskRequest, as_msgpack: bool) -> FegReply | Awaitable[FegReply]:
+    def _task(self, request: TaskRequest, as_msgpack: bool, wait: float) -> FegReply | Awaitable[FegReply]:
         job = self.jobs.get(request.job_id)
         if job is None:
             content_type, data = encode(response(Status.NO_JOB, message=f"unknown job {request.job_id!r}"), as_msgpack)
             return [200, content_type, data]
         loop = asyncio.get_running_loop()
         decision, lease = self._decide(job, request, loop.time())
-        if decision is TaskDecision.NOT_SELECTED and job.view.free_slots > 0 and self.config.quota_hold > 0:
-            return self._task_held(job, request, as_msgpack, loop.time() + self.config.quota_hold)
+        # Held never past the time the proxy still waits: the device would hear RETRY instead.
+        hold = min(self.config.quota_hold, wait - ANSWER_MARGIN)
+        if decision is TaskDecision.NOT_SELECTED and job.view.free_slots > 0 and hold > 0:
+            return self._task_held(job, request, as_msgpack, loop.time() + hold)
         return self._task_answer(job, request, decision, lease, as_msgpack)
 
     async def _task_held(self, job: LeafJob, request: TaskRequest, as_msgpack: bool, give_up: float) -> FegReply:
@@ -333,14 +342,13 @@ class Leaf:
             register = RegisterGroup(job_id=job.view.job_id, prefix=group["prefix"], count=int(group["count"]))
             try:
                 await self._link.call("register", register.model_dump(), 5.0)
-            except RpcUnavailable:
+            except LinkUnavailable:
                 return response(Status.RETRY, retry_wait=STARTING_RETRY_WAIT, message="server unavailable")
-            except RpcRemoteError as exc:
+            except RemoteError as exc:
                 log.warning("simulated device group %s?%d refused: %s", register.prefix, register.count, exc)
+                reason = "too many devices for this job" if exc.code is ErrorCode.TOO_MANY_DEVICES else exc.code.name
                 return response(
-                    Status.RETRY,
-                    retry_wait=job.view.retry_wait,
-                    message="simulated device group refused: too many devices for this job",
+                    Status.RETRY, retry_wait=job.view.retry_wait, message=f"simulated device group refused: {reason}"
                 )
             job.view = job.view.model_copy(
                 update={"device_groups": {**job.view.device_groups, register.prefix: register.count}}
@@ -362,7 +370,7 @@ class Leaf:
         while True:
             try:
                 await self._sync_once()
-            except (RpcUnavailable, RpcRemoteError) as exc:
+            except (LinkUnavailable, RemoteError) as exc:
                 log.debug("sync failed: %s", exc)
             except Exception:
                 log.exception("sync failed")
@@ -378,7 +386,7 @@ class Leaf:
         while True:
             try:
                 seen = await self._link.call("watch", {"seen": seen, "wait": WATCH_WAIT}, WATCH_WAIT + 5.0)
-            except (RpcUnavailable, RpcRemoteError) as exc:
+            except (LinkUnavailable, RemoteError) as exc:
                 log.debug("watch failed: %s", exc)
                 await asyncio.sleep(self.config.sync_interval)  # the periodic sync still runs
                 continue
@@ -450,7 +458,7 @@ class Leaf:
                     (fetched - asked) * 1e3,
                     (loop.time() - fetched) * 1e3,
                 )
-        except (RpcUnavailable, RpcRemoteError) as exc:
+        except (LinkUnavailable, RemoteError) as exc:
             log.warning("fetching model %s v%d failed: %s", view.job_id, view.model_version, exc)
         finally:
             self._fetching.discard(key)

@@ -1,5 +1,5 @@
-from device_protocol.messages import JobView
 from edge_gateway.leaf_state import LeafJob, ResultVerdict, TaskDecision
+from internal_link.messages import JobView
 
 
 def view(**kw):

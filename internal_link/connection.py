@@ -1,0 +1,114 @@
+"""What both ends of the link's asyncio shell share: the transport, batched writes, write flow
+control and the closed signal. The protocol itself is the sans-I/O core in `protocol.py`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any, cast
+
+from .protocol import ClientConnection, ServerConnection
+
+logger = logging.getLogger(__name__)
+
+
+class WriteFlow:
+    """Pause/resume from the transport, and a wait for room in its write buffer.
+
+    One small class so that it can give way to a flow control shared with other shells.
+    """
+
+    __slots__ = ("_loop", "_lost", "_waiter", "paused")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._waiter: asyncio.Future[None] | None = None
+        self._lost = False
+        self.paused = False
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        self._wake()
+
+    def lose(self) -> None:
+        """The connection is gone: nobody waits for room any more."""
+        self._lost = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def drain(self) -> None:
+        """Wait while the transport's write buffer is above its high-water mark."""
+        while self.paused and not self._lost:
+            if self._waiter is None:
+                self._waiter = self._loop.create_future()
+            await asyncio.shield(self._waiter)
+
+
+class LinkProtocol(asyncio.Protocol):
+    """One connection of either end: feeds the core, writes what it queues once per loop turn."""
+
+    core: ServerConnection | ClientConnection[Any]
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.flow = WriteFlow(self.loop)
+        self._flush_scheduled = False
+        self.closed: asyncio.Future[None] = self.loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.flow.lose()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.flow.pause()
+
+    def resume_writing(self) -> None:
+        self.flow.resume()
+
+    async def drain(self) -> None:
+        await self.flow.drain()
+
+    def queued(self) -> None:
+        """The core has queued bytes: they leave with the rest of this loop turn's, in one send."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        chunks = self.core.data_to_send()
+        if chunks and self.transport is not None and not self.transport.is_closing():
+            # Headers and bodies as they are: a scatter write, no body copied behind its header.
+            self.transport.writelines(chunks)
+
+    def abort(self, reason: str) -> None:
+        logger.warning("closing link to %s: %s", self.peer, reason)
+        if self.transport is not None:
+            self.transport.abort()
+
+    @property
+    def peer(self) -> str:
+        if self.transport is None:
+            return "?"
+        name = self.transport.get_extra_info("peername")
+        return f"{name[0]}:{name[1]}" if isinstance(name, tuple) else str(name)
