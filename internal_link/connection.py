@@ -61,11 +61,14 @@ class LinkProtocol(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.flow = WriteFlow(self.loop)
-        self._flush_scheduled = False
+        self.flush_scheduled = False
+        self._join_chunks = False
         self.closed: asyncio.Future[None] = self.loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        # TLS encrypts each chunk it is given as a record of its own: a 4-byte header would be one.
+        self._join_chunks = transport.get_extra_info("sslcontext") is not None
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -90,16 +93,19 @@ class LinkProtocol(asyncio.Protocol):
 
     def queued(self) -> None:
         """The core has queued bytes: they leave with the rest of this loop turn's, in one send."""
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
             self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        self._flush_scheduled = False
+        self.flush_scheduled = False
         chunks = self.core.data_to_send()
         if chunks and self.transport is not None and not self.transport.is_closing():
-            # Headers and bodies as they are: a scatter write, no body copied behind its header.
-            self.transport.writelines(chunks)
+            if self._join_chunks:
+                self.transport.write(b"".join(chunks))  # copied once into the TLS records anyway
+            else:
+                # Headers and bodies as they are: a scatter write, no body copied behind its header.
+                self.transport.writelines(chunks)
 
     def abort(self, reason: str) -> None:
         logger.warning("closing link to %s: %s", self.peer, reason)

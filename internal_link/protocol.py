@@ -75,6 +75,8 @@ class Failed(NamedTuple, Generic[Waiter]):
 
 
 ACCEPTED = Accepted()
+# Builds an event from a ready tuple, without a named tuple's Python-level __new__: one per call.
+_new = tuple.__new__
 
 
 class _Connection:
@@ -123,7 +125,7 @@ class ServerConnection(_Connection):
         for msg in self._decoder.feed(data):
             kind = message_kind(msg)
             if kind == REQUEST and self.state is State.OPEN:
-                events.append(CallReceived(msg[1], msg[2], msg[3]))
+                events.append(_new(CallReceived, (msg[1], msg[2], msg[3])))
             elif kind == AUTH and self.state is State.AWAITING_AUTH:
                 if not verify_auth(self._secret, self._nonce, msg[1]):
                     raise LinkProtocolError("wrong link secret")
@@ -136,7 +138,7 @@ class ServerConnection(_Connection):
     def send_result(self, call_id: int, result: Any) -> None:
         """Answer a call. Raises `TypeError`/`ValueError` (and queues nothing) if `result` cannot
         be packed; answer with `send_error` then."""
-        self._queue([RESPONSE, call_id, None, result])
+        self._outbox.extend(encode_frame([RESPONSE, call_id, None, result]))
 
     def send_error(self, call_id: int, code: ErrorCode, text: str) -> None:
         """Answer a call with an error code (never `UNAVAILABLE`, which is local)."""
@@ -169,7 +171,7 @@ class ClientConnection(_Connection, Generic[Waiter]):
                 if waiter is None:
                     continue  # answered after its caller gave up
                 if code is None:
-                    events.append(Answered(waiter, result))
+                    events.append(_new(Answered, (waiter, result)))
                 else:
                     events.append(Failed(waiter, RemoteError(ErrorCode(code), result)))
             elif kind == HELLO and self.state is State.AWAITING_HELLO:
@@ -186,7 +188,7 @@ class ClientConnection(_Connection, Generic[Waiter]):
         """Queue a call and return its id. Raises `TypeError`/`ValueError` (and queues nothing)
         if `payload` cannot be packed."""
         call_id = self._next_id
-        self._queue([REQUEST, call_id, method, payload])
+        self._outbox.extend(encode_frame([REQUEST, call_id, method, payload]))
         self._next_id = call_id + 1
         self.pending[call_id] = waiter
         return call_id

@@ -77,7 +77,13 @@ class _ServerProtocol(LinkProtocol):
             task.add_done_callback(self.server.tasks.discard)
         else:
             # Answered without waiting: no task, the frame leaves with this turn's others.
-            self._send_result(call, outcome)
+            try:
+                self.core.send_result(call.call_id, outcome)
+            except Exception as exc:  # not packable
+                self._send_failure(call, exc)
+                return
+            if not self.flush_scheduled:
+                self.queued()
 
     async def _answer_later(self, call: CallReceived, outcome: Awaitable[Any]) -> None:
         try:
