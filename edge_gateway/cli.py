@@ -10,6 +10,8 @@ from pathlib import Path
 import aiohttp
 import orjson
 
+from internal_link import process
+
 from . import runtime
 from .config import LeafConfig, ServerConfig
 
@@ -71,13 +73,13 @@ async def _serve_server(args: argparse.Namespace) -> int:
     config = ServerConfig(
         **_overrides(args, {"host": "host", "http_port": "http_port", "link_port": "link_port", "data_dir": "data_dir"})
     )
-    stop = runtime.stop_event()
-    server = Server(config)
-    await server.start()
-    runtime.freeze_startup_objects()
-    runtime.write_ready_file(args.ready_file, {"http_port": server.http_port, "link_port": server.link_port})
-    await stop.wait()
-    await server.stop()
+    with process.stop_signals() as stop:
+        server = Server(config)
+        await server.start()
+        process.freeze_startup_objects()
+        runtime.write_ready_file(args.ready_file, {"http_port": server.http_port, "link_port": server.link_port})
+        await stop.wait()
+        await server.stop()
     return 0
 
 
@@ -87,13 +89,13 @@ async def _serve_leaf(args: argparse.Namespace) -> int:
     fields = _overrides(args, {"name": "name", "host": "host", "port": "port"})
     if args.server is not None:
         fields["server_host"], fields["server_port"] = args.server
-    stop = runtime.stop_event()
-    leaf = Leaf(LeafConfig(**fields))
-    port = await leaf.start()
-    runtime.freeze_startup_objects()
-    runtime.write_ready_file(args.ready_file, {"port": port, "name": leaf.name})
-    await stop.wait()
-    await leaf.stop()
+    with process.stop_signals() as stop:
+        leaf = Leaf(LeafConfig(**fields))
+        port = await leaf.start()
+        process.freeze_startup_objects()
+        runtime.write_ready_file(args.ready_file, {"port": port, "name": leaf.name})
+        await stop.wait()
+        await leaf.stop()
     return 0
 
 
@@ -125,20 +127,20 @@ async def _job_command(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    runtime.configure_logging(args.log_level)
+    process.configure_logging(args.log_level)
     if args.command == "server":
-        return runtime.run(_serve_server(args))
+        return process.run(_serve_server(args))
     if args.command == "leaf":
-        return runtime.run(_serve_leaf(args))
+        return process.run(_serve_leaf(args))
     if args.command == "job":
-        return runtime.run(_job_command(args))
+        return process.run(_job_command(args))
     if args.command == "simulate":
         from .simulator.cli import main_async
 
-        return runtime.run(main_async(args))
+        return process.run(main_async(args))
     from .launcher import run_local
 
-    return runtime.run(run_local(args))
+    return process.run(run_local(args))
 
 
 if __name__ == "__main__":

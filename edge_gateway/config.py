@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
 from pathlib import Path
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from device_protocol.frames import DEVELOPMENT_SECRET
-
-log = logging.getLogger(__name__)
+from internal_link.process import link_secret
 
 
 class _Settings(BaseSettings):
@@ -23,9 +20,7 @@ class _Settings(BaseSettings):
     )
 
     def secret_bytes(self) -> bytes:
-        if not self.link_secret:
-            log.warning("no EDGEFL_LINK_SECRET set: internal links use the development secret")
-        return self.link_secret.encode() or DEVELOPMENT_SECRET
+        return link_secret(self.link_secret)
 
     def cookie_key(self) -> bytes:
         # Every leaf must verify every other leaf's cookies (a device moves when its leaf dies).

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from device_protocol.messages import JobStatus, JobView, LeafJobReport, SubmitBatch, SubmitReply, SyncReply, SyncRequest
+from internal_link.messages import JobStatus, JobView, LeafJobReport, SubmitBatch, SubmitReply, SyncReply, SyncRequest
 
 from .fedavg import PartialSum
 from .jobs import JobSpec

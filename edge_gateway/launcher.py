@@ -21,9 +21,9 @@ from typing import Any
 import aiohttp
 import orjson
 
-from device_protocol.messages import JobStatus
+from internal_link import process
+from internal_link.messages import JobStatus
 
-from . import runtime
 from .processes import Child, free_port, spawn, wait_ready_file
 
 log = logging.getLogger(__name__)
@@ -252,9 +252,9 @@ async def run_local(args: argparse.Namespace) -> int:
         args.leaves, args.simulated, args.trainer, args.alpha = 2, 100, "pytorch", 0.5
     run_dir = args.data_dir or Path("edgefl-data") / time.strftime("local-%Y%m%d-%H%M%S")
     spec = job_spec(args)
-    stop = runtime.stop_event()
     started = time.monotonic()
     async with AsyncExitStack() as cleanup:
+        stop = cleanup.enter_context(process.stop_signals())
         stack = await start_stack(run_dir, args.leaves, args.host, args.port)
         cleanup.push_async_callback(_stop_stack, stack)
         print(

@@ -6,24 +6,27 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from device_protocol.messages import JobStatus, ModelRequest, RegisterGroup, SubmitBatch, SyncRequest
 from device_protocol.tensors import tensors_from_binary, tensors_to_binary
+from internal_link.errors import CallRefused, ErrorCode
+from internal_link.messages import JobStatus, ModelRequest, RegisterGroup, SubmitBatch, SyncRequest
+from internal_link.server import LinkServer
 
 from .config import ServerConfig
 from .coordinator import RESEND_WAIT_LIMIT, Coordinator, JobNotFound, NewVersion
 from .jobs import JobSpec
 from .programs import ProgramBuilder
-from .rpc import RpcServer
 from .store import CheckpointStore, load_names, save_names, weights_to_npz
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A leaf's "watch" call is answered at the latest after this long (it then asks again).
 WATCH_LIMIT = 30.0
@@ -36,13 +39,13 @@ class Server:
         self.config = config
         self.coordinator = Coordinator(boot=uuid.uuid4().hex)
         self.store = CheckpointStore(config.data_dir / "jobs")
-        self._rpc = RpcServer(
+        self._rpc = LinkServer(
             {
-                "sync": self.handle_sync,
-                "model": self.handle_model,
-                "submit": self.handle_submit,
-                "register": self.handle_register,
-                "watch": self.handle_watch,
+                "sync": _coded(self.handle_sync),
+                "model": _coded(self.handle_model),
+                "submit": _coded(self.handle_submit),
+                "register": _coded(self.handle_register),
+                "watch": _coded(self.handle_watch),
             },
             config.secret_bytes(),
         )
@@ -251,7 +254,7 @@ class Server:
         request = ModelRequest.model_validate(payload)
         job = self.coordinator.job(request.job_id)
         if request.version != job.version:
-            raise ValueError(f"model version {request.version} is not current ({job.version})")
+            raise CallRefused(ErrorCode.NOT_CURRENT, f"model version {request.version} is not current ({job.version})")
         key = (request.job_id, request.version)
         cached = self._model_cache.get(key)
         if cached is None:
@@ -290,7 +293,10 @@ class Server:
         request = RegisterGroup.model_validate(payload)
         job = self.coordinator.job(request.job_id)
         if job.device_groups.get(request.prefix) != request.count:
-            self.coordinator.register_group(request.job_id, request.prefix, request.count)
+            try:
+                self.coordinator.register_group(request.job_id, request.prefix, request.count)
+            except ValueError as exc:
+                raise CallRefused(ErrorCode.TOO_MANY_DEVICES, str(exc)) from None
             self._checkpoint(request.job_id)
 
     async def handle_submit(self, payload: Any) -> dict[str, Any]:
@@ -314,6 +320,20 @@ class Server:
         # The version the batch went into is checkpointed before the leaf is answered.
         self._on_versions(events)
         return reply.model_dump()
+
+
+def _coded(handler: Callable[[Any], Awaitable[T]]) -> Callable[[Any], Awaitable[T]]:
+    """The handler, its errors translated to the link's codes at the boundary."""
+
+    async def coded(payload: Any) -> T:
+        try:
+            return await handler(payload)
+        except JobNotFound as exc:
+            raise CallRefused(ErrorCode.UNKNOWN_JOB, f"no job {exc.args[0]!r}") from None
+        except ValidationError as exc:
+            raise CallRefused(ErrorCode.BAD_PAYLOAD, str(exc)) from None
+
+    return coded
 
 
 def _failed(task: asyncio.Future[Any]) -> bool:

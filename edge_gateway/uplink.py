@@ -20,17 +20,17 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from device_protocol.messages import SubmitBatch, SubmitReply
 from device_protocol.tensors import tensors_to_binary
+from internal_link.errors import CallRefused, LinkUnavailable, RemoteError
+from internal_link.messages import SubmitBatch, SubmitReply
 
 from .fedavg import PartialSum
-from .rpc import RpcRemoteError, RpcUnavailable
 
 log = logging.getLogger(__name__)
 
 
 class ServerLink(Protocol):
-    """What a leaf needs of the server; `RpcClient` is the network one."""
+    """What a leaf needs of the server; `LinkClient` is the network one."""
 
     async def call(self, method: str, payload: Any, timeout: float) -> Any: ...
 
@@ -42,7 +42,10 @@ class LocalServerLink:
         self._handlers = handlers
 
     async def call(self, method: str, payload: Any, timeout: float) -> Any:
-        return await asyncio.wait_for(self._handlers[method](payload), timeout)
+        try:
+            return await asyncio.wait_for(self._handlers[method](payload), timeout)
+        except CallRefused as exc:  # as the network link delivers a handler's refusal
+            raise RemoteError(exc.code, exc.text) from exc
 
 
 class Outcome(Enum):
@@ -128,7 +131,7 @@ class ResultBatcher:
                 reply = SubmitReply.model_validate(
                     await self._link.call("submit", batch.model_dump(), self._call_timeout)
                 )
-            except RpcUnavailable:
+            except LinkUnavailable:
                 if loop.time() >= deadline:
                     log.warning(
                         "server unreachable for %.0f s: %d results not acknowledged", self._hold_limit, len(items)
@@ -137,7 +140,7 @@ class ResultBatcher:
                     return
                 await asyncio.sleep(0.2)
                 continue
-            except RpcRemoteError as exc:
+            except RemoteError as exc:
                 log.error("server refused a batch of job %s: %s", group.job_id, exc)
                 _resolve(items, Outcome.UNAVAILABLE)
                 return
@@ -206,10 +209,10 @@ class ResultBatcher:
                 reply = SubmitReply.model_validate(
                     await self._link.call("submit", batch.model_dump(), self._call_timeout)
                 )
-            except RpcUnavailable as exc:
+            except LinkUnavailable as exc:
                 log.warning("re-sending %d results of job %s v%d failed: %s", len(task_ids), job_id, version, exc)
                 return False
-            except RpcRemoteError as exc:
+            except RemoteError as exc:
                 log.error("server refused re-sent results of job %s v%d: %s", job_id, version, exc)
                 continue
             if reply.accepted and self._retained.pop(key, None) is not None:

@@ -12,14 +12,15 @@ Only this module configures logging and picks the event loop.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+
+from internal_link import process
 
 from .config import ProxyConfig
 from .lcp_map import LcpMapError, load_lcp_map
@@ -111,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"routing-proxy: device authentication: {exc}", file=sys.stderr)
         return 2
-    _configure_logging(config.log_level)
+    process.configure_logging(config.log_level)
     if config.workers == 1:
         return run_worker(config)
     return supervise(config, _worker_process)
@@ -119,35 +120,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _worker_process(config: ProxyConfig, device_counts: Any) -> None:
     # A multiprocessing target's return value is lost: the exit code must carry it.
-    _configure_logging(config.log_level)
+    process.configure_logging(config.log_level)
     sys.exit(run_worker(config, None if device_counts is None else memoryview(device_counts)))
 
 
 def run_worker(config: ProxyConfig, device_counts: memoryview | None = None) -> int:
     """Serve in this process until SIGTERM/SIGINT; return the exit code."""
     try:
-        _run(serve(config, device_counts))
+        process.run(serve(config, device_counts))
     except OSError as exc:
         logger.error("cannot serve on %s:%s: %s", config.host, config.port, exc)
         return 1
     return 0
-
-
-def _run(main: Coroutine[Any, Any, None]) -> None:
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(main)
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-    )

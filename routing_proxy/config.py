@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from device_protocol.frames import DEVELOPMENT_SECRET
+from internal_link.process import link_secret
 
 from .admission import AdmissionControl
 from .device_auth import DeviceAuthenticator, parse_lines
@@ -74,13 +73,8 @@ class ProxyConfig(BaseSettings):
 
     def secret(self) -> bytes:
         """The link secret as bytes, read from `link_secret_file` when one is set."""
-        if self.link_secret_file is not None:
-            return self.link_secret_file.read_bytes().strip()
-        secret = self.link_secret.get_secret_value().encode()
-        if not secret:
-            # The leaves fall back to the same public secret: a one-machine stack just works.
-            logging.getLogger(__name__).warning("no link secret set: the links use the public development secret")
-        return secret or DEVELOPMENT_SECRET
+        # Without one, the leaves fall back to the same public secret: a one-machine stack just works.
+        return link_secret(self.link_secret.get_secret_value(), self.link_secret_file)
 
     def device_auth(self) -> DeviceAuthenticator | None:
         """The device authenticator, or None when device authentication is off.

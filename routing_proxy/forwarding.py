@@ -15,7 +15,8 @@ from urllib.parse import parse_qsl
 import orjson
 
 from device_protocol.codecs import JSON, MSGPACK, media_type
-from edge_gateway.rpc import RpcRemoteError, RpcUnavailable
+from internal_link.calls import FEG, BadPayload, DeviceAnswer, DeviceCall
+from internal_link.errors import LinkUnavailable, RemoteError
 
 from .admission import AdmissionControl
 from .device_auth import DeviceAuthenticator
@@ -119,7 +120,8 @@ class Forwarder:
             for key, value in parse_qsl(text, keep_blank_values=True):
                 query.setdefault(key, value)
         candidates = self._upstreams.candidates(device_id)
-        _Call(candidates, [endpoint, query, headers, body], reply, self._timeout).next()
+        call = DeviceCall(endpoint, query, headers, body, self._timeout)
+        _Call(candidates, call, reply, self._timeout).next()
 
     @staticmethod
     def _admit(admission: AdmissionControl, endpoint: str, device_id: str) -> Response | None:
@@ -161,12 +163,12 @@ def _method_not_allowed(method: str, endpoint: str, methods: frozenset[str]) -> 
 class _Call:
     """One request's way to a leaf: the candidates in preference order, one shared deadline."""
 
-    __slots__ = ("candidates", "deadline", "index", "loop", "payload", "reply", "upstream")
+    __slots__ = ("call", "candidates", "deadline", "index", "loop", "reply", "upstream")
 
-    def __init__(self, candidates: list[Upstream], payload: list[Any], reply: Reply, timeout: float) -> None:
+    def __init__(self, candidates: list[Upstream], call: DeviceCall, reply: Reply, timeout: float) -> None:
         self.loop = asyncio.get_running_loop()
         self.candidates = candidates
-        self.payload = payload
+        self.call = call
         self.reply = reply
         # Failing over shares one deadline: the device must hear back in time (PROTOCOL.md §6).
         self.deadline = self.loop.time() + timeout
@@ -182,9 +184,12 @@ class _Call:
             if timeout <= 0:
                 break
             self.upstream = upstream
+            if self.index > 1:
+                # Failing over: the next leaf has only what is left of the deadline (PROTOCOL.md §6).
+                self.call = self.call._replace(wait=timeout)
             try:
-                future = upstream.client.send("feg", self.payload, timeout)
-            except RpcUnavailable:
+                future = upstream.client.send(FEG, self.call, timeout)
+            except LinkUnavailable:
                 if upstream.client.connected:
                     # Congested (a big upload still leaving): wait for room rather than fail over.
                     task = self.loop.create_task(self._call_when_writable(upstream, timeout))
@@ -199,33 +204,31 @@ class _Call:
     async def _call_when_writable(self, upstream: Upstream, timeout: float) -> None:
         future: asyncio.Future[Any] = self.loop.create_future()
         try:
-            future.set_result(await upstream.client.call("feg", self.payload, timeout))
-        except RpcUnavailable as exc:
+            future.set_result(await upstream.client.call(FEG, self.call._replace(wait=timeout), timeout))
+        except LinkUnavailable as exc:
             if not exc.sent:
                 self.next()
                 return
             future.set_exception(exc)
-        except RpcRemoteError as exc:
+        except RemoteError as exc:
             future.set_exception(exc)
         self._answered(future)
 
     def _answered(self, future: asyncio.Future[Any]) -> None:
         name = self.upstream.leaf.name if self.upstream is not None else "?"
         try:
-            result = future.result()
-        except RpcUnavailable as exc:
+            answer = DeviceAnswer.check(future.result())
+        except LinkUnavailable as exc:
             # Sent and unanswered: the leaf may have acted on it, so it is not re-sent elsewhere.
             logger.warning("leaf %s: %s", name, exc)
             self.reply(retry())
             return
-        except RpcRemoteError as exc:
+        except RemoteError as exc:
             logger.error("leaf %s failed on a request: %s", name, exc)
             self.reply(retry())
             return
-        if type(result) is list and len(result) == 3:
-            status, content_type, body = result
-            if type(status) is int and 200 <= status <= 599 and type(content_type) is str and type(body) is bytes:
-                self.reply(Response(status, content_type, body))
-                return
-        logger.error("leaf %s answered a malformed result: %.80r", name, result)
-        self.reply(retry())
+        except BadPayload as exc:
+            logger.error("leaf %s answered a malformed result: %.120s", name, exc)
+            self.reply(retry())
+            return
+        self.reply(Response(answer.http_status, answer.content_type, answer.body))

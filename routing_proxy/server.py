@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import gc
 import logging
 import multiprocessing
 import os
@@ -19,6 +18,7 @@ from multiprocessing.connection import wait
 from typing import Any
 
 from device_protocol.codecs import JSON
+from internal_link.process import freeze_startup_objects, stop_signals
 
 from .admission import Refusal, device_counter_cells
 from .config import ProxyConfig
@@ -131,20 +131,14 @@ def _device_tls(config: ProxyConfig) -> ssl.SSLContext | None:
 async def serve(config: ProxyConfig, device_counts: memoryview | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then drain and return."""
     server = ProxyServer(config, device_counts)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await server.start()
-        # Start-up objects never die: keep the collector from walking them again and again.
-        gc.freeze()
-        await stop.wait()
-        logger.info("routing proxy (pid %d) draining", os.getpid())
-    finally:
-        await server.drain()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
+    with stop_signals() as stop:
+        try:
+            await server.start()
+            freeze_startup_objects()
+            await stop.wait()
+            logger.info("routing proxy (pid %d) draining", os.getpid())
+        finally:
+            await server.drain()
 
 
 def supervise(config: ProxyConfig, worker: Callable[[ProxyConfig, Any], Any]) -> int:

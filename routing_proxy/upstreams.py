@@ -12,7 +12,9 @@ import logging
 import ssl
 from typing import Any
 
-from edge_gateway.rpc import RpcClient, RpcError, RpcRemoteError
+from internal_link.calls import PING
+from internal_link.client import LinkClient
+from internal_link.errors import LinkError, RemoteError
 
 from .lcp_map import Leaf
 from .routing import Router
@@ -23,7 +25,7 @@ logger = logging.getLogger(__name__)
 class Upstream:
     """One leaf and its link."""
 
-    def __init__(self, leaf: Leaf, client: RpcClient) -> None:
+    def __init__(self, leaf: Leaf, client: LinkClient) -> None:
         self.leaf = leaf
         self.client = client
         self.ping_ok = False
@@ -46,7 +48,7 @@ class Upstreams:
         health_timeout: float = 5.0,
     ) -> None:
         self.members = [
-            Upstream(leaf, RpcClient(leaf.host, leaf.port, secret, leaf.name, ssl=ssl_context)) for leaf in leaves
+            Upstream(leaf, LinkClient(leaf.host, leaf.port, secret, leaf.name, ssl=ssl_context)) for leaf in leaves
         ]
         self.router = Router([leaf.name for leaf in leaves])
         self._ping_ok: set[int] = set()
@@ -98,11 +100,11 @@ class Upstreams:
                 if not await client.wait_connected(self._interval):
                     continue
             try:
-                await client.call("ping", None, self._timeout)
-            except RpcRemoteError as exc:
+                await client.call(PING, None, self._timeout)
+            except RemoteError as exc:
                 # It answers, refusing: a draining leaf still answers what it holds.
                 self._set_health(index, upstream, False, f"ping refused: {exc}")
-            except RpcError as exc:
+            except LinkError as exc:
                 self._set_health(index, upstream, False, f"ping failed: {exc}", stopped_answering=True)
             else:
                 self._set_health(index, upstream, True, "")

@@ -21,10 +21,11 @@ from device_protocol.feg import (
     TaskRequest,
     response,
 )
-from device_protocol.messages import JobStatus, RegisterGroup
 from device_protocol.tensors import decode_update
+from internal_link.calls import DeviceAnswer
+from internal_link.errors import ErrorCode, LinkUnavailable, RemoteError
+from internal_link.messages import JobStatus, RegisterGroup
 
-from ..rpc import RpcRemoteError, RpcUnavailable
 from ..uplink import ResultBatcher, ServerLink
 from .job_state import LeafJob, Lease, TaskDecision
 from .payload_cache import PayloadCache
@@ -35,7 +36,8 @@ log = logging.getLogger(__name__)
 SIMULATOR_GROUP = re.compile(r"(?P<prefix>[^?#]+)\?(?P<count>[1-9][0-9]{0,5})")
 STARTING_RETRY_WAIT = 5
 
-FegReply = list[Any]  # [http_status, content_type, body]
+FegReply = DeviceAnswer
+ANSWER_MARGIN = 0.05  # seconds a held /task keeps for its answer to reach the proxy in time
 
 
 def _from_simulator(identity: Identity) -> bool:
@@ -75,15 +77,17 @@ class DeviceEndpoints:
         view = live[0]
         return response(Status.OK, job_id=view.job_id, job_name=view.job_name, job_data={"config": view.config})
 
-    def task(self, request: TaskRequest, as_msgpack: bool) -> FegReply | Awaitable[FegReply]:
+    def task(self, request: TaskRequest, as_msgpack: bool, wait: float) -> FegReply | Awaitable[FegReply]:
         job = self._jobs.get(request.job_id)
         if job is None:
             content_type, data = encode(response(Status.NO_JOB, message=f"unknown job {request.job_id!r}"), as_msgpack)
-            return [200, content_type, data]
+            return DeviceAnswer(200, content_type, data)
         loop = asyncio.get_running_loop()
         decision, lease = self._decide(job, request, loop.time())
-        if decision is TaskDecision.NOT_SELECTED and job.view.free_slots > 0 and self._quota_hold > 0:
-            return self._task_held(job, request, as_msgpack, loop.time() + self._quota_hold)
+        # Held never past the time the proxy still waits: the device would hear RETRY instead.
+        hold = min(self._quota_hold, wait - ANSWER_MARGIN)
+        if decision is TaskDecision.NOT_SELECTED and job.view.free_slots > 0 and hold > 0:
+            return self._task_held(job, request, as_msgpack, loop.time() + hold)
         return self._task_answer(job, request, decision, lease, as_msgpack)
 
     async def _task_held(self, job: LeafJob, request: TaskRequest, as_msgpack: bool, give_up: float) -> FegReply:
@@ -111,7 +115,7 @@ class DeviceEndpoints:
                 view.job_id, request.identity.device_id, lease.task_id, lease.version, lease.selection_id
             )
             content_type, data = payload.render(lease.task_id, cookie, as_msgpack)
-            return [200, content_type, data]
+            return DeviceAnswer(200, content_type, data)
         if decision is TaskDecision.NO_JOB:
             reply = response(Status.NO_JOB, job_id=view.job_id, message="job finished")
         elif decision is TaskDecision.NOT_READY:
@@ -121,7 +125,7 @@ class DeviceEndpoints:
                 Status.RETRY, job_id=view.job_id, retry_wait=view.retry_wait, message="Device not selected"
             )
         content_type, data = encode(reply, as_msgpack)
-        return [200, content_type, data]
+        return DeviceAnswer(200, content_type, data)
 
     async def result(self, request: ResultRequest, offload: bool) -> dict[str, Any]:
         # Facts are gathered and `judge_result` asked after each step; it alone decides.
@@ -184,14 +188,13 @@ class DeviceEndpoints:
             register = RegisterGroup(job_id=job.view.job_id, prefix=group["prefix"], count=int(group["count"]))
             try:
                 await self._link.call("register", register.model_dump(), 5.0)
-            except RpcUnavailable:
+            except LinkUnavailable:
                 return response(Status.RETRY, retry_wait=STARTING_RETRY_WAIT, message="server unavailable")
-            except RpcRemoteError as exc:
+            except RemoteError as exc:
                 log.warning("simulated device group %s?%d refused: %s", register.prefix, register.count, exc)
+                reason = "too many devices for this job" if exc.code is ErrorCode.TOO_MANY_DEVICES else exc.code.name
                 return response(
-                    Status.RETRY,
-                    retry_wait=job.view.retry_wait,
-                    message="simulated device group refused: too many devices for this job",
+                    Status.RETRY, retry_wait=job.view.retry_wait, message=f"simulated device group refused: {reason}"
                 )
             job.view = job.view.model_copy(
                 update={"device_groups": {**job.view.device_groups, register.prefix: register.count}}

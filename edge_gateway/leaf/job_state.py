@@ -12,7 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
 
-from device_protocol.messages import JobStatus, JobView, LeafJobReport
+from internal_link.messages import JobStatus, JobView, LeafJobReport
 
 from .result_verdicts import RESULT_ANSWERS, ResultFacts, ResultVerdict, Tally
 

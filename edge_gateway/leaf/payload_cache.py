@@ -7,10 +7,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from device_protocol.messages import JobStatus, JobView
 from device_protocol.tensors import tensors_from_binary
+from internal_link.errors import LinkUnavailable, RemoteError
+from internal_link.messages import JobStatus, JobView
 
-from ..rpc import RpcRemoteError, RpcUnavailable
 from ..uplink import ServerLink
 from .task_payload import TaskPayload
 
@@ -84,7 +84,7 @@ class PayloadCache:
                     (fetched - asked) * 1e3,
                     (loop.time() - fetched) * 1e3,
                 )
-        except (RpcUnavailable, RpcRemoteError) as exc:
+        except (LinkUnavailable, RemoteError) as exc:
             log.warning("fetching model %s v%d failed: %s", view.job_id, view.model_version, exc)
         finally:
             self._fetching.discard(key)

@@ -23,11 +23,14 @@ from device_protocol.feg import (
     parse_request,
     response,
 )
-from device_protocol.messages import JobView, SyncReply, SyncRequest
 from device_protocol.tensors import max_result_body_bytes
+from internal_link.calls import FEG, PING, PONG, DeviceAnswer, DeviceCall, device_call_handler
+from internal_link.client import LinkClient
+from internal_link.errors import CallRefused, ErrorCode, LinkUnavailable, RemoteError
+from internal_link.messages import JobView, SyncReply, SyncRequest
+from internal_link.server import LinkServer
 
 from ..config import LeafConfig
-from ..rpc import RpcClient, RpcRemoteError, RpcServer, RpcUnavailable
 from ..uplink import ResultBatcher, ServerLink
 from .endpoints import STARTING_RETRY_WAIT, DeviceEndpoints, FegReply
 from .job_state import LeafJob
@@ -53,12 +56,12 @@ class Leaf:
         self.boot = uuid.uuid4().hex
         secret = config.secret_bytes()
         self._client = (
-            RpcClient(config.server_host, config.server_port, secret, name=f"{self.name}->server")
+            LinkClient(config.server_host, config.server_port, secret, name=f"{self.name}->server")
             if link is None
             else None
         )
         self._link: ServerLink = link if link is not None else self._client  # type: ignore[assignment]
-        self._rpc = RpcServer({"feg": self.handle_feg, "ping": self.handle_ping}, secret)
+        self._rpc = LinkServer({FEG: device_call_handler(self.handle_feg), PING: self.handle_ping}, secret)
         self.batcher = ResultBatcher(self.name, self._link, hold_limit=config.result_hold)
         self.jobs: dict[str, LeafJob] = {}
         self._payloads = PayloadCache(self._link, self._is_current)
@@ -122,19 +125,20 @@ class Leaf:
     # -- proxy-facing handlers ----------------------------------------------------------------
     def handle_ping(self, _: Any) -> str:
         if self._draining:
-            raise RuntimeError("leaf shutting down")  # the proxy marks it unhealthy and moves its devices
-        return "pong"
+            # The proxy marks it unhealthy and moves its devices.
+            raise CallRefused(ErrorCode.SHUTTING_DOWN, "leaf shutting down")
+        return PONG
 
-    def handle_feg(self, payload: Any) -> FegReply | Awaitable[FegReply]:
+    def handle_feg(self, call: DeviceCall) -> FegReply | Awaitable[FegReply]:
         """The answer now when it needs no waiting (most /job and /task), else an awaitable."""
         self._last_request = asyncio.get_running_loop().time()
-        if self._draining and payload[0] != "result":
+        if self._draining and call.endpoint != "result":
             # A result is still answered (Android ends its session on anything but OK); new work
             # is for the leaves that stay.
             reply = response(Status.RETRY, retry_wait=DRAINING_RETRY_WAIT, message="leaf shutting down")
-            content_type, data = encode(reply, wants_msgpack(payload[2].get("accept", "")))
-            return [200, content_type, data]
-        outcome = self._answer_feg(payload)
+            content_type, data = encode(reply, wants_msgpack(call.headers.get("accept", "")))
+            return DeviceAnswer(200, content_type, data)
+        outcome = self._answer_feg(call)
         if isinstance(outcome, Awaitable):
             self._busy += 1
             return self._counted(outcome)
@@ -146,8 +150,8 @@ class Leaf:
         finally:
             self._busy -= 1
 
-    def _answer_feg(self, payload: Any) -> FegReply | Awaitable[FegReply]:
-        endpoint, query, headers, body = payload
+    def _answer_feg(self, call: DeviceCall) -> FegReply | Awaitable[FegReply]:
+        endpoint, query, headers, body, wait = call
         if len(body) > INLINE_DECODE_LIMIT:
             if endpoint == "result" and len(body) > (limit := self._result_body_limit(query.get("job_id"))):
                 # Refused unparsed: junk the size of an upload would become millions of objects.
@@ -155,21 +159,23 @@ class Leaf:
                     endpoint,
                     BodyTooLarge(f"result body larger than {limit} bytes, more than this job's model can need"),
                 )
-            return self._feg_decoded_in_thread(endpoint, query, headers, body)
+            return self._feg_decoded_in_thread(endpoint, query, headers, body, wait)
         try:
             fields = decode_body(headers.get("content-type", ""), body)
             request = parse_request(endpoint, query, headers, fields)
         except ProtocolError as exc:
             return self._refused(endpoint, exc)
-        return self._feg(request, headers, len(body))
+        return self._feg(request, headers, len(body), wait)
 
-    async def _feg_decoded_in_thread(self, endpoint: str, query: Any, headers: Any, body: bytes) -> FegReply:
+    async def _feg_decoded_in_thread(
+        self, endpoint: str, query: Any, headers: Any, body: bytes, wait: float
+    ) -> FegReply:
         try:
             fields = await asyncio.to_thread(decode_body, headers.get("content-type", ""), body)
             request = parse_request(endpoint, query, headers, fields)
         except ProtocolError as exc:
             return self._refused(endpoint, exc)
-        outcome = self._feg(request, headers, len(body))
+        outcome = self._feg(request, headers, len(body), wait)
         return await outcome if isinstance(outcome, Awaitable) else outcome
 
     def _result_body_limit(self, job_id: str | None) -> int:
@@ -181,27 +187,27 @@ class Leaf:
 
     def _refused(self, endpoint: str, exc: ProtocolError) -> FegReply:
         log.info("refused %s request: %s", endpoint, exc.message)
-        return [exc.http_status, JSON, orjson.dumps(error_response(exc.status, exc.message, exc.errors))]
+        return DeviceAnswer(exc.http_status, JSON, orjson.dumps(error_response(exc.status, exc.message, exc.errors)))
 
-    def _feg(self, request: FegRequest, headers: Any, body_size: int) -> FegReply | Awaitable[FegReply]:
+    def _feg(self, request: FegRequest, headers: Any, body_size: int, wait: float) -> FegReply | Awaitable[FegReply]:
         as_msgpack = wants_msgpack(headers.get("accept", ""))
         if not self._synced_once():
             reply = response(Status.RETRY, retry_wait=STARTING_RETRY_WAIT, message="Gateway starting")
         elif isinstance(request, JobRequest):
             reply = self._endpoints.job(request)
         elif isinstance(request, TaskRequest):
-            return self._endpoints.task(request, as_msgpack)
+            return self._endpoints.task(request, as_msgpack, wait)
         elif isinstance(request, ResultRequest):
             return self._encoded(self._endpoints.result(request, offload=body_size > INLINE_DECODE_LIMIT), as_msgpack)
         else:
             return self._encoded(self._endpoints.selection(request), as_msgpack)
         content_type, data = encode(reply, as_msgpack)
-        return [200, content_type, data]
+        return DeviceAnswer(200, content_type, data)
 
     @staticmethod
     async def _encoded(reply: Awaitable[dict[str, Any]], as_msgpack: bool) -> FegReply:
         content_type, data = encode(await reply, as_msgpack)
-        return [200, content_type, data]
+        return DeviceAnswer(200, content_type, data)
 
     def _synced_once(self) -> bool:
         return self._server_boot is not None
@@ -219,7 +225,7 @@ class Leaf:
         while True:
             try:
                 await self._sync_once()
-            except (RpcUnavailable, RpcRemoteError) as exc:
+            except (LinkUnavailable, RemoteError) as exc:
                 log.debug("sync failed: %s", exc)
             except Exception:
                 log.exception("sync failed")
@@ -235,7 +241,7 @@ class Leaf:
         while True:
             try:
                 seen = await self._link.call("watch", {"seen": seen, "wait": WATCH_WAIT}, WATCH_WAIT + 5.0)
-            except (RpcUnavailable, RpcRemoteError) as exc:
+            except (LinkUnavailable, RemoteError) as exc:
                 log.debug("watch failed: %s", exc)
                 await asyncio.sleep(self.config.sync_interval)  # the periodic sync still runs
                 continue

@@ -1,8 +1,8 @@
 from dataclasses import replace
 
-from device_protocol.messages import JobStatus, JobView
 from edge_gateway.leaf.job_state import LeafJob, TaskDecision
 from edge_gateway.leaf.result_verdicts import ResultVerdict, judge_result
+from internal_link.messages import JobStatus, JobView
 
 
 def view(**kw):

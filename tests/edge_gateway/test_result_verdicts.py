@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 
-from device_protocol.messages import JobStatus, JobView, LeafJobReport
 from edge_gateway.leaf.job_state import LeafJob
 from edge_gateway.leaf.result_verdicts import (
     RESULT_ANSWERS,
@@ -16,6 +15,7 @@ from edge_gateway.leaf.result_verdicts import (
     result_answer,
 )
 from edge_gateway.uplink import Outcome
+from internal_link.messages import JobStatus, JobView, LeafJobReport
 
 V = ResultVerdict
 DECODED = ResultFacts(decoded=True)

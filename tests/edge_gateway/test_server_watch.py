@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from device_protocol.messages import SubmitBatch
 from device_protocol.tensors import tensors_to_binary
 from edge_gateway.config import ServerConfig
 from edge_gateway.jobs import JobSpec
 from edge_gateway.models import initial_weights
 from edge_gateway.server import Server
+from internal_link.messages import SubmitBatch
 
 SPEC = JobSpec(name="xor", model="xor", rounds=3, devices_per_round=1, evaluate=False)
 

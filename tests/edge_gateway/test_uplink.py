@@ -11,13 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from device_protocol.messages import SyncRequest
 from edge_gateway.config import ServerConfig
 from edge_gateway.jobs import JobSpec
 from edge_gateway.models import initial_weights
 from edge_gateway.server import Server
 from edge_gateway.store import load_names
 from edge_gateway.uplink import LocalServerLink, Outcome, ResultBatcher
+from internal_link.messages import SyncRequest
 
 SPEC = JobSpec(name="xor", model="xor", rounds=3, devices_per_round=10, evaluate=False)
 

@@ -21,12 +21,12 @@ import aiohttp
 import numpy as np
 from yarl import URL
 
-from device_protocol.messages import JobStatus
 from edge_gateway.launcher import Stack
 from edge_gateway.simulator.decisions import Phase
 from edge_gateway.simulator.device import Device, DeviceSettings, _Request
 from edge_gateway.simulator.stats import SimulationReport, Stats
 from edge_gateway.simulator.trainers import Diff, SyntheticTrainer
+from internal_link.messages import JobStatus
 
 from .helpers import submit_job, wait_for, wait_leaves_synced
 

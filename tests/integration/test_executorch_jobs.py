@@ -12,9 +12,9 @@ import aiohttp
 import numpy as np
 import pytest
 
-from device_protocol.messages import JobStatus
 from edge_gateway.launcher import Stack
 from edge_gateway.models import initial_weights, load_dataset
+from internal_link.messages import JobStatus
 from tests.executorch_warnings import EXECUTORCH_WARNINGS
 
 from .clients import AndroidDevice, IosDevice

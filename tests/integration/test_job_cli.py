@@ -7,8 +7,8 @@ import sys
 
 import orjson
 
-from device_protocol.messages import JobStatus
 from edge_gateway.launcher import Stack
+from internal_link.messages import JobStatus
 
 
 async def job_cli(api: str, *args: str) -> tuple[int, dict]:

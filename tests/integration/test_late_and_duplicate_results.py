@@ -19,9 +19,10 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
-from device_protocol.messages import JobStatus
 from edge_gateway.launcher import Stack
-from edge_gateway.rpc import RpcClient
+from internal_link.calls import FEG, DeviceAnswer, DeviceCall
+from internal_link.client import LinkClient
+from internal_link.messages import JobStatus
 from routing_proxy.routing import Router
 
 from .clients import IosDevice
@@ -119,13 +120,14 @@ async def feg_to_leaf(stack: Stack, leaf: str, device: IosDevice, query: str, bo
     """One `/result` as the proxy forwards it (ARCHITECTURE.md "Proxy → leaf"), to the leaf chosen
     here rather than by hashing: what a device's retry does when its leaf failed in between."""
     where = orjson.loads(stack.lcp_map.read_bytes())[leaf]
-    client = RpcClient(where["host"], where["port"], stack.env["EDGEFL_LINK_SECRET"].encode(), name=f"test->{leaf}")
+    client = LinkClient(where["host"], where["port"], stack.env["EDGEFL_LINK_SECRET"].encode(), name=f"test->{leaf}")
     await client.start()
     try:
         assert await client.wait_connected(10.0)
         headers = {k.lower(): v for k, v in device.headers("result").items()}
         params = dict(p.split("=", 1) for p in query.lstrip("?").split("&"))
-        status, content_type, data = await client.call("feg", ["result", params, headers, orjson.dumps(body)], 30.0)
+        call = DeviceCall("result", params, headers, orjson.dumps(body), 30.0)
+        status, content_type, data = DeviceAnswer.check(await client.call(FEG, call, 30.0))
     finally:
         await client.close()
     assert (status, content_type) == (200, "application/json")

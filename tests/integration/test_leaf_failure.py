@@ -8,8 +8,8 @@ import signal
 
 import aiohttp
 
-from device_protocol.messages import JobStatus
 from edge_gateway.launcher import Stack
+from internal_link.messages import JobStatus
 
 from .clients import IosDevice
 from .helpers import submit_job, wait_for

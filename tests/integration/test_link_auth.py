@@ -1,6 +1,6 @@
 """The internal links of a real stack refuse a stray process that lacks the shared secret.
 
-tests/edge_gateway/test_rpc.py checks the handshake of `RpcServer`/`RpcClient` in one process;
+tests/internal_link/ checks the handshake of `LinkServer`/`LinkClient` in one process;
 this checks that the processes users start (`python -m edge_gateway server|leaf`, secret from
 EDGEFL_LINK_SECRET) enforce it over real TCP: a peer with a wrong or empty secret, or one that
 skips the handshake, can neither submit partial sums nor fetch a model from the server, nor send
@@ -17,24 +17,26 @@ from typing import Any
 import orjson
 import pytest
 
-from device_protocol import frames
 from edge_gateway.launcher import Stack
-from edge_gateway.rpc import RpcClient, RpcUnavailable
+from internal_link import frames
+from internal_link.calls import FEG, DeviceCall
+from internal_link.client import LinkClient
+from internal_link.errors import LinkUnavailable
 
 from .helpers import job_status, submit_job
 
 
-def _feg_job(job_name: str) -> list[Any]:
+def _feg_job(job_name: str) -> DeviceCall:
     body = orjson.dumps({"job_name": job_name, "capabilities": {"methods": ["xor"]}})
-    return ["job", {}, {"x-flare-device-id": "stray-phone", "content-type": "application/json"}, body]
+    return DeviceCall("job", {}, {"x-flare-device-id": "stray-phone", "content-type": "application/json"}, body, 10.0)
 
 
 async def _refused(port: int, secret: bytes, method: str, payload: Any) -> None:
-    client = RpcClient("127.0.0.1", port, secret, name="stray", backoff=(0.05, 0.2))
+    client = LinkClient("127.0.0.1", port, secret, name="stray", backoff=(0.05, 0.2))
     await client.start()
     try:
         assert not await client.wait_connected(1.5), f"{method} port {port} accepted secret {secret!r}"
-        with pytest.raises(RpcUnavailable) as info:
+        with pytest.raises(LinkUnavailable) as info:
             await client.call(method, payload, timeout=2.0)
         assert not info.value.sent  # the request never left the stray process
     finally:
@@ -42,7 +44,7 @@ async def _refused(port: int, secret: bytes, method: str, payload: Any) -> None:
 
 
 async def _answered(port: int, secret: bytes, method: str, payload: Any) -> Any:
-    client = RpcClient("127.0.0.1", port, secret, name="insider", backoff=(0.05, 0.2))
+    client = LinkClient("127.0.0.1", port, secret, name="insider", backoff=(0.05, 0.2))
     await client.start()
     try:
         assert await client.wait_connected(10.0)
@@ -60,7 +62,7 @@ async def _skip_handshake(port: int, method: str, payload: Any) -> bytes:
             0
         ]
         assert kind == frames.HELLO
-        writer.write(frames.request(1, method, payload))
+        writer.writelines(frames.encode_frame([frames.REQUEST, 1, method, payload]))
         async with asyncio.timeout(15.0):
             return await reader.read()
     finally:
@@ -89,14 +91,14 @@ async def test_stray_process_cannot_use_the_links(stack: Stack, tmp_path: Path) 
 
     # The calls are real ones: with the secret, the server serves the model and the leaf the job.
     assert "weights" in await _answered(server_port, secret, "model", model)
-    http_status, _, body = await _answered(leaf_port, secret, "feg", _feg_job("xor_links"))
+    http_status, _, body = await _answered(leaf_port, secret, FEG, _feg_job("xor_links"))
     assert http_status == 200 and orjson.loads(body)["status"] == "OK"
 
     for wrong in (b"", b"edgefl-development-secret", secret + b"x"):
         await _refused(server_port, wrong, "submit", partial)
         await _refused(server_port, wrong, "model", model)
-        await _refused(leaf_port, wrong, "feg", _feg_job("xor_links"))
-    for port, method, payload in ((server_port, "submit", partial), (leaf_port, "feg", _feg_job("xor_links"))):
+        await _refused(leaf_port, wrong, FEG, _feg_job("xor_links"))
+    for port, method, payload in ((server_port, "submit", partial), (leaf_port, FEG, _feg_job("xor_links"))):
         assert await _skip_handshake(port, method, payload) == b""  # closed without an answer
 
     status = await job_status(stack.api_url, job_id)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from device_protocol.messages import JobStatus
 from edge_gateway.launcher import Stack
+from internal_link.messages import JobStatus
 
 from .helpers import submit_job, wait_for
 

@@ -24,9 +24,9 @@ from typing import BinaryIO
 import orjson
 import pytest
 
-from device_protocol.messages import JobStatus
 from edge_gateway.launcher import Stack
 from edge_gateway.processes import Child, free_port, spawn, wait_ready_file
+from internal_link.messages import JobStatus
 from routing_proxy.routing import Router
 
 from .helpers import job_status, wait_for

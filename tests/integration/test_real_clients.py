@@ -8,9 +8,9 @@ import io
 import aiohttp
 import numpy as np
 
-from device_protocol.messages import JobStatus
 from edge_gateway.launcher import Stack
 from edge_gateway.models import initial_weights
+from internal_link.messages import JobStatus
 
 from .clients import STEP, AndroidDevice, IosDevice
 from .helpers import job_status, submit_job, wait_for

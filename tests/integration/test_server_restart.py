@@ -11,9 +11,9 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from device_protocol.messages import JobStatus
 from edge_gateway.launcher import Stack
 from edge_gateway.processes import spawn, wait_ready_file
+from internal_link.messages import JobStatus
 
 from .clients import IosDevice
 from .helpers import submit_job, wait_for

@@ -1,4 +1,4 @@
-"""Proxy fixtures: real leaves (an `RpcServer` whose `"feg"` echoes what it got) and real proxies,
+"""Proxy fixtures: real leaves (a `LinkServer` whose `FEG` handler echoes what it got) and real proxies,
 all on 127.0.0.1 port 0, under both event loops."""
 
 from __future__ import annotations

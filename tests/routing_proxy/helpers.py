@@ -11,17 +11,22 @@ from typing import Any
 import msgpack
 import orjson
 
-from edge_gateway.rpc import RpcServer
+from internal_link.calls import FEG, PING, PONG, DeviceCall, device_call_handler
+from internal_link.server import LinkServer
 from routing_proxy.server import ProxyServer
 
 SECRET = b"test link secret"
 
 
-FegHandler = Callable[[list[Any]], Awaitable[list[Any]]]
+FegHandler = Callable[[DeviceCall], Awaitable[Any]]
 
 
 class Leaf:
-    """A leaf aggregator stand-in: the real link, a `"feg"` handler that records and echoes."""
+    """A leaf aggregator stand-in: the real link, a `FEG` handler that records and echoes.
+
+    `received` holds each call's device request, `[endpoint, query, headers, body]`; the echo
+    carries it as `payload`, and the seconds the proxy still waited as `wait`.
+    """
 
     def __init__(
         self, name: str, feg: FegHandler | None = None, secret: bytes = SECRET, tls: ssl.SSLContext | None = None
@@ -32,10 +37,12 @@ class Leaf:
         self._feg = feg
         self._secret = secret
         self._tls = tls
-        self._server: RpcServer | None = None
+        self._server: LinkServer | None = None
 
     async def start(self, port: int = 0) -> int:
-        self._server = RpcServer({"feg": self._handle, "ping": self._ping}, self._secret, ssl=self._tls)
+        self._server = LinkServer(
+            {FEG: device_call_handler(self._handle), PING: self._ping}, self._secret, ssl=self._tls
+        )
         self.port = await self._server.start("127.0.0.1", port or self.port)
         return self.port
 
@@ -45,13 +52,15 @@ class Leaf:
             self._server = None
 
     async def _ping(self, payload: None) -> str:
-        return "pong"
+        return PONG
 
-    async def _handle(self, payload: list[Any]) -> list[Any]:
-        self.received.append(payload)
+    async def _handle(self, call: DeviceCall) -> Any:
+        request = [call.endpoint, call.query, call.headers, call.body]
+        self.received.append(request)
         if self._feg is not None:
-            return await self._feg(payload)
-        return [200, "application/msgpack", msgpack.packb({"leaf": self.name, "payload": payload}, use_bin_type=True)]
+            return await self._feg(call)
+        echo = {"leaf": self.name, "payload": request, "wait": call.wait}
+        return [200, "application/msgpack", msgpack.packb(echo, use_bin_type=True)]
 
 
 class Proxy:

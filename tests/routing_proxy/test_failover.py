@@ -11,6 +11,8 @@ import aiohttp
 import orjson
 from pytest import LogCaptureFixture
 
+from internal_link.calls import DeviceCall
+
 from .helpers import Leaf, Proxy, echoed, wait_for
 
 MakeLeaf = Callable[..., Awaitable[Leaf]]
@@ -104,7 +106,7 @@ async def test_fails_over_at_once_when_the_preferred_leaf_is_not_connected(
 async def test_deadline_is_retry_and_not_resent(
     leaves: MakeLeaf, proxy: MakeProxy, http: aiohttp.ClientSession, caplog: LogCaptureFixture
 ) -> None:
-    async def stuck(payload: list[Any]) -> list[Any]:
+    async def stuck(call: DeviceCall) -> list[Any]:
         await asyncio.sleep(30)
         raise AssertionError("unreachable")
 
@@ -122,7 +124,7 @@ async def test_deadline_is_retry_and_not_resent(
 async def test_leaf_dying_mid_request_is_retry(leaves: MakeLeaf, proxy: MakeProxy, http: aiohttp.ClientSession) -> None:
     arrived = asyncio.Event()
 
-    async def hang(payload: list[Any]) -> list[Any]:
+    async def hang(call: DeviceCall) -> list[Any]:
         arrived.set()
         await asyncio.sleep(30)
         raise AssertionError("unreachable")
@@ -138,7 +140,7 @@ async def test_leaf_dying_mid_request_is_retry(leaves: MakeLeaf, proxy: MakeProx
 
 
 async def test_leaf_handler_error_is_retry(leaves: MakeLeaf, proxy: MakeProxy, http: aiohttp.ClientSession) -> None:
-    async def broken(payload: list[Any]) -> list[Any]:
+    async def broken(call: DeviceCall) -> list[Any]:
         raise RuntimeError("bug in the leaf")
 
     px = await proxy([await leaves("C11", broken)])
@@ -148,7 +150,7 @@ async def test_leaf_handler_error_is_retry(leaves: MakeLeaf, proxy: MakeProxy, h
 async def test_malformed_leaf_result_is_retry(leaves: MakeLeaf, proxy: MakeProxy, http: aiohttp.ClientSession) -> None:
     results = iter([[200, "application/json"], "nonsense", [200, "application/json", "not bytes"], [99, "x", b""]])
 
-    async def odd(payload: list[Any]) -> Any:
+    async def odd(call: DeviceCall) -> Any:
         return next(results)
 
     px = await proxy([await leaves("C11", odd)])

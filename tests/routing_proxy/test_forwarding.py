@@ -11,6 +11,8 @@ import aiohttp
 import orjson
 import pytest
 
+from internal_link.calls import DeviceCall
+
 from .helpers import Leaf, Proxy, echoed
 
 MakeLeaf = Callable[..., Awaitable[Leaf]]
@@ -61,6 +63,8 @@ async def test_every_endpoint_is_forwarded_exactly(
     ]
     assert type(answer["payload"][3]) is bytes
     assert leaf.received == [answer["payload"]]
+    # The leaf hears how long the proxy still waits: at most its whole upstream timeout.
+    assert 0 < answer["wait"] <= proxy.server.config.upstream_timeout == 5.0
 
 
 async def test_get_task_without_body(one: tuple[Leaf, Proxy], http: aiohttp.ClientSession) -> None:
@@ -99,7 +103,7 @@ async def test_large_body_is_forwarded(one: tuple[Leaf, Proxy], http: aiohttp.Cl
 async def test_leaf_answer_is_written_back_as_is(
     leaves: MakeLeaf, proxy: MakeProxy, http: aiohttp.ClientSession
 ) -> None:
-    async def feg(payload: list[Any]) -> list[Any]:
+    async def feg(call: DeviceCall) -> list[Any]:
         return [202, "application/json; charset=utf-8", b'{"status": "OK",  "job_id": "J"}']
 
     px = await proxy([await leaves("C11", feg)])

@@ -11,6 +11,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+from internal_link.calls import DeviceCall
+
 from .helpers import Leaf, Proxy
 
 MakeLeaf = Callable[..., Awaitable[Leaf]]
@@ -94,7 +96,7 @@ async def test_overload_turns_into_retry_not_timeouts(
 ) -> None:
     release = asyncio.Event()
 
-    async def slow(payload: list[Any]) -> list[Any]:
+    async def slow(call: DeviceCall) -> list[Any]:
         await release.wait()
         return [200, "application/json", b'{"status":"OK"}']
 

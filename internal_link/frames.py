@@ -1,15 +1,16 @@
-"""The link's wire format: length-prefixed msgpack frames and the RPC messages they carry.
+"""The link's wire format: length-prefixed msgpack frames and the messages they carry.
 
 No I/O: bytes in, messages out (ARCHITECTURE.md "The link"). A frame is a 4-byte big-endian
 unsigned length `N` followed by `N` bytes of msgpack. Messages are msgpack arrays::
 
     request   [0, call_id, method, payload]
-    response  [1, call_id, error | None, payload]
-    hello     [2, nonce]            server -> client, first thing on a connection
+    response  [1, call_id, None, result]          answered
+              [1, call_id, code, text]            failed: an `ErrorCode` value and its text
+    hello     [2, nonce]                          server -> client, first thing on a connection
     auth      [3, hmac_sha256(secret, nonce)]
 
 A response with call id `HANDSHAKE_ID` (0) is the server's acceptance of an auth; calls use ids
-from 1 up. Bad bytes from a peer never raise anything but `FrameError`.
+from 1 up. Bad bytes from a peer never raise anything but `LinkProtocolError`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any
 
 import msgpack
 
+from .errors import WIRE_CODES, LinkProtocolError
+
 REQUEST = 0
 RESPONSE = 1
 HELLO = 2
@@ -30,25 +33,22 @@ AUTH = 3
 HANDSHAKE_ID = 0
 DEFAULT_MAX_FRAME = 256 * 1024 * 1024
 NONCE_SIZE = 16
-# The links' secret when none is configured, so that a one-machine stack works out of the box.
-# Public, so every process that falls back to it says so loudly.
-DEVELOPMENT_SECRET = b"edgefl-development-secret"
 
 _HEADER = struct.Struct(">I")
 _HEADER_SIZE = _HEADER.size
 _MAX_ENCODABLE = 2**32 - 1
 
 
-class FrameError(Exception):
-    """A frame or message the peer should not have sent; the connection must be closed."""
+def encode_frame(obj: Any) -> tuple[bytes, bytes]:
+    """Pack `obj` as msgpack (bytes stay `bin`, str stays `str`); return (length header, body).
 
-
-def encode_frame(obj: Any) -> bytes:
-    """Pack `obj` as msgpack (bytes stay `bin`, str stays `str`) behind its 4-byte length."""
+    Kept apart so that a writer sends both without copying the body behind the header.
+    Raises whatever msgpack raises for an object it cannot pack (`TypeError`, `ValueError`).
+    """
     body = msgpack.packb(obj, use_bin_type=True)
     if len(body) > _MAX_ENCODABLE:
-        raise FrameError(f"frame of {len(body)} bytes does not fit a 32-bit length")
-    return _HEADER.pack(len(body)) + body
+        raise ValueError(f"frame of {len(body)} bytes does not fit a 32-bit length")
+    return _HEADER.pack(len(body)), body
 
 
 class FrameDecoder:
@@ -72,8 +72,8 @@ class FrameDecoder:
         """Consume `data` and return every message completed by it, in order.
 
         Raises:
-            FrameError: a frame is longer than `max_frame` (detected from its header, before its
-                body arrives) or is not exactly one msgpack object.
+            LinkProtocolError: a frame is longer than `max_frame` (detected from its header, before
+                its body arrives) or is not exactly one msgpack object.
         """
         buffer = self._buffer
         if buffer:
@@ -89,7 +89,7 @@ class FrameDecoder:
             while end - pos >= _HEADER_SIZE:
                 (size,) = _HEADER.unpack_from(source, pos)
                 if size > self.max_frame:
-                    raise FrameError(f"frame of {size} bytes exceeds the limit of {self.max_frame}")
+                    raise LinkProtocolError(f"frame of {size} bytes exceeds the limit of {self.max_frame}")
                 start = pos + _HEADER_SIZE
                 if end - start < size:
                     break
@@ -106,7 +106,7 @@ def _unpack(chunk: memoryview) -> Any:
     try:
         return msgpack.unpackb(chunk, raw=False, use_list=True)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise FrameError(f"undecodable frame: {exc}") from None
+        raise LinkProtocolError(f"undecodable frame: {exc}") from None
 
 
 def message_kind(msg: Any) -> int:
@@ -121,37 +121,14 @@ def message_kind(msg: Any) -> int:
             if n == 4 and type(msg[1]) is int and type(msg[2]) is str:
                 return REQUEST
         elif kind == RESPONSE:
-            if n == 4 and type(msg[1]) is int and (msg[2] is None or type(msg[2]) is str):
-                return RESPONSE
+            if n == 4 and type(msg[1]) is int:
+                code = msg[2]
+                if code is None or (type(code) is int and code in WIRE_CODES and type(msg[3]) is str):
+                    return RESPONSE
         elif kind in (HELLO, AUTH) and n == 2 and type(msg[1]) is bytes:
             return kind
     # reprlib: bounded in length and nesting (a plain repr of a 1,000-deep list raises).
-    raise FrameError(f"malformed message: {reprlib.repr(msg)}")
-
-
-def request(call_id: int, method: str, payload: Any) -> bytes:
-    """A framed request."""
-    return encode_frame([REQUEST, call_id, method, payload])
-
-
-def response(call_id: int, error: str | None, payload: Any) -> bytes:
-    """A framed response; with `error` set the payload is dropped (it must be None)."""
-    return encode_frame([RESPONSE, call_id, error, None if error is not None else payload])
-
-
-def hello(nonce: bytes) -> bytes:
-    """The server's framed greeting."""
-    return encode_frame([HELLO, nonce])
-
-
-def auth(secret: bytes, nonce: bytes) -> bytes:
-    """The client's framed answer to a hello."""
-    return encode_frame([AUTH, auth_digest(secret, nonce)])
-
-
-def accepted() -> bytes:
-    """The server's framed acceptance of a correct auth."""
-    return response(HANDSHAKE_ID, None, None)
+    raise LinkProtocolError(f"malformed message: {reprlib.repr(msg)}")
 
 
 def auth_digest(secret: bytes, nonce: bytes) -> bytes:

@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 import uvloop
 
-from device_protocol import frames
 from edge_gateway.processes import free_port
-from edge_gateway.rpc import RpcClient, RpcRemoteError, RpcServer, RpcUnavailable
+from internal_link import frames
+from internal_link.client import LinkClient
+from internal_link.errors import CallRefused, ErrorCode, LinkUnavailable, RemoteError
+from internal_link.server import LinkServer
 
 from ..certificates import self_signed
 
@@ -50,7 +52,11 @@ async def slow(payload: float) -> str:
     return "late"
 
 
-HANDLERS = {"echo": echo, "fail": fail, "slow": slow}
+async def refuse(payload: Any) -> Any:
+    raise CallRefused(ErrorCode.UNKNOWN_JOB, f"no job {payload!r}")
+
+
+HANDLERS = {"echo": echo, "fail": fail, "slow": slow, "refuse": refuse}
 
 
 @asynccontextmanager
@@ -61,10 +67,10 @@ async def link(
     server_ssl: ssl.SSLContext | None = None,
     client_ssl: ssl.SSLContext | None = None,
     host: str = "127.0.0.1",
-) -> AsyncIterator[tuple[RpcServer, RpcClient, int]]:
-    server = RpcServer(handlers, server_secret, ssl=server_ssl)
+) -> AsyncIterator[tuple[LinkServer, LinkClient, int]]:
+    server = LinkServer(handlers, server_secret, ssl=server_ssl)
     port = await server.start("127.0.0.1", 0)
-    client = RpcClient(host, port, client_secret, name="test", ssl=client_ssl, backoff=(0.02, 0.2))
+    client = LinkClient(host, port, client_secret, name="test", ssl=client_ssl, backoff=(0.02, 0.2))
     await client.start()
     try:
         yield server, client, port
@@ -111,10 +117,15 @@ def test_handler_error_is_a_remote_error_and_the_link_survives(run: Runner) -> N
     async def main() -> None:
         async with link() as (_, client, _port):
             assert await client.wait_connected(5)
-            with pytest.raises(RpcRemoteError, match="ValueError: bad payload 7"):
+            with pytest.raises(RemoteError, match="ValueError: bad payload 7") as info:
                 await client.call("fail", 7, timeout=5)
-            with pytest.raises(RpcRemoteError, match="unknown method 'nope'"):
+            assert info.value.code is ErrorCode.INTERNAL
+            with pytest.raises(RemoteError, match="unknown method 'nope'") as info:
                 await client.call("nope", None, timeout=5)
+            assert info.value.code is ErrorCode.UNKNOWN_METHOD
+            with pytest.raises(RemoteError) as info:
+                await client.call("refuse", "j", timeout=5)
+            assert (info.value.code, info.value.text) == (ErrorCode.UNKNOWN_JOB, "no job 'j'")
             assert await client.call("echo", "still up", timeout=5) == "still up"
 
     run(main)
@@ -127,7 +138,7 @@ def test_unencodable_result_is_a_remote_error(run: Runner) -> None:
     async def main() -> None:
         async with link({"odd": odd}) as (_, client, _port):
             assert await client.wait_connected(5)
-            with pytest.raises(RpcRemoteError, match="TypeError"):
+            with pytest.raises(RemoteError, match="TypeError"):
                 await client.call("odd", None, timeout=5)
 
     run(main)
@@ -138,8 +149,8 @@ def test_wrong_secret_is_refused(run: Runner) -> None:
         async with link(server_secret=b"right", client_secret=b"wrong") as (server, client, _port):
             assert not await client.wait_connected(0.5)
             assert not client.connected
-            assert not any(link.authed for link in server.links)
-            with pytest.raises(RpcUnavailable) as info:
+            assert not any(link.authenticated for link in server.links)
+            with pytest.raises(LinkUnavailable) as info:
                 await client.call("echo", 1, timeout=5)
             assert not info.value.sent
 
@@ -155,7 +166,7 @@ def test_no_request_is_served_before_auth(run: Runner) -> None:
                 header + await reader.readexactly(struct.unpack(">I", header)[0])
             )[0]
             assert kind == frames.HELLO and len(nonce) == frames.NONCE_SIZE
-            writer.write(frames.request(1, "echo", "sneaky"))
+            writer.writelines(frames.encode_frame([frames.REQUEST, 1, "echo", "sneaky"]))
             assert await reader.read() == b""  # closed without an answer
             writer.close()
             await writer.wait_closed()
@@ -165,11 +176,11 @@ def test_no_request_is_served_before_auth(run: Runner) -> None:
 
 def test_not_connected_fails_at_once(run: Runner) -> None:
     async def main() -> None:
-        client = RpcClient("127.0.0.1", free_port(), name="nobody", backoff=(0.02, 0.1))
+        client = LinkClient("127.0.0.1", free_port(), name="nobody", backoff=(0.02, 0.1))
         await client.start()
         try:
             started = time.monotonic()
-            with pytest.raises(RpcUnavailable, match="not connected") as info:
+            with pytest.raises(LinkUnavailable, match="not connected") as info:
                 await client.call("echo", 1, timeout=10)
             assert not info.value.sent
             assert time.monotonic() - started < 0.5
@@ -184,7 +195,7 @@ def test_deadline(run: Runner) -> None:
         async with link() as (_, client, _port):
             assert await client.wait_connected(5)
             started = time.monotonic()
-            with pytest.raises(RpcUnavailable, match=r"no answer within 0\.2") as info:
+            with pytest.raises(LinkUnavailable, match=r"no answer within 0\.2") as info:
                 await client.call("slow", 1.0, timeout=0.2)
             assert info.value.sent
             assert time.monotonic() - started < 0.9
@@ -205,14 +216,14 @@ def test_server_close_fails_pending_calls_and_client_reconnects(run: Runner) -> 
             started = time.monotonic()
             await server.close()
             for call in pending:
-                with pytest.raises(RpcUnavailable, match="connection lost"):
+                with pytest.raises(LinkUnavailable, match="connection lost"):
                     await call
             assert time.monotonic() - started < 2
             assert not client.connected
-            with pytest.raises(RpcUnavailable, match="not connected"):
+            with pytest.raises(LinkUnavailable, match="not connected"):
                 await client.call("echo", 1, timeout=5)
 
-            revived = RpcServer(HANDLERS)
+            revived = LinkServer(HANDLERS)
             assert await revived.start("127.0.0.1", port) == port
             try:
                 assert await client.wait_connected(5)
@@ -262,13 +273,13 @@ def test_server_close_in_the_turn_a_call_arrives_starts_its_handler_and_fails_th
         nonlocal server
         async with link({"wrapped": wrapped, "echo": echo}) as (server, client, _port):
             assert await client.wait_connected(5)
-            with pytest.raises(RpcUnavailable, match="connection lost"):
+            with pytest.raises(LinkUnavailable, match="connection lost"):
                 await client.call("wrapped", "first", timeout=5)
             await closing[0]
             assert finished == ["first"]
             gc.collect()  # an unawaited coroutine would be reported here
 
-    server: RpcServer
+    server: LinkServer
     run(main)
 
 

@@ -1,0 +1,127 @@
+"""The proxy ↔ leaf calls: what a device asked (`DeviceCall`) and what to answer it (`DeviceAnswer`).
+
+On the path of every device request, so plain named tuples checked by hand, not pydantic models:
+they cross the link as msgpack arrays of their fields, in order (ARCHITECTURE.md "Proxy → leaf").
+"""
+
+from __future__ import annotations
+
+import reprlib
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from .errors import CallRefused, ErrorCode
+
+FEG = "feg"  # method of a device request
+PING = "ping"  # method of the proxy's health check, payload None
+PONG = "pong"  # a healthy leaf's answer to PING
+
+ENDPOINTS: frozenset[str] = frozenset(("job", "task", "result", "selection"))
+
+_new = tuple.__new__  # builds a checked tuple without the named tuple's Python-level __new__
+
+
+class BadPayload(CallRefused):
+    """A call or answer that does not have its contract's shape."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(ErrorCode.BAD_PAYLOAD, text)
+
+
+class DeviceCall(NamedTuple):
+    """One device request, forwarded by the proxy to a leaf as method `FEG`.
+
+    `query` holds the first value of each key; `headers` every `x-flare-*` header plus
+    `content-type` and `accept`, names lower-case; `body` the raw request bytes; `wait` the seconds
+    the proxy still waits for the answer (what is left of its deadline when it sends).
+    """
+
+    endpoint: str  # one of ENDPOINTS
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+    wait: float
+
+    def to_wire(self) -> tuple[Any, ...]:
+        return self  # msgpack packs a tuple as the array of its fields
+
+    @classmethod
+    def check(cls, payload: Any) -> DeviceCall:
+        """The call `payload` (as decoded from the link) carries; raises `BadPayload` otherwise."""
+        if (
+            type(payload) is list
+            and len(payload) == 5
+            and type(payload[0]) is str
+            and payload[0] in ENDPOINTS
+            and _is_text_map(payload[1], lower_case=False)
+            and _is_text_map(payload[2], lower_case=True)
+            and type(payload[3]) is bytes
+            and type(payload[4]) in (float, int)
+            and payload[4] >= 0
+        ):
+            call: DeviceCall = _new(cls, payload)
+            return call
+        raise BadPayload(f"malformed device call: {_problems(payload)}")
+
+
+class DeviceAnswer(NamedTuple):
+    """A leaf's answer to a `DeviceCall`, written to the device as it is."""
+
+    http_status: int
+    content_type: str
+    body: bytes
+
+    def to_wire(self) -> tuple[Any, ...]:
+        return self
+
+    @classmethod
+    def check(cls, payload: Any) -> DeviceAnswer:
+        """The answer `payload` carries; raises `BadPayload` otherwise."""
+        if (
+            type(payload) is list
+            and len(payload) == 3
+            and type(payload[0]) is int
+            and 200 <= payload[0] <= 599
+            and type(payload[1]) is str
+            and type(payload[2]) is bytes
+        ):
+            answer: DeviceAnswer = _new(cls, payload)
+            return answer
+        raise BadPayload(f"malformed device answer: {reprlib.repr(payload)}")
+
+
+def device_call_handler(handle: Callable[[DeviceCall], Any]) -> Callable[[Any], Any]:
+    """A link handler for `FEG` that checks the payload and hands `handle` the `DeviceCall`."""
+
+    def handler(payload: Any) -> Any:
+        return handle(DeviceCall.check(payload))
+
+    return handler
+
+
+def _is_text_map(value: Any, lower_case: bool) -> bool:
+    if type(value) is not dict:
+        return False
+    for key, item in value.items():
+        if type(key) is not str or type(item) is not str or (lower_case and key != key.lower()):
+            return False
+    return True
+
+
+def _problems(payload: Any) -> str:
+    # Every bad field at once; only on the refusal path, so it may be slow.
+    if type(payload) is not list or len(payload) != 5:
+        return f"not a list of 5 fields: {reprlib.repr(payload)}"
+    endpoint, query, headers, body, wait = payload
+    problems = []
+    if type(endpoint) is not str or endpoint not in ENDPOINTS:
+        problems.append(f"endpoint {reprlib.repr(endpoint)} is none of {sorted(ENDPOINTS)}")
+    if not _is_text_map(query, lower_case=False):
+        problems.append("query is not a map of text to text")
+    if not _is_text_map(headers, lower_case=True):
+        problems.append("headers are not a map of lower-case names to text")
+    if type(body) is not bytes:
+        problems.append(f"body is {type(body).__name__}, not bytes")
+    if type(wait) not in (float, int) or not wait >= 0:
+        problems.append(f"wait {reprlib.repr(wait)} is not a number of seconds")
+    return "; ".join(problems)

@@ -1,0 +1,178 @@
+"""The accepting end of the link's asyncio shell: `LinkServer` serves handlers on one port."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl as ssl_module
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from .connection import LinkProtocol
+from .errors import CallRefused, ErrorCode, LinkProtocolError
+from .frames import DEFAULT_MAX_FRAME, NONCE_SIZE
+from .protocol import HANDSHAKE_TIMEOUT, CallReceived, ServerConnection
+
+logger = logging.getLogger(__name__)
+
+# A handler answers at once (a plain value) or later (an awaitable): most proxy requests need no task.
+Handler = Callable[[Any], Any]
+
+
+class _ServerProtocol(LinkProtocol):
+    core: ServerConnection
+
+    def __init__(self, server: LinkServer) -> None:
+        super().__init__()
+        self.server = server
+        self.core = ServerConnection(server.secret, os.urandom(NONCE_SIZE), server.max_frame)
+        self._auth_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def authenticated(self) -> bool:
+        return self.core.open
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.server.links.add(self)
+        self.queued()  # the hello
+        self._auth_timer = self.loop.call_later(HANDSHAKE_TIMEOUT, self.abort, "no auth within the handshake timeout")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.server.links.discard(self)
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.core.receive_data(data)
+        except LinkProtocolError as exc:
+            self.abort(f"protocol error: {exc}")
+            return
+        for event in events:
+            if type(event) is CallReceived:
+                self._call_received(event)
+            else:  # Accepted: the client proved the secret
+                if self._auth_timer is not None:
+                    self._auth_timer.cancel()
+                self.queued()
+
+    def _call_received(self, call: CallReceived) -> None:
+        if self.server.closing:
+            return  # the link drops in a moment and the caller retries the call elsewhere
+        handler = self.server.handlers.get(call.method)
+        if handler is None:
+            self._send_error(call, ErrorCode.UNKNOWN_METHOD, f"unknown method {call.method!r}")
+            return
+        try:
+            outcome = handler(call.payload)
+        except Exception as exc:
+            self._send_failure(call, exc)
+            return
+        if isinstance(outcome, Awaitable):
+            task = self.loop.create_task(self._answer_later(call, outcome))
+            self.server.tasks.add(task)
+            task.add_done_callback(self.server.tasks.discard)
+        else:
+            # Answered without waiting: no task, the frame leaves with this turn's others.
+            try:
+                self.core.send_result(call.call_id, outcome)
+            except Exception as exc:  # not packable
+                self._send_failure(call, exc)
+                return
+            if not self.flush_scheduled:
+                self.queued()
+
+    async def _answer_later(self, call: CallReceived, outcome: Awaitable[Any]) -> None:
+        try:
+            result = await outcome
+        except Exception as exc:
+            failed: Exception | None = exc
+        else:
+            failed = None
+        if self.flow.write_paused:
+            await self.drain()
+        if failed is None:
+            self._send_result(call, result)
+        else:
+            self._send_failure(call, failed)
+
+    def _send_result(self, call: CallReceived, result: Any) -> None:
+        try:
+            self.core.send_result(call.call_id, result)
+        except Exception as exc:  # not packable
+            self._send_failure(call, exc)
+            return
+        self.queued()
+
+    def _send_failure(self, call: CallReceived, exc: Exception) -> None:
+        # A handler error is an answer, never a dropped link.
+        logger.debug("handler %r failed", call.method, exc_info=exc)
+        if isinstance(exc, CallRefused):
+            self._send_error(call, exc.code, exc.text)
+        else:
+            self._send_error(call, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+    def _send_error(self, call: CallReceived, code: ErrorCode, text: str) -> None:
+        self.core.send_error(call.call_id, code, text)
+        self.queued()
+
+
+class LinkServer:
+    """Serves `handlers` (method name → callable of the payload) on one port.
+
+    A handler returning an awaitable is awaited in a task of its own; a plain value is the answer.
+    A handler raising `CallRefused` answers with its code; any other exception with `INTERNAL`.
+    """
+
+    def __init__(
+        self,
+        handlers: Mapping[str, Handler],
+        secret: bytes = b"",
+        *,
+        ssl: ssl_module.SSLContext | None = None,
+        max_frame: int = DEFAULT_MAX_FRAME,
+    ) -> None:
+        self.handlers = handlers
+        self.secret = secret
+        self.max_frame = max_frame
+        self.links: set[_ServerProtocol] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.closing = False
+        self._ssl = ssl
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen on (host, port) and return the bound port; port 0 picks a free one."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _ServerProtocol(self), host, port, ssl=self._ssl, reuse_address=True
+        )
+        port_bound: int = self._server.sockets[0].getsockname()[1]
+        return port_bound
+
+    async def close(self, grace: float = 0.0) -> None:
+        """Stop listening, give in-flight handlers up to `grace` seconds, then drop every link."""
+        self.closing = True
+        if self._server is not None:
+            self._server.close()
+        if grace > 0 and self.tasks:
+            await asyncio.wait(set(self.tasks), timeout=grace)
+        # One turn so that every handler task has started: a task cancelled before its first step
+        # never awaits the handler coroutine it was given (a 'never awaited' warning, and a leaf
+        # whose busy count never comes down).
+        await asyncio.sleep(0)
+        for task in list(self.tasks):
+            task.cancel()
+        for link in list(self.links):
+            if link.transport is not None:
+                link.flush()  # answers of handlers that finished within the grace
+                link.transport.close()
+        waiting = [link.closed for link in self.links] + list(self.tasks)
+        if waiting:
+            await asyncio.wait(waiting, timeout=5.0)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None

@@ -1,0 +1,74 @@
+"""The proxy ↔ leaf contract: what `DeviceCall.check` and `DeviceAnswer.check` take and refuse."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+
+from internal_link.calls import BadPayload, DeviceAnswer, DeviceCall, device_call_handler
+from internal_link.errors import ErrorCode
+
+GOOD = ["task", {"job_id": "J"}, {"x-flare-device-id": "D", "accept": "application/json"}, b"{}", 24.5]
+
+
+def over_the_link(value: Any) -> Any:
+    return msgpack.unpackb(msgpack.packb(value, use_bin_type=True), raw=False)
+
+
+def test_a_call_crosses_the_link_field_by_field() -> None:
+    call = DeviceCall("result", {"job_id": "J"}, {"content-type": "application/msgpack"}, b"\x00\xff", 3.0)
+    assert DeviceCall.check(over_the_link(call.to_wire())) == call
+    checked = DeviceCall.check(list(GOOD))
+    assert (checked.endpoint, checked.query, checked.headers, checked.body, checked.wait) == tuple(GOOD)
+    assert DeviceCall.check(GOOD[:4] + [0]).wait == 0  # an integer number of seconds is fine
+
+
+@pytest.mark.parametrize(
+    ("payload", "problem"),
+    [
+        (None, "not a list of 5 fields"),
+        (GOOD[:4], "not a list of 5 fields"),
+        (["upload", *GOOD[1:]], "endpoint 'upload'"),
+        ([b"task", *GOOD[1:]], "endpoint b'task'"),
+        (["task", {"job_id": 1}, *GOOD[2:]], "query is not a map"),
+        (["task", ["job_id"], *GOOD[2:]], "query is not a map"),
+        ([*GOOD[:2], {"X-Flare-Device-ID": "D"}, *GOOD[3:]], "headers are not a map of lower-case names"),
+        ([*GOOD[:2], {"accept": b"json"}, *GOOD[3:]], "headers are not a map"),
+        ([*GOOD[:3], "{}", GOOD[4]], "body is str, not bytes"),
+        ([*GOOD[:4], -1.0], "wait -1.0"),
+        ([*GOOD[:4], float("nan")], "wait nan"),
+        ([*GOOD[:4], True], "wait True"),
+        ([*GOOD[:4], "5"], "wait '5'"),
+    ],
+)
+def test_malformed_calls_are_refused_as_bad_payload(payload: Any, problem: str) -> None:
+    with pytest.raises(BadPayload, match="malformed device call") as info:
+        DeviceCall.check(payload)
+    assert info.value.code is ErrorCode.BAD_PAYLOAD
+    assert problem in info.value.text
+
+
+def test_every_bad_field_is_named_at_once() -> None:
+    with pytest.raises(BadPayload) as info:
+        DeviceCall.check(["upload", {}, {"Accept": "x"}, None, -1])
+    assert info.value.text.count(";") == 3  # endpoint; headers; body; wait
+
+
+def test_answers() -> None:
+    answer = DeviceAnswer(202, "application/json", b"{}")
+    assert DeviceAnswer.check(over_the_link(answer.to_wire())) == answer
+    for bad in ([200, "application/json"], "nonsense", [200, "application/json", "not bytes"], [99, "x", b""], None):
+        with pytest.raises(BadPayload, match="malformed device answer"):
+            DeviceAnswer.check(bad)
+
+
+def test_handler_gets_the_checked_call_and_refuses_the_rest() -> None:
+    seen: list[DeviceCall] = []
+    handler = device_call_handler(lambda call: seen.append(call) or "answered")
+    assert handler(list(GOOD)) == "answered"
+    assert seen == [DeviceCall.check(list(GOOD))]
+    with pytest.raises(BadPayload):
+        handler(["task", {}, {}, b""])  # the old four-field call
+    assert len(seen) == 1
