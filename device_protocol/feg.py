@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict
 
@@ -115,7 +115,7 @@ def _cookie(fields: Mapping[str, Any], errors: list[str]) -> dict[str, Any] | No
     if problem is not None:
         errors.append(problem)
         return None
-    return cookie
+    return cast(dict[str, Any], cookie)  # checked just above
 
 
 def _object_problem(name: str, value: Any) -> str | None:
@@ -161,7 +161,7 @@ def _result(identity: Identity, fields: Mapping[str, Any], errors: list[str]) ->
     elif (problem := _object_problem("result", result)) is not None:
         errors.append(problem)
     cookie = _cookie(fields, errors)
-    if errors:
+    if errors or result is None:
         return None
     return ResultRequest(
         identity=identity,

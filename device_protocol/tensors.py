@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import reprlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -117,7 +117,7 @@ def from_json_entry(entry: Any) -> np.ndarray:
     return _gather_strided(flat, sizes, strides)
 
 
-def _is_shape(dims: Any) -> bool:
+def _is_shape(dims: Any) -> TypeGuard[list[int]]:
     return isinstance(dims, list) and len(dims) <= MAX_DIMS and all(type(d) is int and 0 <= d < 2**31 for d in dims)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _overrides(args: argparse.Namespace, names: dict[str, str]) -> dict[str, object]:
+def _overrides(args: argparse.Namespace, names: dict[str, str]) -> dict[str, Any]:
     return {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg) is not None}
 
 

@@ -117,8 +117,8 @@ class Forwarder:
             except UnicodeDecodeError:
                 reply(invalid_request(400, "the query string must be UTF-8"))
                 return
-            for key, value in parse_qsl(text, keep_blank_values=True):
-                query.setdefault(key, value)
+            for key, text_value in parse_qsl(text, keep_blank_values=True):
+                query.setdefault(key, text_value)
         candidates = self._upstreams.candidates(device_id)
         call = DeviceCall(endpoint, query, headers, body, self._timeout)
         _Call(candidates, call, reply, self._timeout).next()

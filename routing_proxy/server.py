@@ -168,9 +168,11 @@ def supervise(config: ProxyConfig, worker: Callable[[ProxyConfig, Any], Any]) ->
             for index in range(config.workers):
                 if stopping:
                     break
-                process = context.Process(target=worker, args=(config, device_counts), name=f"routing-proxy-{index}")
-                process.start()
-                workers.append(process)
+                worker_process = context.Process(
+                    target=worker, args=(config, device_counts), name=f"routing-proxy-{index}"
+                )
+                worker_process.start()
+                workers.append(worker_process)
         if stopping:
             stop_all()
         deadline: float | None = None

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Install what the tests need (NVFlare's own device simulator included), then run them:
-# unit tests first, then the integration tests that start real processes on loopback.
+# Install what the tests need (NVFlare's own device simulator included), then run them: ruff and
+# mypy, unit tests, then the integration tests that start real processes on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh train,test,executorch
 .venv/bin/python -m pip install --quiet "nvflare==2.9.0"
+# Lint, format and types first: they take seconds and name the line.
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy device_protocol internal_link routing_proxy edge_gateway
 .venv/bin/python -m pytest -m "not integration" "$@"
 .venv/bin/python -m pytest -m integration "$@"

@@ -159,7 +159,7 @@ def classify(phase: Phase, http_status: int, body: Mapping[str, Any] | None) -> 
         )
         return Reply(Signal.OK if ok else Signal.INVALID, wait)
     try:
-        signal = Signal(status)
+        signal = Signal(status) if isinstance(status, str) else Signal.INVALID
     except ValueError:
         signal = Signal.INVALID  # INVALID_REQUEST and statuses no client knows
     if signal is Signal.TRANSPORT:
