@@ -28,7 +28,6 @@ logger = logging.getLogger(__name__)
 _FLARE_PREFIX = b"x-flare-"
 _PASSED_HEADERS = frozenset({b"content-type", b"accept"})
 _BODY_TYPES = frozenset({JSON, MSGPACK})
-_DEVICE_ID = b"x-flare-device-id"
 
 _POST = frozenset({"POST"})
 # PROTOCOL.md §1: the API lives at the root; /task takes GET too.
