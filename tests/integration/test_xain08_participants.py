@@ -14,9 +14,11 @@ import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import numpy as np
+import orjson
 import pytest
 
 from edge_gateway.launcher import Stack
@@ -195,3 +197,77 @@ async def test_mixed_job_of_participants_and_feg_devices_aggregates_exactly(
     version, final = await model(http, stack, job_id)
     assert version == rounds
     assert_same(final, expected)
+
+
+async def get_json(http: aiohttp.ClientSession, url: str, **kwargs: Any) -> dict[str, Any]:
+    async with http.get(url, **kwargs) as reply:
+        assert reply.status == 200, await reply.text()
+        return dict(orjson.loads(await reply.read()))
+
+
+async def test_the_sdk_traps_and_bad_uploads_by_hand(stack: Stack, http: aiohttp.ClientSession) -> None:
+    """What the SDK relies on, call by call: a URL-safe id, `round` only to a participant that will
+    get a task, the aggregator at the root of the URL it was reached by, `stand_by` after an
+    upload; uploads that are not a `.npy` of the model's flat float32 vector are refused, answered 200."""
+    job_id = await submit_job(
+        stack.api_url, name="xain_hand", model="xor", rounds=2, devices_per_round=2, retry_wait=1, evaluate=False
+    )
+    _, initial = await model(http, stack, job_id)
+    values = sum(v.size for v in initial.values())
+    base = stack.proxy_url
+    participant = (await get_json(http, f"{base}/rendez_vous"))["id"]
+    assert participant.startswith("x8-") and participant.replace("-", "").replace("_", "").isalnum()
+    # The only running job takes XAIN participants without asking for them.
+    beat = await wait_heartbeat(http, base, participant, "round")
+    assert beat["round"] == 0
+    start = await get_json(http, f"{base}/start_training/{participant}", headers={"Host": "edge.example:4321"})
+    assert start["ok"] is True and start["url"] == "http://edge.example:4321"
+    aggregator = f"{base}/{participant}/{start['token']}"
+    async with http.get(aggregator) as reply:
+        assert reply.status == 200
+        downloaded = np.load(io.BytesIO(await reply.read()), allow_pickle=False)
+    assert downloaded.dtype == np.dtype("<f4") and downloaded.shape == (values,)
+    assert np.array_equal(downloaded, np.concatenate([v.ravel() for v in initial.values()]))
+
+    def npy(array: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        np.save(buf, array, allow_pickle=False)
+        return buf.getvalue()
+
+    bad = {
+        "not npy": b"\x00" * 64,
+        "float64": npy(downloaded.astype("<f8") + 1),
+        "too short": npy(downloaded[:-1] + 1),
+        "NaN": npy(np.full(values, np.nan, "<f4")),
+        "unchanged": npy(downloaded),
+    }
+    for what, body in bad.items():
+        async with http.post(aggregator, data=body) as reply:
+            assert reply.status == 200, what
+            answer = orjson.loads(await reply.read())
+        assert answer["counted"] is False and answer["reason"] == "update_rejected", (what, answer)
+    forged = f"{base}/{participant}/{start['token'][:-4]}AAAA"
+    async with http.post(forged, data=npy(downloaded + 1)) as reply:
+        assert reply.status == 200 and orjson.loads(await reply.read())["reason"] == "cookie_invalid"
+    # Still leased after refusals: the same participant may send a good one.
+    assert (await get_json(http, f"{base}/heartbeat/{participant}"))["state"] == "round"
+    async with http.post(aggregator, data=npy(downloaded + np.float32(0.5))) as reply:
+        assert reply.status == 200 and orjson.loads(await reply.read())["counted"] is True
+    # Uploaded: never `round` again in this round (the SDK would train it again).
+    assert (await get_json(http, f"{base}/heartbeat/{participant}"))["state"] == "stand_by"
+    async with http.post(aggregator, data=npy(downloaded + np.float32(0.5))) as reply:
+        assert orjson.loads(await reply.read())["reason"] == "duplicate"
+    # A path that is not a participant's is still a 404, not a leaf call.
+    async with http.get(f"{base}/someone/else") as reply:
+        assert reply.status == 404
+
+
+async def wait_heartbeat(http: aiohttp.ClientSession, base: str, participant: str, state: str) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while True:
+        beat = await get_json(http, f"{base}/heartbeat/{participant}")
+        if beat["state"] == state or loop.time() > deadline:
+            assert beat["state"] == state, beat
+            return beat
+        await asyncio.sleep(0.2)
