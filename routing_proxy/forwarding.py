@@ -140,6 +140,9 @@ class Forwarder:
         xain = parse(path.decode("ascii", "replace"), request.method)
         if xain is None:
             reply(self._not_feg(request, path, endpoint))
+        elif self._auth is not None:
+            # The SDK sends no headers of its own: a participant cannot prove what a device must.
+            reply(invalid_request(403, "device authentication is on and XAIN participants cannot present a token"))
         elif xain.endpoint == "rendez_vous":
             reply(Response(200, JSON, orjson.dumps({"id": mint_id()})))
         else:
