@@ -106,6 +106,7 @@ class XainEndpoints:
         chosen = flagged[0] if flagged else (live[0] if len(live) == 1 else None)
         if chosen is not None:
             self._joined[participant] = chosen.view.job_id
+            log.info("XAIN participant %s joined job %s", participant, chosen.view.job_id)
             if len(self._joined) > MAX_REMEMBERED:
                 self._joined.popitem(last=False)
         return chosen

@@ -22,10 +22,12 @@ import orjson
 import pytest
 
 from edge_gateway.launcher import Stack
+from edge_gateway.processes import Child
 
 from ..xain.sdk_venvs import sdk_python
 from .clients import IosDevice, diff_for
 from .helpers import job_status, submit_job, wait_for
+from .stack_control import child, kill
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -271,3 +273,35 @@ async def wait_heartbeat(http: aiohttp.ClientSession, base: str, participant: st
             assert beat["state"] == state, beat
             return beat
         await asyncio.sleep(0.2)
+
+
+def log_of(process: Child) -> str:
+    return process.log_path.read_text(errors="replace")
+
+
+async def test_participants_move_when_their_leaf_dies(stack: Stack, http: aiohttp.ClientSession) -> None:
+    rounds = 4
+    job_id = await submit_job(
+        stack.api_url,
+        name="xain_leaf_dies",
+        model="xor",
+        rounds=rounds,
+        devices_per_round=3,
+        over_selection=0.0,
+        task_timeout=3.0,
+        round_timeout=60.0,
+        retry_wait=1,
+        xain=True,
+        evaluate=False,
+    )
+    processes = await start_participants(stack, [0.5, 0.25, 0.125, -0.5])
+    try:
+        await wait_for(stack.api_url, job_id, lambda s: s["round"] >= 1, timeout=60)
+        # A leaf some participants are on (each leaf logs who joined through it).
+        victim = next(c for c in (child(stack, "leaf-0"), child(stack, "leaf-1")) if "XAIN participant" in log_of(c))
+        await kill(victim)
+        await finished(processes, timeout=120)
+    finally:
+        await stop(processes)
+    status = await wait_for(stack.api_url, job_id, lambda s: s["status"] == "done", timeout=10)
+    assert status["model_version"] == rounds
