@@ -220,6 +220,7 @@ class Coordinator:
             task_kind="APP_DEFINED" if spec.runtime == "executorch" else "WEIGHTS",
             platforms=spec.platforms,
             device_ids=spec.device_ids,
+            xain=spec.xain,
         )
 
     def _grant(self, job: JobState, leaf: str, report: LeafJobReport, now: float) -> tuple[int, int]:

@@ -50,6 +50,10 @@ class JobSpec(BaseModel):
     server_lr: float = Field(default=1.0, gt=0.0)
     seed: int = 0
     evaluate: bool = True
+    xain: bool = Field(
+        default=False,
+        description="xain-sdk 0.8 participants may join (they also join the only running job without it)",
+    )
 
     @field_validator("platforms")
     @classmethod

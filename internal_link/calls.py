@@ -15,8 +15,12 @@ from .errors import CallRefused, ErrorCode
 FEG = "feg"  # method of a device request
 PING = "ping"  # method of the proxy's health check, payload None
 PONG = "pong"  # a healthy leaf's answer to PING
+XAIN = "xain"  # method of a xain-sdk 0.8 participant's request (docs/XAIN.md), off the FEG path
 
 ENDPOINTS: frozenset[str] = frozenset(("job", "task", "result", "selection"))
+# A XAIN call's query holds "id" (the participant), "token" (for the aggregator's two) and "url"
+# (scheme://host of the proxy as the participant reached it, for start_training).
+XAIN_ENDPOINTS: frozenset[str] = frozenset(("heartbeat", "start_training", "download", "upload"))
 
 _new = tuple.__new__  # builds a checked tuple without the named tuple's Python-level __new__
 
@@ -63,6 +67,14 @@ class DeviceCall(NamedTuple):
             return call
         raise BadPayload(f"malformed device call: {_problems(payload)}")
 
+    @classmethod
+    def check_xain(cls, payload: Any) -> DeviceCall:
+        """The XAIN call `payload` carries (endpoint one of XAIN_ENDPOINTS); raises `BadPayload` otherwise."""
+        if type(payload) is list and len(payload) == 5 and type(payload[0]) is str and payload[0] in XAIN_ENDPOINTS:
+            call = cls.check(["job", *payload[1:]])
+            return call._replace(endpoint=payload[0])
+        raise BadPayload(f"malformed xain call: {reprlib.repr(payload)}")
+
 
 class DeviceAnswer(NamedTuple):
     """A leaf's answer to a `DeviceCall`, written to the device as it is."""
@@ -95,6 +107,15 @@ def device_call_handler(handle: Callable[[DeviceCall], Any]) -> Callable[[Any], 
 
     def handler(payload: Any) -> Any:
         return handle(DeviceCall.check(payload))
+
+    return handler
+
+
+def xain_call_handler(handle: Callable[[DeviceCall], Any]) -> Callable[[Any], Any]:
+    """A link handler for `XAIN` that checks the payload and hands `handle` the `DeviceCall`."""
+
+    def handler(payload: Any) -> Any:
+        return handle(DeviceCall.check_xain(payload))
 
     return handler
 

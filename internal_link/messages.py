@@ -44,6 +44,7 @@ class JobView(_Message):
     # Who may train (None: anyone), e.g. keeping simulated devices off a real phone's task.
     platforms: list[str] | None = None
     device_ids: list[str] | None = None
+    xain: bool = False  # xain-sdk participants may join (docs/XAIN.md)
 
 
 class LeafJobReport(_Message):

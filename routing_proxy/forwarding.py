@@ -15,13 +15,14 @@ from urllib.parse import parse_qsl
 import orjson
 
 from device_protocol.codecs import JSON, MSGPACK, media_type
-from internal_link.calls import FEG, BadPayload, DeviceAnswer, DeviceCall
+from internal_link.calls import FEG, XAIN, BadPayload, DeviceAnswer, DeviceCall
 from internal_link.errors import LinkUnavailable, RemoteError
 
 from .admission import AdmissionControl
 from .device_auth import DeviceAuthenticator
 from .http1 import Reply, Request, Response, invalid_request
 from .upstreams import Upstream, Upstreams
+from .xain_routes import aggregator_url, mint_id, parse
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +62,10 @@ class Forwarder:
         upstream_timeout: float,
         device_auth: DeviceAuthenticator | None = None,
         admission: AdmissionControl | None = None,
+        tls: bool = False,
     ) -> None:
         self._upstreams = upstreams
+        self._tls = tls  # whether devices reach this proxy over TLS (for the XAIN aggregator URL)
         self._timeout = upstream_timeout
         self._auth = device_auth
         self._admission = admission
@@ -75,7 +78,7 @@ class Forwarder:
             endpoint = ""
         methods = ENDPOINTS.get(endpoint)
         if methods is None:
-            reply(self._other(request, path, endpoint))
+            self._other(request, path, endpoint, reply)
         elif request.method not in methods:
             reply(_method_not_allowed(request.method, endpoint, methods))
         else:
@@ -132,7 +135,24 @@ class Forwarder:
             return None
         return Response(200, JSON, refusal.body())
 
-    def _other(self, request: Request, path: bytes, endpoint: str) -> Response:
+    def _other(self, request: Request, path: bytes, endpoint: str, reply: Reply) -> None:
+        xain = parse(path.decode("ascii", "replace"), request.method)
+        if xain is None:
+            reply(self._not_feg(request, path, endpoint))
+        elif self._auth is not None:
+            # The SDK sends no headers of its own: a participant cannot prove what a device must.
+            reply(invalid_request(403, "device authentication is on and XAIN participants cannot present a token"))
+        elif xain.endpoint == "rendez_vous":
+            reply(Response(200, JSON, orjson.dumps({"id": mint_id()})))
+        else:
+            # Routed by the participant id like a device id: it stays on its leaf while that lives.
+            query = {"id": xain.participant, "token": xain.token}
+            if xain.endpoint == "start_training":
+                query["url"] = aggregator_url(request.headers.get(b"host"), self._tls)
+            call = DeviceCall(xain.endpoint, query, {}, request.body, self._timeout)
+            _XainCall(self._upstreams.candidates(xain.participant), call, reply, self._timeout).next()
+
+    def _not_feg(self, request: Request, path: bytes, endpoint: str) -> Response:
         if endpoint != "health":
             shown = path.decode("utf-8", "replace")[:200]
             return invalid_request(404, f"no such endpoint {shown}; use /job, /task, /result or /selection")
@@ -163,6 +183,7 @@ class _Call:
     """One request's way to a leaf: the candidates in preference order, one shared deadline."""
 
     __slots__ = ("call", "candidates", "deadline", "index", "loop", "reply", "upstream")
+    METHOD = FEG
 
     def __init__(self, candidates: list[Upstream], call: DeviceCall, reply: Reply, timeout: float) -> None:
         self.loop = asyncio.get_running_loop()
@@ -187,7 +208,7 @@ class _Call:
                 # Failing over: the next leaf has only what is left of the deadline (PROTOCOL.md §6).
                 self.call = self.call._replace(wait=timeout)
             try:
-                future = upstream.client.send(FEG, self.call, timeout)
+                future = upstream.client.send(self.METHOD, self.call, timeout)
             except LinkUnavailable:
                 if upstream.client.connected:
                     # Congested (a big upload still leaving): wait for room rather than fail over.
@@ -198,12 +219,12 @@ class _Call:
                 continue  # never left this process: the next leaf in preference order may take it
             future.add_done_callback(self._answered)
             return
-        self.reply(retry())  # no healthy leaf, or out of time (PROTOCOL.md §8)
+        self.reply(self.retry())  # no healthy leaf, or out of time (PROTOCOL.md §8)
 
     async def _call_when_writable(self, upstream: Upstream, timeout: float) -> None:
         future: asyncio.Future[Any] = self.loop.create_future()
         try:
-            future.set_result(await upstream.client.call(FEG, self.call._replace(wait=timeout), timeout))
+            future.set_result(await upstream.client.call(self.METHOD, self.call._replace(wait=timeout), timeout))
         except LinkUnavailable as exc:
             if not exc.sent:
                 self.next()
@@ -213,6 +234,10 @@ class _Call:
             future.set_exception(exc)
         self._answered(future)
 
+    @staticmethod
+    def retry() -> Response:
+        return retry()
+
     def _answered(self, future: asyncio.Future[Any]) -> None:
         name = self.upstream.leaf.name if self.upstream is not None else "?"
         try:
@@ -220,14 +245,30 @@ class _Call:
         except LinkUnavailable as exc:
             # Sent and unanswered: the leaf may have acted on it, so it is not re-sent elsewhere.
             logger.warning("leaf %s: %s", name, exc)
-            self.reply(retry())
+            self.reply(self.retry())
             return
         except RemoteError as exc:
             logger.error("leaf %s failed on a request: %s", name, exc)
-            self.reply(retry())
+            self.reply(self.retry())
             return
         except BadPayload as exc:
             logger.error("leaf %s answered a malformed result: %.120s", name, exc)
-            self.reply(retry())
+            self.reply(self.retry())
             return
         self.reply(Response(answer.http_status, answer.content_type, answer.body))
+
+
+# What a participant hears when no leaf answers: a heartbeat waits (`stand_by`; anything that is
+# not a state ends the SDK's participant), the other calls read what they need from this too.
+_XAIN_RETRY_BODY = b'{"state":"stand_by","round":0,"ok":false,"url":"","token":"","status":"RETRY"}'
+
+
+class _XainCall(_Call):
+    """A xain-sdk participant's call: method `XAIN`, and HTTP 200 whatever happens (docs/XAIN.md)."""
+
+    __slots__ = ()
+    METHOD = XAIN
+
+    @staticmethod
+    def retry() -> Response:
+        return Response(200, JSON, _XAIN_RETRY_BODY)

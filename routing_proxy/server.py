@@ -26,6 +26,7 @@ from .forwarding import Forwarder
 from .http1 import HttpLimits, HttpServer, Response
 from .lcp_map import load_lcp_map
 from .upstreams import Upstreams
+from .xain_routes import UPLOAD_PATH_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +59,14 @@ class ProxyServer:
             keepalive_timeout=config.keepalive_timeout,
             max_buffered_bytes=config.max_buffered_bytes,
             max_connection_buffered_bytes=config.max_connection_buffered_bytes,
+            upload_path_prefixes=(UPLOAD_PATH_PREFIX,),
         )
         forwarder = Forwarder(
             self.upstreams,
             upstream_timeout=config.upstream_timeout,
             device_auth=config.device_auth(),
             admission=config.admission(device_counts),
+            tls=config.ssl_cert is not None,
         )
         self.http = HttpServer(forwarder, limits, busy=lambda: no_memory_for_body(config.refusal_retry_wait))
         self._listener: asyncio.Server | None = None

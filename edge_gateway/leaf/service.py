@@ -24,7 +24,7 @@ from device_protocol.feg import (
     response,
 )
 from device_protocol.tensors import max_result_body_bytes
-from internal_link.calls import FEG, PING, PONG, DeviceAnswer, DeviceCall, device_call_handler
+from internal_link.calls import FEG, PING, PONG, XAIN, DeviceAnswer, DeviceCall, device_call_handler, xain_call_handler
 from internal_link.client import LinkClient
 from internal_link.errors import CallRefused, ErrorCode, LinkUnavailable, RemoteError
 from internal_link.messages import JobView, SyncReply, SyncRequest
@@ -35,6 +35,7 @@ from ..uplink import ResultBatcher, ServerLink
 from .endpoints import STARTING_RETRY_WAIT, DeviceEndpoints, FegReply
 from .job_state import LeafJob
 from .payload_cache import PayloadCache
+from .xain_endpoints import XainEndpoints
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,14 @@ class Leaf:
             else None
         )
         self._link: ServerLink = link if link is not None else self._client  # type: ignore[assignment]
-        self._rpc = LinkServer({FEG: device_call_handler(self.handle_feg), PING: self.handle_ping}, secret)
+        self._rpc = LinkServer(
+            {
+                FEG: device_call_handler(self.handle_feg),
+                PING: self.handle_ping,
+                XAIN: xain_call_handler(self.handle_xain),
+            },
+            secret,
+        )
         self.batcher = ResultBatcher(self.name, self._link, hold_limit=config.result_hold)
         self.jobs: dict[str, LeafJob] = {}
         self._payloads = PayloadCache(self._link, self._is_current)
@@ -73,6 +81,9 @@ class Leaf:
             self._link,
             config.quota_hold,
             self._sync_soon,
+        )
+        self._xain = XainEndpoints(
+            self.jobs, self._payloads, CookieSigner(config.cookie_key()), self.batcher, self._sync_soon
         )
         self._server_boot: str | None = None
         self._synced = asyncio.Event()  # replaced after every sync, so waiters see the next one
@@ -139,6 +150,17 @@ class Leaf:
             content_type, data = encode(reply, wants_msgpack(call.headers.get("accept", "")))
             return DeviceAnswer(200, content_type, data)
         outcome = self._answer_feg(call)
+        if isinstance(outcome, Awaitable):
+            self._busy += 1
+            return self._counted(outcome)
+        return outcome
+
+    def handle_xain(self, call: DeviceCall) -> FegReply | Awaitable[FegReply]:
+        """A xain-sdk participant's call (xain_endpoints.py); while draining or starting, `stand_by`."""
+        self._last_request = asyncio.get_running_loop().time()
+        if (self._draining and call.endpoint == "heartbeat") or not self._synced_once():
+            return DeviceAnswer(200, JSON, b'{"state":"stand_by","round":0,"ok":false,"status":"RETRY"}')
+        outcome = self._xain.answer(call)
         if isinstance(outcome, Awaitable):
             self._busy += 1
             return self._counted(outcome)

@@ -23,8 +23,17 @@ TASK_NAME = "train"
 class TaskPayload:
     """The encoded task data of one job's model version."""
 
-    def __init__(self, job_id: str, version: int, task_json: bytes, task_msgpack: bytes) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        version: int,
+        task_json: bytes,
+        task_msgpack: bytes,
+        weights: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
         self.version = version
+        # Kept for XAIN participants, who upload weights, not diffs (xain_endpoints.py).
+        self.weights = weights
         job = orjson.dumps(job_id)
         self._json_head = (
             b'{"status":"OK","job_id":' + job + b',"retry_wait":0,"task_name":"train","task_data":' + task_json
@@ -53,7 +62,7 @@ class TaskPayload:
         task_msgpack = msgpack.packb(
             {"kind": "WEIGHTS", "data": tensors_to_binary(weights), "meta": full_meta}, use_bin_type=True
         )
-        return cls(job_id, version, task_json, task_msgpack)
+        return cls(job_id, version, task_json, task_msgpack, weights)
 
     @classmethod
     def for_program(cls, job_id: str, version: int, program: bytes, meta: Mapping[str, Any]) -> TaskPayload:

@@ -172,7 +172,9 @@ class HttpConnection(asyncio.Protocol):
             )
         limits = self.limits
         incoming.path, _, incoming.query = origin_form(incoming.target).partition(b"?")
-        upload = incoming.path in limits.upload_paths
+        upload = incoming.path in limits.upload_paths or (
+            bool(limits.upload_path_prefixes) and incoming.path.startswith(limits.upload_path_prefixes)
+        )
         # A body the budget could never take is refused for good, not told to come back.
         path_limit = limits.max_body_bytes if upload else limits.max_other_body_bytes
         incoming.body_limit = min(path_limit, self.server.budget.largest)

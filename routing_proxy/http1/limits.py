@@ -13,6 +13,7 @@ class HttpLimits:
     max_headers: int = 100
     max_body_bytes: int = 64 * 1024 * 1024  # on `upload_paths`
     upload_paths: frozenset[bytes] = frozenset({b"/result"})
+    upload_path_prefixes: tuple[bytes, ...] = ()  # e.g. XAIN participants' `/x8-...` uploads
     # Any other path: a poll's body is a few hundred bytes, and one the size of an upload would
     # only make the leaf parse it into millions of objects before saying what is wrong.
     max_other_body_bytes: int = 1024 * 1024

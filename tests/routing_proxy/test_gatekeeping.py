@@ -114,3 +114,18 @@ async def test_overload_turns_into_retry_not_timeouts(
     # Answered requests are released: the gateway takes polls again.
     assert await ask(http, px, "late") == (200, {"status": "OK"})
     assert len(leaf.received) == 4
+
+
+async def test_xain_participants_are_refused_when_devices_must_authenticate(
+    leaves: MakeLeaf, proxy: MakeProxy, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """xain-sdk participants cannot present a token: with device authentication on, none gets in."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{TOKEN}\n")
+    leaf = await leaves("C11")
+    px = await proxy([leaf], auth_tokens_file=tokens)
+    for path in ("/rendez_vous", "/heartbeat/x8-abc", "/start_training/x8-abc", "/x8-abc/token"):
+        async with http.get(f"{px.url}{path}") as reply:
+            assert reply.status == 403, path
+            assert "XAIN" in orjson.loads(await reply.read())["message"]
+    assert leaf.received == []
