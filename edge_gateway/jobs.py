@@ -72,7 +72,7 @@ class JobSpec(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:
-        if self.task_timeout > self.round_timeout:
+        if self.mode == "sync" and self.task_timeout > self.round_timeout:  # async has no rounds to outlast
             raise ValueError("task_timeout must not exceed round_timeout")
         if self.backend == "xnnpack":
             raise ValueError(XNNPACK_REFUSED)

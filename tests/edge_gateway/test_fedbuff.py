@@ -224,3 +224,63 @@ def test_any_split_over_leaves_and_batches_in_any_order_equals_the_flat_step(see
     for k in SHAPES:
         # Equal up to float64 summation order (batches, buckets and the flat sum add in different orders).
         np.testing.assert_allclose(new[k], expected[k], rtol=1e-9, atol=1e-12)
+
+
+# -- restart --------------------------------------------------------------------------------------
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), buffer_size=st.integers(1, 5), n=st.integers(1, 30), data=st.data())
+def test_a_restart_with_leaves_resending_loses_nothing_and_counts_nothing_twice(seed, buffer_size, n, data):
+    """Leaves keep each accepted batch until the server serves its `applies_in` and re-send it to a
+    restarted server, which restores from its last checkpoint (taken at a step, or mid-buffer as an
+    evaluation does): the run ends where one without the restart ends."""
+    rng = np.random.default_rng(seed)
+    max_staleness = 2
+    batches = []
+    for i in range(n):
+        count = int(rng.integers(1, 4))
+        weights = rng.integers(1, 50, size=count).astype(float)
+        sums = {k: sum(np.multiply(rng.normal(size=s), w) for w in weights) for k, s in SHAPES.items()}
+        batches.append(
+            (int(rng.integers(0, max_staleness + 1)), sums, float(weights.sum()), [f"{i}.{j}" for j in range(count)])
+        )
+    midway_checkpoints = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    crash_at = data.draw(st.integers(0, n - 1))
+    base = {k: rng.normal(size=s) for k, s in SHAPES.items()}
+
+    def run(crash_at):
+        buf = FedBuffBuffer(SHAPES, buffer_size, max_staleness)
+        weights = base
+        checkpoint = (weights, buf.state())
+        retained = {}  # (trained on, applies in) -> (Σ w·Δ, Σ w, ids), as a leaf merges them
+        for i, (tau, sums, weight, ids) in enumerate(batches):
+            if i == crash_at:
+                weights, saved = checkpoint
+                buf = FedBuffBuffer.from_state(saved, SHAPES, buffer_size, max_staleness)
+                for (trained_on, applies_in), (s, w, t) in retained.items():
+                    outcome = buf.offer(trained_on, s, w, t)
+                    if applies_in > saved["version"]:
+                        assert isinstance(outcome, Accepted)
+                    else:  # applied before the checkpoint: the leaf had not heard yet
+                        assert isinstance(outcome, Duplicate | Late)
+                assert not buf.due()
+            trained_on = max(0, buf.version - tau)
+            outcome = buf.offer(trained_on, sums, weight, ids)
+            assert isinstance(outcome, Accepted)
+            s, w, t = retained.get(
+                (trained_on, outcome.applies_in), ({k: np.zeros(v) for k, v in SHAPES.items()}, 0.0, [])
+            )
+            retained[(trained_on, outcome.applies_in)] = ({k: s[k] + sums[k] for k in s}, w + weight, t + ids)
+            if buf.due():
+                weights, _ = buf.step(weights)
+                checkpoint = (weights, buf.state())
+                # The leaf hears of the new version a step late: it still holds the batches just applied.
+                retained = {key: kept for key, kept in retained.items() if key[1] >= buf.version}
+            elif midway_checkpoints[i]:
+                checkpoint = (weights, buf.state())
+        return weights, buf.version, buf.buffered
+
+    weights, version, buffered = run(crash_at)
+    weights_plain, version_plain, buffered_plain = run(None)
+    assert (version, buffered) == (version_plain, buffered_plain)
+    for k in SHAPES:
+        np.testing.assert_allclose(weights[k], weights_plain[k], rtol=1e-9, atol=1e-12)

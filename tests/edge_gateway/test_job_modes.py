@@ -29,6 +29,12 @@ def test_async_refuses_more_concurrency_than_the_staleness_window_takes():
     JobSpec(name="n", concurrency=101, buffer_size=10, max_staleness=9)
 
 
+def test_only_sync_mode_bounds_the_lease_by_the_round():
+    with pytest.raises(ValidationError, match="round_timeout"):
+        JobSpec(name="n", task_timeout=600.0)
+    assert JobSpec(name="n", mode="async", task_timeout=600.0).task_timeout == 600.0
+
+
 def test_buffer_larger_than_concurrency_is_allowed():
     assert JobSpec(name="n", mode="async", concurrency=5, buffer_size=50, max_staleness=0).buffer_size == 50
 
