@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .coordinator import fair_level
+from .fair_share import fair_level
 
 
 @dataclass(frozen=True)
