@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--model")
     submit.add_argument("--rounds", type=int)
     submit.add_argument("--devices-per-round", type=int)
+    submit.add_argument("--mode", choices=("sync", "async"))
+    submit.add_argument("--concurrency", type=int)
+    submit.add_argument("--buffer-size", type=int)
+    submit.add_argument("--max-staleness", type=int)
     job_commands.add_parser("list", help="list jobs")
     status = job_commands.add_parser("status", help="one job's status")
     status.add_argument("job_id")
@@ -108,7 +112,16 @@ async def _job_command(args: argparse.Namespace) -> int:
             spec.update(
                 _overrides(
                     args,
-                    {"name": "name", "model": "model", "rounds": "rounds", "devices_per_round": "devices_per_round"},
+                    {
+                        "name": "name",
+                        "model": "model",
+                        "rounds": "rounds",
+                        "devices_per_round": "devices_per_round",
+                        "mode": "mode",
+                        "concurrency": "concurrency",
+                        "buffer_size": "buffer_size",
+                        "max_staleness": "max_staleness",
+                    },
                 )
             )
             request = session.post(

@@ -16,7 +16,10 @@ import numpy as np
 
 from internal_link.messages import JobStatus, JobView, LeafJobReport, SubmitBatch, SubmitReply, SyncReply, SyncRequest
 
+from .fair_share import fair_level
 from .fedavg import PartialSum
+from .fedbuff import FedBuffBuffer
+from .fedbuff_jobs import grant_async, new_buffer, step_async, submit_async
 from .jobs import JobSpec
 
 # A leaf that has not synced for this long no longer holds slots: its devices have moved on.
@@ -86,6 +89,7 @@ class JobState:
     device_groups: dict[str, int] = field(default_factory=dict)
     # Counters of leaf processes that have ended (a leaf restarted under its name starts at 0).
     ended_leaf_totals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LEAF_COUNTERS, 0))
+    fedbuff: FedBuffBuffer | None = None  # async jobs' results since their last version (fedbuff_jobs.py)
 
     def __post_init__(self) -> None:
         self.shapes = {name: tuple(arr.shape) for name, arr in self.weights.items()}
@@ -123,6 +127,7 @@ class Coordinator:
         history: list[dict[str, Any]] | None = None,
         status: JobStatus = JobStatus.RUNNING,
         device_groups: Mapping[str, int] | None = None,
+        fedbuff_state: Mapping[str, Any] | None = None,
     ) -> JobState:
         """Add a new job, or one restored from its checkpoint after a restart."""
         job = JobState(
@@ -137,6 +142,9 @@ class Coordinator:
             history=list(history or []),
             device_groups=dict(device_groups or {}),
         )
+        if spec.mode == "async":
+            job.fedbuff = new_buffer(job.shapes, spec.buffer_size, spec.max_staleness, version, fedbuff_state)
+            job.selection_id = 0  # fixed, restarts included: leaves keep their leases over versions
         if job.round >= spec.rounds:
             job.status = JobStatus.DONE
         self.jobs[job_id] = job
@@ -221,6 +229,8 @@ class Coordinator:
             platforms=spec.platforms,
             device_ids=spec.device_ids,
             xain=spec.xain,
+            mode=spec.mode,
+            max_staleness=spec.max_staleness,
         )
 
     def _grant(self, job: JobState, leaf: str, report: LeafJobReport, now: float) -> tuple[int, int]:
@@ -231,6 +241,8 @@ class Coordinator:
         after a round opens no longer takes every slot, and a share nobody else wants (one busy
         leaf, a dead leaf's) goes to whoever asks.
         """
+        if job.fedbuff is not None:
+            return grant_async(job, leaf, report, now, LEAF_STALE_AFTER)
         current = job.selection_id
         assigned = report.assigned if report.selection_id == current else 0
         waiting = report.waiting if report.selection_id == current else 0
@@ -258,6 +270,8 @@ class Coordinator:
     ) -> tuple[SubmitReply, list[NewVersion]]:
         """Count a leaf's batch exactly once, or say why not; may close the round."""
         job = self.job(batch.job_id)
+        if job.fedbuff is not None:
+            return self._submit_async(job, job.fedbuff, batch, update, now)
         if job.status is not JobStatus.RUNNING or batch.version != job.version:
             # Leaves count these per device (LeafJobReport.late); the server only says so.
             return SubmitReply(
@@ -278,11 +292,26 @@ class Coordinator:
             events.append(self._close_round(job, now, RoundEnd.QUORUM))
         return SubmitReply(accepted=True, boot=self.boot), events
 
+    def _submit_async(
+        self, job: JobState, buffer: FedBuffBuffer, batch: SubmitBatch, update: Mapping[str, np.ndarray], now: float
+    ) -> tuple[SubmitReply, list[NewVersion]]:
+        reply = submit_async(job, buffer, batch, update, self.boot)
+        events = []
+        if reply.accepted and buffer.due() and not self.rounds_held(now):
+            step_async(job, buffer, now)
+            events.append(NewVersion(job.job_id, job.version))
+        return reply, events
+
     def tick(self, now: float) -> list[NewVersion]:
-        """Apply round deadlines, and close rounds that reached their quorum while held."""
+        """Apply round deadlines, and close rounds (or make async versions) that came due while held."""
         events = []
         for job in self.jobs.values():
             if job.status is not JobStatus.RUNNING:
+                continue
+            if job.fedbuff is not None:
+                if job.fedbuff.due() and not self.rounds_held(now):
+                    step_async(job, job.fedbuff, now)
+                    events.append(NewVersion(job.job_id, job.version))
                 continue
             end = self._round_due(job, now)
             if end is RoundEnd.RESELECT:
@@ -328,6 +357,7 @@ class Coordinator:
         fresh = [s for s in job.leaves.values() if now - s.seen_at <= LEAF_STALE_AFTER]
         selected = sum(s.report.assigned for s in fresh if s.report.selection_id == job.selection_id)
         totals = job.leaf_totals()
+        pending = job.partial.count if job.fedbuff is None else job.fedbuff.buffered
         return {
             "job_id": job.job_id,
             "name": job.spec.name,
@@ -337,8 +367,8 @@ class Coordinator:
             "model_version": job.version,
             "selection_id": job.selection_id,
             "selected": selected,
-            "reported": job.partial.count,
-            "results_counted": sum(h["results"] for h in job.history) + job.partial.count,
+            "reported": pending,
+            "results_counted": sum(h["results"] for h in job.history) + pending,
             "refused": totals["refused"],
             "late": totals["late"],
             "duplicates": totals["duplicates"],
@@ -346,21 +376,6 @@ class Coordinator:
             "leaves": sorted(s for s, v in job.leaves.items() if now - v.seen_at <= LEAF_STALE_AFTER),
             "history": job.history,
         }
-
-
-def fair_level(total: int, others: list[int]) -> int:
-    """The most slots one more leaf can get in a max-min fair split of `total` among `others`' demands.
-
-    Demands below the level are met in full and the rest split evenly; the level is rounded up so
-    that no slot stays idle for rounding (grants are also bounded by the free slots).
-    """
-    left = total
-    for i, demand in enumerate(sorted(others)):
-        count = len(others) - i + 1  # this demand, the larger ones, and the asking leaf
-        if demand * count >= left:
-            return -(-left // count)
-        left -= demand
-    return left
 
 
 def _repeats(ids: list[str]) -> list[str]:

@@ -20,7 +20,12 @@ XNNPACK_REFUSED = (
 
 
 class JobSpec(BaseModel):
-    """A federated job: which model, how many rounds, how devices train."""
+    """A federated job: which model, how many rounds, how devices train.
+
+    `mode` "sync" runs rounds (devices_per_round, over_selection, min_results_fraction,
+    round_timeout apply); "async" runs FedBuff (concurrency, buffer_size, max_staleness apply) and
+    `rounds` counts the model versions to make. The other mode's settings are ignored.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -54,6 +59,15 @@ class JobSpec(BaseModel):
         default=False,
         description="xain-sdk 0.8 participants may join (they also join the only running job without it)",
     )
+    mode: Literal["sync", "async"] = Field(default="sync", description="sync rounds, or async FedBuff")
+    concurrency: int = Field(default=20, ge=1, le=1_000_000, description="async: devices training at once")
+    buffer_size: int = Field(default=10, ge=1, le=1_000_000, description="async: results that make a new version")
+    max_staleness: int = Field(
+        default=10,
+        ge=0,
+        le=10_000,
+        description="async: results trained on a version more than this many versions old are late",
+    )
 
     @field_validator("platforms")
     @classmethod
@@ -62,10 +76,19 @@ class JobSpec(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:
-        if self.task_timeout > self.round_timeout:
+        if self.mode == "sync" and self.task_timeout > self.round_timeout:  # async has no rounds to outlast
             raise ValueError("task_timeout must not exceed round_timeout")
         if self.backend == "xnnpack":
             raise ValueError(XNNPACK_REFUSED)
+        if self.mode == "async" and self.concurrency > self.buffer_size * (self.max_staleness + 1):
+            # `concurrency` devices that start on one version together make a new version every
+            # buffer_size results: the last of them are ⌊(concurrency−1)/buffer_size⌋ versions
+            # old. Past max_staleness they would train for nothing, even if all run equally fast.
+            # (buffer_size > concurrency is fine: slots free as results arrive, the buffer fills.)
+            raise ValueError(
+                "async mode needs concurrency ≤ buffer_size × (max_staleness + 1): otherwise results of "
+                "devices that train at the same pace arrive late"
+            )
         return self
 
     @property

@@ -39,6 +39,12 @@ def add_local_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--devices-per-round", type=int, default=10)
+    parser.add_argument(
+        "--mode", default="sync", choices=("sync", "async"), help="sync rounds, or async FedBuff (--rounds versions)"
+    )
+    parser.add_argument("--concurrency", type=int, default=None, help="async: devices training at once")
+    parser.add_argument("--buffer-size", type=int, default=None, help="async: results that make a new version")
+    parser.add_argument("--max-staleness", type=int, default=None, help="async: versions a result may lag")
     parser.add_argument("--simulated", type=int, default=20, help="simulated devices to run (0: wait for phones)")
     parser.add_argument(
         "--runtime",
@@ -53,6 +59,10 @@ def add_local_arguments(parser: argparse.ArgumentParser) -> None:
         help="simulated devices' trainer (default: executorch for executorch jobs, else pytorch)",
     )
     parser.add_argument("--codec", default="json", choices=("json", "msgpack"))
+    parser.add_argument("--slow-fraction", type=float, default=0.0, help="this fraction of simulated devices is slow")
+    parser.add_argument(
+        "--slow-factor", type=float, default=1.0, help="a slow device takes this many times its training time"
+    )
     parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet α of the non-IID split")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
@@ -201,7 +211,19 @@ def job_spec(args: argparse.Namespace) -> dict[str, Any]:
     for flag, key in (("epochs", "epochs"), ("lr", "lr"), ("batch_size", "batch_size"), ("retry_wait", "retry_wait")):
         if getattr(args, flag) is not None:
             spec[key] = getattr(args, flag)
+    if args.mode == "async":
+        spec["mode"] = "async"
+        for key in ("concurrency", "buffer_size", "max_staleness"):
+            if getattr(args, key) is not None:
+                spec[key] = getattr(args, key)
     return spec
+
+
+def _describe(spec: dict[str, Any]) -> str:
+    if spec.get("mode") == "async":
+        settings = ", ".join(f"{k} {spec[k]}" for k in ("concurrency", "buffer_size", "max_staleness") if k in spec)
+        return f"async, {spec['rounds']} versions" + (f" ({settings})" if settings else "")
+    return f"{spec['rounds']} rounds, {spec['devices_per_round']} devices per round"
 
 
 async def _submit(api_url: str, spec: dict[str, Any]) -> str:
@@ -263,7 +285,7 @@ async def run_local(args: argparse.Namespace) -> int:
         )
         job_id = await _submit(stack.api_url, spec)
         print(
-            f"job {spec['name']!r} ({job_id}): {spec['rounds']} rounds, {spec['devices_per_round']} devices per round",
+            f"job {spec['name']!r} ({job_id}): {_describe(spec)}",
             flush=True,
         )
         devices = None
@@ -304,4 +326,6 @@ async def _simulate(args: argparse.Namespace, url: str, spec: dict[str, Any]) ->
         codec=args.codec,
         alpha=args.alpha,
         seed=args.seed,
+        slow_fraction=args.slow_fraction,
+        slow_factor=args.slow_factor,
     )

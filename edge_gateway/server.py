@@ -112,6 +112,7 @@ class Server:
                 history=cp.state.get("history"),
                 status=JobStatus(cp.state.get("status", JobStatus.RUNNING)),
                 device_groups=cp.state.get("device_groups"),
+                fedbuff_state=cp.state.get("fedbuff"),
             )
             log.info("resumed job %s (%s) at model version %d", cp.job_id, cp.spec.name, cp.state["version"])
         self._leaves_on_disk = load_names(self._leaves_file)
@@ -159,6 +160,8 @@ class Server:
             "history": [dict(h) for h in job.history],
             "device_groups": dict(job.device_groups),
         }
+        if job.fedbuff is not None:  # the ids already applied; buffered results are re-sent by leaves
+            state["fedbuff"] = job.fedbuff.state()
         self.store.save(job_id, job.spec, job.version, job.weights, state)
 
     def _results_checkpointed(self, job_id: str) -> None:

@@ -3,8 +3,10 @@
 Devices' results wait in the open batch; one flush sums them (float64) and submits the partial
 `(Σ w·Δ, Σ w, n)` with the task ids. Each device's request is answered only when the server has
 taken its batch: acknowledged means aggregated (DESIGN.md "Guarantees"). What the server took is
-also kept here, one running sum per model version and server boot, until the server has moved
-past that version (and so checkpointed it), to be sent again if the server restarts and lost it.
+also kept here, one running sum per model version, server boot and version it applies in, until
+the server serves that version (and so has checkpointed it), to be sent again if the server restarts
+and lost it. (In sync mode a batch applies in the version after its own; in async mode in the one
+after the server's current version when it took the batch: `SubmitReply.applies_in`.)
 Only what an earlier boot took is sent again: a batch the restarted server took already would make
 it refuse the whole sum as duplicates, and the rest would be lost with it.
 """
@@ -82,8 +84,8 @@ class ResultBatcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        # (job id, model version, server boot that took them) -> (their sum, their task ids)
-        self._retained: dict[tuple[str, int, str], tuple[PartialSum, list[str]]] = {}
+        # (job id, model version, version they apply in, server boot that took them) -> (their sum, their task ids)
+        self._retained: dict[tuple[str, int, int, str], tuple[PartialSum, list[str]]] = {}
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="result-batcher")
@@ -145,7 +147,9 @@ class ResultBatcher:
                 _resolve(items, Outcome.UNAVAILABLE)
                 return
             if reply.accepted:
-                self._retain(group.job_id, group.version, reply.boot, partial, batch.task_ids)
+                self._retain(
+                    group.job_id, group.version, _applies_in(reply, group.version), reply.boot, partial, batch.task_ids
+                )
                 _resolve(items, Outcome.ACCEPTED)
                 return
             if reply.late:
@@ -177,8 +181,10 @@ class ResultBatcher:
         )
 
     # -- what the server holds, kept until it is checkpointed -----------------------------------
-    def _retain(self, job_id: str, version: int, boot: str, partial: PartialSum, task_ids: list[str]) -> None:
-        key = (job_id, version, boot)
+    def _retain(
+        self, job_id: str, version: int, applies_in: int, boot: str, partial: PartialSum, task_ids: list[str]
+    ) -> None:
+        key = (job_id, version, applies_in, boot)
         kept = self._retained.get(key)
         if kept is None:
             self._retained[key] = (partial, list(task_ids))
@@ -187,8 +193,8 @@ class ResultBatcher:
             kept[1].extend(task_ids)
 
     def release(self, job_id: str, current_version: int) -> None:
-        """The server serves `current_version`: older versions are in its checkpoints."""
-        for key in [k for k in self._retained if k[0] == job_id and k[1] < current_version]:
+        """The server serves `current_version`: it and older ones are in its checkpoints."""
+        for key in [k for k in self._retained if k[0] == job_id and k[2] <= current_version]:
             del self._retained[key]
 
     async def resend_retained(self, boot: str) -> bool:
@@ -199,7 +205,7 @@ class ResultBatcher:
         Returns False when the server could not be reached, so the caller tries again.
         """
         for key in list(self._retained):
-            job_id, version, taken_by = key
+            job_id, version, _, taken_by = key
             kept = self._retained.get(key)  # released meanwhile if its version closed
             if taken_by == boot or kept is None:
                 continue
@@ -217,7 +223,7 @@ class ResultBatcher:
                 continue
             if reply.accepted and self._retained.pop(key, None) is not None:
                 # The new boot holds them now; should it restart too, they go again.
-                self._retain(job_id, version, reply.boot, partial, task_ids)
+                self._retain(job_id, version, _applies_in(reply, version), reply.boot, partial, task_ids)
             if reply.accepted or reply.late:
                 log.info(
                     "re-sent %d results of job %s v%d: %s",
@@ -235,6 +241,11 @@ class ResultBatcher:
                     reply.duplicates[:5],
                 )
         return True
+
+
+def _applies_in(reply: SubmitReply, version: int) -> int:
+    # A sync server does not say: its batches apply in the version after their own.
+    return version + 1 if reply.applies_in is None else reply.applies_in
 
 
 def _resolve(items: list[_Pending], outcome: Outcome) -> None:

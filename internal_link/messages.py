@@ -32,7 +32,9 @@ class JobView(_Message):
     model_version: int = Field(description="version devices train on now; -1 before the first")
     round: int
     selection_id: int
-    quota: int = Field(description="tasks this leaf may have out (leased or done) in this selection")
+    quota: int = Field(
+        description="sync: tasks this leaf may have out (leased or done) in this selection; async: leases out at once"
+    )
     free_slots: int = Field(default=0, description="slots this leaf could still be granted by asking again")
     retry_wait: int
     task_timeout: float
@@ -45,6 +47,8 @@ class JobView(_Message):
     platforms: list[str] | None = None
     device_ids: list[str] | None = None
     xain: bool = False  # xain-sdk participants may join (docs/XAIN.md)
+    mode: Literal["sync", "async"] = "sync"
+    max_staleness: int = Field(default=0, description="async: versions a result may lag the current one and count")
 
 
 class LeafJobReport(_Message):
@@ -102,3 +106,5 @@ class SubmitReply(_Message):
     duplicates: list[str] = []
     message: str = ""
     boot: str = ""  # the server boot that took an accepted batch: leaves re-send only what earlier boots took
+    # The version an accepted batch becomes part of: the leaf keeps it for a re-send until that one is served.
+    applies_in: int | None = None

@@ -159,7 +159,7 @@ class DeviceEndpoints:
                 facts = replace(job.result_facts(request.task_id, version), decoded=True)
             verdict = judge_result(facts)
             if verdict is None:
-                job.take(request.task_id)
+                job.take(request.task_id, version)
                 outcome = await self._batcher.submit(job.view.job_id, version, request.task_id, weight, update)
                 verdict = judge_result(replace(facts, upstream=outcome))
         assert verdict is not None, "a result the server has answered always has a verdict"

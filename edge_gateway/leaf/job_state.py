@@ -2,6 +2,11 @@
 
 Slots come from the server (`JobView.quota`); within them the leaf hands tasks to devices that
 ask, first come first served, and takes a slot back when its lease runs out.
+
+Async (FedBuff) jobs differ in four rules: a lease holds its slot only while training (a taken
+result frees it, and the device may get a new task at once: no ALREADY_TRAINED); a new version
+clears no leases; a result counts while its trained-on version is within `max_staleness` of the
+current one; and the books of taken and expired tasks are kept for that whole window.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from enum import Enum
 
 from internal_link.messages import JobStatus, JobView, LeafJobReport
 
+from ..fedbuff import is_late
 from .result_verdicts import RESULT_ANSWERS, ResultFacts, ResultVerdict, Tally
 
 
@@ -52,15 +58,26 @@ class LeafJob:
     # not dict: taking a plain dict's first item walks every slot deleted before it (quadratic).
     unreported: OrderedDict[str, Lease] = field(default_factory=OrderedDict)  # task id -> lease, by creation
     waiting: OrderedDict[str, float] = field(default_factory=OrderedDict)  # device id -> last ask, oldest first
+    # Async: the trained-on version of each task in reported_tasks or expired_tasks, to forget
+    # them once late (sync forgets them at each new version).
+    task_versions: dict[str, int] = field(default_factory=dict)
     tasks_issued: int = 0
     refused: int = 0
     late: int = 0
     duplicates: int = 0
 
     # -- server view --------------------------------------------------------------------------
+    @property
+    def is_async(self) -> bool:
+        return self.view.mode == "async"
+
     def apply_view(self, view: JobView) -> None:
         old = self.view
         self.view = view
+        if view.mode == "async":
+            if view.model_version != old.model_version:
+                self._forget_late_tasks()
+            return
         if view.model_version != old.model_version:
             self.reported_before = self.reported_tasks if view.model_version == old.model_version + 1 else set()
             self.reported_tasks = set()
@@ -105,6 +122,17 @@ class LeafJob:
         if self.leases.get(lease.device_id) is lease:
             del self.leases[lease.device_id]
         self.expired_tasks.add(lease.task_id)
+        if self.is_async:
+            self.task_versions[lease.task_id] = lease.version
+
+    def _forget_late_tasks(self) -> None:
+        current, window = self.view.model_version, self.view.max_staleness
+        for lease in [x for x in self.unreported.values() if is_late(x.version, current, window)]:
+            self._expire_lease(lease)  # its result could no longer count: the slot is free now
+        for task_id in [t for t, v in self.task_versions.items() if is_late(v, current, window)]:
+            del self.task_versions[task_id]
+            self.reported_tasks.discard(task_id)
+            self.expired_tasks.discard(task_id)
 
     # -- devices ------------------------------------------------------------------------------
     def eligible(self, device_id: str, platform: str | None) -> bool:
@@ -128,6 +156,11 @@ class LeafJob:
         lease = self.leases.get(device_id)
         if lease is not None and lease.expires_at <= now and not lease.reported:
             self._expire_lease(lease)  # e.g. a result that could not be made durable, then silence
+            lease = None
+        if lease is not None and self.is_async and lease.version != view.model_version:
+            # Asked again for a task it lost while a new version came: the payload now is the new
+            # version's, so the old lease ends (a result for it would count as late).
+            self._expire_lease(lease)
             lease = None
         if lease is not None:
             if lease.reported:
@@ -160,19 +193,40 @@ class LeafJob:
 
     def result_facts(self, task_id: str, version: int) -> ResultFacts:
         """What this job's books say of an authentic result of `task_id` for model `version`."""
+        view = self.view
+        if self.is_async:
+            current = not is_late(version, view.model_version, view.max_staleness)
+        else:
+            current = version == view.model_version
         return ResultFacts(
             reported=self.reported_already(task_id),
-            current=version == self.view.model_version and self.view.status is JobStatus.RUNNING,
+            current=current and view.status is JobStatus.RUNNING,
             lease_expired=task_id in self.expired_tasks,
         )
 
-    def take(self, task_id: str) -> None:
-        """The result passed every check and goes to the server: a second one is a duplicate."""
+    def take(self, task_id: str, version: int | None = None) -> None:
+        """The result passed every check and goes to the server: a second one is a duplicate.
+
+        `version`, the one it was trained on (its cookie's), keeps an async job's books."""
         self.reported_tasks.add(task_id)
         lease = self.by_task.get(task_id)
-        if lease is not None:
+        if self.is_async:
+            if version is None:
+                version = lease.version if lease is not None else self.view.model_version
+            self.task_versions[task_id] = version
+        if lease is not None and self.is_async:
+            self._end_async_lease(lease)
+        elif lease is not None:
             lease.reported = True
             self.unreported.pop(task_id, None)
+
+    def _end_async_lease(self, lease: Lease) -> None:
+        # Its slot is free and its device may get a new task; a retry of the result after an
+        # unavailable server counts (settle forgets the report) without the lease.
+        self.unreported.pop(lease.task_id, None)
+        self.by_task.pop(lease.task_id, None)
+        if self.leases.get(lease.device_id) is lease:
+            del self.leases[lease.device_id]
 
     def settle(self, task_id: str, verdict: ResultVerdict) -> None:
         """Book the verdict on a result: the counter it moves, and what it undoes of `take`."""

@@ -50,6 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="when a job ends, go back to /job instead of stopping (until --duration)",
     )
+    parser.add_argument("--slow-fraction", type=float, default=0.0, help="this fraction of the devices is slow")
+    parser.add_argument(
+        "--slow-factor", type=float, default=1.0, help="a slow device takes this many times its training time"
+    )
     parser.add_argument("--report-json", type=Path, default=None, help="also write the report to this file")
 
 
@@ -68,6 +72,8 @@ async def main_async(args: argparse.Namespace) -> int:
             connections=args.connections,
             device_prefix=args.device_prefix,
             keep_polling=args.keep_polling,
+            slow_fraction=args.slow_fraction,
+            slow_factor=args.slow_factor,
         )
     except ValidationError as exc:
         log.error("invalid simulation settings:\n%s", exc)

@@ -50,6 +50,8 @@ class SimulationConfig(BaseModel):
     backoff_max: float = Field(default=5.0, ge=0.0)
     result_attempts: int = Field(default=3, ge=1, description="sends of one result before it is given up")
     request_timeout: float = Field(default=60.0, gt=0.0, description="seconds per request (iOS: 60 s resource timeout)")
+    slow_fraction: float = Field(default=0.0, ge=0.0, le=1.0, description="this fraction of the devices is slow")
+    slow_factor: float = Field(default=1.0, ge=1.0, description="a slow device takes this many times its training time")
 
     @field_validator("url")
     @classmethod
@@ -100,6 +102,7 @@ async def run_simulation(
     deadline = asyncio.timeout(config.duration)
     started = loop.time()
     reporter = loop.create_task(show_progress(stats, config.devices), name="sim-progress") if progress else None
+    slow = round(config.slow_fraction * config.devices)  # the first ones: no draw from `rng`, runs stay as they were
     try:
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             devices = [
@@ -112,6 +115,7 @@ async def run_simulation(
                     pool=pool,
                     rng=random.Random(rng.getrandbits(64)),
                     sleep=sleep,
+                    slowdown=config.slow_factor if i < slow else 1.0,
                 )
                 for i, trainer in enumerate(trainers)
             ]

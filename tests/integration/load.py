@@ -154,15 +154,17 @@ def start_devices(
     seed: int = 0,
     result_attempts: int = 12,
     duration: float = 240.0,
+    slow: tuple[int, float] = (0, 0.0),
 ) -> LoadRun:
     """Start `devices` simulated devices on `job` behind the proxy at `url` (bounded by `duration`).
 
     `result_attempts` is generous: a device keeps its result through a fault rather than giving it
-    up, so every task ends with a definite answer.
+    up, so every task ends with a definite answer. `slow`: the first that many devices train for
+    the given seconds instead (stale results in async jobs).
     """
     transcript = Transcript()
     task = asyncio.get_running_loop().create_task(
-        _run(url, job, devices, train_seconds, seed, result_attempts, duration, transcript), name="fault-load"
+        _run(url, job, devices, train_seconds, seed, result_attempts, duration, transcript, slow), name="fault-load"
     )
     return LoadRun(task, transcript)
 
@@ -176,6 +178,7 @@ async def _run(
     result_attempts: int,
     duration: float,
     transcript: Transcript,
+    slow: tuple[int, float] = (0, 0.0),
 ) -> SimulationReport:
     settings = DeviceSettings(
         base_url=URL(url).with_path("/"),
@@ -199,7 +202,7 @@ async def _run(
             for i in range(devices):
                 device = TracedDevice(
                     f"fault-{seed}-{i}",
-                    PacedTrainer(np.random.default_rng(seed * 100_003 + i), train_seconds),
+                    PacedTrainer(np.random.default_rng(seed * 100_003 + i), slow[1] if i < slow[0] else train_seconds),
                     settings,
                     session=session,
                     stats=stats,

@@ -45,3 +45,29 @@ async def test_job_commands(stack: Stack, tmp_path) -> None:
     assert code == 1 and refused["status"] == "INVALID_REQUEST" and any("model" in e for e in refused["errors"])
     code, missing = await job_cli(stack.api_url, "status", "no-such-job")
     assert code == 1 and missing["message"] == "no job 'no-such-job'"
+
+
+async def test_job_submit_takes_the_async_settings(stack: Stack) -> None:
+    code, submitted = await job_cli(
+        stack.api_url,
+        "submit",
+        "--name",
+        "xor_async",
+        "--model",
+        "xor",
+        "--mode",
+        "async",
+        "--concurrency",
+        "8",
+        "--buffer-size",
+        "4",
+        "--max-staleness",
+        "1",
+    )
+    assert code == 0, submitted
+    spec = submitted["spec"]
+    assert (spec["mode"], spec["concurrency"], spec["buffer_size"], spec["max_staleness"]) == ("async", 8, 4, 1)
+    bad = ["--name", "bad", "--model", "xor", "--mode", "async", "--buffer-size", "4", "--max-staleness", "1"]
+    # 9 devices starting together: the last would be 2 versions behind, past max_staleness.
+    code, refused = await job_cli(stack.api_url, "submit", *bad, "--concurrency", "9")
+    assert code == 1 and refused["status"] == "INVALID_REQUEST"

@@ -278,3 +278,18 @@ async def test_settings_as_keywords(start_feg: StartFeg) -> None:
     report = await run_simulation(url=url, job=JOB_NAME, devices=2, stagger=0.0, codec="msgpack")
     assert report.results_accepted == 2 and report.device_prefix.startswith("sim-")
     assert sorted(feg.events) == [f"{report.device_prefix}-0", f"{report.device_prefix}-1"]
+
+
+async def test_slow_devices_take_slow_factor_times_their_training_time(start_feg: StartFeg) -> None:
+    feg, url = await start_feg(tasks_per_device=1)
+    settings = config(url, devices=4, slow_fraction=0.5, slow_factor=3.0)
+    report = await run_simulation(settings, sleep=recording_sleep(feg, real=False))
+    assert report.results_accepted == 4
+
+    def waits_while_training(device: str) -> list[str]:
+        events = feg.events[device]
+        return events[events.index("task:OK") + 1 : events.index("result:OK")]
+
+    # The first half are slow: one extra wait between their task and their result, none for the rest.
+    assert [len(waits_while_training(f"dev-{i}")) for i in range(4)] == [1, 1, 0, 0]
+    assert all(w.startswith("sleep:") for i in (0, 1) for w in waits_while_training(f"dev-{i}"))
