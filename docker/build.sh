@@ -123,11 +123,17 @@ build_image() { # IMAGE DOCKERFILE TORCH_WHEEL_OR_EMPTY [BUILD_ARG...]
   for arg in "$@"; do
     args+=(--build-arg "$arg")
   done
+  local previous
+  previous="$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)"
   echo "build.sh: building $image"
   # The classic builder: it takes --network host (pip reaches the registry while the engine runs
   # with --iptables=false) and needs no buildx plugin.
   stream_context "$wheel" | DOCKER_BUILDKIT=0 docker build "${args[@]}" -
   echo "build.sh: $image is $(docker image inspect -f '{{.Size}}' "$image") bytes"
+  # The image this one replaces would stay behind untagged (a GB for edgefl); the build cache stays.
+  if [[ -n "$previous" && "$previous" != "$(docker image inspect -f '{{.Id}}' "$image")" ]]; then
+    docker image rm "$previous" >/dev/null 2>&1 || true
+  fi
 }
 
 what="${1:-all}"
