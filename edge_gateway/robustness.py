@@ -258,7 +258,41 @@ def next_bounds(
     )
 
 
-# -- server: the new global model -----------------------------------------------------------------
+# -- server: a leaf's batch and the new global model ---------------------------------------------
+def check_partial(
+    sums: Mapping[str, np.ndarray],
+    weight: float,
+    count: int,
+    bounds: ScreenBounds,
+    *,
+    clipped: int = 0,
+    capped: int = 0,
+) -> str | None:
+    """None if a leaf's partial sum (Σ w·Δ, Σ w, n) can be made of `count` results screened with
+    `bounds`; else why not. Lets the server turn away one unscreened batch (a leaf without the
+    screen, or a defect) instead of refusing the whole round's model.
+
+    By the triangle inequality ‖Σ w·Δ‖ ≤ Σw · C and |Σ w·Δ| ≤ Σw · L per value; Σ w ≤ n · cap.
+    """
+    if not (math.isfinite(weight) and 0.0 < weight <= STEP_SLACK * count * bounds.weight_cap):
+        return f"sum of weights {weight!r} is not within (0, {count} × weight cap {bounds.weight_cap:.4g}]"
+    if not (0 <= clipped <= count and 0 <= capped <= count):
+        return f"clipped {clipped} and capped {capped} must be counts within 0..{count}"
+    peak = 0.0
+    for name, arr in sums.items():
+        if not np.isfinite(arr).all():
+            return f"sum of parameter {name!r} holds NaN or Inf"
+        if arr.size:
+            peak = max(peak, float(np.abs(arr).max()))
+    if bounds.value_limit is not None and peak > STEP_SLACK * weight * bounds.value_limit:
+        return f"a summed value of {peak:.4g} is more than {weight:.4g} results within ±{bounds.value_limit:.4g} can sum to"
+    if bounds.norm_bound is not None:
+        total = _l2_norm(sums, peak)
+        if total > STEP_SLACK * weight * bounds.norm_bound:
+            return f"the sum's norm {total:.4g} is more than {weight:.4g} results of norm ≤ {bounds.norm_bound:.4g} can sum to"
+    return None
+
+
 def model_limits(policy: UpdatePolicy, bounds: ScreenBounds, server_lr: float) -> ModelLimits:
     """Limits for the model a round screened with `bounds` produces.
 

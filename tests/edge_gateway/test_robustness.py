@@ -18,6 +18,7 @@ from edge_gateway.robustness import (
     ScreenBounds,
     UpdatePolicy,
     check_global_model,
+    check_partial,
     initial_bounds,
     model_limits,
     next_bound,
@@ -167,6 +168,29 @@ def test_a_model_made_of_screened_updates_always_passes_the_check(seed, n, norm_
         acc.add_update(s.update, s.weight)
     new = acc.apply_to(base, server_lr)
     assert check_global_model(new, base, model_limits(policy, bounds, server_lr)) is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 30), norm_bound=st.floats(1e-3, 1e3), cap=st.floats(1, 1e4))
+def test_a_batch_of_screened_updates_always_passes_the_batch_check(seed, n, norm_bound, cap):
+    rng = np.random.default_rng(seed)
+    bounds = ScreenBounds(weight_cap=cap, norm_bound=norm_bound, value_limit=float(rng.uniform(1e-3, 10)))
+    acc = PartialSum(SHAPES)
+    for _ in range(n):
+        s = screen_update(random_update(rng, scale=float(rng.choice([1e-3, 1.0, 1e30]))), 1e6, bounds)
+        acc.add_update(s.update, s.weight, clipped=s.clipped, capped=s.capped)
+    assert check_partial(acc.sums, acc.weight, acc.count, bounds, clipped=acc.clipped, capped=acc.capped) is None
+
+
+def test_an_unscreened_batch_is_turned_away_with_the_reason():
+    bounds = ScreenBounds(weight_cap=10.0, norm_bound=1.0, value_limit=0.5)
+    honest = {"w": np.full((3, 4), 0.1), "b": np.zeros(4)}  # Σ w·Δ of one result of weight 1, norm ≈ 0.35
+    assert check_partial(honest, 1.0, 1, bounds) is None
+    assert "weight cap" in check_partial(honest, 1e6, 1, bounds)
+    assert "counts" in check_partial(honest, 1.0, 1, bounds, clipped=2)
+    assert "NaN or Inf" in check_partial({**honest, "b": np.array([np.inf, 0, 0, 0])}, 1.0, 1, bounds)
+    assert "summed value" in check_partial({**honest, "b": np.array([0.9, 0, 0, 0])}, 1.0, 1, bounds)
+    assert "norm" in check_partial({"w": np.full((3, 4), 0.45), "b": np.zeros(4)}, 1.0, 1, bounds)
 
 
 # -- next_bound -----------------------------------------------------------------------------------
