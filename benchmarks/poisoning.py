@@ -21,6 +21,17 @@ then send, always claiming num_samples = 1,000,000 (the most the protocol takes)
 The defence is `JobSpec`'s defaults (adaptive weight cap and clipping, value clamp, model check).
 Prints the final test accuracy of each (strategy, defence), mean and minimum over the seeds.
 Runs are spread over `--jobs` processes (~1 CPU-minute per seed).
+
+Measured (2026-12-06, shared 2-core box, seeds 0 1, 12 rounds; mean (min)):
+  attack          10 %: no defence   defence        20 %: no defence   defence
+  clean                0.939 (0.936)  0.921 (0.919)        0.939 (0.936)  0.921 (0.919)
+  huge-weight          0.862 (0.841)  0.922 (0.919)        0.905 (0.894)  0.921 (0.919)
+  scaled-x100          0.102 (0.100)  0.923 (0.922)        0.120 (0.100)  0.922 (0.922)
+  sign-flip            0.099 (0.097)  0.921 (0.916)        0.100 (0.100)  0.898 (0.883)
+  sign-flip-x100       0.099 (0.097)  0.919 (0.914)        0.099 (0.097)  0.896 (0.883)
+  huge-values          0.100 (0.100)  0.922 (0.919)        0.100 (0.100)  0.925 (0.919)
+Undefended, sign-flip-x100 also stalls the job (round 10-11: every diff NaN, all refused). The
+defence costs the clean run ~2 points at 12 rounds (median clipping; the weight cap alone ~0.3).
 """
 
 from __future__ import annotations
