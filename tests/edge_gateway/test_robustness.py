@@ -102,13 +102,16 @@ def test_a_weight_that_is_not_positive_and_finite_is_refused(weight):
         screen_update(random_update(np.random.default_rng(4)), weight, NO_LIMITS)
 
 
-def test_a_float64_upload_above_float32_range_is_refused_after_decoding():
-    # decode_update checks finiteness before its float32 cast: 1e300 passes it, then becomes Inf.
+def test_a_float64_upload_above_float32_range_is_refused():
+    # 1e300 is finite as float64 and Inf as the float32 the sum takes: decode_update refuses it
+    # (it checks after its cast), and screen_update would too were it handed the Inf.
     data = {k: np.full(s, 1e300, np.float64) for k, s in SHAPES.items()}
-    with np.errstate(over="ignore"):
-        update, weight = decode_update({"kind": "WEIGHT_DIFF", "data": tensors_to_binary(data)}, SHAPES)
     with pytest.raises(UpdateRejected, match="NaN or Inf"):
-        screen_update(update, weight, NO_LIMITS)
+        decode_update({"kind": "WEIGHT_DIFF", "data": tensors_to_binary(data)}, SHAPES)
+    with np.errstate(over="ignore"):
+        cast = {k: v.astype(np.float32) for k, v in data.items()}
+    with pytest.raises(UpdateRejected, match="NaN or Inf"):
+        screen_update(cast, 1.0, NO_LIMITS)
 
 
 # -- exactness over leaves ------------------------------------------------------------------------
