@@ -199,10 +199,13 @@ def decode_update(result: Mapping[str, Any], shapes: Shapes) -> tuple[dict[str, 
                 arr = arr.reshape(expected)  # flat data for a shaped tensor (Android sends flat lists)
             else:
                 raise UpdateRejected(f"parameter {name!r} has shape {list(arr.shape)}, model has {list(expected)}")
+        # Checked after the cast: a float64 value beyond float32's range becomes Inf in it.
+        with np.errstate(over="ignore"):
+            arr = arr.astype(np.float32, copy=False)
         if not np.isfinite(arr).all():
             raise UpdateRejected(f"parameter {name!r} holds NaN or Inf")
         any_nonzero = any_nonzero or bool(arr.any())
-        arrays[name] = arr.astype(np.float32, copy=False)
+        arrays[name] = arr
     if not any_nonzero:
         raise UpdateRejected("all-zero diff: nothing was learned")
     return arrays, _weight(result.get("meta"))

@@ -8,19 +8,37 @@ or until its deadline, when it closes with at least `min_results` or opens a fre
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
 import numpy as np
 
-from internal_link.messages import JobStatus, JobView, LeafJobReport, SubmitBatch, SubmitReply, SyncReply, SyncRequest
+from internal_link.messages import (
+    JobStatus,
+    JobView,
+    LeafJobReport,
+    ScreenLimits,
+    SubmitBatch,
+    SubmitReply,
+    SyncReply,
+    SyncRequest,
+)
 
 from .fair_share import fair_level
 from .fedavg import PartialSum
 from .fedbuff import FedBuffBuffer
 from .fedbuff_jobs import grant_async, new_buffer, step_async, submit_async
 from .jobs import JobSpec
+from .robustness import (
+    ScreenBounds,
+    UpdatePolicy,
+    check_global_model,
+    check_partial,
+    initial_bounds,
+    model_limits,
+    next_bounds,
+)
 
 # A leaf that has not synced for this long no longer holds slots: its devices have moved on.
 LEAF_STALE_AFTER = 3.0
@@ -77,6 +95,7 @@ class JobState:
     job_id: str
     spec: JobSpec
     weights: dict[str, np.ndarray]
+    bounds: ScreenBounds  # what this version's results are screened with (robustness.py)
     status: JobStatus = JobStatus.RUNNING
     version: int = 0
     round: int = 0
@@ -90,10 +109,16 @@ class JobState:
     # Counters of leaf processes that have ended (a leaf restarted under its name starts at 0).
     ended_leaf_totals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LEAF_COUNTERS, 0))
     fedbuff: FedBuffBuffer | None = None  # async jobs' results since their last version (fedbuff_jobs.py)
+    # Async jobs: screening counts since the last step (no tensors), and the bounds of the versions
+    # a buffered result may have been screened with (fedbuff_jobs.py).
+    async_screened: PartialSum = field(default_factory=lambda: PartialSum({}))
+    async_bounds: list[ScreenBounds] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.shapes = {name: tuple(arr.shape) for name, arr in self.weights.items()}
         self.partial = PartialSum(self.shapes)
+        self.policy = UpdatePolicy.from_spec(self.spec)
+        self.async_bounds = [self.bounds]
 
     def leaf_totals(self) -> dict[str, int]:
         return {
@@ -128,12 +153,14 @@ class Coordinator:
         status: JobStatus = JobStatus.RUNNING,
         device_groups: Mapping[str, int] | None = None,
         fedbuff_state: Mapping[str, Any] | None = None,
+        bounds: ScreenBounds | None = None,
     ) -> JobState:
-        """Add a new job, or one restored from its checkpoint after a restart."""
+        """Add a new job, or one restored from its checkpoint after a restart (with its `bounds`)."""
         job = JobState(
             job_id=job_id,
             spec=spec,
             weights=dict(weights),
+            bounds=bounds or initial_bounds(UpdatePolicy.from_spec(spec), weights),
             status=status,
             version=version,
             round=round_,
@@ -231,6 +258,7 @@ class Coordinator:
             xain=spec.xain,
             mode=spec.mode,
             max_staleness=spec.max_staleness,
+            screen=ScreenLimits(**asdict(job.bounds)),
         )
 
     def _grant(self, job: JobState, leaf: str, report: LeafJobReport, now: float) -> tuple[int, int]:
@@ -284,7 +312,14 @@ class Coordinator:
             return SubmitReply(accepted=False, duplicates=duplicates or _repeats(batch.task_ids)), []
         if set(update) != set(job.shapes) or any(update[k].shape != job.shapes[k] for k in job.shapes):
             return SubmitReply(accepted=False, message="batch does not match the model's parameters"), []
-        job.partial.add_partial(update, batch.sum_weight, len(batch.task_ids))
+        unscreened = check_partial(
+            update, batch.sum_weight, len(batch.task_ids), job.bounds, clipped=batch.clipped, capped=batch.capped
+        )
+        if unscreened is not None:
+            return SubmitReply(accepted=False, message=f"batch refused: {unscreened}"), []
+        job.partial.add_partial(
+            update, batch.sum_weight, len(batch.task_ids), clipped=batch.clipped, capped=batch.capped
+        )
         job.counted.update(batch.task_ids)
         events = []
         # Only a quorum closes a round here; deadlines are the tick's.
@@ -325,17 +360,28 @@ class Coordinator:
         return round_due(job.spec, job.partial.count, job.selection_opened_at, now, held=self.rounds_held(now))
 
     def _close_round(self, job: JobState, now: float, reason: RoundEnd) -> NewVersion:
-        job.weights = job.partial.apply_to(job.weights, job.spec.server_lr)
-        job.history.append(
-            {
-                "version": job.version + 1,
-                "round": job.round + 1,
-                "results": job.partial.count,
-                "weight": job.partial.weight,
-                "closed_by": reason.value,
-                "closed_at": now,
-            }
-        )
+        partial, bounds = job.partial, job.bounds
+        new = partial.apply_to(job.weights, job.spec.server_lr)
+        rejected = check_global_model(new, job.weights, model_limits(job.policy, bounds, job.spec.server_lr))
+        if rejected is None:
+            job.weights = new
+        # Else the previous weights stay; the version still moves on (this round's results are late).
+        entry: dict[str, Any] = {
+            "version": job.version + 1,
+            "round": job.round + 1,
+            "results": partial.count,
+            "weight": partial.weight,
+            "closed_by": reason.value,
+            "closed_at": now,
+            "clipped": partial.clipped,
+            "capped": partial.capped,
+            "clip_bound": bounds.norm_bound,
+            "weight_cap": bounds.weight_cap,
+        }
+        if rejected is not None:
+            entry["rejected"] = rejected
+        job.history.append(entry)
+        job.bounds = next_bounds(job.policy, bounds, partial.clipped, partial.capped, partial.count, job.weights)
         job.version += 1
         job.round += 1
         job.selection_id += 1
@@ -372,6 +418,10 @@ class Coordinator:
             "refused": totals["refused"],
             "late": totals["late"],
             "duplicates": totals["duplicates"],
+            "clipped": sum(h.get("clipped", 0) for h in job.history) + job.partial.clipped,
+            "capped": sum(h.get("capped", 0) for h in job.history) + job.partial.capped,
+            "rejected_models": sum("rejected" in h for h in job.history),
+            "screen": asdict(job.bounds),
             "tasks_issued": totals["tasks_issued"],
             "leaves": sorted(s for s, v in job.leaves.items() if now - v.seen_at <= LEAF_STALE_AFTER),
             "history": job.history,

@@ -17,9 +17,14 @@ class PartialSum:
         self.sums = {name: np.zeros(shape, dtype=np.float64) for name, shape in shapes.items()}
         self.weight = 0.0
         self.count = 0
+        # Screening counts (robustness.py): they add across leaves like the sums.
+        self.clipped = 0
+        self.capped = 0
         self._scratch: dict[str, np.ndarray] | None = None  # made on the first add_update, not for add_partial
 
-    def add_update(self, update: Mapping[str, np.ndarray], weight: float) -> None:
+    def add_update(
+        self, update: Mapping[str, np.ndarray], weight: float, *, clipped: bool = False, capped: bool = False
+    ) -> None:
         if self._scratch is None:
             self._scratch = {name: np.empty_like(acc) for name, acc in self.sums.items()}
         for name, acc in self.sums.items():
@@ -33,12 +38,18 @@ class PartialSum:
             np.add(acc, scratch, out=acc)
         self.weight += weight
         self.count += 1
+        self.clipped += clipped
+        self.capped += capped
 
-    def add_partial(self, sums: Mapping[str, np.ndarray], weight: float, count: int) -> None:
+    def add_partial(
+        self, sums: Mapping[str, np.ndarray], weight: float, count: int, *, clipped: int = 0, capped: int = 0
+    ) -> None:
         for name, acc in self.sums.items():
             np.add(acc, sums[name], out=acc)
         self.weight += weight
         self.count += count
+        self.clipped += clipped
+        self.capped += capped
 
     def apply_to(self, weights: Mapping[str, np.ndarray], server_lr: float = 1.0) -> dict[str, np.ndarray]:
         """W ← W + η · Σ(w·Δ) / Σw, computed in float64, returned in each tensor's dtype."""

@@ -16,7 +16,9 @@ import numpy as np
 from internal_link.messages import JobStatus, LeafJobReport, SubmitBatch, SubmitReply
 
 from .concurrency import LeafDemand, grant_slots
+from .fedavg import PartialSum
 from .fedbuff import Accepted, Duplicate, FedBuffBuffer, Late
+from .robustness import ScreenBounds, check_global_model, check_partial, model_limits, next_bounds
 
 if TYPE_CHECKING:
     from .coordinator import JobState
@@ -45,8 +47,22 @@ def submit_async(
     """Offer a leaf's batch (all trained on `batch.version`) to the buffer; whether to step is the caller's."""
     if job.status is not JobStatus.RUNNING:
         return SubmitReply(accepted=False, late=True, message=f"job {job.job_id} is not running")
+    # Screened with the bounds of the version it was trained on, at the most the widest of the window.
+    unscreened = check_partial(
+        update,
+        batch.sum_weight,
+        len(batch.task_ids),
+        _widest(job.async_bounds),
+        clipped=batch.clipped,
+        capped=batch.capped,
+    )
+    if unscreened is not None:
+        return SubmitReply(accepted=False, message=f"batch refused: {unscreened}")
     outcome = buffer.offer(batch.version, update, batch.sum_weight, batch.task_ids)
     if isinstance(outcome, Accepted):
+        job.async_screened.add_partial(
+            {}, batch.sum_weight, len(batch.task_ids), clipped=batch.clipped, capped=batch.capped
+        )
         return SubmitReply(accepted=True, boot=boot, applies_in=outcome.applies_in)
     if isinstance(outcome, Late):
         return SubmitReply(
@@ -61,20 +77,37 @@ def submit_async(
 
 
 def step_async(job: JobState, buffer: FedBuffBuffer, now: float) -> None:
-    """Make the next version from every buffered result; the job ends after `spec.rounds` versions."""
-    job.weights, report = buffer.step(job.weights, job.spec.server_lr)
-    job.history.append(
-        {
-            "version": report.version,
-            "round": job.round + 1,
-            "results": report.results,
-            "weight": report.weight,
-            "closed_by": CLOSED_BY_BUFFER,
-            "closed_at": now,
-            # staleness -> results applied with it; str keys, as JSON (and orjson) need them
-            "staleness": {str(tau): n for tau, n in sorted(report.by_staleness.items())},
-        }
-    )
+    """Make the next version from every buffered result; the job ends after `spec.rounds` versions.
+
+    As a sync round's close: a new model that fails the robustness check is not published (the
+    version still moves on), and the screening bounds adapt from what this step's results saw.
+    """
+    new, report = buffer.step(job.weights, job.spec.server_lr)
+    screened, widest = job.async_screened, _widest(job.async_bounds)
+    rejected = check_global_model(new, job.weights, model_limits(job.policy, widest, job.spec.server_lr))
+    if rejected is None:
+        job.weights = new
+    entry: dict[str, Any] = {
+        "version": report.version,
+        "round": job.round + 1,
+        "results": report.results,
+        "weight": report.weight,
+        "closed_by": CLOSED_BY_BUFFER,
+        "closed_at": now,
+        # staleness -> results applied with it; str keys, as JSON (and orjson) need them
+        "staleness": {str(tau): n for tau, n in sorted(report.by_staleness.items())},
+        "clipped": screened.clipped,
+        "capped": screened.capped,
+        "clip_bound": job.bounds.norm_bound,
+        "weight_cap": job.bounds.weight_cap,
+    }
+    if rejected is not None:
+        entry["rejected"] = rejected
+    job.history.append(entry)
+    job.bounds = next_bounds(job.policy, job.bounds, screened.clipped, screened.capped, screened.count, job.weights)
+    job.async_screened = PartialSum({})
+    # Results may lag by max_staleness versions: keep the bounds they may have been screened with.
+    job.async_bounds = [*job.async_bounds, job.bounds][-(job.spec.max_staleness + 1) :]
     job.version = report.version
     job.round += 1
     if job.round >= job.spec.rounds:
@@ -94,3 +127,16 @@ def grant_async(job: JobState, leaf: str, report: LeafJobReport, now: float, sta
     ]
     grant = grant_slots(job.spec.concurrency, LeafDemand(training=report.assigned, waiting=report.waiting), others)
     return grant.quota, grant.free_slots
+
+
+def _widest(bounds: list[ScreenBounds]) -> ScreenBounds:
+    """The loosest of several bounds, each field on its own (None: unbounded wins)."""
+
+    def loosest(values: list[float | None]) -> float | None:
+        return None if any(v is None for v in values) else max(v for v in values if v is not None)
+
+    return ScreenBounds(
+        weight_cap=max(b.weight_cap for b in bounds),
+        norm_bound=loosest([b.norm_bound for b in bounds]),
+        value_limit=loosest([b.value_limit for b in bounds]),
+    )

@@ -68,6 +68,51 @@ class JobSpec(BaseModel):
         le=10_000,
         description="async: results trained on a version more than this many versions old are late",
     )
+    # Robust aggregation (edge_gateway/robustness.py); the defaults hold a hostile minority off.
+    weight_cap: Literal["fixed", "adaptive"] = Field(
+        default="adaptive",
+        description="cap on a device's weight (meta.num_samples), clamped not refused: 'fixed' at "
+        "max_num_samples, or 'adaptive': starts at 1 (uniform weighting) and follows the "
+        "weight_cap_quantile of reported sample counts, never above max_num_samples",
+    )
+    max_num_samples: int = Field(
+        default=1_000_000,
+        ge=1,
+        le=1_000_000,
+        description="the most a device's reported num_samples counts for (1: uniform weighting)",
+    )
+    weight_cap_quantile: float = Field(
+        default=0.5, gt=0.0, lt=1.0, description="adaptive weight cap: share of devices whose weight is not capped"
+    )
+    clip: Literal["off", "fixed", "adaptive"] = Field(
+        default="adaptive",
+        description="L2 clipping of each device's whole update: 'fixed' at clip_norm, or 'adaptive': "
+        "starts at clip_norm and follows the clip_quantile of recent update norms",
+    )
+    clip_norm: float = Field(
+        default=1.0, gt=0.0, le=1e30, description="the clipping bound ('fixed'), or its starting value ('adaptive')"
+    )
+    clip_quantile: float = Field(
+        default=0.5, gt=0.0, lt=1.0, description="adaptive clipping: share of updates whose norm is not clipped"
+    )
+    adaptive_lr: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=5.0,
+        description="how fast adaptive bounds move: at most a factor exp(adaptive_lr * max(q, 1 - q)) per version",
+    )
+    max_update_value_ratio: float | None = Field(
+        default=10.0,
+        gt=0.0,
+        description="clamp each value of an update to this many times the model's largest magnitude "
+        "(at least 1); null: no clamp",
+    )
+    max_model_value: float = Field(
+        default=1e4,
+        gt=0.0,
+        le=1e30,
+        description="a new global model holding a larger magnitude is not published (the previous one is kept)",
+    )
 
     @field_validator("platforms")
     @classmethod

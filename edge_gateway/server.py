@@ -7,6 +7,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from typing import Any, TypeVar
 
 import numpy as np
@@ -23,6 +24,7 @@ from .config import ServerConfig
 from .coordinator import RESEND_WAIT_LIMIT, Coordinator, JobNotFound, NewVersion
 from .jobs import JobSpec
 from .programs import ProgramBuilder
+from .robustness import ScreenBounds
 from .store import CheckpointStore, load_names, save_names, weights_to_npz
 
 log = logging.getLogger(__name__)
@@ -113,6 +115,7 @@ class Server:
                 status=JobStatus(cp.state.get("status", JobStatus.RUNNING)),
                 device_groups=cp.state.get("device_groups"),
                 fedbuff_state=cp.state.get("fedbuff"),
+                bounds=ScreenBounds(**cp.state["bounds"]) if "bounds" in cp.state else None,
             )
             log.info("resumed job %s (%s) at model version %d", cp.job_id, cp.spec.name, cp.state["version"])
         self._leaves_on_disk = load_names(self._leaves_file)
@@ -159,6 +162,7 @@ class Server:
             "status": job.status,
             "history": [dict(h) for h in job.history],
             "device_groups": dict(job.device_groups),
+            "bounds": asdict(job.bounds),  # adaptive: they follow the rounds so far
         }
         if job.fedbuff is not None:  # the ids already applied; buffered results are re-sent by leaves
             state["fedbuff"] = job.fedbuff.state()
@@ -214,6 +218,14 @@ class Server:
                 job.history[-1]["results"],
                 (time.perf_counter() - started) * 1e3,
             )
+            if "rejected" in job.history[-1]:
+                log.warning(
+                    "job %s: the new model of round %d was refused, v%d keeps the previous weights: %s",
+                    event.job_id,
+                    job.round,
+                    event.version,
+                    job.history[-1]["rejected"],
+                )
             self._announce()
             self._evaluate_later(event.job_id, event.version)
             if job.spec.runtime == "executorch" and job.status is JobStatus.RUNNING:

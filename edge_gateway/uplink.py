@@ -63,6 +63,8 @@ class _Pending:
     weight: float
     update: dict[str, np.ndarray]
     done: asyncio.Future[Outcome]
+    clipped: bool = False  # by screening (robustness.py); the server's adaptive bounds count these
+    capped: bool = False
 
 
 @dataclass
@@ -100,11 +102,19 @@ class ResultBatcher:
         await self._task
 
     async def submit(
-        self, job_id: str, version: int, task_id: str, weight: float, update: dict[str, np.ndarray]
+        self,
+        job_id: str,
+        version: int,
+        task_id: str,
+        weight: float,
+        update: dict[str, np.ndarray],
+        *,
+        clipped: bool = False,
+        capped: bool = False,
     ) -> Outcome:
         done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         group = self._open.setdefault((job_id, version), _Group(job_id, version))
-        group.items.append(_Pending(task_id, weight, update, done))
+        group.items.append(_Pending(task_id, weight, update, done, clipped, capped))
         self._wake.set()
         return await done
 
@@ -167,7 +177,7 @@ class ResultBatcher:
     def _sum(self, group: _Group, items: list[_Pending]) -> tuple[PartialSum, SubmitBatch]:
         partial = PartialSum({name: arr.shape for name, arr in items[0].update.items()})
         for item in items:
-            partial.add_update(item.update, item.weight)
+            partial.add_update(item.update, item.weight, clipped=item.clipped, capped=item.capped)
         return partial, self._batch(group.job_id, group.version, partial, [p.task_id for p in items])
 
     def _batch(self, job_id: str, version: int, partial: PartialSum, task_ids: list[str]) -> SubmitBatch:
@@ -178,6 +188,8 @@ class ResultBatcher:
             task_ids=task_ids,
             sum_weight=partial.weight,
             sum_update=tensors_to_binary(partial.sums),
+            clipped=partial.clipped,
+            capped=partial.capped,
         )
 
     # -- what the server holds, kept until it is checkpointed -----------------------------------
@@ -189,7 +201,9 @@ class ResultBatcher:
         if kept is None:
             self._retained[key] = (partial, list(task_ids))
         else:
-            kept[0].add_partial(partial.sums, partial.weight, partial.count)
+            kept[0].add_partial(
+                partial.sums, partial.weight, partial.count, clipped=partial.clipped, capped=partial.capped
+            )
             kept[1].extend(task_ids)
 
     def release(self, job_id: str, current_version: int) -> None:

@@ -23,6 +23,15 @@ class _Message(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
 
+class ScreenLimits(_Message):
+    """What a leaf screens each device's update with before summing (edge_gateway/robustness.py
+    `ScreenBounds`, mirrored as plain data: this package imports none of edge_gateway)."""
+
+    weight_cap: float = Field(description="a device's num_samples counts for at most this")
+    norm_bound: float | None = Field(description="updates are scaled down to this L2 norm; None: no clipping")
+    value_limit: float | None = Field(description="each value is clamped to ±this; None: no clamp")
+
+
 class JobView(_Message):
     """Everything a leaf needs to answer devices for one job without asking the server again."""
 
@@ -49,6 +58,8 @@ class JobView(_Message):
     xain: bool = False  # xain-sdk participants may join (docs/XAIN.md)
     mode: Literal["sync", "async"] = "sync"
     max_staleness: int = Field(default=0, description="async: versions a result may lag the current one and count")
+    # For the current model version; None: results are summed unscreened (the server checks them).
+    screen: ScreenLimits | None = None
 
 
 class LeafJobReport(_Message):
@@ -98,6 +109,9 @@ class SubmitBatch(_Message):
     task_ids: list[str]
     sum_weight: float
     sum_update: dict[str, dict[str, Any]]  # {name: {dtype, shape, data}} float64
+    # How many of the results screening clipped, and how many had their weight capped.
+    clipped: int = 0
+    capped: int = 0
 
 
 class SubmitReply(_Message):

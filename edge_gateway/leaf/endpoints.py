@@ -26,6 +26,7 @@ from internal_link.calls import DeviceAnswer
 from internal_link.errors import ErrorCode, LinkUnavailable, RemoteError
 from internal_link.messages import JobStatus, RegisterGroup
 
+from ..robustness import ScreenBounds, Screened, screen_update
 from ..uplink import ResultBatcher, ServerLink
 from .job_state import LeafJob, Lease, TaskDecision
 from .payload_cache import PayloadCache
@@ -38,6 +39,14 @@ STARTING_RETRY_WAIT = 5
 
 FegReply = DeviceAnswer
 ANSWER_MARGIN = 0.05  # seconds a held /task keeps for its answer to reach the proxy in time
+
+
+def _decode_and_screen(result: Any, shapes: dict[str, tuple[int, ...]], bounds: ScreenBounds | None) -> Screened:
+    """A device's result decoded and screened (robustness.py); raises `UpdateRejected`."""
+    update, weight = decode_update(result, shapes)
+    if bounds is None:
+        return Screened(update, weight, clipped=False, capped=False, clamped=False, norm=0.0)
+    return screen_update(update, weight, bounds)
 
 
 def _from_simulator(identity: Identity) -> bool:
@@ -148,10 +157,13 @@ class DeviceEndpoints:
         if verdict is None and job is not None:
             try:
                 shapes = {k: tuple(v) for k, v in job.view.param_shapes.items()}
+                # The bounds of the version just checked: taken before the await, as the shapes.
+                screen = job.view.screen
+                bounds = None if screen is None else ScreenBounds(**screen.model_dump())
                 if offload:  # lists of a large diff take milliseconds to turn into arrays
-                    update, weight = await asyncio.to_thread(decode_update, request.result, shapes)
+                    screened = await asyncio.to_thread(_decode_and_screen, request.result, shapes, bounds)
                 else:
-                    update, weight = decode_update(request.result, shapes)
+                    screened = _decode_and_screen(request.result, shapes, bounds)
             except UpdateRejected as exc:
                 facts, detail = replace(facts, decoded=False), exc.message
             else:
@@ -160,7 +172,15 @@ class DeviceEndpoints:
             verdict = judge_result(facts)
             if verdict is None:
                 job.take(request.task_id, version)
-                outcome = await self._batcher.submit(job.view.job_id, version, request.task_id, weight, update)
+                outcome = await self._batcher.submit(
+                    job.view.job_id,
+                    version,
+                    request.task_id,
+                    screened.weight,
+                    screened.update,
+                    clipped=screened.clipped,
+                    capped=screened.capped,
+                )
                 verdict = judge_result(replace(facts, upstream=outcome))
         assert verdict is not None, "a result the server has answered always has a verdict"
         if job is not None:

@@ -143,3 +143,14 @@ def test_decode_update_never_crashes(data):
         decode_update({"kind": "number", "data": data}, SHAPES)
     except UpdateRejected:
         pass
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "float64-binary"])
+def test_values_beyond_float32_are_refused_not_turned_into_inf(binary):
+    # 1e300 is finite as float64 (JSON numbers are) but Inf once cast to the float32 the sum takes.
+    huge = {"fc.weight": np.full((2, 3), 1e300), "fc.bias": np.ones(3)}
+    if binary:
+        data = {name: to_binary(arr) for name, arr in huge.items()}
+    else:
+        data = {name: arr.ravel().tolist() for name, arr in huge.items()}
+    assert "NaN or Inf" in bad({"kind": "number", "data": data})

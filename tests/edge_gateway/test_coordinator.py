@@ -7,11 +7,13 @@ from edge_gateway.jobs import JobSpec
 from internal_link.messages import JobStatus, LeafJobReport, SubmitBatch, SyncRequest
 
 W = {"w": np.zeros((2, 2), np.float32)}
+# These tests are about rounds and FedAvg: batches are not made of screened updates (robustness.py).
+UNSCREENED = {"weight_cap": "fixed", "clip": "off", "max_update_value_ratio": None}
 
 
 def make(**spec):
     c = Coordinator(boot="b")
-    c.add_job("j", JobSpec(name="n", model="xor", **spec), W, now=0.0)
+    c.add_job("j", JobSpec(name="n", model="xor", **{**UNSCREENED, **spec}), W, now=0.0)
     return c
 
 
@@ -277,3 +279,76 @@ def test_xnnpack_refused_with_the_reason_and_platforms_normalised():
     with pytest.raises(ValueError, match="conv biases are absorbed"):
         JobSpec(name="x", runtime="executorch", backend="xnnpack")
     assert JobSpec(name="x", platforms=["iOS", "Android"]).platforms == ["ios", "android"]
+
+
+# -- robust aggregation (robustness.py) wired into the rounds ------------------------------------
+def test_the_view_carries_the_screen_bounds_of_the_current_version():
+    c = Coordinator(boot="b")
+    c.add_job("j", JobSpec(name="n", model="xor", clip_norm=2.5), W, now=0.0)
+    screen = sync(c, "a", 0.0).screen
+    assert screen is not None
+    assert (screen.weight_cap, screen.norm_bound, screen.value_limit) == (1.0, 2.5, 10.0)
+
+
+def test_a_batch_that_screened_updates_cannot_make_is_refused_with_the_reason():
+    c = Coordinator(boot="b")
+    c.add_job("j", JobSpec(name="n", model="xor", devices_per_round=2), W, now=0.0)
+    # Screened with cap 1 and norm bound 1: two results sum to weight ≤ 2 and norm ≤ 2.
+    reply, _ = batch(c, ["t1", "t2"], value=3.0)
+    assert not reply.accepted and not reply.late and "norm" in reply.message
+    reply, _ = batch(c, ["t1"], value=0.1, weight=5.0)
+    assert not reply.accepted and "weight cap" in reply.message
+    assert c.jobs["j"].partial.count == 0 and c.jobs["j"].counted == set()
+    reply, _ = batch(c, ["t1", "t2"], value=0.2)
+    assert reply.accepted
+
+
+def test_a_new_model_that_fails_the_check_keeps_the_previous_weights_and_says_why():
+    # Screening off (job flags), so only the model check stands between this batch and the model.
+    c = make(devices_per_round=1, rounds=3, max_model_value=10.0)
+    _, events = batch(c, ["t1"], value=1.0)
+    job = c.jobs["j"]
+    np.testing.assert_allclose(job.weights["w"], 1.0)
+    _, events = batch(c, ["t2"], value=1e6)
+    assert [e.version for e in events] == [2]  # the version and round still move on
+    np.testing.assert_allclose(job.weights["w"], 1.0)  # version 2 serves version 1's weights
+    assert job.round == 2 and "above the job's limit" in job.history[-1]["rejected"]
+    assert "rejected" not in job.history[0]
+    reply, _ = batch(c, ["t3"], version=1, value=1.0)
+    assert reply.late  # results for the refused round's version are late now
+    assert c.status("j", 1.0)["rejected_models"] == 1
+
+
+def test_a_round_records_its_screening_and_the_bounds_adapt_from_the_counts():
+    c = Coordinator(boot="b")
+    c.add_job("j", JobSpec(name="n", model="xor", devices_per_round=4, rounds=2), W, now=0.0)
+    b = SubmitBatch(
+        leaf="a",
+        job_id="j",
+        version=0,
+        task_ids=["t1", "t2", "t3", "t4"],
+        sum_weight=4.0,
+        sum_update=tensors_to_binary({"w": np.full((2, 2), 0.5)}),
+        clipped=4,
+        capped=3,
+    )
+    reply, events = c.submit(b, {"w": np.full((2, 2), 0.5)}, now=1.0)
+    assert reply.accepted and events
+    entry = c.jobs["j"].history[0]
+    assert "rejected" not in entry
+    assert (entry["clipped"], entry["capped"], entry["clip_bound"], entry["weight_cap"]) == (4, 3, 1.0, 1.0)
+    status = c.status("j", 1.0)
+    assert (status["clipped"], status["capped"]) == (4, 3)
+    # All clipped, most capped: both bounds rise for the next version (at most ×e^0.5 per step).
+    assert status["screen"]["norm_bound"] == pytest.approx(np.exp(0.5))
+    assert status["screen"]["weight_cap"] == pytest.approx(np.exp(0.25))
+    assert sync(c, "a", 1.0).screen.norm_bound == pytest.approx(np.exp(0.5))
+
+
+def test_a_checkpointed_job_resumes_with_its_bounds():
+    c = Coordinator(boot="b")
+    c.add_job("j", JobSpec(name="n", model="xor"), W, now=0.0)
+    bounds = c.jobs["j"].bounds
+    moved = type(bounds)(weight_cap=7.0, norm_bound=0.3, value_limit=4.0)
+    c.add_job("k", JobSpec(name="n", model="xor"), W, now=0.0, bounds=moved)
+    assert c.jobs["k"].bounds == moved and c.jobs["j"].bounds != moved

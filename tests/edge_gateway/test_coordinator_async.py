@@ -13,11 +13,13 @@ from internal_link.messages import JobStatus, LeafJobReport, SubmitBatch, SyncRe
 
 W = {"w": np.zeros((2, 2), np.float32)}
 ASYNC = dict(mode="async", concurrency=6, buffer_size=3, max_staleness=2, rounds=4)
+# These tests are about buffers and steps: batches are not made of screened updates (robustness.py).
+UNSCREENED = {"weight_cap": "fixed", "clip": "off", "max_update_value_ratio": None}
 
 
 def make(**spec):
     c = Coordinator(boot="b")
-    c.add_job("j", JobSpec(name="n", model="xor", **{**ASYNC, **spec}), W, now=0.0)
+    c.add_job("j", JobSpec(name="n", model="xor", **{**UNSCREENED, **ASYNC, **spec}), W, now=0.0)
     return c
 
 
@@ -149,3 +151,54 @@ def test_a_restored_job_keeps_its_applied_ids_and_version_but_not_its_buffer():
     assert reply.accepted and reply.applies_in == 2 and reply.boot == "b2"
     with pytest.raises(ValueError):
         Coordinator(boot="b3").add_job("j", job.spec, job.weights, 5.0, version=0, fedbuff_state=state)
+
+
+def screened_batch(c, ids, version, value, clipped=0, capped=0):
+    upd = {"w": np.full((2, 2), value, np.float64)}
+    b = SubmitBatch(
+        leaf="a",
+        job_id="j",
+        version=version,
+        task_ids=ids,
+        sum_weight=float(len(ids)),
+        sum_update=tensors_to_binary(upd),
+        clipped=clipped,
+        capped=capped,
+    )
+    return c.submit(b, upd, now=1.0)
+
+
+def test_an_async_batch_screened_updates_cannot_make_is_refused_with_the_reason():
+    c = Coordinator(boot="b")
+    c.add_job("j", JobSpec(name="n", model="xor", **ASYNC), W, now=0.0)
+    # Screened with cap 1 and norm bound 1: two results sum to weight ≤ 2 and norm ≤ 2.
+    reply, _ = screened_batch(c, ["t1", "t2"], 0, value=3.0)
+    assert not reply.accepted and not reply.late and "norm" in reply.message
+    assert c.jobs["j"].fedbuff.buffered == 0
+    reply, _ = screened_batch(c, ["t1", "t2"], 0, value=0.2)
+    assert reply.accepted
+
+
+def test_an_async_step_records_its_screening_and_the_bounds_adapt_from_the_counts():
+    c = Coordinator(boot="b")
+    c.add_job("j", JobSpec(name="n", model="xor", **ASYNC), W, now=0.0)
+    reply, events = screened_batch(c, ["t1", "t2", "t3"], 0, value=0.5, clipped=3, capped=2)
+    assert reply.accepted and [e.version for e in events] == [1]
+    entry = c.jobs["j"].history[0]
+    assert "rejected" not in entry
+    assert (entry["clipped"], entry["capped"], entry["clip_bound"]) == (3, 2, 1.0)
+    # All clipped: the clip bound rises for the next version (×e^0.5); a result of norm 1.6 fits it.
+    assert sync(c, "a", 1.0).screen.norm_bound == pytest.approx(np.exp(0.5))
+    reply, _ = screened_batch(c, ["t4"], 1, value=0.8)
+    assert reply.accepted
+
+
+def test_an_async_model_that_fails_the_check_is_not_published_and_the_version_moves_on():
+    c = make(max_model_value=10.0)
+    submit(c, ["t1", "t2", "t3"], 0, value=1.0)
+    np.testing.assert_allclose(c.jobs["j"].weights["w"], 1.0)
+    _, events = submit(c, ["t4", "t5", "t6"], 1, value=1e6)
+    job = c.jobs["j"]
+    assert [e.version for e in events] == [2] and job.version == 2
+    np.testing.assert_allclose(job.weights["w"], 1.0)
+    assert "above the job's limit" in job.history[-1]["rejected"]

@@ -20,7 +20,7 @@ SPEC = JobSpec(name="xor", model="xor", rounds=3, devices_per_round=1, evaluate=
 
 def closing_batch(server: Server) -> dict[str, object]:
     shapes = server.coordinator.job("j").shapes
-    update = {name: np.ones(shape) for name, shape in shapes.items()}
+    update = {name: np.full(shape, 1e-3) for name, shape in shapes.items()}  # within the screen's bounds
     return SubmitBatch(
         leaf="leaf-0",
         job_id="j",

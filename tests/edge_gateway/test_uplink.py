@@ -19,7 +19,9 @@ from edge_gateway.store import load_names
 from edge_gateway.uplink import LocalServerLink, Outcome, ResultBatcher
 from internal_link.messages import SyncRequest
 
-SPEC = JobSpec(name="xor", model="xor", rounds=3, devices_per_round=10, evaluate=False)
+# Results go to the batcher unscreened here (no leaf endpoint): the server's batch check is off.
+UNSCREENED = {"weight_cap": "fixed", "clip": "off", "max_update_value_ratio": None}
+SPEC = JobSpec(name="xor", model="xor", rounds=3, devices_per_round=10, evaluate=False, **UNSCREENED)
 
 
 class SwitchableLink(LocalServerLink):
@@ -123,3 +125,16 @@ async def test_leaves_on_disk_are_those_that_may_hold_uncheckpointed_results(tmp
         second = await lives.enter_async_context(server_at(tmp_path))
         assert second.coordinator.awaiting_resends == set()
         assert not second.coordinator.rounds_held(time.monotonic())
+
+
+async def test_a_restarted_server_screens_with_the_bounds_the_last_one_had_reached(tmp_path: Path) -> None:
+    spec = SPEC.model_copy(update={"devices_per_round": 2, "clip": "adaptive", "clip_norm": 0.5})
+    async with AsyncExitStack() as lives:
+        first, j, _link, batcher = await running_job(lives, tmp_path, spec)
+        small = {k: v * 1e-3 for k, v in update(1).items()}
+        for task in ("t1", "t2"):
+            assert await batcher.submit(j, 0, task, 1.0, small, clipped=True) is Outcome.ACCEPTED
+        reached = first.coordinator.job(j).bounds
+        assert reached.norm_bound != 0.5  # every result was clipped: the bound moved
+        second = await lives.enter_async_context(server_at(tmp_path))
+        assert second.coordinator.job(j).bounds == reached
