@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
+import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
@@ -29,8 +31,14 @@ from .server import serve, supervise
 logger = logging.getLogger("routing_proxy")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    # A bad flag is one line on stderr (and exit 2), not the usage text.
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="routing-proxy",
         description="Route FEG device requests to leaf aggregators (values not given come from EDGEFL_PROXY_* env vars).",
     )
@@ -94,7 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(argv)
     except ValidationError as exc:
-        print(f"routing-proxy: invalid configuration:\n{exc}", file=sys.stderr)
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        print(f"routing-proxy: invalid configuration: {problems}", file=sys.stderr)
         return 2
     if config.ssl_key is not None and config.ssl_cert is None:
         print("routing-proxy: --ssl-key needs --ssl-cert", file=sys.stderr)
@@ -112,10 +121,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"routing-proxy: device authentication: {exc}", file=sys.stderr)
         return 2
+    problem = _tls_problem(config) or _listen_problem(config.host, config.port)
+    if problem:
+        print(f"routing-proxy: {problem}", file=sys.stderr)
+        return 2
     process.configure_logging(config.log_level)
     if config.workers == 1:
         return run_worker(config)
     return supervise(config, _worker_process)
+
+
+def _tls_problem(config: ProxyConfig) -> str | None:
+    """Why the devices' certificate and key cannot be used, before any worker starts."""
+    if config.ssl_cert is None:
+        return None
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(config.ssl_cert, config.ssl_key)
+    except (OSError, ssl.SSLError) as exc:
+        return f"cannot use --ssl-cert {config.ssl_cert} / --ssl-key {config.ssl_key}: {exc.strerror or exc}"
+    return None
+
+
+def _listen_problem(host: str, port: int) -> str | None:
+    """A port someone listens on, or an address not this machine's, before any worker starts."""
+    if port == 0:
+        return None
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            # As servers bind: only a listener, not a closing connection, makes this fail.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
 
 
 def _worker_process(config: ProxyConfig, device_counts: Any) -> None:
