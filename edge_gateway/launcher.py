@@ -236,6 +236,14 @@ def _number(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, int | float) else "n/a"
 
 
+def round_line(entry: dict[str, Any]) -> str:
+    """One evaluated model version of a job's history, as the launcher prints it."""
+    return (
+        f"round {entry['round']:>3}  model v{entry['version']:<3} results {entry['results']:>5}  "
+        f"test accuracy {_number(entry.get('accuracy'))}  loss {_number(entry.get('loss'))}"
+    )
+
+
 async def watch_job(api_url: str, job_id: str, stop: asyncio.Event, out: Any = print) -> dict[str, Any]:
     """Print each new model version's accuracy; return the final status when the job is done."""
     printed = 0
@@ -251,11 +259,7 @@ async def watch_job(api_url: str, job_id: str, stop: asyncio.Event, out: Any = p
                 continue
             history = status.get("history", [])
             while printed < len(history) and "accuracy" in history[printed]:
-                h = history[printed]
-                out(
-                    f"round {h['round']:>3}  model v{h['version']:<3} results {h['results']:>5}  "
-                    f"test accuracy {_number(h['accuracy'])}  loss {_number(h.get('loss'))}"
-                )
+                out(round_line(history[printed]))
                 printed += 1
             if status.get("status") == JobStatus.DONE and printed == len(history):
                 return status
