@@ -14,13 +14,13 @@ import orjson
 from pydantic import ValidationError
 
 from internal_link import process
+from internal_link.log_format import LOG_FORMAT_ENV, LOG_FORMATS, use_log_format
+from internal_link.versions import version_line
 
 from . import runtime
 from .config import LeafConfig, ServerConfig
-from .log_format import LOG_FORMAT_ENV, LOG_FORMATS, use_log_format
 from .models.demo import training_defaults
 from .user_errors import OneLineParser, UserError, fail
-from .version import version_line
 
 PROG = "python -m edge_gateway"
 

@@ -18,13 +18,13 @@ from device_protocol.tensors import tensors_from_binary, tensors_to_binary
 from internal_link.errors import CallRefused, ErrorCode
 from internal_link.messages import JobStatus, ModelRequest, RegisterGroup, SubmitBatch, SyncRequest
 from internal_link.server import LinkServer
+from internal_link.versions import versions
 
 from .config import ServerConfig
 from .coordinator import RESEND_WAIT_LIMIT, Coordinator, JobNotFound, NewVersion
 from .jobs import JobSpec
 from .programs import ProgramBuilder
 from .store import CheckpointStore, load_names, save_names, weights_to_npz
-from .version import versions
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

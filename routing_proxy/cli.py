@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
 import ssl
 import sys
@@ -23,6 +24,8 @@ from typing import Any, NoReturn
 from pydantic import ValidationError
 
 from internal_link import process
+from internal_link.log_format import LOG_FORMAT_ENV, use_log_format
+from internal_link.versions import version_line
 
 from .config import ProxyConfig
 from .lcp_map import LcpMapError, load_lcp_map
@@ -42,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="routing-proxy",
         description="Route FEG device requests to leaf aggregators (values not given come from EDGEFL_PROXY_* env vars).",
     )
+    parser.add_argument("--version", action="version", version=version_line())
     parser.add_argument("port", nargs="?", type=int, help="port devices connect to (default 4321)")
     parser.add_argument("lcp_map", nargs="?", type=Path, help="leaf map JSON (default lcp_map.json)")
     parser.add_argument("root_ca", nargs="?", type=Path, help="CA certificate to verify the leaves' TLS")
@@ -125,10 +129,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem:
         print(f"routing-proxy: {problem}", file=sys.stderr)
         return 2
-    process.configure_logging(config.log_level)
+    _configure_logging(config)
     if config.workers == 1:
         return run_worker(config)
     return supervise(config, _worker_process)
+
+
+def _configure_logging(config: ProxyConfig) -> None:
+    process.configure_logging(config.log_level)
+    use_log_format(os.environ.get(LOG_FORMAT_ENV, "text"))  # json: as the gateway's --log-format
 
 
 def _tls_problem(config: ProxyConfig) -> str | None:
@@ -159,7 +168,7 @@ def _listen_problem(host: str, port: int) -> str | None:
 
 def _worker_process(config: ProxyConfig, device_counts: Any) -> None:
     # A multiprocessing target's return value is lost: the exit code must carry it.
-    process.configure_logging(config.log_level)
+    _configure_logging(config)
     sys.exit(run_worker(config, None if device_counts is None else memoryview(device_counts)))
 
 

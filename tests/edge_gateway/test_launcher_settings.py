@@ -12,8 +12,8 @@ from edge_gateway.cli import build_parser, submitted_spec
 from edge_gateway.jobs import JobSpec
 from edge_gateway.launcher import job_spec, round_line
 from edge_gateway.local_checks import phone_url
-from edge_gateway.log_format import JsonFormatter
 from edge_gateway.models.demo import DigitsDemo
+from internal_link.log_format import JsonFormatter
 
 
 def local_args(*flags: str) -> argparse.Namespace:

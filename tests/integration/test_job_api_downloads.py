@@ -1,4 +1,4 @@
-"""The job API reports its versions and hands out the final model: `.npz` for every job, the
+"""The job API and the proxy's /health report their versions and hands out the final model: `.npz` for every job, the
 training program `.pte` (with the same weights) for phone jobs."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from device_protocol import PROTOCOL_VERSION
 from edge_gateway.launcher import Stack
-from edge_gateway.version import package_version
+from internal_link.versions import package_version
 from tests.executorch_warnings import EXECUTORCH_WARNINGS
 
 from .helpers import submit_job
@@ -25,6 +25,9 @@ async def test_versions_in_health_and_version(stack: Stack, http: aiohttp.Client
             body = await reply.json()
         assert reply.status == 200 and body["edgefl"] == package_version() and body["protocol"] == PROTOCOL_VERSION
     assert package_version() != "unknown"  # the tests run an installed edgefl
+    async with http.get(f"{stack.proxy_url}/health") as reply:  # what devices can see
+        body = await reply.json()
+    assert body["edgefl"] == package_version() and body["protocol"] == PROTOCOL_VERSION
 
 
 async def test_a_pytorch_job_has_no_program(stack: Stack, http: aiohttp.ClientSession) -> None:

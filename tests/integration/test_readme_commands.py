@@ -173,6 +173,7 @@ async def test_readme_proxy_commands_serve_until_sigterm(tmp_path: Path) -> None
         assert code == 0, (command, log.read_text(errors="replace")[-2000:])
 
 
+@pytest.mark.slow  # devices not selected wait the job's default retry_wait (30 s) between rounds
 @pytest.mark.timeout(300)
 async def test_readme_cross_machine_recipe(tmp_path: Path) -> None:
     places, env = Placeholders(), environment(tmp_path)

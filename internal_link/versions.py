@@ -1,7 +1,8 @@
-"""Which edgefl this is, as devices and the job API report it."""
+"""Which edgefl this is, as the proxy's /health and the server's job API report it."""
 
 from __future__ import annotations
 
+import functools
 from importlib import metadata
 
 from device_protocol import PROTOCOL_VERSION
@@ -15,10 +16,12 @@ def package_version() -> str:
         return "unknown"
 
 
+@functools.cache  # read once: /health is polled
 def versions() -> dict[str, str]:
     """{"edgefl": package version, "protocol": device protocol version}."""
     return {"edgefl": package_version(), "protocol": PROTOCOL_VERSION}
 
 
 def version_line() -> str:
+    """What `--version` prints."""
     return f"edgefl {package_version()} (device protocol {PROTOCOL_VERSION})"
