@@ -12,7 +12,7 @@ from edge_gateway.cli import build_parser, submitted_spec
 from edge_gateway.jobs import JobSpec
 from edge_gateway.launcher import job_spec, round_line
 from edge_gateway.local_checks import phone_url
-from edge_gateway.models.demo import DigitsDemo
+from edge_gateway.models.demo import DigitsDemo, simulate_fedavg, training_defaults
 from internal_link.log_format import JsonFormatter
 
 
@@ -78,3 +78,13 @@ def test_json_log_lines() -> None:
     assert (
         entry["message"] == "round 3 closed" and entry["level"] == "INFO" and entry["logger"] == "edge_gateway.server"
     )
+
+
+@pytest.mark.slow
+def test_digits_defaults_learn_where_the_generic_ones_do_not() -> None:
+    # The case: `local --job digits` devices, 15 rounds; in-process reference FedAvg.
+    defaults = training_defaults("digits")
+    tuned = simulate_fedavg("digits", 50, 0.5, 15, 20, defaults["epochs"], defaults["lr"], defaults["batch_size"], 0)
+    generic = JobSpec(name="g")
+    untuned = simulate_fedavg("digits", 50, 0.5, 15, 20, generic.epochs, generic.lr, generic.batch_size, 0)
+    assert tuned[-1] >= 0.9 and untuned[-1] < 0.5
