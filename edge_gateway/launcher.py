@@ -34,6 +34,9 @@ from .user_errors import UserError
 
 log = logging.getLogger(__name__)
 
+# Seconds a finished job's last versions may take to be evaluated before they print without numbers.
+EVALUATION_GRACE = 30.0
+
 
 def add_local_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=port_number, default=4321, help="the proxy's port for devices (0 picks one)")
@@ -248,6 +251,8 @@ async def watch_job(api_url: str, job_id: str, stop: asyncio.Event, out: Any = p
     """Print each new model version's accuracy; return the final status when the job is done."""
     printed = 0
     status: dict[str, Any] = {}
+    loop = asyncio.get_running_loop()
+    done_at: float | None = None
     async with aiohttp.ClientSession() as session:
         while not stop.is_set():
             try:
@@ -258,10 +263,17 @@ async def watch_job(api_url: str, job_id: str, stop: asyncio.Event, out: Any = p
                 await asyncio.sleep(1.0)
                 continue
             history = status.get("history", [])
-            while printed < len(history) and "accuracy" in history[printed]:
+            if status.get("status") == JobStatus.DONE and done_at is None:
+                done_at = loop.time()
+            # A version is printed once evaluated; one never evaluated (evaluation off, or it
+            # failed on a destroyed model) is printed without numbers rather than waited for forever.
+            unevaluated = not status.get("spec", {}).get("evaluate", True) or (
+                done_at is not None and loop.time() - done_at > EVALUATION_GRACE
+            )
+            while printed < len(history) and ("accuracy" in history[printed] or unevaluated):
                 out(round_line(history[printed]))
                 printed += 1
-            if status.get("status") == JobStatus.DONE and printed == len(history):
+            if done_at is not None and printed == len(history):
                 return status
             try:
                 await asyncio.wait_for(stop.wait(), 0.5)
