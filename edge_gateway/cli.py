@@ -178,6 +178,20 @@ async def _job_command(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _check_proxy(url: str) -> None:
+    """Refuse to start devices against a URL nothing answers at (devices would retry forever)."""
+    if not url.startswith(("http://", "https://")):
+        raise UserError(f"--url {url!r} is not an http:// or https:// URL")
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+            session.get(f"{url.rstrip('/')}/health") as reply,
+        ):
+            await reply.read()
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        raise UserError(f"cannot reach the proxy at {url}: {str(exc) or type(exc).__name__}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     process.configure_logging(args.log_level)
@@ -206,6 +220,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "simulate":
         from .simulator.cli import main_async
 
+        process.run(_check_proxy(args.url))
         return process.run(main_async(args))
     from .launcher import run_local
 

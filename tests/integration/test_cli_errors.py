@@ -160,6 +160,12 @@ async def test_unreachable_job_api() -> None:
         assert_one_line_error(code, err, "cannot reach the job API", api)
 
 
+async def test_unreachable_proxy_for_simulated_devices() -> None:
+    url = f"http://127.0.0.1:{closed_port()}"
+    code, _, err = await cli("simulate", "--url", url, "--job", "j", "--devices", "1", "--trainer", "synthetic")
+    assert_one_line_error(code, err, "cannot reach the proxy", url)
+
+
 async def test_proxy_user_errors(tmp_path: Path, busy_port: int) -> None:
     lcp = tmp_path / "lcp_map.json"
     lcp.write_bytes(orjson.dumps({"C11": {"host": "127.0.0.1", "port": closed_port()}}))
