@@ -4,21 +4,31 @@ and picks the event loop."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
+from pydantic import ValidationError
 
 from internal_link import process
+from internal_link.log_format import LOG_FORMAT_ENV, LOG_FORMATS, use_log_format
+from internal_link.versions import version_line
 
 from . import runtime
 from .config import LeafConfig, ServerConfig
+from .models.demo import training_defaults
+from .user_errors import OneLineParser, UserError, fail
+
+PROG = "python -m edge_gateway"
 
 
 def _host_port(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
     return host or "127.0.0.1", int(port)
 
 
@@ -26,8 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     from .launcher import add_local_arguments
     from .simulator.cli import add_arguments as add_simulate_arguments
 
-    parser = argparse.ArgumentParser(prog="python -m edge_gateway", description=__doc__)
-    parser.add_argument("--log-level", default="info")
+    parser = OneLineParser(prog=PROG, description=__doc__)
+    parser.add_argument("--version", action="version", version=version_line())
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument(
+        "--log-format",
+        default=os.environ.get(LOG_FORMAT_ENV, "text"),
+        choices=LOG_FORMATS,
+        help=f"json: one JSON object a line (or env {LOG_FORMAT_ENV}; `local` passes it to its processes)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     server = commands.add_parser("server", help="run the FedAvg server (job API + leaf link)")
@@ -45,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     leaf.add_argument("--ready-file", type=Path, default=None)
 
     job = commands.add_parser("job", help="submit, list, inspect or end jobs on a server")
-    job.add_argument("--api", default="http://127.0.0.1:8443", help="the server's job API")
+    api_help = "the server's job API (default http://127.0.0.1:8443)"
+    job.add_argument("--api", default="http://127.0.0.1:8443", help=api_help)
     job_commands = job.add_subparsers(dest="job_command", required=True)
     submit = job_commands.add_parser("submit", help="submit a job from a JSON spec file or flags")
     submit.add_argument("--spec", type=Path, help="JSON job spec (see edge_gateway/jobs.py)")
@@ -62,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("job_id")
     end = job_commands.add_parser("end", help="end a job")
     end.add_argument("job_id")
+    for command in job_commands.choices.values():
+        # Also after the subcommand, as people type it; SUPPRESS keeps the value given before it.
+        command.add_argument("--api", default=argparse.SUPPRESS, help=api_help)
 
     add_simulate_arguments(commands.add_parser("simulate", help="run simulated devices against a proxy"))
     add_local_arguments(commands.add_parser("local", help="start a whole stack on this machine"))
@@ -104,44 +125,106 @@ async def _serve_leaf(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_spec_file(path: Path) -> dict[str, Any]:
+    """A job spec from a JSON file, or a `UserError` saying why it cannot be one."""
+    try:
+        spec = orjson.loads(path.read_bytes())
+    except OSError as exc:
+        raise UserError(f"cannot read job spec {path}: {exc.strerror or exc}") from None
+    except orjson.JSONDecodeError as exc:
+        raise UserError(f"job spec {path} is not JSON: {exc}") from None
+    if not isinstance(spec, dict):
+        raise UserError(f"job spec {path} must be a JSON object, not {type(spec).__name__}")
+    return spec
+
+
+def submitted_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """The spec `job submit` sends: the file, then the flags, then the model's training defaults."""
+    spec = read_spec_file(args.spec) if args.spec else {}
+    spec.update(
+        _overrides(
+            args,
+            {
+                "name": "name",
+                "model": "model",
+                "rounds": "rounds",
+                "devices_per_round": "devices_per_round",
+                "mode": "mode",
+                "concurrency": "concurrency",
+                "buffer_size": "buffer_size",
+                "max_staleness": "max_staleness",
+            },
+        )
+    )
+    return {**training_defaults(str(spec.get("model", "digits"))), **spec}
+
+
 async def _job_command(args: argparse.Namespace) -> int:
     api = args.api.rstrip("/")
-    async with aiohttp.ClientSession() as session:
-        if args.job_command == "submit":
-            spec = orjson.loads(args.spec.read_bytes()) if args.spec else {}
-            spec.update(
-                _overrides(
-                    args,
-                    {
-                        "name": "name",
-                        "model": "model",
-                        "rounds": "rounds",
-                        "devices_per_round": "devices_per_round",
-                        "mode": "mode",
-                        "concurrency": "concurrency",
-                        "buffer_size": "buffer_size",
-                        "max_staleness": "max_staleness",
-                    },
+    if not api.startswith(("http://", "https://")):
+        raise UserError(f"--api {args.api!r} is not an http:// or https:// URL")
+    spec = submitted_spec(args) if args.job_command == "submit" else None
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+            if spec is not None:
+                request = session.post(
+                    f"{api}/api/jobs", data=orjson.dumps(spec), headers={"Content-Type": "application/json"}
                 )
-            )
-            request = session.post(
-                f"{api}/api/jobs", data=orjson.dumps(spec), headers={"Content-Type": "application/json"}
-            )
-        elif args.job_command == "list":
-            request = session.get(f"{api}/api/jobs")
-        elif args.job_command == "status":
-            request = session.get(f"{api}/api/jobs/{args.job_id}")
-        else:
-            request = session.post(f"{api}/api/jobs/{args.job_id}/end")
-        async with request as reply:
-            body = await reply.read()
-    sys.stdout.write(orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2).decode() + "\n")
-    return 0 if reply.status < 400 else 1
+            elif args.job_command == "list":
+                request = session.get(f"{api}/api/jobs")
+            elif args.job_command == "status":
+                request = session.get(f"{api}/api/jobs/{args.job_id}")
+            else:
+                request = session.post(f"{api}/api/jobs/{args.job_id}/end")
+            async with request as reply:
+                body = await reply.read()
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        raise UserError(f"cannot reach the job API at {api}: {str(exc) or type(exc).__name__}") from None
+    try:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise UserError(f"{api} answered HTTP {reply.status} without JSON: is it a job API?") from None
+    sys.stdout.write(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode() + "\n")
+    if reply.status >= 400:
+        errors = answer.get("errors") if isinstance(answer, dict) else None
+        message = answer.get("message") if isinstance(answer, dict) else None
+        return fail(PROG, "; ".join([str(message or f"HTTP {reply.status}"), *map(str, errors or [])]))
+    return 0
+
+
+async def _check_proxy(url: str) -> None:
+    """Refuse to start devices against a URL nothing answers at (devices would retry forever)."""
+    if not url.startswith(("http://", "https://")):
+        raise UserError(f"--url {url!r} is not an http:// or https:// URL")
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+            session.get(f"{url.rstrip('/')}/health") as reply,
+        ):
+            await reply.read()
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        raise UserError(f"cannot reach the proxy at {url}: {str(exc) or type(exc).__name__}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     process.configure_logging(args.log_level)
+    use_log_format(args.log_format)
+    os.environ[LOG_FORMAT_ENV] = args.log_format  # the processes `local` starts log alike
+    try:
+        return _run(args)
+    except UserError as exc:
+        return fail(PROG, exc)
+    except OSError as exc:  # a port in use, an address not ours, a directory we may not write
+        return fail(PROG, exc)
+    except ValidationError as exc:  # settings from EDGEFL_* environment variables
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return fail(PROG, f"invalid settings: {problems}")
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "server":
         return process.run(_serve_server(args))
     if args.command == "leaf":
@@ -151,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "simulate":
         from .simulator.cli import main_async
 
+        process.run(_check_proxy(args.url))
         return process.run(main_async(args))
     from .launcher import run_local
 

@@ -1,8 +1,10 @@
 """`python -m edge_gateway local`: a whole stack on this machine — server, leaves, proxy, devices.
 
 Every part runs as its own process, exactly as it would across machines; the launcher writes the
-leaves' `lcp_map.json`, submits the job, runs the simulated devices in its own process, prints each
-round's accuracy, and stops everything by PID when the job ends or on SIGTERM.
+leaves' `lcp_map.json`, submits the job, runs the simulated devices in its own process and prints
+each round's accuracy. When the job ends the stack keeps serving, so devices from outside (phones,
+NVFlare's simulator) hear that it is over, until SIGTERM/Ctrl-C; with `--exit-when-done` (and
+`--demo`) it stops everything by PID as soon as the job ends.
 """
 
 from __future__ import annotations
@@ -24,18 +26,25 @@ import orjson
 from internal_link import process
 from internal_link.messages import JobStatus
 
-from .processes import Child, free_port, spawn, wait_ready_file
+from .local_checks import check_job, check_port_free, non_negative_int, phone_url, port_number, positive_int
+from .models.demo import training_defaults
+from .models.specs import MODEL_NAMES
+from .processes import Child, ChildFailed, free_port, spawn, wait_ready_file
+from .user_errors import UserError
 
 log = logging.getLogger(__name__)
 
+# Seconds a finished job's last versions may take to be evaluated before they print without numbers.
+EVALUATION_GRACE = 30.0
+
 
 def add_local_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--port", type=int, default=4321, help="the proxy's port for devices (0 picks one)")
+    parser.add_argument("--port", type=port_number, default=4321, help="the proxy's port for devices (0 picks one)")
     parser.add_argument("--host", default="127.0.0.1", help="the proxy's address (0.0.0.0 for phones on the LAN)")
-    parser.add_argument("--leaves", type=int, default=2)
+    parser.add_argument("--leaves", type=positive_int, default=2)
     parser.add_argument("--job", default="digits", help="job name devices ask for")
     parser.add_argument(
-        "--model", default=None, help="xor | digits | cifar10 (default: from the job name, else digits)"
+        "--model", default=None, choices=MODEL_NAMES, help="default: from the job name (xor, cifar10), else digits"
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--devices-per-round", type=int, default=10)
@@ -45,7 +54,14 @@ def add_local_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=None, help="async: devices training at once")
     parser.add_argument("--buffer-size", type=int, default=None, help="async: results that make a new version")
     parser.add_argument("--max-staleness", type=int, default=None, help="async: versions a result may lag")
-    parser.add_argument("--simulated", type=int, default=20, help="simulated devices to run (0: wait for phones)")
+    parser.add_argument(
+        "--simulated", type=non_negative_int, default=20, help="simulated devices to run (0: wait for phones)"
+    )
+    parser.add_argument(
+        "--exit-when-done",
+        action="store_true",
+        help="stop the whole stack when the job ends (default: keep serving until Ctrl-C/SIGTERM)",
+    )
     parser.add_argument(
         "--runtime",
         default=None,
@@ -64,16 +80,16 @@ def add_local_arguments(parser: argparse.ArgumentParser) -> None:
         "--slow-factor", type=float, default=1.0, help="a slow device takes this many times its training time"
     )
     parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet α of the non-IID split")
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=None, help="default: the model's (digits: 10)")
+    parser.add_argument("--lr", type=float, default=None, help="default: the model's (digits: 0.5)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the model's (digits: 8)")
     parser.add_argument("--retry-wait", type=int, default=None, help="seconds devices wait between polls")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", type=Path, default=None, help="where logs and checkpoints go")
     parser.add_argument(
         "--demo",
         action="store_true",
-        help="digits, 100 non-IID devices, 2 leaves, to completion, printing accuracy per round",
+        help="digits, 100 non-IID devices, 2 leaves, to completion (then exits), printing accuracy per round",
     )
 
 
@@ -164,7 +180,7 @@ async def _wait_http(child: Child, url: str, timeout: float = 30.0) -> None:
     async with aiohttp.ClientSession() as session:
         while loop.time() < deadline:
             if not child.alive():
-                raise RuntimeError(f"{child.name} exited with {child.process.returncode}; see {child.log_path}")
+                raise ChildFailed(child, "exited")
             try:
                 async with session.get(url) as reply:
                     if reply.status == 200:
@@ -172,7 +188,7 @@ async def _wait_http(child: Child, url: str, timeout: float = 30.0) -> None:
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.1)
-    raise RuntimeError(f"{child.name} did not answer {url} within {timeout:.0f} s")
+    raise ChildFailed(child, f"did not answer {url} within {timeout:.0f} s")
 
 
 def job_spec(args: argparse.Namespace) -> dict[str, Any]:
@@ -204,8 +220,9 @@ def job_spec(args: argparse.Namespace) -> dict[str, Any]:
         "rounds": args.rounds,
         "devices_per_round": args.devices_per_round,
         "seed": args.seed,
+        **training_defaults(model),
     }
-    if trains == "executorch":
+    if trains == "executorch" and model in ("xor", "cifar10"):
         # The example apps' data sets: XOR one sample at a time, CIFAR-10 in batches of 4.
         spec["batch_size"] = 1 if model == "xor" else 4
     for flag, key in (("epochs", "epochs"), ("lr", "lr"), ("batch_size", "batch_size"), ("retry_wait", "retry_wait")):
@@ -235,14 +252,29 @@ async def _submit(api_url: str, spec: dict[str, Any]) -> str:
     ):
         body = orjson.loads(await reply.read())
         if reply.status != 201:
-            raise RuntimeError(f"job submission refused: {body}")
+            raise UserError(f"job refused: {body.get('message')}: {'; '.join(body.get('errors', []))}")
         return str(body["job_id"])
+
+
+def _number(value: Any) -> str:
+    # A destroyed model evaluates to NaN, which JSON carries as null.
+    return f"{value:.4f}" if isinstance(value, int | float) else "n/a"
+
+
+def round_line(entry: dict[str, Any]) -> str:
+    """One evaluated model version of a job's history, as the launcher prints it."""
+    return (
+        f"round {entry['round']:>3}  model v{entry['version']:<3} results {entry['results']:>5}  "
+        f"test accuracy {_number(entry.get('accuracy'))}  loss {_number(entry.get('loss'))}"
+    )
 
 
 async def watch_job(api_url: str, job_id: str, stop: asyncio.Event, out: Any = print) -> dict[str, Any]:
     """Print each new model version's accuracy; return the final status when the job is done."""
     printed = 0
     status: dict[str, Any] = {}
+    loop = asyncio.get_running_loop()
+    done_at: float | None = None
     async with aiohttp.ClientSession() as session:
         while not stop.is_set():
             try:
@@ -253,14 +285,17 @@ async def watch_job(api_url: str, job_id: str, stop: asyncio.Event, out: Any = p
                 await asyncio.sleep(1.0)
                 continue
             history = status.get("history", [])
-            while printed < len(history) and "accuracy" in history[printed]:
-                h = history[printed]
-                out(
-                    f"round {h['round']:>3}  model v{h['version']:<3} results {h['results']:>5}  "
-                    f"test accuracy {h['accuracy']:.4f}  loss {h['loss']:.4f}"
-                )
+            if status.get("status") == JobStatus.DONE and done_at is None:
+                done_at = loop.time()
+            # A version is printed once evaluated; one never evaluated (evaluation off, or it
+            # failed on a destroyed model) is printed without numbers rather than waited for forever.
+            unevaluated = not status.get("spec", {}).get("evaluate", True) or (
+                done_at is not None and loop.time() - done_at > EVALUATION_GRACE
+            )
+            while printed < len(history) and ("accuracy" in history[printed] or unevaluated):
+                out(round_line(history[printed]))
                 printed += 1
-            if status.get("status") == JobStatus.DONE and printed == len(history):
+            if done_at is not None and printed == len(history):
                 return status
             try:
                 await asyncio.wait_for(stop.wait(), 0.5)
@@ -272,8 +307,11 @@ async def watch_job(api_url: str, job_id: str, stop: asyncio.Event, out: Any = p
 async def run_local(args: argparse.Namespace) -> int:
     if args.demo:
         args.leaves, args.simulated, args.trainer, args.alpha = 2, 100, "pytorch", 0.5
+        args.exit_when_done = True
     run_dir = args.data_dir or Path("edgefl-data") / time.strftime("local-%Y%m%d-%H%M%S")
     spec = job_spec(args)
+    check_job(spec)
+    check_port_free(args.host, args.port)
     started = time.monotonic()
     async with AsyncExitStack() as cleanup:
         stop = cleanup.enter_context(process.stop_signals())
@@ -283,6 +321,9 @@ async def run_local(args: argparse.Namespace) -> int:
             f"proxy {stack.proxy_url}  job API {stack.api_url}  lcp_map {stack.lcp_map}  logs {run_dir / 'logs'}",
             flush=True,
         )
+        lan = phone_url(args.host, int(stack.proxy_url.rsplit(":", 1)[1]))
+        if lan is not None:
+            print(f"phones on the LAN: serverURL = {lan}", flush=True)
         job_id = await _submit(stack.api_url, spec)
         print(
             f"job {spec['name']!r} ({job_id}): {_describe(spec)}",
@@ -296,16 +337,23 @@ async def run_local(args: argparse.Namespace) -> int:
             devices.cancel()
             await asyncio.gather(devices, return_exceptions=True)
         history = status.get("history", [])
-        if status.get("status") == JobStatus.DONE and history:
+        if status.get("status") != JobStatus.DONE:
+            print("stopped before the job finished", flush=True)
+            return 0 if stop.is_set() else 1
+        final = _number(history[-1].get("accuracy")) if history else "n/a"
+        print(
+            f"job done in {time.monotonic() - started:.1f} s: final test accuracy {final}, "
+            f"results counted {status['results_counted']}, refused {status['refused']}, late {status['late']}",
+            flush=True,
+        )
+        if not args.exit_when_done:
+            # Devices from outside keep polling: they must hear the job is over, not "connection refused".
             print(
-                f"job done in {time.monotonic() - started:.1f} s: final test accuracy "
-                f"{history[-1].get('accuracy', float('nan')):.4f}, results counted {status['results_counted']}, "
-                f"refused {status['refused']}, late {status['late']}",
+                f"still serving {stack.proxy_url} (devices hear the job is over); Ctrl-C or SIGTERM stops it",
                 flush=True,
             )
-            return 0
-        print("stopped before the job finished", flush=True)
-        return 0 if stop.is_set() else 1
+            await stop.wait()
+        return 0
     return 1
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from .user_errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -50,6 +52,16 @@ class Child:
         return int(self.process.returncode or 0)
 
 
+class ChildFailed(UserError):
+    """A process of the stack died or never became ready; names its log, quotes its last line."""
+
+    def __init__(self, child: Child, what: str) -> None:
+        code = child.process.returncode
+        status = f"{what} (exit {code})" if code is not None else what
+        last = tail(child.log_path, 1)
+        super().__init__(f"{child.name} {status}{f': {last}' if last else ''}; log: {child.log_path}")
+
+
 async def spawn(name: str, args: list[str], log_dir: Path, env: dict[str, str]) -> Child:
     """Start `python -m <args>` with its output in `log_dir/<name>.log`."""
     log_path = log_dir / f"{name}.log"
@@ -75,9 +87,9 @@ async def wait_ready_file(child: Child, path: Path, timeout: float = 60.0) -> di
         if path.exists():
             return dict(orjson.loads(path.read_bytes()))
         if not child.alive():
-            raise RuntimeError(f"{child.name} exited with {child.process.returncode}:\n{tail(child.log_path)}")
+            raise ChildFailed(child, "exited")
         await asyncio.sleep(0.05)
-    raise RuntimeError(f"{child.name} not ready after {timeout:.0f} s:\n{tail(child.log_path)}")
+    raise ChildFailed(child, f"not ready after {timeout:.0f} s")
 
 
 def tail(path: Path, lines: int = 20) -> str:

@@ -19,6 +19,7 @@ from device_protocol.tensors import tensors_from_binary, tensors_to_binary
 from internal_link.errors import CallRefused, ErrorCode
 from internal_link.messages import JobStatus, ModelRequest, RegisterGroup, SubmitBatch, SyncRequest
 from internal_link.server import LinkServer
+from internal_link.versions import versions
 
 from .config import ServerConfig
 from .coordinator import RESEND_WAIT_LIMIT, Coordinator, JobNotFound, NewVersion
@@ -368,15 +369,17 @@ def _error(status: int, message: str) -> web.Response:
 
 
 def create_api(server: Server) -> web.Application:
-    """The job API: submit, list, status, end, download the current model."""
+    """The job API: submit, list, status, end, download the current model (.npz, or a phone job's .pte)."""
     app = web.Application(middlewares=[_errors_as_json], client_max_size=1 << 20)
     app[SERVER_KEY] = server
     app.router.add_get("/api/health", _health)
+    app.router.add_get("/api/version", _version)
     app.router.add_post("/api/jobs", _submit)
     app.router.add_get("/api/jobs", _list)
     app.router.add_get("/api/jobs/{job_id}", _status)
     app.router.add_post("/api/jobs/{job_id}/end", _end)
     app.router.add_get("/api/jobs/{job_id}/model", _model)
+    app.router.add_get("/api/jobs/{job_id}/model.pte", _program)
     return app
 
 
@@ -394,7 +397,11 @@ async def _errors_as_json(request: web.Request, handler: Any) -> web.StreamRespo
 
 async def _health(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
-    return _json({"status": "OK", "boot": server.coordinator.boot, "jobs": len(server.coordinator.jobs)})
+    return _json({"status": "OK", "boot": server.coordinator.boot, "jobs": len(server.coordinator.jobs), **versions()})
+
+
+async def _version(request: web.Request) -> web.Response:
+    return _json(versions())
 
 
 async def _submit(request: web.Request) -> web.Response:
@@ -440,5 +447,22 @@ async def _model(request: web.Request) -> web.Response:
         headers={
             "X-Model-Version": str(job.version),
             "Content-Disposition": f'attachment; filename="{job.job_id}-v{job.version}.npz"',
+        },
+    )
+
+
+async def _program(request: web.Request) -> web.Response:
+    server = request.app[SERVER_KEY]
+    job = server.coordinator.job(request.match_info["job_id"])
+    if job.spec.runtime != "executorch":
+        return _error(404, f"job {job.job_id!r} trains with {job.spec.runtime}: it has no .pte; get /model")
+    version = job.version
+    program = await asyncio.shield(server._program(job.job_id, version))
+    return web.Response(
+        body=program,
+        content_type="application/octet-stream",
+        headers={
+            "X-Model-Version": str(version),
+            "Content-Disposition": f'attachment; filename="{job.job_id}-v{version}.pte"',
         },
     )

@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import socket
+import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
 from internal_link import process
+from internal_link.log_format import LOG_FORMAT_ENV, use_log_format
+from internal_link.versions import version_line
 
 from .config import ProxyConfig
 from .lcp_map import LcpMapError, load_lcp_map
@@ -29,11 +34,18 @@ from .server import serve, supervise
 logger = logging.getLogger("routing_proxy")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    # A bad flag is one line on stderr (and exit 2), not the usage text.
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="routing-proxy",
         description="Route FEG device requests to leaf aggregators (values not given come from EDGEFL_PROXY_* env vars).",
     )
+    parser.add_argument("--version", action="version", version=version_line())
     parser.add_argument("port", nargs="?", type=int, help="port devices connect to (default 4321)")
     parser.add_argument("lcp_map", nargs="?", type=Path, help="leaf map JSON (default lcp_map.json)")
     parser.add_argument("root_ca", nargs="?", type=Path, help="CA certificate to verify the leaves' TLS")
@@ -94,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(argv)
     except ValidationError as exc:
-        print(f"routing-proxy: invalid configuration:\n{exc}", file=sys.stderr)
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        print(f"routing-proxy: invalid configuration: {problems}", file=sys.stderr)
         return 2
     if config.ssl_key is not None and config.ssl_cert is None:
         print("routing-proxy: --ssl-key needs --ssl-cert", file=sys.stderr)
@@ -112,15 +125,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"routing-proxy: device authentication: {exc}", file=sys.stderr)
         return 2
-    process.configure_logging(config.log_level)
+    problem = _tls_problem(config) or _listen_problem(config.host, config.port)
+    if problem:
+        print(f"routing-proxy: {problem}", file=sys.stderr)
+        return 2
+    _configure_logging(config)
     if config.workers == 1:
         return run_worker(config)
     return supervise(config, _worker_process)
 
 
+def _configure_logging(config: ProxyConfig) -> None:
+    process.configure_logging(config.log_level)
+    use_log_format(os.environ.get(LOG_FORMAT_ENV, "text"))  # json: as the gateway's --log-format
+
+
+def _tls_problem(config: ProxyConfig) -> str | None:
+    """Why the devices' certificate and key cannot be used, before any worker starts."""
+    if config.ssl_cert is None:
+        return None
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(config.ssl_cert, config.ssl_key)
+    except (OSError, ssl.SSLError) as exc:
+        return f"cannot use --ssl-cert {config.ssl_cert} / --ssl-key {config.ssl_key}: {exc.strerror or exc}"
+    return None
+
+
+def _listen_problem(host: str, port: int) -> str | None:
+    """A port someone listens on, or an address not this machine's, before any worker starts."""
+    if port == 0:
+        return None
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            # As servers bind: only a listener, not a closing connection, makes this fail.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
+
+
 def _worker_process(config: ProxyConfig, device_counts: Any) -> None:
     # A multiprocessing target's return value is lost: the exit code must carry it.
-    process.configure_logging(config.log_level)
+    _configure_logging(config)
     sys.exit(run_worker(config, None if device_counts is None else memoryview(device_counts)))
 
 

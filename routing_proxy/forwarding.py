@@ -17,6 +17,7 @@ import orjson
 from device_protocol.codecs import JSON, MSGPACK, media_type
 from internal_link.calls import FEG, XAIN, BadPayload, DeviceAnswer, DeviceCall
 from internal_link.errors import LinkUnavailable, RemoteError
+from internal_link.versions import versions
 
 from .admission import AdmissionControl
 from .device_auth import DeviceAuthenticator
@@ -160,7 +161,7 @@ class Forwarder:
             return _method_not_allowed(request.method, endpoint, _HEALTH_METHODS)
         leaves = self._upstreams.status()
         healthy = sum(leaf["healthy"] for leaf in leaves.values())
-        body = {"status": "OK" if healthy else "RETRY", "healthy": healthy, "leaves": leaves}
+        body = {"status": "OK" if healthy else "RETRY", "healthy": healthy, "leaves": leaves, **versions()}
         return Response(200, JSON, orjson.dumps(body))
 
 

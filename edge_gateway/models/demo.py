@@ -9,6 +9,7 @@ test split.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -60,6 +61,18 @@ class DigitsDemo:
             self.batch_size,
             self.seed,
         )
+
+
+def training_defaults(model: str) -> dict[str, Any]:
+    """Local training settings that learn on `model`, for jobs that set none of their own.
+
+    Digits gets the demo's (JobSpec's generic epochs=1, lr=0.01 reach ~0.30 in 15 rounds where
+    these reach ~0.95). The other models have no tuned settings yet: JobSpec's defaults stand.
+    """
+    if model == "digits":
+        demo = DigitsDemo()
+        return {"epochs": demo.epochs, "lr": demo.lr, "batch_size": demo.batch_size}
+    return {}
 
 
 def simulate_fedavg(

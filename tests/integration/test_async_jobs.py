@@ -99,7 +99,8 @@ async def test_async_job_resumes_after_the_server_is_killed(stack: Stack, tmp_pa
 
 @pytest.mark.timeout(120)
 def test_local_launcher_runs_an_async_job(tmp_path: Path) -> None:
-    args = ["local", "--port", "0", "--leaves", "2", "--job", "xor", "--mode", "async", "--rounds", "4"]
+    args = ["local", "--exit-when-done", "--port", "0", "--leaves", "2", "--job", "xor"]
+    args += ["--mode", "async", "--rounds", "4"]
     args += ["--concurrency", "4", "--buffer-size", "2", "--max-staleness", "2", "--simulated", "6"]
     args += ["--slow-fraction", "0.5", "--slow-factor", "3", "--retry-wait", "1", "--data-dir", str(tmp_path)]
     done = subprocess.run(

@@ -62,6 +62,7 @@ async def test_local_stack_runs_a_job_to_completion(tmp_path: Path) -> None:
             "8",
             "--retry-wait",
             "1",
+            "--exit-when-done",
             "--data-dir",
             str(tmp_path),
         ],
@@ -146,6 +147,7 @@ async def test_digits_on_executorch_devices_learns_like_pytorch_devices(tmp_path
         "8",
         "--retry-wait",
         "1",
+        "--exit-when-done",
     ]
     (et_code, et_out), (pt_code, pt_out) = await asyncio.gather(
         run_cli(["local", "--job", "digits_et", "--data-dir", str(tmp_path / "et"), *common], timeout=380),

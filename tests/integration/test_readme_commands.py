@@ -1,0 +1,208 @@
+"""Every command in README.md's ```bash blocks, run exactly as written.
+
+Only placeholders change: SERVER_HOST, LEAF_HOST, PROXY_HOST become 127.0.0.1, JOB_ID the id the
+README's `job submit` printed, and the README's fixed ports (4321, 8443, 8002, 9003) free ones, so
+that the test neither needs nor disturbs those ports on a shared machine. The proxy, which listens
+on 0.0.0.0 by default, gets EDGEFL_PROXY_HOST=127.0.0.1 from the environment (as README says any
+setting may), so nothing listens beyond loopback. Commands run in a temporary directory, with the
+interpreter running the tests first on PATH (`python`, `routing-proxy`).
+
+Exercised: `local ... --exit-when-done` to completion; the three ways to start the proxy (each
+serves /health, then stops on SIGTERM); the cross-machine recipe — server, leaf, proxy, then
+`job submit`, `simulate` (to the job's end), `job status`, `job list`, `job end`, each exit 0.
+Excluded, with the reason, in EXCLUDED below. The inline phone command of "Connecting a phone" is
+not in a bash block: it binds every interface and waits for a phone; test_local_keeps_serving runs
+the same `local --simulated 0` on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+from edge_gateway.processes import free_port
+from internal_link.messages import JobStatus
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+EXCLUDED = {
+    "./scripts/demo.sh": "installs packages into .venv (network) first; the demo itself, `local --demo`, "
+    "is test_local_cli.py::test_demo_reaches_the_accuracy_target",
+    "./scripts/test.sh": "runs this very suite",
+}
+PROXY_STARTS = ("python -m routing_proxy ", "routing-proxy ", "scripts/start_rp.sh ")
+CROSS_MACHINE = ("python -m edge_gateway server", "python -m edge_gateway leaf", "python -m edge_gateway job")
+CROSS_MACHINE += ("python -m edge_gateway simulate",)
+LOCAL = "python -m edge_gateway local "
+FIXED_PORTS = ("4321", "8443", "8002", "9003")
+
+
+def readme_commands() -> list[str]:
+    """The commands of README's ```bash blocks: continuations joined, comments dropped."""
+    commands = []
+    for block in re.findall(r"^```bash\n(.*?)^```", README.read_text(), re.S | re.M):
+        for line in block.replace("\\\n", " ").splitlines():
+            command = re.sub(r"\s+#.*$", "", line).strip()
+            if command and not command.startswith("#"):
+                commands.append(" ".join(command.split()))
+    return commands
+
+
+def commands_starting(*prefixes: str) -> list[str]:
+    return [c for c in readme_commands() if c.startswith(prefixes)]
+
+
+def test_every_readme_command_is_run_or_excluded_with_a_reason() -> None:
+    commands = readme_commands()
+    unclaimed = [c for c in commands if c not in EXCLUDED and not c.startswith((LOCAL, *PROXY_STARTS, *CROSS_MACHINE))]
+    assert not unclaimed, f"README commands no test runs: {unclaimed}"
+    assert set(EXCLUDED) <= set(commands), "an exclusion for a command README no longer shows"
+    assert len(commands_starting(LOCAL)) == 1 and len(commands_starting(*PROXY_STARTS)) == 3
+    assert len(commands_starting(*CROSS_MACHINE)) == 7
+
+
+class Placeholders:
+    def __init__(self) -> None:
+        self.values = {"SERVER_HOST": "127.0.0.1", "LEAF_HOST": "127.0.0.1", "PROXY_HOST": "127.0.0.1"}
+        self.values.update({port: str(free_port()) for port in FIXED_PORTS})
+
+    def __getitem__(self, name: str) -> str:
+        return self.values[name]
+
+    def fill(self, command: str) -> list[str]:
+        names = "|".join(map(re.escape, self.values))
+        return shlex.split(re.sub(rf"\b({names})\b", lambda m: self.values[m.group(1)], command))
+
+
+def environment(tmp_path: Path) -> dict[str, str]:
+    repo = str(README.parent)
+    path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    python_path = repo + os.pathsep + os.environ.get("PYTHONPATH", "") if os.environ.get("PYTHONPATH") else repo
+    return {
+        **os.environ,
+        "PATH": path,
+        "PYTHONPATH": python_path,
+        "EDGEFL_PROXY_HOST": "127.0.0.1",
+        "EDGEFL_LINK_SECRET": "readme-test-secret",
+    }
+
+
+async def start(argv: list[str], cwd: Path, env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
+    with open(log, "ab") as out:
+        return await asyncio.create_subprocess_exec(
+            *argv, cwd=cwd, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL
+        )
+
+
+async def run(argv: list[str], cwd: Path, env: dict[str, str], timeout: float) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=cwd,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return int(proc.returncode or 0), out.decode(errors="replace"), err.decode(errors="replace")
+
+
+async def stop(proc: asyncio.subprocess.Process) -> int:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 20)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+    return int(proc.returncode or 0)
+
+
+async def wait_answering(url: str, proc: asyncio.subprocess.Process, log: Path, timeout: float = 60.0) -> None:
+    """Until `url` gives any HTTP answer (a proxy without leaves answers its /health too)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with aiohttp.ClientSession() as session:
+        while loop.time() < deadline:
+            assert proc.returncode is None, log.read_text(errors="replace")[-2000:]
+            try:
+                async with session.get(url) as reply:
+                    await reply.read()
+                    return
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.2)
+    raise AssertionError(f"{url} did not answer:\n{log.read_text(errors='replace')[-2000:]}")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_readme_local_stack_runs_its_job_and_exits(tmp_path: Path) -> None:
+    (command,) = commands_starting(LOCAL)
+    code, out, err = await run(Placeholders().fill(command), tmp_path, environment(tmp_path), timeout=280)
+    assert code == 0, out + err
+    assert len(re.findall(r"^round +\d+ +model v\d+ .* test accuracy", out, re.M)) == 5, out
+    assert "job done" in out and "Traceback" not in err, out + err
+
+
+async def test_readme_proxy_commands_serve_until_sigterm(tmp_path: Path) -> None:
+    places, env = Placeholders(), environment(tmp_path)
+    (tmp_path / "lcp_map.json").write_bytes(orjson.dumps({"C11": {"host": "127.0.0.1", "port": free_port()}}))
+    for command in commands_starting(*PROXY_STARTS):
+        argv = places.fill(command)
+        if argv[0].startswith("scripts/"):
+            argv[0] = str(README.parent / argv[0])  # as written, from the repository's root
+        log = tmp_path / "proxy.log"
+        proc = await start(argv, tmp_path, env, log)
+        try:
+            await wait_answering(f"http://127.0.0.1:{places['4321']}/health", proc, log)
+        finally:
+            code = await stop(proc)
+        assert code == 0, (command, log.read_text(errors="replace")[-2000:])
+
+
+@pytest.mark.slow  # devices not selected wait the job's default retry_wait (30 s) between rounds
+@pytest.mark.timeout(300)
+async def test_readme_cross_machine_recipe(tmp_path: Path) -> None:
+    places, env = Placeholders(), environment(tmp_path)
+    server_cmd, leaf_cmd, submit, simulate, status, listing, end = commands_starting(*CROSS_MACHINE)
+    running: list[asyncio.subprocess.Process] = []
+    try:
+        server = await start(places.fill(server_cmd), tmp_path, env, tmp_path / "server.log")
+        running.append(server)
+        await wait_answering(f"http://127.0.0.1:{places['8443']}/api/health", server, tmp_path / "server.log")
+        leaf = await start(places.fill(leaf_cmd), tmp_path, env, tmp_path / "leaf.log")
+        running.append(leaf)
+        lcp = {"C11": {"host": places["LEAF_HOST"], "port": int(places["9003"])}}
+        (tmp_path / "lcp_map.json").write_bytes(orjson.dumps(lcp))
+        proxy = await start(places.fill(commands_starting(*PROXY_STARTS)[0]), tmp_path, env, tmp_path / "proxy.log")
+        running.append(proxy)
+        await wait_answering(f"http://127.0.0.1:{places['4321']}/health", proxy, tmp_path / "proxy.log")
+
+        code, out, err = await run(places.fill(submit), tmp_path, env, 60)
+        assert code == 0 and err == "", out + err
+        places.values["JOB_ID"] = orjson.loads(out)["job_id"]
+        code, out, err = await run(places.fill(simulate), tmp_path, env, 240)
+        assert code == 0 and "Traceback" not in err, out + err
+        code, out, err = await run(places.fill(status), tmp_path, env, 60)
+        assert code == 0 and orjson.loads(out)["status"] == JobStatus.DONE, out + err
+        code, out, err = await run(places.fill(listing), tmp_path, env, 60)
+        assert code == 0 and [j["job_id"] for j in orjson.loads(out)["jobs"]] == [places["JOB_ID"]], out + err
+        code, out, err = await run(places.fill(end), tmp_path, env, 60)
+        assert code == 0 and orjson.loads(out)["status"] == JobStatus.DONE, out + err
+    finally:
+        for proc in reversed(running):
+            await stop(proc)
+    assert [proc.returncode for proc in running] == [0, 0, 0]
