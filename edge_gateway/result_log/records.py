@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from device_protocol.tensors import tensors_from_binary, tensors_to_binary
+from device_protocol.tensors import tensors_from_binary
 
 MAGIC = b"eRL"
 FORMAT = 1
@@ -30,6 +30,8 @@ _HEADER = struct.Struct("<3sBBII")
 HEADER_SIZE = _HEADER.size
 _CHECKED = HEADER_SIZE - 4  # the header bytes the CRC covers: all but the CRC itself
 MAX_PAYLOAD = 2**32 - 1
+# The dtypes `device_protocol.tensors.from_binary` reads back, little-endian.
+_DTYPES = {"float32": "<f4", "float64": "<f8", "float16": "<f2"}
 
 
 class Kind(IntEnum):
@@ -77,7 +79,7 @@ def encode_record(record: Record) -> bytes:
             "v": record.version,
             "t": record.task_id,
             "w": float(record.weight),
-            "u": tensors_to_binary(record.update),
+            "u": {name: _binary(arr) for name, arr in record.update.items()},
         }
         kind = Kind.RESULT
     else:
@@ -89,6 +91,16 @@ def encode_record(record: Record) -> bytes:
     head = _HEADER.pack(MAGIC, FORMAT, kind, len(payload), 0)[:_CHECKED]
     crc = zlib.crc32(payload, zlib.crc32(head))
     return head + struct.pack("<I", crc) + payload
+
+
+def _binary(array: np.ndarray) -> dict[str, Any]:
+    """`{dtype, shape, data}` as `tensors.to_binary` makes it, but `data` a view of the array:
+    msgpack copies it once into the payload (tobytes would copy a 4 MB update once more)."""
+    arr = np.asarray(array)
+    if arr.dtype.name not in _DTYPES:
+        raise ValueError(f"unsupported dtype {arr.dtype.name}")
+    flat = np.ascontiguousarray(arr.astype(_DTYPES[arr.dtype.name], copy=False).reshape(-1))
+    return {"dtype": arr.dtype.name, "shape": list(arr.shape), "data": memoryview(flat.view(np.uint8))}
 
 
 def decode_records(buf: bytes | memoryview, start: int = 0) -> Decoded:

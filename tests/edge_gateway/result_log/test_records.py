@@ -116,3 +116,22 @@ def test_a_frame_with_a_valid_checksum_but_no_record_inside_is_refused() -> None
 def test_an_unknown_dtype_is_refused_when_encoding() -> None:
     with pytest.raises(ValueError, match="unsupported dtype"):
         encode_record(ResultRecord("j", 1, "t", 1.0, {"w": np.zeros(2, np.int64)}))
+
+
+def test_arrays_of_any_layout_come_back_equal() -> None:
+    base = np.arange(12, dtype=np.float32).reshape(3, 4)
+    update = {
+        "transposed": base.T,
+        "strided": base[:, ::2],
+        "big_endian": base.astype(">f4"),
+        "f64": base.astype(np.float64),
+        "f16": base.astype(np.float16),
+        "scalar": np.float32(7.5).reshape(()),
+        "empty": np.zeros((0, 3), np.float32),
+    }
+    (record,) = decode_records(encode_record(ResultRecord("j", 1, "t", 1.0, update))).records
+    assert isinstance(record, ResultRecord)
+    for name, arr in update.items():
+        got = record.update[name]
+        assert got.dtype.name == arr.dtype.name and got.shape == arr.shape, name
+        assert np.array_equal(got, arr), name
