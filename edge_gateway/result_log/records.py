@@ -100,7 +100,7 @@ def _binary(array: np.ndarray) -> dict[str, Any]:
     if arr.dtype.name not in _DTYPES:
         raise ValueError(f"unsupported dtype {arr.dtype.name}")
     flat = np.ascontiguousarray(arr.astype(_DTYPES[arr.dtype.name], copy=False).reshape(-1))
-    return {"dtype": arr.dtype.name, "shape": list(arr.shape), "data": memoryview(flat.view(np.uint8))}
+    return {"dtype": arr.dtype.name, "shape": list(arr.shape), "data": flat.view(np.uint8).data}
 
 
 def decode_records(buf: bytes | memoryview, start: int = 0) -> Decoded:

@@ -120,13 +120,13 @@ def test_an_unknown_dtype_is_refused_when_encoding() -> None:
 
 def test_arrays_of_any_layout_come_back_equal() -> None:
     base = np.arange(12, dtype=np.float32).reshape(3, 4)
-    update = {
+    update: dict[str, np.ndarray] = {
         "transposed": base.T,
         "strided": base[:, ::2],
         "big_endian": base.astype(">f4"),
         "f64": base.astype(np.float64),
         "f16": base.astype(np.float16),
-        "scalar": np.float32(7.5).reshape(()),
+        "scalar": np.array(7.5, dtype=np.float32),
         "empty": np.zeros((0, 3), np.float32),
     }
     (record,) = decode_records(encode_record(ResultRecord("j", 1, "t", 1.0, update))).records
