@@ -60,7 +60,8 @@ async def _run(variant: str, records: list[ResultRecord], concurrency: int, dire
     start, cpu0 = time.perf_counter(), time.process_time()
     if variant in ("log", "log_nosync"):
         log = ResultLog(directory)
-        await log.replay()
+        async for _ in log.replay():
+            pass
         await _drive(records, concurrency, log.append)
         flushes = log.flushes
         await log.close()

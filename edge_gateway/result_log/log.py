@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from .records import Checkpointed, Record, ResultRecord, encode_record
@@ -37,7 +38,7 @@ class ResultLogBroken(Exception):
 class ResultLog:
     """A durable, append-only log of accepted results in `directory`.
 
-    Call `replay()` once at start (it returns the results the server may not have checkpointed),
+    Iterate `replay()` once at start (the results the server may not have checkpointed),
     `append()` for each accepted result before answering the device, `truncate()` when the server
     has checkpointed a version, `close()` at the end.
     """
@@ -62,17 +63,23 @@ class ResultLog:
         self.flushes = 0  # fdatasync'd batches so far
         self.appended = 0  # records made durable so far
 
-    async def replay(self) -> list[ResultRecord]:
-        """Recover the directory and open it for appends.
+    async def replay(self) -> AsyncIterator[ResultRecord]:
+        """Recover the directory, open it for appends, then yield every result not checkpointed
+        (as far as the log knows), once per job and task id, oldest first.
 
-        Returns every result not yet checkpointed (as far as the log knows), one per job and task
-        id; the caller sums them again and sends them to the server, which counts a task id once.
+        The caller sums them again and sends them to the server, which counts a task id once.
+        Results are read one segment at a time; appends may go on meanwhile (to a new segment).
         """
         if self._writer is not None:
             raise RuntimeError("the result log is open already")
-        records = await asyncio.to_thread(self._files.recover)
+        old = await asyncio.to_thread(self._files.recover)
         self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="result-log-writer")
-        return records
+        seen: set[tuple[str, str]] = set()
+        for path in old:
+            for record in await asyncio.to_thread(self._files.live_results, path):
+                if (record.job_id, record.task_id) not in seen:
+                    seen.add((record.job_id, record.task_id))
+                    yield record
 
     async def append(self, record: Record) -> None:
         """Return once `record` is durable. Raises ResultLogBroken if the log cannot write, and

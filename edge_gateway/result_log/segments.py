@@ -44,31 +44,38 @@ class SegmentFiles:
         self._segments: list[_Segment] = []  # oldest first
         self._fd: int | None = None
 
-    def recover(self) -> list[ResultRecord]:
-        """Read every segment, cut a torn tail, drop obsolete segments and start a new one.
+    def recover(self) -> list[Path]:
+        """Check every segment, cut a torn tail, drop obsolete segments and start a new one.
 
-        Returns the results not yet checkpointed, each task id of a job once (the first copy).
+        Returns the older segments still kept, oldest first, for `live_results` to read again:
+        their results are not all held in memory at once (a round can leave gigabytes of them).
         """
         self.directory.mkdir(parents=True, exist_ok=True)
         numbers = sorted(int(m.group(1)) for p in self.directory.iterdir() if (m := _NAME.fullmatch(p.name)))
-        results: list[ResultRecord] = []
         for i, number in enumerate(numbers):
             segment = _Segment(number, self._path(number))
-            for record in self._read(segment, last=i == len(numbers) - 1):
+            for record in self._check(segment, last=i == len(numbers) - 1):
                 if isinstance(record, Checkpointed):
                     self._mark(record)
                 else:
                     segment.hold(record)
-                    results.append(record)
             self._segments.append(segment)
         # Appends go to a new segment: the old ones stay byte for byte as they were acknowledged.
         self._open(numbers[-1] + 1 if numbers else 1)
         self.delete_obsolete()
-        live: dict[tuple[str, str], ResultRecord] = {}
-        for r in results:
-            if r.version > self.watermarks.get(r.job_id, -1):
-                live.setdefault((r.job_id, r.task_id), r)
-        return list(live.values())
+        return [s.path for s in self._segments[:-1]]
+
+    def live_results(self, path: Path) -> list[ResultRecord]:
+        """The results of a segment `recover` kept that the server has not checkpointed."""
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:  # deleted meanwhile: all its results were checkpointed
+            return []
+        return [
+            r
+            for r in _scan(data).records
+            if isinstance(r, ResultRecord) and r.version > self.watermarks.get(r.job_id, -1)
+        ]
 
     def write(self, frames: Sequence[tuple[Record, bytes]]) -> None:
         """Append encoded records, then make them durable; rolls to a new segment when full."""
@@ -109,50 +116,43 @@ class SegmentFiles:
     def _path(self, number: int) -> Path:
         return self.directory / f"segment-{number:010d}.log"
 
-    def _read(self, segment: _Segment, last: bool) -> list[Record]:
+    def _check(self, segment: _Segment, last: bool) -> list[Record]:
         data = segment.path.read_bytes()
-        records: list[Record] = []
-        pos = 0
-        while True:
-            decoded = decode_records(data, pos)
-            records += decoded.records
-            if decoded.problem is None:
-                break
-            resume = find_next_record(data, decoded.end)
-            if resume is not None:
-                # Damage in the middle: the records after it were acknowledged too, keep them.
-                log.error(
-                    "result log %s: %s at byte %d; %d bytes skipped (a record lost), reading on",
-                    segment.path.name,
-                    decoded.problem,
-                    decoded.end,
-                    resume - decoded.end,
-                )
-                pos = resume
-                continue
-            if last:  # a crash mid-append: nothing in the tail was acknowledged
-                log.warning(
-                    "result log %s: %s at byte %d; cutting the torn tail of %d bytes",
-                    segment.path.name,
-                    decoded.problem,
-                    decoded.end,
-                    len(data) - decoded.end,
-                )
-                os.truncate(segment.path, decoded.end)
-                data = data[: decoded.end]
-                with open(segment.path, "rb+") as f:
-                    os.fsync(f.fileno())
-            else:
-                log.error(
-                    "result log %s: %s at byte %d; its last %d bytes are unreadable",
-                    segment.path.name,
-                    decoded.problem,
-                    decoded.end,
-                    len(data) - decoded.end,
-                )
-            break
+        scan = _scan(data)
+        for offset, problem, skipped in scan.damage:
+            # Damage in the middle: the records after it were acknowledged too, and are kept.
+            log.error(
+                "result log %s: %s at byte %d; %d bytes skipped (a record lost)",
+                segment.path.name,
+                problem,
+                offset,
+                skipped,
+            )
         segment.size = len(data)
-        return records
+        if scan.tail_problem is None:
+            return scan.records
+        torn = len(data) - scan.end
+        if last:  # a crash mid-append: nothing in the tail was acknowledged
+            log.warning(
+                "result log %s: %s at byte %d; cutting the torn tail of %d bytes",
+                segment.path.name,
+                scan.tail_problem,
+                scan.end,
+                torn,
+            )
+            os.truncate(segment.path, scan.end)
+            with open(segment.path, "rb+") as f:
+                os.fsync(f.fileno())
+            segment.size = scan.end
+        else:
+            log.error(
+                "result log %s: %s at byte %d; its last %d bytes are unreadable",
+                segment.path.name,
+                scan.tail_problem,
+                scan.end,
+                torn,
+            )
+        return scan.records
 
     def _open(self, number: int) -> None:
         self.close()
@@ -188,3 +188,29 @@ class SegmentFiles:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+@dataclass
+class _Scan:
+    records: list[Record]
+    damage: list[tuple[int, str, int]]  # (offset, problem, bytes skipped) of each bad stretch
+    end: int  # just past the last valid record
+    tail_problem: str | None  # why the bytes after `end` are no record (None: there are none)
+
+
+def _scan(data: bytes) -> _Scan:
+    """Every valid record of a segment, reading on past damage to the next valid frame."""
+    scan = _Scan([], [], 0, None)
+    pos = 0
+    while True:
+        decoded = decode_records(data, pos)
+        scan.records += decoded.records
+        scan.end = decoded.end
+        if decoded.problem is None:
+            return scan
+        resume = find_next_record(data, decoded.end)
+        if resume is None:
+            scan.tail_problem = decoded.problem
+            return scan
+        scan.damage.append((decoded.end, decoded.problem, resume - decoded.end))
+        pos = resume

@@ -17,7 +17,8 @@ from edge_gateway.result_log import ResultLog, ResultRecord
 
 async def main(directory: str, appenders: int, count: int) -> None:
     log = ResultLog(directory, segment_bytes=1 << 20)
-    await log.replay()
+    async for _ in log.replay():
+        pass
     update = {"w": np.arange(16_000, dtype=np.float32)}  # 64 kB: a few appends per flush and segment
     queue = iter(range(count))
 

@@ -33,7 +33,7 @@ def _segments(directory: Path) -> list[Path]:
 
 async def _reopen(directory: Path, **options: int) -> tuple[ResultLog, list[ResultRecord]]:
     log = ResultLog(directory, **options)
-    return log, await log.replay()
+    return log, [record async for record in log.replay()]
 
 
 async def test_records_appended_are_replayed_after_close(tmp_path: Path) -> None:
@@ -222,4 +222,26 @@ async def test_checkpoint_marks_are_records_too(tmp_path: Path) -> None:
     await log.close()
     log, replayed = await _reopen(tmp_path)
     assert [r.task_id for r in replayed] == ["new"]
+    await log.close()
+
+
+async def test_appends_and_truncation_may_go_on_while_replaying(tmp_path: Path) -> None:
+    frame = len(encode_record(_result("x")))
+    options = {"segment_bytes": frame + 100}  # one result per segment
+    log, _ = await _reopen(tmp_path, **options)
+    for task_id, job_id in [("a1", "A"), ("b1", "B"), ("b2", "B")]:
+        await log.append(_result(task_id, job_id))
+    await log.close()
+
+    log = ResultLog(tmp_path, **options)
+    seen = []
+    async for record in log.replay():
+        seen.append(record.task_id)
+        if record.task_id == "a1":
+            await log.append(_result("c1", "C"))  # goes to the new segment, not into this replay
+            await log.truncate("B", 1)  # deletes the segments not read yet
+    assert seen == ["a1"]
+    await log.close()
+    log, replayed = await _reopen(tmp_path, **options)
+    assert [r.task_id for r in replayed] == ["a1", "c1"]
     await log.close()
