@@ -8,7 +8,8 @@ Design notes:
 - `append` returns once its record is written and fdatasync'd (data and file size); creating or
   deleting a segment also fsyncs the directory, so the file's name survives a power cut too.
 - Group commit: one writer task; appends that arrive while a flush runs go together in the next
-  flush (up to `batch_records` records or about `batch_bytes` bytes), which runs in a thread.
+  flush, which runs in a thread. A flush takes at most `batch_records` records or about
+  `batch_bytes` bytes, so the first appenders of a burst do not wait for the whole burst's fsync.
 - After a crash the torn tail of the last segment is cut on `replay`, and appends go to a fresh
   segment: a new record never sits behind garbage that would hide it from the next replay.
 - An I/O error while writing leaves the file in an unknown state (a failed fsync may have dropped
@@ -23,7 +24,7 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from .records import Checkpointed, Record, ResultRecord, encode_record
+from .records import Checkpointed, Record, ResultRecord
 from .segments import SegmentFiles
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ class ResultLog:
     async def _flush(self, batch: list[_Entry]) -> None:
         async with self._lock:
             try:
-                refused = await asyncio.to_thread(self._encode_and_write, [record for record, _, _ in batch])
+                refused = await asyncio.to_thread(self._files.write, [record for record, _, _ in batch])
             except Exception as exc:  # OSError mostly; anything else must not leave appenders waiting
                 self._break(exc, batch)
                 return
@@ -155,20 +156,6 @@ class ResultLog:
                 done.set_result(None)
             else:
                 done.set_exception(error)
-
-    def _encode_and_write(self, records: list[Record]) -> list[Exception | None]:
-        """In the worker thread: encode the batch (a record that cannot be encoded fails alone),
-        write it and fdatasync it."""
-        frames: list[tuple[Record, bytes]] = []
-        errors: list[Exception | None] = []
-        for record in records:
-            try:
-                frames.append((record, encode_record(record)))
-                errors.append(None)
-            except (ValueError, TypeError) as exc:
-                errors.append(exc)
-        self._files.write(frames)
-        return errors
 
     def _break(self, exc: Exception, batch: list[_Entry]) -> None:
         log.error("writing the result log failed: %s; appends are refused until restart", exc)

@@ -77,9 +77,20 @@ class SegmentFiles:
             if isinstance(r, ResultRecord) and r.version > self.watermarks.get(r.job_id, -1)
         ]
 
-    def write(self, frames: Sequence[tuple[Record, bytes]]) -> None:
-        """Append encoded records, then make them durable; rolls to a new segment when full."""
-        for record, frame in frames:
+    def write(self, records: Sequence[Record]) -> list[Exception | None]:
+        """Encode and append records, then make them durable; rolls to a new segment when full.
+
+        A record that cannot be encoded (an unsupported dtype) is left out: its error is returned
+        in its place. Each frame is written as soon as it is made, so one at a time is in memory.
+        """
+        errors: list[Exception | None] = []
+        for record in records:
+            try:
+                frame = encode_record(record)
+            except (ValueError, TypeError) as exc:
+                errors.append(exc)
+                continue
+            errors.append(None)
             segment = self._segments[-1]
             # A segment holding no result yet takes the next one whatever its size: no endless rolls.
             if segment.versions and segment.size + len(frame) > self.segment_bytes:
@@ -92,6 +103,7 @@ class SegmentFiles:
             else:
                 self._mark(record)
         self._sync()
+        return errors
 
     def delete_obsolete(self) -> None:
         """Delete every segment but the last whose results have all been checkpointed."""
