@@ -1,19 +1,16 @@
-"""The leaf's write-ahead result log: a device hears `OK` only once its result is on disk here.
+"""The leaf's write-ahead result log: a device may hear `OK` once its result is on disk here.
 
 Design notes:
-- Segments: the log is a series of files (rolled every `segment_bytes`) so that what the server
-  has checkpointed is dropped by deleting whole files, never by rewriting acknowledged bytes.
-- CRC-32 (zlib, in the standard library and fast in C) over each frame's header and payload finds
-  a torn tail and a flipped bit; it guards against accidents, not tampering (the disk is ours).
-- `append` returns once its record is written and fdatasync'd (data and file size); creating or
-  deleting a segment also fsyncs the directory, so the file's name survives a power cut too.
-- Group commit: one writer task; appends that arrive while a flush runs go together in the next
-  flush, which runs in a thread. A flush takes at most `batch_records` records or about
-  `batch_bytes` bytes, so the first appenders of a burst do not wait for the whole burst's fsync.
-- After a crash the torn tail of the last segment is cut on `replay`, and appends go to a fresh
-  segment: a new record never sits behind garbage that would hide it from the next replay.
-- An I/O error while writing leaves the file in an unknown state (a failed fsync may have dropped
-  pages): the log then refuses every append (`ResultLogBroken`) until the leaf is restarted.
+- Segments (a new file every `segment_bytes`): what the server has checkpointed goes by deleting
+  whole files, never by rewriting acknowledged bytes.
+- CRC-32 (zlib: standard library, C speed) over each frame's header and payload catches a torn
+  tail and a flipped bit; it guards against accidents, not tampering (the disk is the leaf's own).
+- `append` returns after write + fdatasync (data and file size); creating or deleting a segment
+  also fsyncs the directory, so the file's name survives a power cut too.
+- Group commit: one writer task; appends arriving during a flush share the next one (in a thread).
+- After a crash, replay cuts the last segment's torn tail and appends go to a fresh segment: a new
+  record never sits behind garbage that would hide it from the next replay.
+- After an I/O error (a failed fsync may have dropped pages) every append is refused until restart.
 """
 
 from __future__ import annotations
@@ -53,6 +50,7 @@ class ResultLog:
         batch_bytes: int = 32 << 20,
     ) -> None:
         self._files = SegmentFiles(Path(directory), segment_bytes)
+        # A flush's bounds: the first appenders of a burst do not wait for the whole burst's fsync.
         self._batch_records = batch_records
         self._batch_bytes = batch_bytes
         self._pending: collections.deque[_Entry] = collections.deque()

@@ -245,3 +245,44 @@ async def test_appends_and_truncation_may_go_on_while_replaying(tmp_path: Path) 
     log, replayed = await _reopen(tmp_path, **options)
     assert [r.task_id for r in replayed] == ["a1", "c1"]
     await log.close()
+
+
+_FILE_TOO_BIG = """
+import asyncio, resource, signal, sys
+import numpy as np
+from edge_gateway.result_log import ResultLog, ResultLogBroken, ResultRecord
+
+async def main():
+    log = ResultLog(sys.argv[1])
+    async for _ in log.replay():
+        pass
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() then fails with EFBIG instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, resource.RLIM_INFINITY))
+    update = {"w": np.ones(25_000, np.float32)}  # 100 kB: the third append passes the limit
+    for i in range(5):
+        try:
+            await log.append(ResultRecord("job", 1, f"t{i}", 1.0, update))
+            print("ok", i)
+        except ResultLogBroken:
+            print("broken", i)
+    await log.close()
+
+asyncio.run(main())
+"""
+
+
+async def test_after_a_write_error_every_append_is_refused(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _FILE_TOO_BIG, str(tmp_path)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:-1] == ["ok 0", "ok 1", "broken 2", "broken 3", "broken 4"]
+    assert "writing the result log failed" in done.stderr
+    log, replayed = await _reopen(tmp_path)  # the partial third record is a torn tail
+    assert [r.task_id for r in replayed] == ["t0", "t1"]
+    await log.close()
