@@ -174,6 +174,11 @@ class LeafJob:
             lease.reported = True
             self.unreported.pop(task_id, None)
 
+    def taken_before(self, task_ids: dict[int, set[str]]) -> None:
+        """Results of these tasks (by model version) were acknowledged by this leaf's last process."""
+        self.reported_tasks |= task_ids.get(self.view.model_version, set())
+        self.reported_before |= task_ids.get(self.view.model_version - 1, set())
+
     def settle(self, task_id: str, verdict: ResultVerdict) -> None:
         """Book the verdict on a result: the counter it moves, and what it undoes of `take`."""
         tally = RESULT_ANSWERS[verdict].tally
@@ -183,11 +188,7 @@ class LeafJob:
             self.late += 1
         elif tally is Tally.DUPLICATES:
             self.duplicates += 1
-        if verdict is ResultVerdict.LATE_UPSTREAM:
-            # The server closed the round before this result reached it: it was not counted.
-            self.reported_tasks.discard(task_id)
-            self.reported_before.discard(task_id)
-        elif verdict is ResultVerdict.UNAVAILABLE:
+        if verdict is ResultVerdict.UNAVAILABLE:
             self._forget(task_id)
 
     def _forget(self, task_id: str) -> None:

@@ -92,6 +92,17 @@ class ResultLog:
         self._wake.set()
         await done
 
+    async def results(self, job_id: str, version: int, task_ids: set[str]) -> list[ResultRecord]:
+        """Read back the logged results of `task_ids` for a job's model version (once per task id),
+        e.g. to send them again after the server lost them."""
+        found: dict[str, ResultRecord] = {}
+        async with self._lock:  # no flush meanwhile: the last segment has no half-written frame
+            for path in self._files.paths():
+                for record in await asyncio.to_thread(self._files.live_results, path):
+                    if record.job_id == job_id and record.version == version and record.task_id in task_ids:
+                        found.setdefault(record.task_id, record)
+        return list(found.values())
+
     async def truncate(self, job_id: str, version: int) -> None:
         """The server has checkpointed `job_id` up to `version`: forget its results up to there.
 

@@ -121,6 +121,9 @@ class SegmentFiles:
             os.close(self._fd)
             self._fd = None
 
+    def paths(self) -> list[Path]:
+        return [s.path for s in self._segments]
+
     def segment_names(self) -> list[str]:
         return [s.path.name for s in self._segments]
 
