@@ -122,7 +122,9 @@ async def test_a_held_task_is_answered_within_the_time_the_proxy_still_waits(tmp
     server.coordinator.add_job("j", SPEC, initial_weights("xor", 0), time.monotonic())
     await server.start()
     leaf = Leaf(
-        LeafConfig(port=0, server_port=server.link_port, link_secret=SECRET, quota_hold=20.0, data_dir=tmp_path / "leaf")
+        LeafConfig(
+            port=0, server_port=server.link_port, link_secret=SECRET, quota_hold=20.0, data_dir=tmp_path / "leaf"
+        )
     )
     await leaf.start()
     try:
