@@ -52,7 +52,6 @@ class LeafConfig(_Settings):
         default=True,
         description="acknowledge results once on disk; False keeps them in memory only (benchmarks, never in service)",
     )
-
     drain_timeout: float = Field(default=8.0, ge=0.0, description="SIGTERM: seconds to answer what is in flight")
 
     def result_log_dir(self) -> Path:
