@@ -23,7 +23,7 @@ from enum import Enum
 from typing import Any, Protocol
 
 from device_protocol.tensors import tensors_to_binary
-from internal_link.errors import CallRefused, LinkUnavailable, RemoteError
+from internal_link.errors import CallRefused, ErrorCode, LinkUnavailable, RemoteError
 from internal_link.messages import SubmitBatch, SubmitReply
 
 from .acknowledged import AcknowledgedResults
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 RETRY_PAUSE = 0.2  # seconds between attempts to reach the server
 STOP_DELIVERY_LIMIT = 3.0  # seconds a stopping leaf still tries to deliver (the log keeps the rest)
+# The server's refusals that no later attempt changes: the results are dropped (logged).
+FINAL_REFUSALS = frozenset({ErrorCode.UNKNOWN_JOB, ErrorCode.BAD_PAYLOAD, ErrorCode.UNKNOWN_METHOD})
 
 
 class ServerLink(Protocol):
@@ -214,6 +216,10 @@ class ResultUplink:
                 log.debug("server unreachable: %d results wait (%s)", self.undelivered(), exc)
                 self._behind = True
                 return True
+            except RemoteError as exc:
+                log.warning("server failed to take results of job %s v%d (%s): trying again", *key, exc)
+                self._behind = True
+                return True
             except Exception:
                 log.exception("delivering results of job %s v%d failed; trying again", *key)
                 return True
@@ -229,6 +235,7 @@ class ResultUplink:
         while resend and (group.items or group.task_ids):
             resend = False
             new, group.items = group.items, []
+            new = _once_each(new, set(group.task_ids))  # a task id twice in a batch is refused whole
             group.partial = await loop.run_in_executor(None, _summed, group.partial, new)
             group.task_ids.extend(r.task_id for r in new)
             batch = SubmitBatch(
@@ -243,7 +250,9 @@ class ResultUplink:
                 reply = SubmitReply.model_validate(
                     await self._link.call("submit", batch.model_dump(), self._call_timeout)
                 )
-            except RemoteError as exc:  # the job is gone, or the server is broken
+            except RemoteError as exc:
+                if exc.code not in FINAL_REFUSALS:  # e.g. INTERNAL: a checkpoint failed; try again
+                    raise
                 log.error("server refused %d results of job %s v%d: %s", len(batch.task_ids), job_id, version, exc)
                 self._forget(group)
                 continue
@@ -283,6 +292,16 @@ class ResultUplink:
     @staticmethod
     def _forget(group: _Group) -> None:
         group.partial, group.task_ids = None, []
+
+
+def _once_each(records: list[ResultRecord], task_ids: set[str]) -> list[ResultRecord]:
+    """`records` without those of `task_ids`, and each task id once."""
+    kept = []
+    for record in records:
+        if record.task_id not in task_ids:
+            task_ids.add(record.task_id)
+            kept.append(record)
+    return kept
 
 
 def _summed(partial: PartialSum | None, records: list[ResultRecord]) -> PartialSum:
