@@ -1,16 +1,18 @@
 """Leaf -> server: the link interface and the result uplink (acknowledge durably, deliver later).
 
 A device's result is acknowledged once it is in the leaf's acknowledged results (the write-ahead
-log, edge_gateway.acknowledged): no device waits on the server. One task delivers them in the
-background, per (job, model version) summed in float64 as `(Σ w·Δ, Σ w, n)` with the task ids,
-one batch in flight at a time, and tries again for as long as the server cannot be reached.
+log, edge_gateway.acknowledged). One task delivers them in the background, per (job, model
+version) summed in float64 as `(Σ w·Δ, Σ w, n)` with the task ids, one batch in flight at a time,
+and tries again for as long as the server cannot be reached. A device waits a moment for the
+server's answer (to hear "late" or "counted once" when that is so), never longer: then OK.
 
 What the server took stays in the log until the server serves a newer version (so has checkpointed
 that one); in memory only its task ids are kept, per server boot. After a server restart the ids an
 earlier boot took are read back from the log and delivered again; after a leaf restart everything
 the log replays is. The server counts a task id once: its `duplicates` answer means "counted
 already", and the rest of such a batch is summed again without them and sent, never dropped. A
-`late` answer (the round closed before the leaf could deliver) is counted as late.
+`late` answer for a result whose device heard OK already (the round closed before the leaf could
+deliver it) is counted as late.
 """
 
 from __future__ import annotations
@@ -58,7 +60,12 @@ class LocalServerLink:
 
 
 class Outcome(Enum):
-    ACCEPTED = "accepted"  # acknowledged: durable at the leaf, delivered in the background
+    """What a device's result became by the time it is answered (every one but UNAVAILABLE is in the log)."""
+
+    ACCEPTED = "accepted"  # the server took it
+    DURABLE = "durable"  # in the log; the server has not answered yet: it is delivered later
+    LATE = "late"  # the server had closed its round
+    DUPLICATE = "duplicate"  # the server had counted this task id already (sent before, or by another leaf)
     UNAVAILABLE = "unavailable"  # not durable: the device must send it again
 
 
@@ -89,6 +96,7 @@ class ResultUplink:
         self._call_timeout = call_timeout
         self._open: dict[tuple[str, int], _Group] = {}
         self._appending: dict[tuple[str, str], asyncio.Future[bool]] = {}  # (job, task) -> made durable?
+        self._answers: dict[tuple[str, str], asyncio.Future[Outcome]] = {}  # (job, task) -> server's answer
         # (job id, model version, server boot that took them) -> their task ids
         self._taken: dict[tuple[str, int, str], list[str]] = {}
         self._replayed: dict[str, dict[int, set[str]]] = {}  # job -> version -> task ids, until the job is seen
@@ -129,8 +137,10 @@ class ResultUplink:
         await self._results.close()
 
     # -- devices' results ---------------------------------------------------------------------
-    async def accept(self, record: ResultRecord) -> Outcome:
-        """Make `record` durable; ACCEPTED once it is (then it is delivered in the background)."""
+    async def accept(self, record: ResultRecord, answer_wait: float = 0.0) -> Outcome:
+        """Make `record` durable, then wait up to `answer_wait` seconds for the server's answer
+        (so the device hears whether it counted); DURABLE if none came by then: it is delivered in
+        the background, however long the server takes. UNAVAILABLE if it could not be made durable."""
         key = (record.job_id, record.task_id)
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._appending[key] = done
@@ -143,9 +153,16 @@ class ResultUplink:
         finally:
             del self._appending[key]
         done.set_result(True)
+        answer: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._answers[key] = answer
         self._group(record.job_id, record.version).items.append(record)
         self._wake.set()
-        return Outcome.ACCEPTED
+        try:
+            return await asyncio.wait_for(asyncio.shield(answer), answer_wait)
+        except TimeoutError:
+            if self._answers.get(key) is answer:  # the device hears OK now; the answer finds no one
+                del self._answers[key]
+            return Outcome.DURABLE
 
     def first_copy(self, job_id: str, task_id: str) -> asyncio.Future[bool] | None:
         """While a task's first result is being made durable: whether it will have been."""
@@ -236,8 +253,8 @@ class ResultUplink:
             resend = False
             new, group.items = group.items, []
             new = _once_each(new, set(group.task_ids))  # a task id twice in a batch is refused whole
+            group.task_ids.extend(r.task_id for r in new)  # first: `undelivered` counts them meanwhile
             group.partial = await loop.run_in_executor(None, _summed, group.partial, new)
-            group.task_ids.extend(r.task_id for r in new)
             batch = SubmitBatch(
                 leaf=self._leaf,
                 job_id=job_id,
@@ -254,10 +271,12 @@ class ResultUplink:
                 if exc.code not in FINAL_REFUSALS:  # e.g. INTERNAL: a checkpoint failed; try again
                     raise
                 log.error("server refused %d results of job %s v%d: %s", len(batch.task_ids), job_id, version, exc)
+                self._answer(job_id, batch.task_ids, Outcome.LATE)
                 self._forget(group)
                 continue
             if reply.accepted:
                 self._taken.setdefault((job_id, version, reply.boot), []).extend(batch.task_ids)
+                self._answer(job_id, batch.task_ids, Outcome.ACCEPTED)
                 self._forget(group)
             elif reply.late:
                 log.warning(
@@ -266,7 +285,7 @@ class ResultUplink:
                     job_id,
                     version,
                 )
-                self._on_late(job_id, len(batch.task_ids))
+                self._answer(job_id, batch.task_ids, Outcome.LATE)
                 self._forget(group)
             elif reply.duplicates:
                 await self._without(key, group, set(reply.duplicates), reply.boot)
@@ -274,6 +293,7 @@ class ResultUplink:
             else:
                 n = len(batch.task_ids)
                 log.error("server refused %d results of job %s v%d: %s", n, job_id, version, reply.message)
+                self._answer(job_id, batch.task_ids, Outcome.LATE)
                 self._forget(group)
         if not group.items and not group.task_ids and self._open.get(key) is group:
             del self._open[key]
@@ -284,10 +304,23 @@ class ResultUplink:
         job_id, version = key
         if boot:  # counted by this boot: should it restart, they go again
             self._taken.setdefault((job_id, version, boot), []).extend(t for t in group.task_ids if t in counted)
+        self._answer(job_id, [t for t in group.task_ids if t in counted], Outcome.DUPLICATE)
         rest = {t for t in group.task_ids if t not in counted}
         self._forget(group)
         # In front of anything that came meanwhile: the batch's order does not matter, only its ids.
         group.items[:0] = await self._results.results(job_id, version, rest)
+
+    def _answer(self, job_id: str, task_ids: list[str], outcome: Outcome) -> None:
+        """Tell the devices still waiting; count as late those answered OK before the server refused."""
+        late = 0
+        for task_id in task_ids:
+            waiting = self._answers.pop((job_id, task_id), None)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(outcome)
+            elif outcome is Outcome.LATE:
+                late += 1
+        if late:
+            self._on_late(job_id, late)
 
     @staticmethod
     def _forget(group: _Group) -> None:

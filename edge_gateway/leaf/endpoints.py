@@ -39,6 +39,9 @@ STARTING_RETRY_WAIT = 5
 
 FegReply = DeviceAnswer
 ANSWER_MARGIN = 0.05  # seconds a held /task keeps for its answer to reach the proxy in time
+# Seconds a durable result waits for the server's answer, so that the device hears whether it
+# counted (its round may close meanwhile); then OK all the same: it is delivered later.
+RESULT_ANSWER_WAIT = 2.0
 
 
 def _from_simulator(identity: Identity) -> bool:
@@ -164,7 +167,8 @@ class DeviceEndpoints:
             if verdict is None:
                 job.take(request.task_id)
                 record = ResultRecord(job.view.job_id, version, request.task_id, weight, update)
-                verdict = judge_result(replace(facts, upstream=await self._uplink.accept(record)))
+                outcome = await self._uplink.accept(record, RESULT_ANSWER_WAIT)
+                verdict = judge_result(replace(facts, upstream=outcome))
             elif verdict is ResultVerdict.DUPLICATE:
                 verdict = await self._once_first_copy_is_safe(job.view.job_id, request.task_id)
         assert verdict is not None, "a result the server has answered always has a verdict"

@@ -188,7 +188,11 @@ class LeafJob:
             self.late += 1
         elif tally is Tally.DUPLICATES:
             self.duplicates += 1
-        if verdict is ResultVerdict.UNAVAILABLE:
+        if verdict is ResultVerdict.LATE_UPSTREAM:
+            # The server closed the round before this result reached it: it was not counted.
+            self.reported_tasks.discard(task_id)
+            self.reported_before.discard(task_id)
+        elif verdict is ResultVerdict.UNAVAILABLE:
             self._forget(task_id)
 
     def _forget(self, task_id: str) -> None:

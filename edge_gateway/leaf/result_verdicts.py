@@ -34,6 +34,7 @@ class ResultVerdict(StrEnum):
     DUPLICATE = "duplicate"  # this task's result was counted already: it counts once
     LATE_VERSION = "late_version"  # for a model version no longer current, or the job is not running
     LATE = "late"  # the lease ran out, or the round closed while the update was decoded
+    LATE_UPSTREAM = "late_upstream"  # the server had closed the round before the result reached it
     UNAVAILABLE = "unavailable"  # the server did not take it: the device sends it again
     COUNTED = "counted"
 
@@ -74,6 +75,7 @@ RESULT_ANSWERS: Mapping[ResultVerdict, ResultAnswer] = {
     ResultVerdict.LATE: ResultAnswer(
         _S.OK, "late result (lease expired or round closed): not counted", False, "late", _T.LATE
     ),
+    ResultVerdict.LATE_UPSTREAM: ResultAnswer(_S.OK, "late result (round closed): not counted", False, "late", _T.LATE),
     ResultVerdict.UNAVAILABLE: ResultAnswer(
         _S.RETRY, "server unavailable: send the result again", False, "unavailable", None, RESULT_RETRY_WAIT
     ),
@@ -82,6 +84,9 @@ RESULT_ANSWERS: Mapping[ResultVerdict, ResultAnswer] = {
 
 _UPSTREAM: Mapping[Outcome, ResultVerdict] = {
     Outcome.ACCEPTED: ResultVerdict.COUNTED,
+    Outcome.DURABLE: ResultVerdict.COUNTED,
+    Outcome.LATE: ResultVerdict.LATE_UPSTREAM,
+    Outcome.DUPLICATE: ResultVerdict.DUPLICATE,
     Outcome.UNAVAILABLE: ResultVerdict.UNAVAILABLE,
 }
 

@@ -95,6 +95,17 @@ def test_a_counted_result_sent_again_after_the_round_closed_is_a_duplicate_not_l
     assert judge(job, counted.task_id, 0) is ResultVerdict.LATE
 
 
+def test_a_result_the_server_took_as_late_is_late_when_sent_again():
+    job = LeafJob(view=view(), waiting_window=60)
+    _, lease = job.decide_task("a", 0.0, True)
+    assert judge(job, lease.task_id, 0) is None
+    job.settle(lease.task_id, ResultVerdict.LATE_UPSTREAM)  # the server had closed the round before it arrived
+    job.apply_view(view(selection_id=1, model_version=1))
+    assert not job.reported_already(lease.task_id)
+    assert judge(job, lease.task_id, 0) is ResultVerdict.LATE
+    assert (job.late, job.duplicates) == (2, 0)
+
+
 def test_forget_result_lets_retry_count():
     job = LeafJob(view=view(), waiting_window=60)
     _, lease = job.decide_task("a", 0.0, True)

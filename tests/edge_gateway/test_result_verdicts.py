@@ -35,6 +35,8 @@ JUDGED = [
     (ResultFacts(decoded=True, lease_expired=True), V.LATE),
     # After the server's answer.
     (ResultFacts(decoded=True, upstream=Outcome.ACCEPTED), V.COUNTED),
+    (ResultFacts(decoded=True, upstream=Outcome.LATE), V.LATE_UPSTREAM),
+    (ResultFacts(decoded=True, upstream=Outcome.DUPLICATE), V.DUPLICATE),
     (ResultFacts(decoded=True, upstream=Outcome.UNAVAILABLE), V.UNAVAILABLE),
 ]
 
@@ -83,6 +85,12 @@ ANSWERS: dict[ResultVerdict, dict[str, Any]] = {
     V.LATE: {
         "status": "OK",
         "message": "late result (lease expired or round closed): not counted",
+        "counted": False,
+        "reason": "late",
+    },
+    V.LATE_UPSTREAM: {
+        "status": "OK",
+        "message": "late result (round closed): not counted",
         "counted": False,
         "reason": "late",
     },
@@ -136,6 +144,7 @@ def counters(job: LeafJob) -> tuple[int, int, int]:
         (V.DUPLICATE, (0, 0, 1)),
         (V.LATE_VERSION, (0, 1, 0)),
         (V.LATE, (0, 1, 0)),
+        (V.LATE_UPSTREAM, (0, 1, 0)),
         (V.UNAVAILABLE, (0, 0, 0)),
         (V.COUNTED, (0, 0, 0)),
     ],
@@ -156,6 +165,13 @@ def test_a_result_the_server_could_not_take_counts_when_sent_again() -> None:
     facts = job.result_facts(lease.task_id, 0)
     assert not facts.reported and judge_result(facts) is None
     assert job.selection() == {"a": 0} and not job.leases["a"].reported  # its slot is still its own
+
+
+def test_a_result_the_server_called_late_is_late_when_sent_again() -> None:
+    job = LeafJob(view=view(), waiting_window=60)
+    job.take("t")
+    job.settle("t", V.LATE_UPSTREAM)
+    assert not job.result_facts("t", 0).reported
 
 
 def test_the_books_give_the_facts() -> None:

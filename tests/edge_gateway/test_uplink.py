@@ -23,6 +23,7 @@ from edge_gateway.uplink import LocalServerLink, Outcome, ResultUplink
 from internal_link.errors import LinkUnavailable
 from internal_link.messages import SubmitBatch, SyncRequest
 
+ACKNOWLEDGED = (Outcome.ACCEPTED, Outcome.DURABLE)  # the server took it by the answer, or not yet
 SPEC = JobSpec(name="xor", model="xor", rounds=3, devices_per_round=10, evaluate=False)
 
 
@@ -94,15 +95,15 @@ def summed(*seeds: int) -> Any:
 async def test_only_what_an_earlier_boot_took_is_sent_again(tmp_path: Path) -> None:
     async with AsyncExitStack() as lives:
         _first, j, link, uplink = await running_job(lives, tmp_path, SPEC)
-        assert await uplink.accept(record(j, 1)) is Outcome.ACCEPTED
-        assert await uplink.accept(record(j, 2)) is Outcome.ACCEPTED
+        assert await uplink.accept(record(j, 1)) in ACKNOWLEDGED
+        assert await uplink.accept(record(j, 2)) in ACKNOWLEDGED
         await delivered(uplink)
 
         # The server process is lost; the new one resumes from the checkpoint (version 0, nothing
         # counted). A batch reaches it before the leaf's next sync notices the new boot and re-sends.
         second = await lives.enter_async_context(server_at(tmp_path))
         link.point_at(second)
-        assert await uplink.accept(record(j, 3)) is Outcome.ACCEPTED
+        assert await uplink.accept(record(j, 3)) in ACKNOWLEDGED
         await delivered(uplink)
         await uplink.resend_taken(second.coordinator.boot)
         await delivered(uplink)
@@ -128,13 +129,13 @@ async def test_a_resumed_job_closes_no_round_before_the_leaves_re_sent(tmp_path:
     spec = SPEC.model_copy(update={"devices_per_round": 2})
     async with AsyncExitStack() as lives:
         _first, j, link, uplink = await running_job(lives, tmp_path, spec)
-        assert await uplink.accept(record(j, 1)) is Outcome.ACCEPTED
+        assert await uplink.accept(record(j, 1)) in ACKNOWLEDGED
         await delivered(uplink)
         second = await lives.enter_async_context(server_at(tmp_path))
         assert second.coordinator.awaiting_resends == {"leaf-0"}
         link.point_at(second)
-        assert await uplink.accept(record(j, 2)) is Outcome.ACCEPTED
-        assert await uplink.accept(record(j, 3)) is Outcome.ACCEPTED
+        assert await uplink.accept(record(j, 2)) in ACKNOWLEDGED
+        assert await uplink.accept(record(j, 3)) in ACKNOWLEDGED
         await delivered(uplink)
         job = second.coordinator.job(j)
         assert (job.version, job.partial.count) == (0, 2)  # a quorum, held
@@ -151,10 +152,10 @@ async def test_leaves_on_disk_are_those_that_may_hold_uncheckpointed_results(tmp
     async with AsyncExitStack() as lives:
         first, j, _link, uplink = await running_job(lives, tmp_path, spec)
         assert load_names(tmp_path / "leaves.json") == set()
-        assert await uplink.accept(record(j, 1)) is Outcome.ACCEPTED
+        assert await uplink.accept(record(j, 1)) in ACKNOWLEDGED
         await delivered(uplink)
         assert load_names(tmp_path / "leaves.json") == {"leaf-0"}  # written before the batch was taken
-        assert await uplink.accept(record(j, 2)) is Outcome.ACCEPTED
+        assert await uplink.accept(record(j, 2)) in ACKNOWLEDGED
         await delivered(uplink)
         assert first.coordinator.job(j).version == 1
         # Version 1 on disk holds them, and leaf-0 has not synced lately: nothing to wait for.
@@ -171,7 +172,7 @@ async def test_results_are_acknowledged_while_the_server_is_out_of_reach_and_del
         server, j, link, uplink = await running_job(lives, tmp_path, SPEC)
         link.point_at(None)
         for seed in (1, 2, 3):
-            assert await uplink.accept(record(j, seed)) is Outcome.ACCEPTED  # no wait on the server
+            assert await uplink.accept(record(j, seed)) in ACKNOWLEDGED  # no wait on the server
         await asyncio.sleep(0.5)
         assert uplink.behind() and uplink.undelivered() == 3
         link.point_at(server)
@@ -189,7 +190,7 @@ async def test_a_batch_refused_for_one_duplicate_is_sent_again_without_it(tmp_pa
         assert (await server.handle_submit(other.model_dump()))["accepted"]
         link.point_at(None)  # so the three go in one batch
         for seed in (1, 2, 3):
-            assert await uplink.accept(record(j, seed)) is Outcome.ACCEPTED
+            assert await uplink.accept(record(j, seed)) in ACKNOWLEDGED
         link.point_at(server)
         await delivered(uplink)
         job = server.coordinator.job(j)
@@ -200,10 +201,10 @@ async def test_a_batch_refused_for_one_duplicate_is_sent_again_without_it(tmp_pa
 async def test_a_restarted_leaf_delivers_what_its_log_holds_exactly_once(tmp_path: Path) -> None:
     async with AsyncExitStack() as lives:
         server, j, link, uplink = await running_job(lives, tmp_path, SPEC)
-        assert await uplink.accept(record(j, 1)) is Outcome.ACCEPTED
+        assert await uplink.accept(record(j, 1)) in ACKNOWLEDGED
         await delivered(uplink)  # t1 reached the server
         link.point_at(None)
-        assert await uplink.accept(record(j, 2)) is Outcome.ACCEPTED  # t2 did not
+        assert await uplink.accept(record(j, 2)) in ACKNOWLEDGED  # t2 did not
         await uplink.stop()  # the leaf process ends (a kill -9 leaves the same log: appends are fsync'd)
 
         link.point_at(server)
@@ -218,7 +219,7 @@ async def test_a_restarted_leaf_delivers_what_its_log_holds_exactly_once(tmp_pat
 async def test_the_log_is_truncated_once_the_server_serves_a_newer_version(tmp_path: Path) -> None:
     async with AsyncExitStack() as lives:
         _server, j, link, uplink = await running_job(lives, tmp_path, SPEC)
-        assert await uplink.accept(record(j, 1)) is Outcome.ACCEPTED
+        assert await uplink.accept(record(j, 1)) in ACKNOWLEDGED
         await delivered(uplink)
         uplink.release(j, 1)
         await uplink.stop()
@@ -230,3 +231,23 @@ def _binary(arrays: dict[str, Any]) -> dict[str, Any]:
     from device_protocol.tensors import tensors_to_binary
 
     return tensors_to_binary({k: v.astype(np.float64) for k, v in arrays.items()})
+
+
+async def test_a_repeat_can_wait_for_the_first_copy_to_be_durable(tmp_path: Path) -> None:
+    async with AsyncExitStack() as lives:
+        _server, j, _link, uplink = await running_job(lives, tmp_path, SPEC)
+        assert uplink.first_copy(j, "t1") is None
+        accepting = asyncio.ensure_future(uplink.accept(record(j, 1)))
+        await asyncio.sleep(0)  # the append has begun, not ended
+        first = uplink.first_copy(j, "t1")
+        assert first is not None and not first.done()
+        assert await first is True and await accepting in ACKNOWLEDGED
+        assert uplink.first_copy(j, "t1") is None
+
+
+async def test_a_device_hears_the_servers_answer_when_it_comes_in_time(tmp_path: Path) -> None:
+    async with AsyncExitStack() as lives:
+        _server, j, link, uplink = await running_job(lives, tmp_path, SPEC)
+        assert await uplink.accept(record(j, 1), answer_wait=10.0) is Outcome.ACCEPTED
+        link.point_at(None)
+        assert await uplink.accept(record(j, 2), answer_wait=0.3) is Outcome.DURABLE
