@@ -97,6 +97,7 @@ class ResultUplink:
         self._open: dict[tuple[str, int], _Group] = {}
         self._appending: dict[tuple[str, str], asyncio.Future[bool]] = {}  # (job, task) -> made durable?
         self._answers: dict[tuple[str, str], asyncio.Future[Outcome]] = {}  # (job, task) -> server's answer
+        self._owed: set[tuple[str, str]] = set()  # answered OK before the server had answered
         # (job id, model version, server boot that took them) -> their task ids
         self._taken: dict[tuple[str, int, str], list[str]] = {}
         self._replayed: dict[str, dict[int, set[str]]] = {}  # job -> version -> task ids, until the job is seen
@@ -162,6 +163,7 @@ class ResultUplink:
         except TimeoutError:
             if self._answers.get(key) is answer:  # the device hears OK now; the answer finds no one
                 del self._answers[key]
+                self._owed.add(key)
             return Outcome.DURABLE
 
     def first_copy(self, job_id: str, task_id: str) -> asyncio.Future[bool] | None:
@@ -176,9 +178,9 @@ class ResultUplink:
         return sum(len(g.items) + len(g.task_ids) for g in self._open.values())
 
     def behind(self) -> bool:
-        """Whether results wait that could not be delivered when they came (the server was
+        """Whether results wait that could not be delivered when they came (the server was slow or
         unreachable, restarted, or this leaf restarted): the server holds its rounds meanwhile."""
-        return self._behind
+        return self._behind or bool(self._owed)
 
     # -- what the server holds, kept until it is checkpointed -----------------------------------
     def release(self, job_id: str, current_version: int) -> None:
@@ -314,6 +316,7 @@ class ResultUplink:
         """Tell the devices still waiting; count as late those answered OK before the server refused."""
         late = 0
         for task_id in task_ids:
+            self._owed.discard((job_id, task_id))
             waiting = self._answers.pop((job_id, task_id), None)
             if waiting is not None and not waiting.done():
                 waiting.set_result(outcome)
