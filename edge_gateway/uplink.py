@@ -212,6 +212,12 @@ class ResultUplink:
                 )
             self._group(job_id, version).items.extend(records)
             self._behind = True
+            log.info(
+                "re-sent %d results of job %s v%d an earlier server process took (from the log)",
+                len(records),
+                job_id,
+                version,
+            )
         self._wake.set()
 
     # -- delivery -----------------------------------------------------------------------------
