@@ -204,7 +204,9 @@ class ResultUplink:
         from the log), as they may not have checkpointed it."""
         for key in [k for k in self._taken if k[2] != boot]:
             job_id, version, _ = key
-            task_ids = self._taken.pop(key)
+            task_ids = self._taken.pop(key, None)
+            if task_ids is None:  # released meanwhile: its version is checkpointed
+                continue
             records = await self._results.results(job_id, version, set(task_ids))
             if len(records) != len(task_ids):
                 log.error(
