@@ -384,11 +384,13 @@ def start_stack(
     cpus: str | None = None,
     server_cmd: list[str] | None = None,
     log_level: str = "warning",
+    leaf_env: dict[str, str] | None = None,
 ) -> Stack:
     """Start a server, `leaves` leaves and a proxy with `workers` processes, all pinned to `cpus`.
 
     `server_cmd` replaces `python -m edge_gateway` for the server (benchmarks/_big_model_server.py);
-    `log_level` applies to server and leaves (the proxy logs warnings only)."""
+    `log_level` applies to server and leaves (the proxy logs warnings only); `leaf_env` is added to
+    the leaves' environment (e.g. EDGEFL_LEAF_RESULT_LOG)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     env = {"EDGEFL_LINK_SECRET": os.urandom(16).hex()}
     m = [PY, "-m"]
@@ -430,11 +432,13 @@ def start_stack(
                     "0",
                     "--server",
                     f"127.0.0.1:{ready['link_port']}",
+                    "--data-dir",
+                    str(run_dir / name),
                     "--ready-file",
                     str(run_dir / f"{name}.ready"),
                 ],
                 cpus=cpus,
-                env=env,
+                env={**env, **(leaf_env or {})},
             )
         )
     for i, leaf in enumerate(leaf_procs):

@@ -75,6 +75,8 @@ def restart_leaf(
             str(port),
             "--server",
             f"127.0.0.1:{link_port}",
+            "--data-dir",
+            str(run_dir / f"leaf-{i}"),
             "--ready-file",
             str(ready),
         ],

@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     leaf.add_argument("--host", default=None)
     leaf.add_argument("--port", type=int, default=None, help="where the proxy connects (0 picks one)")
     leaf.add_argument("--server", type=_host_port, default=None, help="server link address HOST:PORT")
+    leaf.add_argument("--data-dir", type=Path, default=None, help="where this leaf's result log lives")
     leaf.add_argument("--ready-file", type=Path, default=None)
 
     job = commands.add_parser("job", help="submit, list, inspect or end jobs on a server")
@@ -112,7 +113,7 @@ async def _serve_server(args: argparse.Namespace) -> int:
 async def _serve_leaf(args: argparse.Namespace) -> int:
     from .leaf import Leaf
 
-    fields = _overrides(args, {"name": "name", "host": "host", "port": "port"})
+    fields = _overrides(args, {"name": "name", "host": "host", "port": "port", "data_dir": "data_dir"})
     if args.server is not None:
         fields["server_host"], fields["server_port"] = args.server
     with process.stop_signals() as stop:

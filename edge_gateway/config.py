@@ -47,5 +47,13 @@ class LeafConfig(_Settings):
     server_port: int = Field(default=8002, ge=0, le=65535)
     sync_interval: float = Field(default=0.2, gt=0.0)
     quota_hold: float = Field(default=0.5, ge=0.0, description="seconds a /task may wait for a free slot")
-    result_hold: float = Field(default=20.0, gt=0.0, description="seconds a /result may wait for the server")
+    data_dir: Path | None = Field(default=None, description="this leaf's own directory (default edgefl-data/NAME)")
+    result_log: bool = Field(
+        default=True,
+        description="acknowledge results once on disk; False keeps them in memory only (benchmarks, never in service)",
+    )
     drain_timeout: float = Field(default=8.0, ge=0.0, description="SIGTERM: seconds to answer what is in flight")
+
+    def result_log_dir(self) -> Path:
+        """Where the result log lives: one directory per leaf, never shared."""
+        return (self.data_dir or Path("edgefl-data") / self.name) / "results"

@@ -44,8 +44,10 @@ from .robustness import (
 LEAF_STALE_AFTER = 3.0
 # After a restart no round closes (by quorum or deadline) until every leaf that may hold results the lost process
 # had taken (`expect_resends`) says it has re-sent them: a round closed before that would turn those
-# acknowledged results away as late. A leaf that does not come back within this long (dead for
-# good; its results are lost with it) holds rounds no longer.
+# acknowledged results away as late. Likewise while a live leaf says it holds results it could not
+# deliver (`hold_for`: the server was out of reach, or the leaf restarted and replayed its log).
+# A leaf that does not come back within this long (dead for good; its results are lost with it)
+# holds rounds no longer.
 RESEND_WAIT_LIMIT = 30.0
 # What leaves count per job (LeafJobReport), summed over leaves and their processes in job status.
 LEAF_COUNTERS = ("tasks_issued", "refused", "late", "duplicates")
@@ -200,6 +202,14 @@ class Coordinator:
         self.awaiting_resends = set(leaves)
         self._resends_due_by = now + RESEND_WAIT_LIMIT
 
+    def hold_for(self, leaf: str, now: float) -> None:
+        """A live leaf has results it could not deliver yet: close no round until it has, or until
+        the limit (counted from the first leaf of this hold, so a hold always ends)."""
+        if not self.rounds_held(now):
+            self.awaiting_resends = set()
+            self._resends_due_by = now + RESEND_WAIT_LIMIT
+        self.awaiting_resends.add(leaf)
+
     def rounds_held(self, now: float) -> bool:
         return bool(self.awaiting_resends) and now < self._resends_due_by
 
@@ -213,7 +223,9 @@ class Coordinator:
 
     def sync(self, request: SyncRequest, now: float) -> SyncReply:
         """Record a leaf's reports and grant it task slots for each running job."""
-        if request.server_boot == self.boot:
+        if request.undelivered:
+            self.hold_for(request.leaf, now)
+        elif request.server_boot == self.boot:
             self.awaiting_resends.discard(request.leaf)
         views = []
         for job in self.jobs.values():
@@ -309,7 +321,7 @@ class Coordinator:
             ), []
         duplicates = [t for t in batch.task_ids if t in job.counted]
         if duplicates or len(set(batch.task_ids)) != len(batch.task_ids):
-            return SubmitReply(accepted=False, duplicates=duplicates or _repeats(batch.task_ids)), []
+            return SubmitReply(accepted=False, duplicates=duplicates or _repeats(batch.task_ids), boot=self.boot), []
         if set(update) != set(job.shapes) or any(update[k].shape != job.shapes[k] for k in job.shapes):
             return SubmitReply(accepted=False, message="batch does not match the model's parameters"), []
         unscreened = check_partial(

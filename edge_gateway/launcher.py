@@ -149,6 +149,8 @@ async def start_stack(run_dir: Path, leaves: int, proxy_host: str, proxy_port: i
                     "0",
                     "--server",
                     f"127.0.0.1:{ready['link_port']}",
+                    "--data-dir",
+                    str(run_dir / name),
                     "--ready-file",
                     str(run_dir / f"{name}.ready"),
                 ],

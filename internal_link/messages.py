@@ -80,6 +80,9 @@ class SyncRequest(_Message):
     jobs: dict[str, LeafJobReport] = {}
     # The server boot this leaf has re-sent everything to that earlier boots took (None: none yet).
     server_boot: str | None = None
+    # Results wait at this leaf that it could not deliver when they came (the server was out of
+    # reach or restarted, or the leaf restarted): the server closes no round until they are in.
+    undelivered: bool = False
 
 
 class SyncReply(_Message):
@@ -119,6 +122,8 @@ class SubmitReply(_Message):
     late: bool = False
     duplicates: list[str] = []
     message: str = ""
-    boot: str = ""  # the server boot that took an accepted batch: leaves re-send only what earlier boots took
-    # The version an accepted batch becomes part of: the leaf keeps it for a re-send until that one is served.
+    # The server boot that took an accepted batch (or had counted a duplicate's ids): leaves
+    # re-send only what earlier boots took.
+    boot: str = ""
+    # The version an accepted batch becomes part of (async jobs; sync: the batch's version + 1).
     applies_in: int | None = None

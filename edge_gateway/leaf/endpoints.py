@@ -26,11 +26,12 @@ from internal_link.calls import DeviceAnswer
 from internal_link.errors import ErrorCode, LinkUnavailable, RemoteError
 from internal_link.messages import JobStatus, RegisterGroup
 
+from ..result_log import ResultRecord
 from ..robustness import ScreenBounds, Screened, screen_update
-from ..uplink import ResultBatcher, ServerLink
+from ..uplink import ResultUplink, ServerLink
 from .job_state import LeafJob, Lease, TaskDecision
 from .payload_cache import PayloadCache
-from .result_verdicts import ResultFacts, judge_result, result_answer
+from .result_verdicts import ResultFacts, ResultVerdict, judge_result, result_answer
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,9 @@ STARTING_RETRY_WAIT = 5
 
 FegReply = DeviceAnswer
 ANSWER_MARGIN = 0.05  # seconds a held /task keeps for its answer to reach the proxy in time
+# Seconds a durable result waits for the server's answer, so that the device hears whether it
+# counted (its round may close meanwhile); then OK all the same: it is delivered later.
+RESULT_ANSWER_WAIT = 2.0
 
 
 def _decode_and_screen(result: Any, shapes: dict[str, tuple[int, ...]], bounds: ScreenBounds | None) -> Screened:
@@ -63,7 +67,7 @@ class DeviceEndpoints:
         jobs: dict[str, LeafJob],
         payloads: PayloadCache,
         signer: CookieSigner,
-        batcher: ResultBatcher,
+        uplink: ResultUplink,
         link: ServerLink,
         quota_hold: float,
         sync_soon: Callable[[float], Awaitable[None]],
@@ -71,7 +75,7 @@ class DeviceEndpoints:
         self._jobs = jobs
         self._payloads = payloads
         self._signer = signer
-        self._batcher = batcher
+        self._uplink = uplink
         self._link = link
         self._quota_hold = quota_hold
         # Asks the server for a sync now and waits (at most the given seconds) until one is done.
@@ -154,6 +158,8 @@ class DeviceEndpoints:
             except CookieInvalid as exc:
                 facts, detail = ResultFacts(cookie_ok=False), exc.message
         verdict = judge_result(facts)
+        if verdict is ResultVerdict.DUPLICATE and job is not None:
+            verdict = await self._once_first_copy_is_safe(job.view.job_id, request.task_id)
         if verdict is None and job is not None:
             try:
                 shapes = {k: tuple(v) for k, v in job.view.param_shapes.items()}
@@ -172,7 +178,7 @@ class DeviceEndpoints:
             verdict = judge_result(facts)
             if verdict is None:
                 job.take(request.task_id, version)
-                outcome = await self._batcher.submit(
+                record = ResultRecord(
                     job.view.job_id,
                     version,
                     request.task_id,
@@ -181,7 +187,10 @@ class DeviceEndpoints:
                     clipped=screened.clipped,
                     capped=screened.capped,
                 )
+                outcome = await self._uplink.accept(record, RESULT_ANSWER_WAIT)
                 verdict = judge_result(replace(facts, upstream=outcome))
+            elif verdict is ResultVerdict.DUPLICATE:
+                verdict = await self._once_first_copy_is_safe(job.view.job_id, request.task_id)
         assert verdict is not None, "a result the server has answered always has a verdict"
         if job is not None:
             job.settle(request.task_id, verdict)
@@ -196,6 +205,14 @@ class DeviceEndpoints:
             detail=detail,
             version=version,
         )
+
+    async def _once_first_copy_is_safe(self, job_id: str, task_id: str) -> ResultVerdict:
+        """A repeat is "counted once" only when the first copy is acknowledged: while that one is
+        still being made durable, its outcome decides."""
+        first = self._uplink.first_copy(job_id, task_id)
+        if first is None or await asyncio.shield(first):
+            return ResultVerdict.DUPLICATE
+        return ResultVerdict.UNAVAILABLE
 
     async def selection(self, request: SelectionRequest) -> dict[str, Any]:
         # NVFlare's Python simulator: it announces its devices as "<prefix>?N", reads which of

@@ -228,6 +228,17 @@ class LeafJob:
         if self.leases.get(lease.device_id) is lease:
             del self.leases[lease.device_id]
 
+    def taken_before(self, task_ids: dict[int, set[str]]) -> None:
+        """Results of these tasks (by model version) were acknowledged by this leaf's last process."""
+        if self.is_async:  # any version within the staleness window still counts its results
+            for version, ids in task_ids.items():
+                self.reported_tasks |= ids
+                self.task_versions.update(dict.fromkeys(ids, version))
+            self._forget_late_tasks()
+            return
+        self.reported_tasks |= task_ids.get(self.view.model_version, set())
+        self.reported_before |= task_ids.get(self.view.model_version - 1, set())
+
     def settle(self, task_id: str, verdict: ResultVerdict) -> None:
         """Book the verdict on a result: the counter it moves, and what it undoes of `take`."""
         tally = RESULT_ANSWERS[verdict].tally

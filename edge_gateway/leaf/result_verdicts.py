@@ -84,6 +84,7 @@ RESULT_ANSWERS: Mapping[ResultVerdict, ResultAnswer] = {
 
 _UPSTREAM: Mapping[Outcome, ResultVerdict] = {
     Outcome.ACCEPTED: ResultVerdict.COUNTED,
+    Outcome.DURABLE: ResultVerdict.COUNTED,
     Outcome.LATE: ResultVerdict.LATE_UPSTREAM,
     Outcome.DUPLICATE: ResultVerdict.DUPLICATE,
     Outcome.UNAVAILABLE: ResultVerdict.UNAVAILABLE,

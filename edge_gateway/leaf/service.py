@@ -30,8 +30,10 @@ from internal_link.errors import CallRefused, ErrorCode, LinkUnavailable, Remote
 from internal_link.messages import JobView, SyncReply, SyncRequest
 from internal_link.server import LinkServer
 
+from ..acknowledged import AcknowledgedResults, MemoryResults
 from ..config import LeafConfig
-from ..uplink import ResultBatcher, ServerLink
+from ..result_log import ResultLog
+from ..uplink import ResultUplink, ServerLink
 from .endpoints import STARTING_RETRY_WAIT, DeviceEndpoints, FegReply
 from .job_state import LeafJob
 from .payload_cache import PayloadCache
@@ -70,20 +72,21 @@ class Leaf:
             },
             secret,
         )
-        self.batcher = ResultBatcher(self.name, self._link, hold_limit=config.result_hold)
+        results: AcknowledgedResults = ResultLog(config.result_log_dir()) if config.result_log else MemoryResults()
+        self.uplink = ResultUplink(self.name, self._link, results, on_late=self._count_late)
         self.jobs: dict[str, LeafJob] = {}
         self._payloads = PayloadCache(self._link, self._is_current)
         self._endpoints = DeviceEndpoints(
             self.jobs,
             self._payloads,
             CookieSigner(config.cookie_key()),
-            self.batcher,
+            self.uplink,
             self._link,
             config.quota_hold,
             self._sync_soon,
         )
         self._xain = XainEndpoints(
-            self.jobs, self._payloads, CookieSigner(config.cookie_key()), self.batcher, self._sync_soon
+            self.jobs, self._payloads, CookieSigner(config.cookie_key()), self.uplink, self._sync_soon
         )
         self._server_boot: str | None = None
         self._synced = asyncio.Event()  # replaced after every sync, so waiters see the next one
@@ -98,7 +101,7 @@ class Leaf:
     async def start(self) -> int:
         if self._client is not None:
             await self._client.start()
-        self.batcher.start()
+        await self.uplink.start()  # replays the log before any device is answered
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._sync_loop(), name="leaf-sync"))
         self._tasks.append(loop.create_task(self._watch_loop(), name="leaf-watch"))
@@ -111,6 +114,7 @@ class Leaf:
         ones still coming until the proxy has moved the devices away), within `drain_timeout`.
         Then flush what waits for the server and close the links."""
         self._draining = True
+        log.info("leaf %s stopping with %d results not delivered yet", self.name, self.uplink.undelivered())
         loop = asyncio.get_running_loop()
         started, in_flight = loop.time(), self._busy
         deadline = started + self.config.drain_timeout
@@ -125,7 +129,7 @@ class Leaf:
                 "leaf %s drained in %.1f s (%d requests were in flight)", self.name, loop.time() - started, in_flight
             )
         await self._rpc.close()
-        await self.batcher.stop()
+        await self.uplink.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -272,15 +276,20 @@ class Leaf:
     async def _sync_once(self) -> None:
         now = asyncio.get_running_loop().time()
         reports = {job_id: job.report(now) for job_id, job in self.jobs.items()}
-        request = SyncRequest(leaf=self.name, boot=self.boot, jobs=reports, server_boot=self._server_boot)
+        request = SyncRequest(
+            leaf=self.name,
+            boot=self.boot,
+            jobs=reports,
+            server_boot=self._server_boot,
+            undelivered=self.uplink.behind(),
+        )
         reply = SyncReply.model_validate(await self._link.call("sync", request.model_dump(), 5.0))
         if reply.boot != self._server_boot:
             if self._server_boot is not None:
                 log.warning("server restarted (boot %s): sending again what it had not checkpointed", reply.boot)
-                if not await self.batcher.resend_retained(reply.boot):
-                    return  # the next sync tries again
+                await self.uplink.resend_taken(reply.boot)
             self._server_boot = reply.boot
-            self._wake_sync.set()  # the server holds its rounds until this leaf says it has re-sent
+            self._wake_sync.set()  # the server holds its rounds until this leaf says it has delivered
         seen = set()
         for view in reply.jobs:
             seen.add(view.job_id)
@@ -294,11 +303,18 @@ class Leaf:
     def _apply(self, view: JobView) -> None:
         job = self.jobs.get(view.job_id)
         if job is None:
-            self.jobs[view.job_id] = LeafJob(view=view, waiting_window=2.0 * view.retry_wait + 5.0)
+            job = self.jobs[view.job_id] = LeafJob(view=view, waiting_window=2.0 * view.retry_wait + 5.0)
+            # A device whose OK was answered before this leaf restarted hears "counted once" again.
+            job.taken_before(self.uplink.replayed(view.job_id))
         else:
             job.apply_view(view)
-        self.batcher.release(view.job_id, view.model_version)
+        self.uplink.release(view.job_id, view.model_version, view.max_staleness if view.mode == "async" else 0)
         self._payloads.want(view)
+
+    def _count_late(self, job_id: str, count: int) -> None:
+        job = self.jobs.get(job_id)
+        if job is not None:
+            job.late += count
 
     def _is_current(self, job_id: str, version: int) -> bool:
         job = self.jobs.get(job_id)

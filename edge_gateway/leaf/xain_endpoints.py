@@ -31,7 +31,10 @@ from device_protocol.xain.npy_vector import flat_vector_from_npy, npy_from_flat_
 from internal_link.calls import DeviceAnswer, DeviceCall
 from internal_link.messages import JobStatus
 
-from ..uplink import ResultBatcher
+from ..result_log import ResultRecord
+from ..robustness import ScreenBounds, Screened, screen_update
+from ..uplink import ResultUplink
+from .endpoints import RESULT_ANSWER_WAIT
 from .job_state import LeafJob, TaskDecision
 from .payload_cache import PayloadCache
 from .result_verdicts import RESULT_ANSWERS, ResultFacts, judge_result
@@ -73,13 +76,13 @@ class XainEndpoints:
         jobs: dict[str, LeafJob],
         payloads: PayloadCache,
         signer: CookieSigner,
-        batcher: ResultBatcher,
+        uplink: ResultUplink,
         sync_soon: Callable[[float], Awaitable[None]],
     ) -> None:
         self._jobs = jobs
         self._payloads = payloads
         self._signer = signer
-        self._batcher = batcher
+        self._uplink = uplink
         self._sync_soon = sync_soon
         self._globals: dict[str, _Global] = {}
         self._joined: OrderedDict[str, str] = OrderedDict()  # participant id -> job id
@@ -223,17 +226,32 @@ class XainEndpoints:
                 facts, detail = ResultFacts(cookie_ok=False), exc.message
         verdict = judge_result(facts)
         if verdict is None and job is not None:
-            update: dict[str, np.ndarray] = {}
+            screened = Screened({}, 1.0, clipped=False, capped=False, clamped=False, norm=0.0)
             try:
                 update = await self._update(job, version, body)
+                # Screened like any device's result (0.8 sends no sample count: weight 1).
+                screen = job.view.screen
+                if screen is None:
+                    screened = replace(screened, update=update)
+                else:
+                    screened = screen_update(update, 1.0, ScreenBounds(**screen.model_dump()))
             except UpdateRejected as exc:
                 facts, detail = replace(facts, decoded=False), exc.message
             else:
                 facts = replace(job.result_facts(task_id, version), decoded=True)
             verdict = judge_result(facts)
             if verdict is None:
-                job.take(task_id)
-                outcome = await self._batcher.submit(job_id, version, task_id, 1.0, update)
+                job.take(task_id, version)
+                record = ResultRecord(
+                    job_id,
+                    version,
+                    task_id,
+                    screened.weight,
+                    screened.update,
+                    clipped=screened.clipped,
+                    capped=screened.capped,
+                )
+                outcome = await self._uplink.accept(record, RESULT_ANSWER_WAIT)
                 verdict = judge_result(replace(facts, upstream=outcome))
         assert verdict is not None, "a result the server has answered always has a verdict"
         if job is not None:

@@ -352,3 +352,34 @@ def test_a_checkpointed_job_resumes_with_its_bounds():
     moved = type(bounds)(weight_cap=7.0, norm_bound=0.3, value_limit=4.0)
     c.add_job("k", JobSpec(name="n", model="xor"), W, now=0.0, bounds=moved)
     assert c.jobs["k"].bounds == moved and c.jobs["j"].bounds != moved
+
+
+def undelivered(c, leaf, now, server_boot="b", holds=True):
+    """A leaf's sync saying whether it holds results it could not deliver yet."""
+    c.sync(SyncRequest(leaf=leaf, boot="leaf-boot", server_boot=server_boot, undelivered=holds), now)
+
+
+def test_no_round_closes_while_a_live_leaf_says_it_has_undelivered_results():
+    c = make(devices_per_round=2, min_results_fraction=0.5, round_timeout=10.0, task_timeout=5.0)
+    undelivered(c, "a", 0.5)  # e.g. it could not reach this server for a while
+    reply, events = batch(c, ["t1", "t2"], leaf="b")
+    assert reply.accepted and events == []  # a quorum, held
+    assert c.tick(11.0) == []
+    undelivered(c, "a", 11.1, holds=False)  # delivered
+    assert [e.version for e in c.tick(11.2)] == [1]
+
+
+def test_a_hold_for_undelivered_results_ends_at_the_limit_and_is_not_extended_by_other_leaves():
+    c = make(devices_per_round=4, min_results_fraction=0.25, round_timeout=10.0, task_timeout=5.0)
+    undelivered(c, "a", 0.0)
+    batch(c, ["t1"])
+    undelivered(c, "b", RESEND_WAIT_LIMIT - 1.0)  # joins the hold, does not restart its clock
+    assert c.tick(RESEND_WAIT_LIMIT - 0.1) == []
+    assert [e.version for e in c.tick(RESEND_WAIT_LIMIT)] == [1]
+
+
+def test_duplicates_name_the_boot_that_counted_them():
+    c = make(devices_per_round=3)
+    assert batch(c, ["t1"])[0].accepted
+    reply, _ = batch(c, ["t1", "t2"])
+    assert (reply.accepted, reply.duplicates, reply.boot) == (False, ["t1"], "b")

@@ -151,3 +151,10 @@ def test_many_leases_expire_in_order():
         job.decide_task(f"d{i}", i * 0.001, True)
     job.expire(10.0 + 2.4995)  # leases created before t=2.4995 are gone
     assert len(job.leases) == 2500 and "d2500" in job.leases and "d2499" not in job.leases
+
+
+def test_tasks_a_restarted_leaf_replayed_are_duplicates_when_sent_again():
+    job = LeafJob(view=view(model_version=3), waiting_window=60)
+    job.taken_before({3: {"now"}, 2: {"before"}, 1: {"older"}})
+    assert job.reported_already("now") and job.reported_already("before")
+    assert not job.reported_already("older")  # late for its version anyway

@@ -82,9 +82,9 @@ async def answer(leaf: Leaf, call: DeviceCall) -> dict[str, Any]:
 
 
 async def test_leaf_says_too_many_devices_only_when_that_is_the_reason(
-    server: Server, monkeypatch: pytest.MonkeyPatch
+    server: Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    config = LeafConfig(port=0, server_port=server.link_port, link_secret=SECRET, quota_hold=0.0)
+    config = LeafConfig(port=0, server_port=server.link_port, link_secret=SECRET, quota_hold=0.0, data_dir=tmp_path)
     leaf = Leaf(config)
     await leaf.start()
     try:
@@ -121,7 +121,11 @@ async def test_a_held_task_is_answered_within_the_time_the_proxy_still_waits(tmp
     server = Server(ServerConfig(data_dir=tmp_path, http_port=0, link_port=0, link_secret=SECRET))
     server.coordinator.add_job("j", SPEC, initial_weights("xor", 0), time.monotonic())
     await server.start()
-    leaf = Leaf(LeafConfig(port=0, server_port=server.link_port, link_secret=SECRET, quota_hold=20.0))
+    leaf = Leaf(
+        LeafConfig(
+            port=0, server_port=server.link_port, link_secret=SECRET, quota_hold=20.0, data_dir=tmp_path / "leaf"
+        )
+    )
     await leaf.start()
     try:
         async with asyncio.timeout(10):

@@ -10,10 +10,11 @@ import orjson
 
 from device_protocol.cookies import CookieSigner
 from device_protocol.tensors import tensors_to_binary
+from edge_gateway.acknowledged import MemoryResults
 from edge_gateway.leaf.job_state import LeafJob
 from edge_gateway.leaf.payload_cache import PayloadCache
 from edge_gateway.leaf.xain_endpoints import XainEndpoints
-from edge_gateway.uplink import ResultBatcher
+from edge_gateway.uplink import ResultUplink
 from internal_link.calls import DeviceAnswer
 from internal_link.messages import JobStatus, JobView
 
@@ -60,7 +61,7 @@ async def endpoints(*views: JobView) -> tuple[XainEndpoints, dict[str, LeafJob]]
     async def no_sync(timeout: float) -> None:
         return None
 
-    return XainEndpoints(jobs, payloads, CookieSigner(b"k"), ResultBatcher("leaf", link), no_sync), jobs
+    return XainEndpoints(jobs, payloads, CookieSigner(b"k"), ResultUplink("leaf", link, MemoryResults()), no_sync), jobs
 
 
 async def state(xain: XainEndpoints, participant: str) -> str:

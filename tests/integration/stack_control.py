@@ -105,6 +105,8 @@ async def restart_leaf(stack: Stack, run_dir: Path, name: str) -> Child:
             str(port),
             "--server",
             f"127.0.0.1:{server_ports(run_dir)['link_port']}",
+            "--data-dir",
+            str(run_dir / name),
             "--ready-file",
             str(ready),
         ],

@@ -167,6 +167,8 @@ async def split_stack(namespace: Namespace, tmp_path: Path) -> AsyncIterator[Sta
                 "0",
                 "--server",
                 f"{namespace.host_ip}:{link}",
+                "--data-dir",
+                str(tmp_path / name),
                 "--ready-file",
                 str(tmp_path / f"{name}.ready"),
             ]
