@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -39,6 +38,7 @@ from .robustness import (
     model_limits,
     next_bounds,
 )
+from .rounds import RoundEnd, round_due
 
 # A leaf that has not synced for this long no longer holds slots: its devices have moved on.
 LEAF_STALE_AFTER = 3.0
@@ -53,28 +53,6 @@ RESEND_WAIT_LIMIT = 30.0
 LEAF_COUNTERS = ("tasks_issued", "refused", "late", "duplicates")
 # Simulator groups only list devices in the selection map; the cap keeps the map a sane size.
 MAX_GROUP_DEVICES = 100_000
-
-
-class RoundEnd(StrEnum):
-    """How a round ends (the value is its history's `closed_by`)."""
-
-    QUORUM = "quorum"  # devices_per_round results: closed
-    DEADLINE = "deadline"  # past round_timeout with at least min_results: closed
-    RESELECT = "reselect"  # past round_timeout with fewer: a fresh selection, keeping what was counted
-
-
-def round_due(spec: JobSpec, results: int, opened_at: float, now: float, *, held: bool) -> RoundEnd | None:
-    """Whether a running job's round (selection opened at `opened_at`, `results` counted) ends now.
-
-    None: it stays open. While rounds are held (`Coordinator.rounds_held`) none ends at all.
-    """
-    if held:
-        return None
-    if results >= spec.devices_per_round:
-        return RoundEnd.QUORUM
-    if now - opened_at < spec.round_timeout:
-        return None
-    return RoundEnd.DEADLINE if results >= spec.min_results else RoundEnd.RESELECT
 
 
 @dataclass(frozen=True)

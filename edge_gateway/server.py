@@ -1,4 +1,4 @@
-"""The server process: job API over HTTP, the leaves' link, checkpoints and evaluation."""
+"""The server process: the leaves' link, rounds and versions, checkpoints and evaluation (its job API: job_api.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from dataclasses import asdict
 from typing import Any, TypeVar
 
 import numpy as np
-import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
@@ -19,14 +18,14 @@ from device_protocol.tensors import tensors_from_binary, tensors_to_binary
 from internal_link.errors import CallRefused, ErrorCode
 from internal_link.messages import JobStatus, ModelRequest, RegisterGroup, SubmitBatch, SyncRequest
 from internal_link.server import LinkServer
-from internal_link.versions import versions
 
 from .config import ServerConfig
 from .coordinator import RESEND_WAIT_LIMIT, Coordinator, JobNotFound, NewVersion
+from .job_api import create_api
 from .jobs import JobSpec
 from .programs import ProgramBuilder
 from .robustness import ScreenBounds
-from .store import CheckpointStore, load_names, save_names, weights_to_npz
+from .store import CheckpointStore, load_names, save_names
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -357,112 +356,3 @@ def _failed(task: asyncio.Future[Any]) -> bool:
 
 
 # -- HTTP API ---------------------------------------------------------------------------------
-SERVER_KEY = web.AppKey("server", Server)
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
-
-
-def _error(status: int, message: str) -> web.Response:
-    return _json({"status": "ERROR", "message": message}, status)
-
-
-def create_api(server: Server) -> web.Application:
-    """The job API: submit, list, status, end, download the current model (.npz, or a phone job's .pte)."""
-    app = web.Application(middlewares=[_errors_as_json], client_max_size=1 << 20)
-    app[SERVER_KEY] = server
-    app.router.add_get("/api/health", _health)
-    app.router.add_get("/api/version", _version)
-    app.router.add_post("/api/jobs", _submit)
-    app.router.add_get("/api/jobs", _list)
-    app.router.add_get("/api/jobs/{job_id}", _status)
-    app.router.add_post("/api/jobs/{job_id}/end", _end)
-    app.router.add_get("/api/jobs/{job_id}/model", _model)
-    app.router.add_get("/api/jobs/{job_id}/model.pte", _program)
-    return app
-
-
-@web.middleware
-async def _errors_as_json(request: web.Request, handler: Any) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except JobNotFound as exc:
-        return _error(404, f"no job {exc.args[0]!r}")
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return _error(exc.status, exc.reason)
-
-
-async def _health(request: web.Request) -> web.Response:
-    server = request.app[SERVER_KEY]
-    return _json({"status": "OK", "boot": server.coordinator.boot, "jobs": len(server.coordinator.jobs), **versions()})
-
-
-async def _version(request: web.Request) -> web.Response:
-    return _json(versions())
-
-
-async def _submit(request: web.Request) -> web.Response:
-    try:
-        spec = JobSpec.model_validate_json(await request.read())
-    except ValidationError as exc:
-        return _json(
-            {
-                "status": "INVALID_REQUEST",
-                "message": "invalid job spec",
-                "errors": [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()],
-            },
-            400,
-        )
-    server = request.app[SERVER_KEY]
-    job_id = await server.submit_job(spec)
-    return _json(server.coordinator.status(job_id, time.monotonic()), 201)
-
-
-async def _list(request: web.Request) -> web.Response:
-    coordinator = request.app[SERVER_KEY].coordinator
-    now = time.monotonic()
-    return _json({"jobs": [coordinator.status(job_id, now) for job_id in coordinator.jobs]})
-
-
-async def _status(request: web.Request) -> web.Response:
-    return _json(request.app[SERVER_KEY].coordinator.status(request.match_info["job_id"], time.monotonic()))
-
-
-async def _end(request: web.Request) -> web.Response:
-    server = request.app[SERVER_KEY]
-    job_id = request.match_info["job_id"]
-    await server.end_job(job_id)
-    return _json(server.coordinator.status(job_id, time.monotonic()))
-
-
-async def _model(request: web.Request) -> web.Response:
-    job = request.app[SERVER_KEY].coordinator.job(request.match_info["job_id"])
-    body = await asyncio.to_thread(weights_to_npz, dict(job.weights))
-    return web.Response(
-        body=body,
-        content_type="application/octet-stream",
-        headers={
-            "X-Model-Version": str(job.version),
-            "Content-Disposition": f'attachment; filename="{job.job_id}-v{job.version}.npz"',
-        },
-    )
-
-
-async def _program(request: web.Request) -> web.Response:
-    server = request.app[SERVER_KEY]
-    job = server.coordinator.job(request.match_info["job_id"])
-    if job.spec.runtime != "executorch":
-        return _error(404, f"job {job.job_id!r} trains with {job.spec.runtime}: it has no .pte; get /model")
-    version = job.version
-    program = await asyncio.shield(server._program(job.job_id, version))
-    return web.Response(
-        body=program,
-        content_type="application/octet-stream",
-        headers={
-            "X-Model-Version": str(version),
-            "Content-Disposition": f'attachment; filename="{job.job_id}-v{version}.pte"',
-        },
-    )

@@ -2,8 +2,10 @@ import numpy as np
 import pytest
 
 from device_protocol.tensors import tensors_to_binary
-from edge_gateway.coordinator import RESEND_WAIT_LIMIT, Coordinator, RoundEnd, fair_level, round_due
+from edge_gateway.coordinator import RESEND_WAIT_LIMIT, Coordinator
+from edge_gateway.fair_share import fair_level
 from edge_gateway.jobs import JobSpec
+from edge_gateway.rounds import RoundEnd, round_due
 from internal_link.messages import JobStatus, LeafJobReport, SubmitBatch, SyncRequest
 
 W = {"w": np.zeros((2, 2), np.float32)}
