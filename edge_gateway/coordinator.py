@@ -26,7 +26,7 @@ from internal_link.messages import (
 
 from .fair_share import fair_level
 from .fedavg import PartialSum
-from .fedbuff import FedBuffBuffer
+from .fedbuff import FedBuffBuffer, repeated_ids
 from .fedbuff_jobs import grant_async, new_buffer, step_async, submit_async
 from .jobs import JobSpec
 from .robustness import (
@@ -299,7 +299,9 @@ class Coordinator:
             ), []
         duplicates = [t for t in batch.task_ids if t in job.counted]
         if duplicates or len(set(batch.task_ids)) != len(batch.task_ids):
-            return SubmitReply(accepted=False, duplicates=duplicates or _repeats(batch.task_ids), boot=self.boot), []
+            return SubmitReply(
+                accepted=False, duplicates=duplicates or repeated_ids(batch.task_ids), boot=self.boot
+            ), []
         if set(update) != set(job.shapes) or any(update[k].shape != job.shapes[k] for k in job.shapes):
             return SubmitReply(accepted=False, message="batch does not match the model's parameters"), []
         unscreened = check_partial(
@@ -416,13 +418,3 @@ class Coordinator:
             "leaves": sorted(s for s, v in job.leaves.items() if now - v.seen_at <= LEAF_STALE_AFTER),
             "history": job.history,
         }
-
-
-def _repeats(ids: list[str]) -> list[str]:
-    seen: set[str] = set()
-    repeated = []
-    for task_id in ids:
-        if task_id in seen:
-            repeated.append(task_id)
-        seen.add(task_id)
-    return repeated

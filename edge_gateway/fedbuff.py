@@ -139,7 +139,7 @@ class FedBuffBuffer:
             return Refused(f"results for model version {trained_on}; the newest is {self.version}")
         if is_late(trained_on, self.version, self.max_staleness):
             return Late(staleness=tau, current=self.version)
-        repeated = _repeats(task_ids)
+        repeated = repeated_ids(task_ids)
         if repeated or any(t in self._seen for t in task_ids):
             return Duplicate(tuple(repeated or [t for t in task_ids if t in self._seen]))
         if not task_ids or not (math.isfinite(weight) and weight > 0.0):
@@ -212,7 +212,8 @@ class FedBuffBuffer:
             self._seen.difference_update(self._applied.pop(v))
 
 
-def _repeats(ids: Sequence[str]) -> list[str]:
+def repeated_ids(ids: Sequence[str]) -> list[str]:
+    """The ids that stand more than once in `ids` (a batch holding one is refused whole)."""
     seen: set[str] = set()
     repeated = []
     for task_id in ids:
