@@ -8,6 +8,10 @@ from typing import Any
 import aiohttp
 import orjson
 
+# For tests of exact aggregation arithmetic: results are summed as sent, without the poisoning
+# defence (robustness.py), whose clipping and weight cap would change the mean on purpose.
+UNSCREENED: dict[str, Any] = {"weight_cap": "fixed", "clip": "off", "max_update_value_ratio": None}
+
 
 async def submit_job(api_url: str, **spec: Any) -> str:
     async with (

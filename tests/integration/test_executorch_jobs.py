@@ -18,7 +18,7 @@ from internal_link.messages import JobStatus
 from tests.executorch_warnings import EXECUTORCH_WARNINGS
 
 from .clients import AndroidDevice, IosDevice
-from .helpers import submit_job, wait_for
+from .helpers import UNSCREENED, submit_job, wait_for
 
 pytest.importorskip("executorch")
 pytestmark = [pytest.mark.filterwarnings(spec) for spec in EXECUTORCH_WARNINGS]
@@ -90,6 +90,7 @@ async def test_phone_job_trained_on_served_programs(
     rounds, per_round = 3, 3
     job_id = await submit_job(
         stack.api_url,
+        **UNSCREENED,
         name=job,
         model=model,
         runtime="executorch",

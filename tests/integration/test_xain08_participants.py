@@ -26,7 +26,7 @@ from edge_gateway.processes import Child
 
 from ..xain.sdk_venvs import sdk_python
 from .clients import IosDevice, diff_for
-from .helpers import job_status, submit_job, wait_for
+from .helpers import UNSCREENED, job_status, submit_job, wait_for
 from .stack_control import child, kill
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -103,6 +103,7 @@ async def test_participants_average_exactly_round_after_round(stack: Stack, http
     rounds = 3
     job_id = await submit_job(
         stack.api_url,
+        **UNSCREENED,
         name="xain_exact",
         model="xor",
         rounds=rounds,
@@ -135,6 +136,7 @@ async def test_participant_killed_mid_round_does_not_stall_the_job(stack: Stack,
     rounds = 3
     job_id = await submit_job(
         stack.api_url,
+        **UNSCREENED,
         name="xain_kill",
         model="xor",
         rounds=rounds,
@@ -174,6 +176,7 @@ async def test_mixed_job_of_participants_and_feg_devices_aggregates_exactly(
     rounds = 2
     job_id = await submit_job(
         stack.api_url,
+        **UNSCREENED,
         name="xain_mixed",
         model="xor",
         rounds=rounds,
@@ -283,6 +286,7 @@ async def test_participants_move_when_their_leaf_dies(stack: Stack, http: aiohtt
     rounds = 4
     job_id = await submit_job(
         stack.api_url,
+        **UNSCREENED,
         name="xain_leaf_dies",
         model="xor",
         rounds=rounds,
