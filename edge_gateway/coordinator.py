@@ -68,6 +68,7 @@ class LeafSlots:
     seen_at: float
     selection_id: int  # the selection `granted` is for: a grant for an earlier one holds nothing
     leaf_boot: str  # the leaf process the report is from: its counters start at 0 in the next
+    serving: bool  # the leaf's last report named the job: it has the job and answers its devices
 
 
 @dataclass
@@ -207,18 +208,25 @@ class Coordinator:
             self.awaiting_resends.discard(request.leaf)
         views = []
         for job in self.jobs.values():
-            report = request.jobs.get(job.job_id, LeafJobReport())
+            report = request.jobs.get(job.job_id)
             views.append(self._view(job, request.leaf, request.boot, report, now))
         return SyncReply(boot=self.boot, jobs=views)
 
-    def _view(self, job: JobState, leaf: str, leaf_boot: str, report: LeafJobReport, now: float) -> JobView:
+    def _view(self, job: JobState, leaf: str, leaf_boot: str, report: LeafJobReport | None, now: float) -> JobView:
+        serving = report is not None
+        report = report or LeafJobReport()
         grant = free = 0
         if job.status is JobStatus.RUNNING:
             grant, free = self._grant(job, leaf, report, now)
         slots = job.leaves.get(leaf)
         if slots is None:
             job.leaves[leaf] = LeafSlots(
-                report=report, granted=grant, seen_at=now, selection_id=job.selection_id, leaf_boot=leaf_boot
+                report=report,
+                granted=grant,
+                seen_at=now,
+                selection_id=job.selection_id,
+                leaf_boot=leaf_boot,
+                serving=serving,
             )
         else:
             if slots.leaf_boot != leaf_boot:  # restarted: keep what the ended process had counted
@@ -226,6 +234,7 @@ class Coordinator:
                     job.ended_leaf_totals[key] += getattr(slots.report, key)
                 slots.leaf_boot = leaf_boot
             slots.report, slots.granted, slots.seen_at, slots.selection_id = report, grant, now, job.selection_id
+            slots.serving = serving
         spec = job.spec
         return JobView(
             job_id=job.job_id,
@@ -415,6 +424,6 @@ class Coordinator:
             "rejected_models": sum("rejected" in h for h in job.history),
             "screen": asdict(job.bounds),
             "tasks_issued": totals["tasks_issued"],
-            "leaves": sorted(s for s, v in job.leaves.items() if now - v.seen_at <= LEAF_STALE_AFTER),
+            "leaves": sorted(s for s, v in job.leaves.items() if v.serving and now - v.seen_at <= LEAF_STALE_AFTER),
             "history": job.history,
         }

@@ -304,6 +304,7 @@ class Leaf:
         job = self.jobs.get(view.job_id)
         if job is None:
             job = self.jobs[view.job_id] = LeafJob(view=view, waiting_window=2.0 * view.retry_wait + 5.0)
+            self._wake_sync.set()  # the server lists this leaf on the job once a report names it
             # A device whose OK was answered before this leaf restarted hears "counted once" again.
             job.taken_before(self.uplink.replayed(view.job_id))
         else:

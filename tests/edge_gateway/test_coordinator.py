@@ -385,3 +385,13 @@ def test_duplicates_name_the_boot_that_counted_them():
     assert batch(c, ["t1"])[0].accepted
     reply, _ = batch(c, ["t1", "t2"])
     assert (reply.accepted, reply.duplicates, reply.boot) == (False, ["t1"], "b")
+
+
+def test_a_leaf_is_listed_on_a_job_only_once_it_reports_serving_it():
+    # The reply that tells a leaf of a new job may be slow or lost: until the leaf's next sync
+    # names the job, devices sent to that leaf would hear "unknown job", so status must not list it.
+    c = make()
+    c.sync(SyncRequest(leaf="a", boot="x", jobs={}), now=0.1)
+    assert c.status("j", now=0.2)["leaves"] == []
+    sync(c, "a", 0.3)
+    assert c.status("j", now=0.4)["leaves"] == ["a"]
