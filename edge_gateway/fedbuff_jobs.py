@@ -63,7 +63,7 @@ def submit_async(
         job.async_screened.add_partial(
             {}, batch.sum_weight, len(batch.task_ids), clipped=batch.clipped, capped=batch.capped
         )
-        return SubmitReply(accepted=True, boot=boot, applies_in=outcome.applies_in)
+        return SubmitReply(accepted=True, boot=boot)
     if isinstance(outcome, Late):
         return SubmitReply(
             accepted=False,

@@ -125,5 +125,3 @@ class SubmitReply(_Message):
     # The server boot that took an accepted batch (or had counted a duplicate's ids): leaves
     # re-send only what earlier boots took.
     boot: str = ""
-    # The version an accepted batch becomes part of (async jobs; sync: the batch's version + 1).
-    applies_in: int | None = None
