@@ -120,7 +120,7 @@ class Forwarder:
             except UnicodeDecodeError:
                 reply(invalid_request(400, "the query string must be UTF-8"))
                 return
-            for key, text_value in parse_qsl(text, keep_blank_values=True):
+            for key, text_value in _query_pairs(text):
                 query.setdefault(key, text_value)
         candidates = self._upstreams.candidates(device_id)
         call = DeviceCall(endpoint, query, headers, body, self._timeout)
@@ -163,6 +163,13 @@ class Forwarder:
         healthy = sum(leaf["healthy"] for leaf in leaves.values())
         body = {"status": "OK" if healthy else "RETRY", "healthy": healthy, "leaves": leaves, **versions()}
         return Response(200, JSON, orjson.dumps(body))
+
+
+def _query_pairs(text: str) -> list[tuple[str, str]]:
+    """`parse_qsl(text, keep_blank_values=True)`; devices' `job_id=<uuid>` skips its unquoting."""
+    if "%" in text or "+" in text:
+        return parse_qsl(text, keep_blank_values=True)
+    return [(key, value) for key, _, value in (part.partition("=") for part in text.split("&") if part)]
 
 
 def _releasing(admission: AdmissionControl, reply: Reply) -> Reply:

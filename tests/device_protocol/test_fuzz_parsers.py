@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import msgpack
@@ -300,7 +301,7 @@ def test_valid_requests_round_trip(data: st.DataObject) -> None:
     request = parse_request(endpoint, query, {"x-flare-device-id": "dev-1"}, orjson.loads(orjson.dumps(body)))
     expected = {JobRequest: "job", TaskRequest: "task", ResultRequest: "result", SelectionRequest: "selection"}
     assert expected[type(request)] == endpoint
-    parsed = request.model_dump()
+    parsed = asdict(request)
     if endpoint == "job":
         assert parsed["job_name"] == fields["job_name"] and parsed["methods"] == fields["capabilities"]["methods"]
     else:
