@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-ModelName = Literal["xor", "digits", "cifar10"]
+ModelName = Literal["xor", "digits", "cifar10", "cifar10_wide"]
 # pytorch: task data carries the weights; executorch: a training program (.pte) phones run.
 Runtime = Literal["pytorch", "executorch"]
 Backend = Literal["portable", "xnnpack"]

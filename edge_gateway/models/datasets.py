@@ -30,6 +30,8 @@ _SPLITS = ("train", "test")
 def load_dataset(name: str, split: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(x, y) of data set `name` ("xor" | "digits" | "cifar10") for `split` ("train" | "test").
 
+    "cifar10_wide" names the wider CNN's data set: the same as "cifar10".
+
     x is float32 (xor: (N, 2); digits: (N, 64) in [0, 1]; cifar10: (N, 3, 32, 32), synthetic),
     y is int64 class labels. Deterministic in `seed`; train and test never share samples.
     """
@@ -108,4 +110,4 @@ def _cifar10_synthetic(split: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-_LOADERS = {"xor": _xor, "digits": _digits, "cifar10": _cifar10_synthetic}
+_LOADERS = {"xor": _xor, "digits": _digits, "cifar10": _cifar10_synthetic, "cifar10_wide": _cifar10_synthetic}

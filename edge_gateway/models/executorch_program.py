@@ -26,7 +26,12 @@ from .pte_layout import ParameterSlot, program_layout
 PARAM_PREFIX = "net."  # the wrapper's attribute name: devices report `net.<state-dict name>`
 
 # One sample's shape as the nets take it; programs take it flattened (see the module docstring).
-SAMPLE_SHAPES: dict[str, tuple[int, ...]] = {"xor": (2,), "digits": (64,), "cifar10": (3, 32, 32)}
+SAMPLE_SHAPES: dict[str, tuple[int, ...]] = {
+    "xor": (2,),
+    "digits": (64,),
+    "cifar10": (3, 32, 32),
+    "cifar10_wide": (3, 32, 32),
+}
 
 # Warnings torch/executorch 1.5.1 emit on every export that callers can do nothing about:
 # torch's pytree deprecation raised from inside torch.export, executorch reading its own schema

@@ -14,7 +14,7 @@ import numpy as np
 
 from ._seeding import rng_for
 
-MODEL_NAMES: tuple[str, ...] = ("xor", "digits", "cifar10")
+MODEL_NAMES: tuple[str, ...] = ("xor", "digits", "cifar10", "cifar10_wide")
 
 # Widths of the digits MLP (64 → DIGITS_HIDDEN → 10); chosen by the FedAvg tuning in demo.py.
 DIGITS_HIDDEN = 128
@@ -45,6 +45,15 @@ PARAM_SPECS: dict[str, tuple[ParamSpec, ...]] = {
         + _conv("conv2", 6, 16, 5)
         + _linear("fc1", 16 * 5 * 5, 120)
         + _linear("fc2", 120, 84)
+        + _linear("fc3", 84, 10)
+    ),
+    # The same task with 1,571,130 parameters (6.3 MB of float32): the size of the programs phones
+    # download, for the transfer tests and benchmarks over shaped links (and a stronger CNN).
+    "cifar10_wide": tuple(
+        _conv("conv1", 3, 32, 5)
+        + _conv("conv2", 32, 64, 5)
+        + _linear("fc1", 64 * 5 * 5, 900)
+        + _linear("fc2", 900, 84)
         + _linear("fc3", 84, 10)
     ),
 }

@@ -22,7 +22,7 @@ APP_NAME = "edgefl-sim"
 APP_VERSION = "1.0"
 PLATFORM = "sim"
 # The models our trainers can run, announced as capabilities on /job.
-METHODS: tuple[str, ...] = ("xor", "digits", "cifar10")
+METHODS: tuple[str, ...] = ("xor", "digits", "cifar10", "cifar10_wide")
 RESULT_KIND = "WEIGHT_DIFF"
 TASK_KIND = "WEIGHTS"
 # What phones get and send back (PROTOCOL.md §4-§5): an ExecuTorch program, an `et_tensor_diff`.

@@ -7,9 +7,9 @@ import pytest
 
 from edge_gateway.models import MODEL_NAMES, load_dataset
 
-SIZES = {"xor": (400, 100), "digits": (1438, 359), "cifar10": (2000, 500)}
-FEATURES = {"xor": (2,), "digits": (64,), "cifar10": (3, 32, 32)}
-CLASSES = {"xor": 2, "digits": 10, "cifar10": 10}
+SIZES = {"xor": (400, 100), "digits": (1438, 359), "cifar10": (2000, 500), "cifar10_wide": (2000, 500)}
+FEATURES = {"xor": (2,), "digits": (64,), "cifar10": (3, 32, 32), "cifar10_wide": (3, 32, 32)}
+CLASSES = {"xor": 2, "digits": 10, "cifar10": 10, "cifar10_wide": 10}
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)

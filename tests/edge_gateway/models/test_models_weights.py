@@ -8,12 +8,12 @@ import torch
 
 from edge_gateway.models import MODEL_NAMES, build_net, initial_weights, param_shapes
 
-INPUT_SHAPES = {"xor": (2,), "digits": (64,), "cifar10": (3, 32, 32)}
-NUM_CLASSES = {"xor": 2, "digits": 10, "cifar10": 10}
+INPUT_SHAPES = {"xor": (2,), "digits": (64,), "cifar10": (3, 32, 32), "cifar10_wide": (3, 32, 32)}
+NUM_CLASSES = {"xor": 2, "digits": 10, "cifar10": 10, "cifar10_wide": 10}
 
 
 def test_model_names() -> None:
-    assert MODEL_NAMES == ("xor", "digits", "cifar10")
+    assert MODEL_NAMES == ("xor", "digits", "cifar10", "cifar10_wide")
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
