@@ -3,6 +3,11 @@
 A leaf is healthy while its link is connected and its last `"ping"` (every `health_interval`,
 with a deadline of `health_timeout`) was answered; a failed ping or a lost connection makes it
 unhealthy until a ping succeeds again.
+
+Pings travel on a connection of their own. On the one that carries device calls they would queue
+behind every byte already sent: 100 downloads of a 6 MB model are 5 s of a 1 Gbps link, so a
+busy leaf would look dead and every download in flight would be answered RETRY, to be asked again.
+Apart, a ping answered tells a slow leaf from a dead one.
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ logger = logging.getLogger(__name__)
 class Upstream:
     """One leaf and its link."""
 
-    def __init__(self, leaf: Leaf, client: LinkClient) -> None:
+    def __init__(self, leaf: Leaf, client: LinkClient, control: LinkClient) -> None:
         self.leaf = leaf
-        self.client = client
+        self.client = client  # device calls
+        self.control = control  # health pings only
         self.ping_ok = False
 
     @property
@@ -48,7 +54,12 @@ class Upstreams:
         health_timeout: float = 5.0,
     ) -> None:
         self.members = [
-            Upstream(leaf, LinkClient(leaf.host, leaf.port, secret, leaf.name, ssl=ssl_context)) for leaf in leaves
+            Upstream(
+                leaf,
+                LinkClient(leaf.host, leaf.port, secret, leaf.name, ssl=ssl_context),
+                LinkClient(leaf.host, leaf.port, secret, f"{leaf.name} (health)", ssl=ssl_context),
+            )
+            for leaf in leaves
         ]
         self.router = Router([leaf.name for leaf in leaves])
         self._ping_ok: set[int] = set()
@@ -61,6 +72,7 @@ class Upstreams:
         loop = asyncio.get_running_loop()
         for index, upstream in enumerate(self.members):
             await upstream.client.start()
+            await upstream.control.start()
             self._watchers.append(loop.create_task(self._watch(index, upstream)))
 
     async def close(self) -> None:
@@ -69,6 +81,7 @@ class Upstreams:
         await asyncio.gather(*self._watchers, return_exceptions=True)
         self._watchers.clear()
         await asyncio.gather(*(upstream.client.close() for upstream in self.members))
+        await asyncio.gather(*(upstream.control.close() for upstream in self.members))
 
     def candidates(self, device_id: str) -> list[Upstream]:
         """The healthy leaves for this device, preferred first (PROTOCOL.md §7, ours)."""
@@ -92,15 +105,15 @@ class Upstreams:
         }
 
     async def _watch(self, index: int, upstream: Upstream) -> None:
-        client = upstream.client
+        client, control = upstream.client, upstream.control
         while True:
-            if not client.connected:
+            if not (client.connected and control.connected):
                 self._set_health(index, upstream, False, "not connected")
-                # Probe as soon as the link is back, so its devices return without delay.
-                if not await client.wait_connected(self._interval):
+                # Probe as soon as the links are back, so its devices return without delay.
+                if not (await client.wait_connected(self._interval) and await control.wait_connected(self._interval)):
                     continue
             try:
-                await client.call(PING, None, self._timeout)
+                await control.call(PING, None, self._timeout)
             except RemoteError as exc:
                 # It answers, refusing: a draining leaf still answers what it holds.
                 self._set_health(index, upstream, False, f"ping refused: {exc}")
