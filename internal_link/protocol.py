@@ -93,6 +93,11 @@ class _Connection:
         """Whether the handshake has succeeded."""
         return self.state is State.OPEN
 
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes queued and not yet taken by `data_to_send`."""
+        return sum(map(len, self._outbox))
+
     def data_to_send(self) -> list[bytes]:
         """Every byte string queued since the last call, in order (header and body apart)."""
         outbox, self._outbox = self._outbox, []

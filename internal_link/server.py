@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import ssl as ssl_module
@@ -19,6 +20,10 @@ logger = logging.getLogger(__name__)
 # A handler answers at once (a plain value) or later (an awaitable): most proxy requests need no task.
 Handler = Callable[[Any], Any]
 
+# Answers are written as they are made once this many bytes wait, not at the end of the loop turn,
+# so that a congested link holds further calls instead of their (possibly model-sized) answers.
+WRITE_NOW_BYTES = 256 * 1024
+
 
 class _ServerProtocol(LinkProtocol):
     core: ServerConnection
@@ -28,6 +33,9 @@ class _ServerProtocol(LinkProtocol):
         self.server = server
         self.core = ServerConnection(server.secret, os.urandom(NONCE_SIZE), server.max_frame)
         self._auth_timer: asyncio.TimerHandle | None = None
+        # Calls taken while the peer does not read our answers: handled in order as it does. Each is
+        # a few hundred bytes, where its answer may be a 6 MB model: memory stays with the calls.
+        self._held: collections.deque[CallReceived] = collections.deque()
 
     @property
     def authenticated(self) -> bool:
@@ -53,11 +61,24 @@ class _ServerProtocol(LinkProtocol):
             return
         for event in events:
             if type(event) is CallReceived:
-                self._call_received(event)
+                if self._held or self.flow.write_paused:
+                    self._held.append(event)
+                else:
+                    self._take(event)
             else:  # Accepted: the client proved the secret
                 if self._auth_timer is not None:
                     self._auth_timer.cancel()
                 self.queued()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        while self._held and not self.flow.write_paused and self.transport is not None:
+            self._take(self._held.popleft())
+
+    def _take(self, call: CallReceived) -> None:
+        self._call_received(call)
+        if self.core.queued_bytes >= WRITE_NOW_BYTES:
+            self.flush()  # may pause writing: the calls after this one wait for the peer to read
 
     def _call_received(self, call: CallReceived) -> None:
         if self.server.closing:
@@ -92,8 +113,7 @@ class _ServerProtocol(LinkProtocol):
             failed: Exception | None = exc
         else:
             failed = None
-        if self.flow.write_paused:
-            await self.drain()
+        await self.drain()  # re-checked after every wake-up: answers that were waiting go one by one
         if failed is None:
             self._send_result(call, result)
         else:
@@ -105,7 +125,10 @@ class _ServerProtocol(LinkProtocol):
         except Exception as exc:  # not packable
             self._send_failure(call, exc)
             return
-        self.queued()
+        if self.core.queued_bytes >= WRITE_NOW_BYTES:
+            self.flush()
+        else:
+            self.queued()
 
     def _send_failure(self, call: CallReceived, exc: Exception) -> None:
         # A handler error is an answer, never a dropped link.

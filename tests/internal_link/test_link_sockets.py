@@ -313,3 +313,37 @@ def test_tls_with_an_untrusted_server_never_connects(run: Runner, tmp_path: Path
             assert not await client.wait_connected(0.5)
 
     run(main)
+
+
+def test_a_peer_that_does_not_read_its_answers_gets_no_more_calls_handled(run: Runner) -> None:
+    # 60 calls whose answers are 1 MB each, from a peer that reads nothing: were every call answered
+    # at once, the server would hold 60 MB of answers; it handles calls only as its answers leave.
+    from internal_link.protocol import ClientConnection
+
+    handled = []
+
+    def megabyte(payload: int) -> bytes:
+        handled.append(payload)
+        return bytes(1_000_000)
+
+    async def main() -> None:
+        async with link({"megabyte": megabyte}) as (_, _client, port):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            core: ClientConnection[int] = ClientConnection(b"")
+            while not core.open:
+                core.receive_data(await reader.read(4096))
+                writer.writelines(core.data_to_send())
+            for i in range(60):
+                core.send_call("megabyte", i, i)
+            writer.writelines(core.data_to_send())
+            await asyncio.sleep(0.5)
+            held_back = len(handled)
+            answers: list[Any] = []
+            while len(answers) < 60:  # bounded: 60 MB on loopback, or the test's timeout
+                answers += core.receive_data(await reader.read(1 << 20))
+            writer.close()
+            # Kernel socket buffers take a few answers before the server's transport backs up.
+            assert held_back < 30, held_back
+            assert handled == list(range(60)) and [a.waiter for a in answers] == list(range(60))
+
+    run(main)
