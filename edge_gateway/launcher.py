@@ -327,6 +327,7 @@ async def run_local(args: argparse.Namespace) -> int:
             f"proxy {stack.proxy_url}  job API {stack.api_url}  lcp_map {stack.lcp_map}  logs {run_dir / 'logs'}",
             flush=True,
         )
+        print(f"status page {stack.api_url}/status", flush=True)
         lan = phone_url(args.host, int(stack.proxy_url.rsplit(":", 1)[1]))
         if lan is not None:
             print(f"phones on the LAN: serverURL = {lan}", flush=True)
