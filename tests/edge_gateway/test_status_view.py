@@ -66,3 +66,10 @@ def test_a_job_shows_its_round_funnel_and_the_evaluated_versions_only() -> None:
     assert (view["round"], view["model_version"], view["rounds"], view["mode"]) == (2, 2, 5, "sync")
     assert view["evaluations"] == [{"version": 2, "accuracy": 0.875, "loss": 0.25, "results": 6}]
     assert tuple(view["funnel"]) == FUNNEL and view["funnel"]["results_counted"] == 13
+
+
+def test_an_async_job_wants_its_concurrency_not_a_round_size() -> None:
+    c = Coordinator(boot="b")
+    c.add_job("a", JobSpec(name="fedbuff", model="xor", mode="async", concurrency=12, buffer_size=4), W, now=0.0)
+    (view,) = status_view(c, 1.0, None)["jobs"]
+    assert (view["mode"], view["wanted"]) == ("async", 12)
