@@ -1,6 +1,6 @@
 """The server's job API over HTTP: submit, list, status, end, model downloads, health, version, the status page.
 
-A thin aiohttp shell over `Server` (server.py): every answer is JSON, every error too.
+A thin aiohttp shell over `Server` (server.py): every answer is JSON (the status page's HTML aside), every error too.
 """
 
 from __future__ import annotations
