@@ -1,6 +1,6 @@
 """The server's status page in headless Chromium: it loads without console errors, shows the job
-and the topology, and its plot gains a point when a model version is made, without a reload.
-Saves a screenshot to docs/status-page.png."""
+and the topology, its plot gains a point when a model version is made, and a leaf going down
+shows, all without a reload. Saves a screenshot to docs/status-page.png."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from edge_gateway.models.demo import training_defaults
 from edge_gateway.processes import spawn
 from internal_link.messages import JobStatus
 from tests.integration.helpers import submit_job, wait_for, wait_leaves_synced
+from tests.integration.stack_control import child, kill
 
 if TYPE_CHECKING:  # imported when a test runs: test.sh's runs collect this file without the browser extra
     from playwright.async_api import Browser, Page
@@ -102,6 +103,13 @@ async def test_the_status_page_shows_the_job_and_plots_each_new_version_live(
     await page.locator("#round dd", has_text=re.compile("^done$")).wait_for(timeout=10_000)
     SCREENSHOT.parent.mkdir(exist_ok=True)
     await page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    # A leaf going down turns red on the open page, in both the server's and the proxy's column.
+    await kill(child(stack, "leaf-1"))
+    leaf_row = page.locator('#leaves tbody tr[data-leaf="leaf-1"]')
+    await leaf_row.locator("td.bad", has_text=re.compile("^unhealthy$")).wait_for(timeout=20_000)
+    await leaf_row.locator("td.bad", has_text=re.compile(r"s ago$")).wait_for(timeout=20_000)
+    assert await page.locator('#leaves tbody tr[data-leaf="leaf-0"] td.bad').count() == 0
 
     assert problems == []
     assert requests and all(url.startswith(f"{stack.api_url}/") for url in requests), set(requests)
