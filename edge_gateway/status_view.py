@@ -45,6 +45,7 @@ def job_view(coordinator: Coordinator, job_id: str, now: float) -> dict[str, Any
         # Sync: results that close a round; async: devices training at once.
         "wanted": spec["devices_per_round"] if spec["mode"] == "sync" else spec["concurrency"],
         "selected": status["selected"],
+        "selected_by_leaf": selected_by_leaf(coordinator, job_id, now),
         "reported": status["reported"],
         "leaves": status["leaves"],
         "funnel": {stage: status[stage] for stage in FUNNEL},
@@ -54,6 +55,16 @@ def job_view(coordinator: Coordinator, job_id: str, now: float) -> dict[str, Any
             for h in status["history"]
             if "accuracy" in h
         ],
+    }
+
+
+def selected_by_leaf(coordinator: Coordinator, job_id: str, now: float) -> dict[str, int]:
+    """Devices training for the current selection, per live leaf (what `selected` sums)."""
+    job = coordinator.job(job_id)
+    return {
+        name: slots.report.assigned
+        for name, slots in sorted(job.leaves.items())
+        if now - slots.seen_at <= LEAF_STALE_AFTER and slots.report.selection_id == job.selection_id
     }
 
 

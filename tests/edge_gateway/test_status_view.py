@@ -73,3 +73,12 @@ def test_an_async_job_wants_its_concurrency_not_a_round_size() -> None:
     c.add_job("a", JobSpec(name="fedbuff", model="xor", mode="async", concurrency=12, buffer_size=4), W, now=0.0)
     (view,) = status_view(c, 1.0, None)["jobs"]
     assert (view["mode"], view["wanted"]) == ("async", 12)
+
+
+def test_the_current_selection_is_shown_per_live_leaf() -> None:
+    c = coordinator_with_job()
+    c.sync(SyncRequest(leaf="leaf-0", boot="x", jobs={"j": LeafJobReport(selection_id=0, assigned=3)}), 1.0)
+    c.sync(SyncRequest(leaf="leaf-1", boot="x", jobs={"j": LeafJobReport(selection_id=0, assigned=2)}), 1.0)
+    c.sync(SyncRequest(leaf="gone", boot="x", jobs={"j": LeafJobReport(selection_id=0, assigned=9)}), -5.0)
+    (view,) = status_view(c, 1.0, None)["jobs"]
+    assert view["selected_by_leaf"] == {"leaf-0": 3, "leaf-1": 2} and view["selected"] == 5
