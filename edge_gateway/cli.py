@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--link-port", type=int, default=None)
     server.add_argument("--data-dir", type=Path, default=None)
     server.add_argument("--ready-file", type=Path, default=None, help="write the bound ports here once serving")
+    server.add_argument("--proxy", default=None, help="the routing proxy's URL: the status page shows its /health")
 
     leaf = commands.add_parser("leaf", help="run a leaf aggregator")
     leaf.add_argument("--name", default=None)
@@ -98,7 +99,16 @@ async def _serve_server(args: argparse.Namespace) -> int:
     from .server import Server
 
     config = ServerConfig(
-        **_overrides(args, {"host": "host", "http_port": "http_port", "link_port": "link_port", "data_dir": "data_dir"})
+        **_overrides(
+            args,
+            {
+                "host": "host",
+                "http_port": "http_port",
+                "link_port": "link_port",
+                "data_dir": "data_dir",
+                "proxy": "proxy_url",
+            },
+        )
     )
     with process.stop_signals() as stop:
         server = Server(config)

@@ -35,6 +35,9 @@ class ServerConfig(_Settings):
     link_port: int = Field(default=8002, ge=0, le=65535, description="where leaves connect")
     data_dir: Path = Path("edgefl-data/server")
     tick_interval: float = 0.5
+    proxy_url: str | None = Field(
+        default=None, pattern=r"^https?://", description="the routing proxy whose /health the status page shows"
+    )
 
 
 class LeafConfig(_Settings):

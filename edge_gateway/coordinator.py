@@ -119,6 +119,7 @@ class Coordinator:
         self.boot = boot
         self.jobs: dict[str, JobState] = {}
         self.awaiting_resends: set[str] = set()  # leaves, see RESEND_WAIT_LIMIT
+        self.leaves_seen: dict[str, float] = {}  # leaf -> its last sync, jobs or none (the status page's topology)
         self._resends_due_by = 0.0
 
     # -- jobs ---------------------------------------------------------------------------------
@@ -202,6 +203,7 @@ class Coordinator:
 
     def sync(self, request: SyncRequest, now: float) -> SyncReply:
         """Record a leaf's reports and grant it task slots for each running job."""
+        self.leaves_seen[request.leaf] = now
         if request.undelivered:
             self.hold_for(request.leaf, now)
         elif request.server_boot == self.boot:

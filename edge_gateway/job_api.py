@@ -1,6 +1,6 @@
-"""The server's job API over HTTP: submit, list, status, end, model downloads, health, version.
+"""The server's job API over HTTP: submit, list, status, end, model downloads, health, version, the status page.
 
-A thin aiohttp shell over `Server` (server.py): every answer is JSON, every error too.
+A thin aiohttp shell over `Server` (server.py): every answer is JSON (the status page's HTML aside), every error too.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from internal_link.versions import versions
 
 from .coordinator import JobNotFound
 from .jobs import JobSpec
+from .status_api import add_status_routes
 from .store import weights_to_npz
 
 if TYPE_CHECKING:  # server.py builds this API: imported there, not here
@@ -45,6 +46,7 @@ def create_api(server: Server) -> web.Application:
     app.router.add_post("/api/jobs/{job_id}/end", _end)
     app.router.add_get("/api/jobs/{job_id}/model", _model)
     app.router.add_get("/api/jobs/{job_id}/model.pte", _program)
+    add_status_routes(app, server)
     return app
 
 

@@ -115,6 +115,10 @@ async def start_stack(run_dir: Path, leaves: int, proxy_host: str, proxy_port: i
     logs.mkdir(parents=True, exist_ok=True)
     env = {"EDGEFL_LINK_SECRET": os.environ.get("EDGEFL_LINK_SECRET") or secrets.token_hex(16)}
     children: list[Child] = []
+    # Chosen first: the server's status page shows the proxy's /health.
+    port = proxy_port or free_port(proxy_host)
+    connect_host = "127.0.0.1" if proxy_host in ("0.0.0.0", "::") else proxy_host
+    proxy_url = f"http://{connect_host}:{port}"
     try:
         server = await spawn(
             "server",
@@ -129,6 +133,8 @@ async def start_stack(run_dir: Path, leaves: int, proxy_host: str, proxy_port: i
                 str(run_dir / "server"),
                 "--ready-file",
                 str(run_dir / "server.ready"),
+                "--proxy",
+                proxy_url,
             ],
             logs,
             env,
@@ -163,11 +169,9 @@ async def start_stack(run_dir: Path, leaves: int, proxy_host: str, proxy_port: i
             lcp[child.name] = {"host": "127.0.0.1", "port": info["port"]}
         lcp_map = run_dir / "lcp_map.json"
         lcp_map.write_bytes(orjson.dumps(lcp, option=orjson.OPT_INDENT_2))
-        port = proxy_port or free_port(proxy_host)
         proxy = await spawn("proxy", ["routing_proxy", str(port), str(lcp_map), "--host", proxy_host], logs, env)
         children.append(proxy)
-        connect_host = "127.0.0.1" if proxy_host in ("0.0.0.0", "::") else proxy_host
-        stack = Stack(f"http://{connect_host}:{port}", f"http://127.0.0.1:{ready['http_port']}", lcp_map, env, children)
+        stack = Stack(proxy_url, f"http://127.0.0.1:{ready['http_port']}", lcp_map, env, children)
         await _wait_http(proxy, f"{stack.proxy_url}/health")
         return stack
     except BaseException:
@@ -323,6 +327,7 @@ async def run_local(args: argparse.Namespace) -> int:
             f"proxy {stack.proxy_url}  job API {stack.api_url}  lcp_map {stack.lcp_map}  logs {run_dir / 'logs'}",
             flush=True,
         )
+        print(f"status page {stack.api_url}/status", flush=True)
         lan = phone_url(args.host, int(stack.proxy_url.rsplit(":", 1)[1]))
         if lan is not None:
             print(f"phones on the LAN: serverURL = {lan}", flush=True)

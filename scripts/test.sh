@@ -9,5 +9,6 @@ scripts/install.sh train,test,executorch
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy device_protocol internal_link routing_proxy edge_gateway
-.venv/bin/python -m pytest -m "not integration" "$@"
-.venv/bin/python -m pytest -m integration "$@"
+# Browser tests have their own step (scripts/test_browser.sh): they need chromium.
+.venv/bin/python -m pytest -m "not integration and not browser" "$@"
+.venv/bin/python -m pytest -m "integration and not browser" "$@"

@@ -166,3 +166,13 @@ def test_every_process_gets_the_link_secret() -> None:
         assert secret == {"secretKeyRef": {"name": "edgefl-link", "key": "EDGEFL_LINK_SECRET"}}
     for name, service in compose_services().items():
         assert service["environment"]["EDGEFL_LINK_SECRET"].startswith("${EDGEFL_LINK_SECRET:?"), name
+
+
+def test_the_servers_status_page_shows_the_proxys_health() -> None:
+    # Kubernetes: the proxy Service (any replica answers its /health); compose: the proxy service.
+    proxy_port = {p["name"]: p["port"] for p in k8s("Service", "proxy")["spec"]["ports"]}["devices"]
+    server = container(k8s("StatefulSet", "server"))
+    assert env_value(server, "EDGEFL_SERVER_PROXY_URL") == f"http://proxy:{proxy_port}"
+    services = compose_services()
+    proxy_url = services["server"]["environment"]["EDGEFL_SERVER_PROXY_URL"]
+    assert proxy_url == f"http://proxy:{services['proxy']['command'][3]}"

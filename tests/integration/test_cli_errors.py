@@ -95,6 +95,7 @@ async def server_api(tmp_path: Path) -> AsyncIterator[str]:
         (["local", "--job", "x", "--devices-per-round", "many"], 2, ["--devices-per-round"]),
         (["local", "--host", "192.0.2.1", "--port", "4999"], 1, ["192.0.2.1"]),
         (["leaf", "--server", "server-without-port"], 2, ["HOST:PORT"]),
+        (["server", "--proxy", "proxy-without-scheme:4321", "--http-port", "0"], 1, ["proxy_url", "https?://"]),
         (["job", "submit", "--spec", "/no/such/spec.json"], 1, ["/no/such/spec.json"]),
         (["job", "list", "--api", "server:8443"], 1, ["--api"]),
     ],

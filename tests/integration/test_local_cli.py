@@ -71,6 +71,7 @@ async def test_local_stack_runs_a_job_to_completion(tmp_path: Path) -> None:
     assert code == 0, out
     assert len(re.findall(r"^round +\d+ +model v\d+ +results +\d+ +test accuracy", out, re.M)) == 2, out
     assert "job done" in out and "refused 0" in out
+    assert re.search(r"^status page http://127\.0\.0\.1:\d+/status$", out, re.M), out
     assert orjson.loads((tmp_path / "lcp_map.json").read_bytes()).keys() == {"leaf-0", "leaf-1"}
     assert all(gone(pid) for pid in child_pids(tmp_path))
 
