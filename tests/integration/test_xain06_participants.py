@@ -1,0 +1,193 @@
+"""Unmodified xain-sdk 0.6 participants (gRPC + S3 objects) train real jobs on a leaf (docs/XAIN.md).
+
+A real stack (server, two leaves, proxy) whose leaf-0 opens the 0.6 doors; each participant
+(`tests/xain/participant06.py`) runs with the SDK's own interpreter (protobuf 3.x), downloads the
+pickled global `{round}/global`, uploads it plus a fixed delta to `{round}/{uuid}` and reports
+its sample count. The leaf takes `upload - global` (float32) weighted by that count, so the final
+model is known exactly: the test replays each round (float32 differences, the server's float64
+weighted mean) and compares bit for bit. The SDK heartbeats every 10 s, so a round takes 10-20 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import pytest
+
+from edge_gateway.launcher import Stack, start_stack
+
+from ..xain.sdk_venvs import sdk_python
+from .clients import IosDevice, diff_for
+from .helpers import UNSCREENED, job_status, submit_job, wait_for
+from .test_xain08_participants import Weights, assert_same, finished, model, stop
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
+
+PARTICIPANT = Path(__file__).parents[1] / "xain" / "participant06.py"
+
+
+@pytest.fixture
+async def stack06(tmp_path: Path) -> AsyncIterator[Stack]:
+    stack = await start_stack(tmp_path, leaves=2, proxy_host="127.0.0.1", proxy_port=0, xain06_ports=(0, 0))
+    try:
+        yield stack
+    finally:
+        await stack.stop()
+
+
+async def start_participants(
+    stack: Stack, deltas: Sequence[float], samples: Sequence[int], *extra: str
+) -> list[asyncio.subprocess.Process]:
+    assert stack.xain06 is not None
+    host, port = stack.xain06[0].rsplit(":", 1)
+    python = await asyncio.to_thread(sdk_python, "xain-sdk-0.6.0")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the SDK's venv, not edgefl's
+    return [
+        await asyncio.create_subprocess_exec(
+            str(python),
+            str(PARTICIPANT),
+            host,
+            port,
+            stack.xain06[1],
+            "edgefl",
+            str(delta),
+            "--samples",
+            str(count),
+            *extra,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        for delta, count in zip(deltas, samples, strict=True)
+    ]
+
+
+def next_global(current: Weights, uploads: Sequence[tuple[float, int]], ios_devices: int = 0) -> Weights:
+    """One round as the stack computes it: participant i uploads float32 `g + d_i` and weighs its
+    sample count n_i, an iOS device sends `diff_for(g)` weighing 1; the server's mean is float64."""
+    out = {}
+    for name, g in current.items():
+        total = np.zeros(g.shape, np.float64)
+        for delta, samples in uploads:
+            total += np.subtract(g + np.float32(delta), g, dtype=np.float32).astype(np.float64) * samples
+        for _ in range(ios_devices):
+            total += diff_for({name: g})[name]
+        weight = sum(n for _, n in uploads) + ios_devices
+        out[name] = (g.astype(np.float64) + total / weight).astype(np.float32)
+    return out
+
+
+async def test_participants_average_by_samples_exactly_round_after_round(
+    stack06: Stack, http: aiohttp.ClientSession
+) -> None:
+    deltas, samples = [0.5, 1.0, -0.75], [10, 30, 20]
+    rounds = 2
+    job_id = await submit_job(
+        stack06.api_url,
+        **UNSCREENED,
+        name="xain06_exact",
+        model="xor",
+        rounds=rounds,
+        devices_per_round=len(deltas),
+        over_selection=0.0,
+        task_timeout=30.0,
+        retry_wait=1,
+        xain=True,
+        evaluate=False,
+    )
+    version, initial = await model(http, stack06, job_id)
+    assert version == 0
+    processes = await start_participants(stack06, deltas, samples)
+    try:
+        outputs = await finished(processes, timeout=200)
+    finally:
+        await stop(processes)
+    for out, _ in outputs:
+        assert out.decode().strip().endswith(" finished")
+    status = await job_status(stack06.api_url, job_id)
+    assert status["status"] == "done" and status["model_version"] == rounds
+    expected = initial
+    for _ in range(rounds):
+        expected = next_global(expected, list(zip(deltas, samples, strict=True)))
+    version, final = await model(http, stack06, job_id)
+    assert version == rounds
+    assert_same(final, expected)
+
+
+async def test_participant_killed_mid_round_does_not_stall_the_job(stack06: Stack) -> None:
+    rounds = 2
+    job_id = await submit_job(
+        stack06.api_url,
+        **UNSCREENED,
+        name="xain06_kill",
+        model="xor",
+        rounds=rounds,
+        devices_per_round=3,
+        over_selection=0.0,
+        task_timeout=5.0,
+        round_timeout=200.0,
+        retry_wait=1,
+        xain=True,
+        evaluate=False,
+    )
+    deltas = [0.5, 0.25, 0.125, -0.5]
+    processes = await start_participants(stack06, deltas, [10] * 4, "--announce", "--train-seconds", "1")
+    try:
+        # The first participant to start training holds a lease: kill it there, by its PID.
+        readers = {asyncio.ensure_future(p.stdout.readline()): p for p in processes if p.stdout is not None}
+        done, pending = await asyncio.wait(readers, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        assert done, "no participant started training"
+        first = next(iter(done))
+        assert first.result().strip() == b"training"
+        victim = readers[first]
+        victim.kill()
+        await victim.wait()
+        await finished([p for p in processes if p is not victim], timeout=200)
+    finally:
+        await stop(processes)
+    status = await wait_for(stack06.api_url, job_id, lambda s: s["status"] == "done", timeout=10)
+    assert status["model_version"] == rounds
+
+
+async def test_mixed_job_of_participants_and_feg_devices_aggregates_exactly(
+    stack06: Stack, http: aiohttp.ClientSession
+) -> None:
+    deltas, samples = [0.5, -0.25], [3, 5]
+    ios = 2
+    rounds = 2
+    job_id = await submit_job(
+        stack06.api_url,
+        **UNSCREENED,
+        name="xain06_mixed",
+        model="xor",
+        rounds=rounds,
+        devices_per_round=len(deltas) + ios,
+        over_selection=0.0,
+        task_timeout=30.0,
+        retry_wait=1,
+        xain=True,
+        evaluate=False,
+    )
+    _, initial = await model(http, stack06, job_id)
+    processes = await start_participants(stack06, deltas, samples)
+    try:
+        loop = asyncio.get_running_loop()
+        devices = [IosDevice(http, stack06.proxy_url, f"iphone-{i}", "xain06_mixed") for i in range(ios)]
+        transcripts = await asyncio.gather(*(d.run(max_tasks=rounds, deadline=loop.time() + 200) for d in devices))
+        await finished(processes, timeout=200)
+    finally:
+        await stop(processes)
+    assert all(len(t.results) == rounds for t in transcripts)
+    expected = initial
+    for _ in range(rounds):
+        expected = next_global(expected, list(zip(deltas, samples, strict=True)), ios_devices=ios)
+    version, final = await model(http, stack06, job_id)
+    assert version == rounds
+    assert_same(final, expected)
