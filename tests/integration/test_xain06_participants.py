@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import shlex
+import signal
+import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -20,10 +24,12 @@ import numpy as np
 import pytest
 
 from edge_gateway.launcher import Stack, start_stack
+from edge_gateway.processes import free_port
 
-from ..xain.sdk_venvs import sdk_python
+from ..xain.sdk_venvs import SDKS, sdk_python
 from .clients import IosDevice, diff_for
 from .helpers import UNSCREENED, job_status, submit_job, wait_for
+from .test_readme_commands import EXCLUDED, XAIN06_REASON, readme_commands
 from .test_xain08_participants import Weights, assert_same, finished, model, stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -191,3 +197,44 @@ async def test_mixed_job_of_participants_and_feg_devices_aggregates_exactly(
     version, final = await model(http, stack06, job_id)
     assert version == rounds
     assert_same(final, expected)
+
+
+async def test_readme_xain06_commands(tmp_path: Path) -> None:
+    """README's 0.6 commands as written, but on free ports and with the venv `sdk_venvs` makes."""
+    commands = readme_commands()
+    first = next(i for i, c in enumerate(commands) if c.startswith("python3 -m venv /tmp/xain06"))
+    install, local, background, foreground, kill = commands[first : first + 5]
+    assert all(EXCLUDED.get(c) == XAIN06_REASON for c in (install, local, background, foreground))
+    assert kill == "kill %1" and background.endswith("&") and local.endswith("&")
+    assert shlex.split(install)[-2:] == SDKS["xain-sdk-0.6.0"]  # the cached venv holds what README installs
+    sdk = await asyncio.to_thread(sdk_python, "xain-sdk-0.6.0")
+    ports = {fixed: str(free_port("127.0.0.1")) for fixed in ("4321", "50051", "9000")}
+
+    def argv(command: str) -> list[str]:
+        words = shlex.split(command.removesuffix("&"))
+        words = [re.sub(r"(?<![0-9.])(4321|50051|9000)$", lambda m: ports[m[1]], w) for w in words]
+        programs = {"python": sys.executable, "/tmp/xain06/bin/python": str(sdk)}
+        scripts = {"tests/xain/participant06.py": str(PARTICIPANT)}
+        return [programs.get(words[0], words[0]), *(scripts.get(w, w) for w in words[1:])]
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the SDK's venv, not edgefl's
+    with (tmp_path / "local.log").open("wb") as log:
+        stack = await asyncio.create_subprocess_exec(*argv(local), cwd=tmp_path, stdout=log, stderr=log)
+        participants: list[asyncio.subprocess.Process] = []
+        try:
+            for command in (background, foreground):
+                participants.append(
+                    await asyncio.create_subprocess_exec(
+                        *argv(command), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+                    )
+                )
+            outputs = await finished(participants, timeout=200)
+        finally:
+            await stop(participants)
+            stack.send_signal(signal.SIGTERM)  # `kill %1`
+            code = await asyncio.wait_for(stack.wait(), 60)
+    assert all(out.decode().strip().endswith(" finished") for out, _ in outputs)
+    printed = (tmp_path / "local.log").read_text()
+    assert code == 0, printed[-3000:]
+    assert f"xain-sdk 0.6: coordinator 127.0.0.1:{ports['50051']}" in printed
+    assert "job 'xor'" in printed and "done" in printed, printed[-3000:]
