@@ -31,6 +31,7 @@ from .clients import IosDevice, diff_for
 from .helpers import UNSCREENED, job_status, submit_job, wait_for
 from .test_readme_commands import EXCLUDED, XAIN06_REASON, readme_commands
 from .test_xain08_participants import Weights, assert_same, finished, model, stop
+from .test_xain08_participants import start_participants as start_participants08
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -75,7 +76,8 @@ async def start_participants(
 
 def next_global(current: Weights, uploads: Sequence[tuple[float, int]], ios_devices: int = 0) -> Weights:
     """One round as the stack computes it: participant i uploads float32 `g + d_i` and weighs its
-    sample count n_i, an iOS device sends `diff_for(g)` weighing 1; the server's mean is float64."""
+    sample count n_i (a 0.8 participant: 1), an iOS device sends `diff_for(g)` weighing 1; the
+    server's mean is float64."""
     out = {}
     for name, g in current.items():
         total = np.zeros(g.shape, np.float64)
@@ -162,10 +164,11 @@ async def test_participant_killed_mid_round_does_not_stall_the_job(stack06: Stac
     assert status["model_version"] == rounds
 
 
-async def test_mixed_job_of_participants_and_feg_devices_aggregates_exactly(
+async def test_mixed_job_of_06_08_participants_and_feg_devices_aggregates_exactly(
     stack06: Stack, http: aiohttp.ClientSession
 ) -> None:
     deltas, samples = [0.5, -0.25], [3, 5]
+    delta08 = 0.125  # a 0.8 participant through the proxy: no sample count, it weighs 1
     ios = 2
     rounds = 2
     job_id = await submit_job(
@@ -174,7 +177,7 @@ async def test_mixed_job_of_participants_and_feg_devices_aggregates_exactly(
         name="xain06_mixed",
         model="xor",
         rounds=rounds,
-        devices_per_round=len(deltas) + ios,
+        devices_per_round=len(deltas) + 1 + ios,
         over_selection=0.0,
         task_timeout=30.0,
         retry_wait=1,
@@ -183,17 +186,20 @@ async def test_mixed_job_of_participants_and_feg_devices_aggregates_exactly(
     )
     _, initial = await model(http, stack06, job_id)
     processes = await start_participants(stack06, deltas, samples)
+    processes += await start_participants08(stack06, [delta08])
     try:
         loop = asyncio.get_running_loop()
         devices = [IosDevice(http, stack06.proxy_url, f"iphone-{i}", "xain06_mixed") for i in range(ios)]
         transcripts = await asyncio.gather(*(d.run(max_tasks=rounds, deadline=loop.time() + 200) for d in devices))
-        await finished(processes, timeout=200)
+        outputs = await finished(processes, timeout=200)
     finally:
         await stop(processes)
     assert all(len(t.results) == rounds for t in transcripts)
+    assert outputs[-1][0].decode().strip() == f"finished after {rounds} rounds"  # the 0.8 participant
     expected = initial
     for _ in range(rounds):
-        expected = next_global(expected, list(zip(deltas, samples, strict=True)), ios_devices=ios)
+        uploads = [*zip(deltas, samples, strict=True), (delta08, 1)]
+        expected = next_global(expected, uploads, ios_devices=ios)
     version, final = await model(http, stack06, job_id)
     assert version == rounds
     assert_same(final, expected)
