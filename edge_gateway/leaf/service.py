@@ -34,6 +34,7 @@ from ..acknowledged import AcknowledgedResults, MemoryResults
 from ..config import LeafConfig
 from ..result_log import ResultLog
 from ..uplink import ResultUplink, ServerLink
+from ..user_errors import UserError
 from .endpoints import STARTING_RETRY_WAIT, DeviceEndpoints, FegReply
 from .job_state import LeafJob
 from .payload_cache import PayloadCache
@@ -112,7 +113,10 @@ class Leaf:
         config = self.config
         if config.xain_grpc_port is not None and config.xain_object_port is not None:
             # Imported only here: grpcio is the `edgefl[xain]` extra, a leaf without it runs fine.
-            from ..xain.listeners06 import Xain06Listeners
+            try:
+                from ..xain.listeners06 import Xain06Listeners
+            except ImportError as exc:
+                raise UserError(f"--xain-grpc-port needs grpcio: pip install 'edgefl[xain]' ({exc})") from None
 
             self._xain06 = Xain06Listeners(self._xain, self._sync_soon)
             host = config.xain_host or config.host

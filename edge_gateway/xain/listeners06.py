@@ -32,9 +32,12 @@ class Xain06Listeners:
         """Listen on both ports (0 picks one); returns the (gRPC, object) ports bound."""
         self._grpc = grpc.aio.server()
         self._grpc.add_generic_rpc_handlers((coordinator_handler(self.coordinator.behaviours()),))
-        bound_grpc = self._grpc.add_insecure_port(f"{host}:{grpc_port}")
+        try:
+            bound_grpc = self._grpc.add_insecure_port(f"{host}:{grpc_port}")
+        except RuntimeError:  # grpcio's "Failed to bind": said as the OSError it is
+            bound_grpc = 0
         if not bound_grpc:
-            raise OSError(f"cannot listen for xain-sdk 0.6 gRPC on {host}:{grpc_port}")
+            raise OSError(f"cannot listen for xain-sdk 0.6 gRPC on {host}:{grpc_port} (in use, or not an address here)")
         await self._grpc.start()
         self._runner = web.AppRunner(self.objects.app, access_log=None)
         await self._runner.setup()
