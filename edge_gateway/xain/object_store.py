@@ -27,7 +27,9 @@ from ..leaf.xain_endpoints import XainEndpoints, max_upload_bytes
 
 log = logging.getLogger(__name__)
 
-MAX_OBJECTS = 10_000  # uploads kept waiting for their EndTrainingRound; the oldest go first
+# Uploads kept waiting for their EndTrainingRound, in count and bytes; the oldest go first.
+MAX_OBJECTS = 10_000
+MAX_STORED_BYTES = 512 * 1024 * 1024
 KEY = re.compile(r"(?P<round>[0-9]{1,9})/(?P<name>[A-Za-z0-9._-]{1,100})")
 RANGE = re.compile(r"bytes=(?P<first>[0-9]+)-(?P<last>[0-9]*)")
 
@@ -58,6 +60,7 @@ class ObjectStore:
     def __init__(self, xain: XainEndpoints) -> None:
         self._xain = xain
         self._uploads: OrderedDict[str, bytes] = OrderedDict()
+        self._stored_bytes = 0
         self._global: tuple[str, int, _Object] | None = None  # job id, version, its pickle
         self.refused = 0
         self.app = web.Application(client_max_size=0)  # sizes are checked against the model first
@@ -66,7 +69,9 @@ class ObjectStore:
 
     def take(self, key: str) -> bytes | None:
         """The upload at `key` (`{round}/{uuid}`), removed from the store; None if none was written."""
-        return self._uploads.pop(key, None)
+        data = self._uploads.pop(key, None)
+        self._stored_bytes -= len(data or b"")
+        return data
 
     def _refuse(self, status: int, message: str) -> web.Response:
         self.refused += 1
@@ -127,8 +132,10 @@ class ObjectStore:
             data = await request.content.readexactly(length)
         except asyncio.IncompleteReadError:
             return self._refuse(400, f"body ended before its Content-Length of {length} bytes")
+        self.take(request.match_info["key"])  # written again: the new one replaces it
         self._uploads[request.match_info["key"]] = data
-        self._uploads.move_to_end(request.match_info["key"])
-        if len(self._uploads) > MAX_OBJECTS:
-            self._uploads.popitem(last=False)
+        self._stored_bytes += len(data)
+        while len(self._uploads) > MAX_OBJECTS or self._stored_bytes > MAX_STORED_BYTES:
+            _, dropped = self._uploads.popitem(last=False)
+            self._stored_bytes -= len(dropped)
         return web.Response(status=200, headers={"ETag": _etag(data)})
