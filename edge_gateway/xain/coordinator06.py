@@ -140,14 +140,17 @@ class Coordinator06:
     async def end_training_round(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         participant = self._participant(context)
         started = self._started.get(participant)
-        job = self._xain.jobs.get(started.job_id) if started is not None else None
         detail: str | None = None
         if started is None:
+            # Refused, and counted on the job the participant joined.
+            job = self._xain.job_for(participant)
             facts, detail = ResultFacts(cookie_ok=False), "EndTrainingRound without StartTrainingRound"
             started = _Started("", "", -1)
-        elif job is None:
-            facts = ResultFacts(job_known=False)
         else:
+            job = self._xain.jobs.get(started.job_id)
+        if job is None:
+            facts = ResultFacts(job_known=False)
+        elif detail is None:
             facts = job.result_facts(started.task_id, started.version)
         key = f"{started.version}/{request.participant_id}"
         body = self._objects.take(key)

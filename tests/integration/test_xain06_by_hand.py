@@ -148,7 +148,7 @@ async def test_the_doors_by_hand(stack06: Stack, http: aiohttp.ClientSession, tm
         await put("0/good", pickle.dumps(vector + np.float32(0.5)))
         await a.call("EndTrainingRound", participant_id="good", number_samples=7)
         status = await wait_for(stack06.api_url, job_id, lambda s: s["model_version"] >= 1, timeout=30)
-        assert status["refused"] == len(bad) + 1  # and the 413 at the object endpoint
+        assert status["refused"] == len(bad) + 2  # and the 413, and the end with no start
         _, after = await model(http, stack06, job_id)
         assert_same(after, next_global(initial, [(0.5, 7)]))
         # Round 1 is open: the late entrant is accepted now, and the first hears of it.
