@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     leaf.add_argument("--server", type=_host_port, default=None, help="server link address HOST:PORT")
     leaf.add_argument("--data-dir", type=Path, default=None, help="where this leaf's result log lives")
     leaf.add_argument("--ready-file", type=Path, default=None)
+    leaf.add_argument("--xain-host", default=None, help="address of the xain-sdk 0.6 ports (default: --host)")
+    leaf.add_argument("--xain-grpc-port", type=int, default=None, help="open the xain-sdk 0.6 gRPC coordinator here")
+    leaf.add_argument("--xain-object-port", type=int, default=None, help="and its S3-compatible object endpoint here")
 
     job = commands.add_parser("job", help="submit, list, inspect or end jobs on a server")
     api_help = "the server's job API (default http://127.0.0.1:8443)"
@@ -124,13 +127,19 @@ async def _serve_leaf(args: argparse.Namespace) -> int:
     from .leaf import Leaf
 
     fields = _overrides(args, {"name": "name", "host": "host", "port": "port", "data_dir": "data_dir"})
+    fields |= _overrides(
+        args, {"xain_host": "xain_host", "xain_grpc_port": "xain_grpc_port", "xain_object_port": "xain_object_port"}
+    )
     if args.server is not None:
         fields["server_host"], fields["server_port"] = args.server
     with process.stop_signals() as stop:
         leaf = Leaf(LeafConfig(**fields))
         port = await leaf.start()
         process.freeze_startup_objects()
-        runtime.write_ready_file(args.ready_file, {"port": port, "name": leaf.name})
+        ready: dict[str, Any] = {"port": port, "name": leaf.name}
+        if leaf.xain06_ports is not None:
+            ready["xain_grpc_port"], ready["xain_object_port"] = leaf.xain06_ports
+        runtime.write_ready_file(args.ready_file, ready)
         await stop.wait()
         await leaf.stop()
     return 0

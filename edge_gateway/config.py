@@ -6,7 +6,7 @@ import hashlib
 import hmac
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from internal_link.process import link_secret
@@ -56,6 +56,19 @@ class LeafConfig(_Settings):
         description="acknowledge results once on disk; False keeps them in memory only (benchmarks, never in service)",
     )
     drain_timeout: float = Field(default=8.0, ge=0.0, description="SIGTERM: seconds to answer what is in flight")
+    xain_host: str | None = Field(default=None, description="address of the xain-sdk 0.6 ports (default: host)")
+    xain_grpc_port: int | None = Field(
+        default=None, ge=0, le=65535, description="xain-sdk 0.6 gRPC coordinator (needs edgefl[xain]); unset: none"
+    )
+    xain_object_port: int | None = Field(
+        default=None, ge=0, le=65535, description="xain-sdk 0.6 S3-compatible object endpoint, with xain_grpc_port"
+    )
+
+    @model_validator(mode="after")
+    def _xain_ports_together(self) -> LeafConfig:
+        if (self.xain_grpc_port is None) != (self.xain_object_port is None):
+            raise ValueError("xain_grpc_port and xain_object_port go together: 0.6 participants need both")
+        return self
 
     def result_log_dir(self) -> Path:
         """Where the result log lives: one directory per leaf, never shared."""

@@ -85,6 +85,8 @@ def add_local_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default: the model's (digits: 8)")
     parser.add_argument("--retry-wait", type=int, default=None, help="seconds devices wait between polls")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--xain-grpc-port", type=port_number, default=None, help="xain-sdk 0.6 gRPC coordinator port")
+    parser.add_argument("--xain-object-port", type=port_number, default=None, help="and its object endpoint's port")
     parser.add_argument("--data-dir", type=Path, default=None, help="where logs and checkpoints go")
     parser.add_argument(
         "--demo",
@@ -102,6 +104,7 @@ class Stack:
     lcp_map: Path
     env: dict[str, str]  # what every process of the stack shares (the link secret)
     children: list[Child] = field(default_factory=list)
+    xain06: tuple[str, str] | None = None  # xain-sdk 0.6: gRPC "host:port", object endpoint URL (leaf-0)
 
     async def stop(self) -> dict[str, int]:
         codes = {}
@@ -110,7 +113,10 @@ class Stack:
         return codes
 
 
-async def start_stack(run_dir: Path, leaves: int, proxy_host: str, proxy_port: int) -> Stack:
+async def start_stack(
+    run_dir: Path, leaves: int, proxy_host: str, proxy_port: int, xain06_ports: tuple[int, int] | None = None
+) -> Stack:
+    """Server, leaves and proxy; with `xain06_ports` (gRPC, objects), leaf-0 opens the xain-sdk 0.6 doors."""
     logs = run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = {"EDGEFL_LINK_SECRET": os.environ.get("EDGEFL_LINK_SECRET") or secrets.token_hex(16)}
@@ -144,6 +150,9 @@ async def start_stack(run_dir: Path, leaves: int, proxy_host: str, proxy_port: i
         lcp: dict[str, dict[str, Any]] = {}
         for i in range(leaves):
             name = f"leaf-{i}"
+            xain = [] if i or xain06_ports is None else ["--xain-host", proxy_host]
+            if xain and xain06_ports is not None:
+                xain += ["--xain-grpc-port", str(xain06_ports[0]), "--xain-object-port", str(xain06_ports[1])]
             child = await spawn(
                 name,
                 [
@@ -159,25 +168,36 @@ async def start_stack(run_dir: Path, leaves: int, proxy_host: str, proxy_port: i
                     str(run_dir / name),
                     "--ready-file",
                     str(run_dir / f"{name}.ready"),
+                    *xain,
                 ],
                 logs,
                 env,
             )
             children.append(child)
+        xain06 = None
         for child in children[1:]:
             info = await wait_ready_file(child, run_dir / f"{child.name}.ready")
             lcp[child.name] = {"host": "127.0.0.1", "port": info["port"]}
+            if "xain_grpc_port" in info:
+                xain06 = (
+                    f"{_connect_host(proxy_host)}:{info['xain_grpc_port']}",
+                    f"http://{_connect_host(proxy_host)}:{info['xain_object_port']}",
+                )
         lcp_map = run_dir / "lcp_map.json"
         lcp_map.write_bytes(orjson.dumps(lcp, option=orjson.OPT_INDENT_2))
         proxy = await spawn("proxy", ["routing_proxy", str(port), str(lcp_map), "--host", proxy_host], logs, env)
         children.append(proxy)
-        stack = Stack(proxy_url, f"http://127.0.0.1:{ready['http_port']}", lcp_map, env, children)
+        stack = Stack(proxy_url, f"http://127.0.0.1:{ready['http_port']}", lcp_map, env, children, xain06)
         await _wait_http(proxy, f"{stack.proxy_url}/health")
         return stack
     except BaseException:
         for child in reversed(children):
             await child.stop()
         raise
+
+
+def _connect_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::") else host
 
 
 async def _wait_http(child: Child, url: str, timeout: float = 30.0) -> None:
@@ -316,13 +336,20 @@ async def run_local(args: argparse.Namespace) -> int:
         args.exit_when_done = True
     run_dir = args.data_dir or Path("edgefl-data") / time.strftime("local-%Y%m%d-%H%M%S")
     spec = job_spec(args)
+    xain06 = None
+    if args.xain_grpc_port is not None or args.xain_object_port is not None:
+        xain06 = (args.xain_grpc_port or 0, args.xain_object_port or 0)
+        spec["xain"] = True
     check_job(spec)
-    check_port_free(args.host, args.port)
+    for port in (args.port, *(xain06 or ())):
+        check_port_free(args.host, port)
     started = time.monotonic()
     async with AsyncExitStack() as cleanup:
         stop = cleanup.enter_context(process.stop_signals())
-        stack = await start_stack(run_dir, args.leaves, args.host, args.port)
+        stack = await start_stack(run_dir, args.leaves, args.host, args.port, xain06)
         cleanup.push_async_callback(_stop_stack, stack)
+        if stack.xain06 is not None:
+            print(f"xain-sdk 0.6: coordinator {stack.xain06[0]}  storage endpoint {stack.xain06[1]}", flush=True)
         print(
             f"proxy {stack.proxy_url}  job API {stack.api_url}  lcp_map {stack.lcp_map}  logs {run_dir / 'logs'}",
             flush=True,

@@ -3,7 +3,7 @@
 # mypy, unit tests, then the integration tests that start real processes on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install.sh train,test,executorch
+scripts/install.sh train,test,executorch,xain
 .venv/bin/python -m pip install --quiet "nvflare==2.9.0"
 # Lint, format and types first: they take seconds and name the line.
 .venv/bin/ruff check .

@@ -34,6 +34,7 @@ from ..acknowledged import AcknowledgedResults, MemoryResults
 from ..config import LeafConfig
 from ..result_log import ResultLog
 from ..uplink import ResultUplink, ServerLink
+from ..user_errors import UserError
 from .endpoints import STARTING_RETRY_WAIT, DeviceEndpoints, FegReply
 from .job_state import LeafJob
 from .payload_cache import PayloadCache
@@ -88,6 +89,8 @@ class Leaf:
         self._xain = XainEndpoints(
             self.jobs, self._payloads, CookieSigner(config.cookie_key()), self.uplink, self._sync_soon
         )
+        self._xain06: Any = None  # Xain06Listeners when the 0.6 ports are open
+        self.xain06_ports: tuple[int, int] | None = None  # (gRPC, object) ports bound
         self._server_boot: str | None = None
         self._synced = asyncio.Event()  # replaced after every sync, so waiters see the next one
         self._wake_sync = asyncio.Event()
@@ -107,6 +110,18 @@ class Leaf:
         self._tasks.append(loop.create_task(self._watch_loop(), name="leaf-watch"))
         self.port = await self._rpc.start(self.config.host, self.config.port)
         log.info("leaf %s listening on %s:%d", self.name, self.config.host, self.port)
+        config = self.config
+        if config.xain_grpc_port is not None and config.xain_object_port is not None:
+            # Imported only here: grpcio is the `edgefl[xain]` extra, a leaf without it runs fine.
+            try:
+                from ..xain.listeners06 import Xain06Listeners
+            except ImportError as exc:
+                raise UserError(f"--xain-grpc-port needs grpcio: pip install 'edgefl[xain]' ({exc})") from None
+
+            self._xain06 = Xain06Listeners(self._xain, self._sync_soon)
+            host = config.xain_host or config.host
+            self.xain06_ports = await self._xain06.start(host, config.xain_grpc_port, config.xain_object_port)
+            log.info("leaf %s: xain-sdk 0.6 gRPC on %s:%d, objects on port %d", self.name, host, *self.xain06_ports)
         return self.port
 
     async def stop(self) -> None:
@@ -129,6 +144,8 @@ class Leaf:
                 "leaf %s drained in %.1f s (%d requests were in flight)", self.name, loop.time() - started, in_flight
             )
         await self._rpc.close()
+        if self._xain06 is not None:
+            await self._xain06.stop()
         await self.uplink.stop()
         for task in self._tasks:
             task.cancel()

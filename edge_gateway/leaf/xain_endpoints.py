@@ -17,7 +17,7 @@ import binascii
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,7 @@ import orjson
 from device_protocol.codecs import JSON
 from device_protocol.cookies import SIG, CookieSigner
 from device_protocol.errors import CookieInvalid, UpdateRejected
+from device_protocol.tensors import MAX_NUM_SAMPLES
 from device_protocol.xain.flat_weights import flat_length, flatten, unflatten
 from device_protocol.xain.npy_vector import flat_vector_from_npy, npy_from_flat_vector
 from internal_link.calls import DeviceAnswer, DeviceCall
@@ -37,7 +38,7 @@ from ..uplink import ResultUplink
 from .endpoints import RESULT_ANSWER_WAIT
 from .job_state import LeafJob, TaskDecision
 from .payload_cache import PayloadCache
-from .result_verdicts import RESULT_ANSWERS, ResultFacts, judge_result
+from .result_verdicts import RESULT_ANSWERS, ResultFacts, ResultVerdict, judge_result
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,18 @@ def max_upload_bytes(values: int) -> int:
 
 def _answer(body: dict[str, Any]) -> DeviceAnswer:
     return DeviceAnswer(200, JSON, orjson.dumps(body))
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A participant's trained model as it arrived, for the lease `task_id` on model `version`."""
+
+    participant: str
+    task_id: str
+    version: int
+    body: bytes
+    parse: Callable[[bytes, int], np.ndarray]  # body, expected length -> flat vector; raises UpdateRejected
+    weight: int  # number of samples
 
 
 class _Global:
@@ -87,6 +100,10 @@ class XainEndpoints:
         self._globals: dict[str, _Global] = {}
         self._joined: OrderedDict[str, str] = OrderedDict()  # participant id -> job id
 
+    @property
+    def jobs(self) -> dict[str, LeafJob]:
+        return self._jobs
+
     def answer(self, call: DeviceCall) -> DeviceAnswer | Awaitable[DeviceAnswer]:
         query = call.query
         participant = query.get("id", "")
@@ -99,14 +116,12 @@ class XainEndpoints:
         return self.upload(participant, query.get("token", ""), call.body)
 
     # -- coordinator ----------------------------------------------------------------------------
-    def _job_for(self, participant: str) -> LeafJob | None:
+    def job_for(self, participant: str) -> LeafJob | None:
         """The job the participant trains for: the one it joined, else the job admitting XAIN."""
         joined = self._joined.get(participant)
         if joined is not None and joined in self._jobs:
             return self._jobs[joined]
-        live = [j for j in self._jobs.values() if j.view.status is not JobStatus.DONE and j.view.task_kind == "WEIGHTS"]
-        flagged = [j for j in live if j.view.xain]
-        chosen = flagged[0] if flagged else (live[0] if len(live) == 1 else None)
+        chosen = self.open_job()
         if chosen is not None:
             self._joined[participant] = chosen.view.job_id
             log.info("XAIN participant %s joined job %s", participant, chosen.view.job_id)
@@ -114,7 +129,13 @@ class XainEndpoints:
                 self._joined.popitem(last=False)
         return chosen
 
-    def _decide(self, job: LeafJob, participant: str) -> tuple[TaskDecision, Any]:
+    def open_job(self) -> LeafJob | None:
+        """The job new XAIN participants join: the one flagged `xain`, else the only running one."""
+        live = [j for j in self._jobs.values() if j.view.status is not JobStatus.DONE and j.view.task_kind == "WEIGHTS"]
+        flagged = [j for j in live if j.view.xain]
+        return flagged[0] if flagged else (live[0] if len(live) == 1 else None)
+
+    def decide(self, job: LeafJob, participant: str) -> tuple[TaskDecision, Any]:
         now = asyncio.get_running_loop().time()
         return job.decide_task(participant, now, self._ready(job), None)
 
@@ -122,12 +143,12 @@ class XainEndpoints:
         return self._payloads.ready(job.view)
 
     def heartbeat(self, participant: str, wait: float) -> DeviceAnswer | Awaitable[DeviceAnswer]:
-        job = self._job_for(participant)
+        job = self.job_for(participant)
         if job is None:
             # A finished job's participants are done; with no job yet they wait for one.
             done = any(j.view.status is JobStatus.DONE for j in self._jobs.values())
             return self._state("finish" if done else "stand_by", 0)
-        decision, _ = self._decide(job, participant)
+        decision, _ = self.decide(job, participant)
         hold = min(HOLD_FOR_SLOT, wait - 0.05)
         if decision is TaskDecision.NOT_SELECTED and job.view.free_slots > 0 and hold > 0:
             return self._heartbeat_held(job, participant, hold)
@@ -135,7 +156,7 @@ class XainEndpoints:
 
     async def _heartbeat_held(self, job: LeafJob, participant: str, hold: float) -> DeviceAnswer:
         await self._sync_soon(hold)
-        decision, _ = self._decide(job, participant)
+        decision, _ = self.decide(job, participant)
         return self._heartbeat_answer(job, decision)
 
     def _heartbeat_answer(self, job: LeafJob, decision: TaskDecision) -> DeviceAnswer:
@@ -154,10 +175,10 @@ class XainEndpoints:
         return _answer({"state": state, "round": max(round_number, 0)})
 
     def start_training(self, participant: str, url: str) -> DeviceAnswer:
-        job = self._job_for(participant)
+        job = self.job_for(participant)
         if job is None:
             return _answer({"ok": False, "url": url, "token": ""})
-        decision, lease = self._decide(job, participant)
+        decision, lease = self.decide(job, participant)
         if decision is not TaskDecision.TASK or lease is None:
             return _answer({"ok": False, "url": url, "token": ""})
         cookie = self._signer.issue(job.view.job_id, participant, lease.task_id, lease.version, lease.selection_id)
@@ -190,6 +211,10 @@ class XainEndpoints:
         if cached is not None and cached.version == job.view.model_version:
             return cached
         return None
+
+    async def global_of(self, job: LeafJob) -> _Global | None:
+        """The served version's flat vector, built now if needed; None while it is not served."""
+        return self._global(job) or await self._build_global(job)
 
     async def _build_global(self, job: LeafJob) -> _Global | None:
         payload = self._payloads.get(job.view.job_id)
@@ -224,28 +249,46 @@ class XainEndpoints:
                 facts = job.result_facts(task_id, version)
             except CookieInvalid as exc:
                 facts, detail = ResultFacts(cookie_ok=False), exc.message
+        # 0.8 sends no sample count: every upload weighs 1.
+        upload = Upload(participant, task_id, version, body, flat_vector_from_npy, 1)
+        verdict, detail = await self.submit(job, upload, facts, detail)
+        answer = RESULT_ANSWERS[verdict]
+        body_out: dict[str, Any] = {"status": answer.status.value, "counted": answer.counted, "reason": answer.reason}
+        if detail is not None:
+            body_out["message"] = detail
+        return _answer(body_out)
+
+    async def submit(
+        self, job: LeafJob | None, upload: Upload, facts: ResultFacts, detail: str | None
+    ) -> tuple[ResultVerdict, str | None]:
+        """An uploaded model through the verdicts, screening, counters and batcher of a FEG result.
+
+        `facts` and `detail` are what is known before the body is read (job, cookie, books)."""
         verdict = judge_result(facts)
         if verdict is None and job is not None:
             screened = Screened({}, 1.0, clipped=False, capped=False, clamped=False, norm=0.0)
             try:
-                update = await self._update(job, version, body)
-                # Screened like any device's result (0.8 sends no sample count: weight 1).
+                if not 0 < upload.weight <= MAX_NUM_SAMPLES:
+                    raise UpdateRejected(f"number of samples must be an integer from 1 to {MAX_NUM_SAMPLES}")
+                update = await self._update(job, upload)
+                # Screened like any device's result, the sample count as its weight.
                 screen = job.view.screen
+                weight = float(upload.weight)
                 if screen is None:
-                    screened = replace(screened, update=update)
+                    screened = replace(screened, update=update, weight=weight)
                 else:
-                    screened = screen_update(update, 1.0, ScreenBounds(**screen.model_dump()))
+                    screened = screen_update(update, weight, ScreenBounds(**screen.model_dump()))
             except UpdateRejected as exc:
                 facts, detail = replace(facts, decoded=False), exc.message
             else:
-                facts = replace(job.result_facts(task_id, version), decoded=True)
+                facts = replace(job.result_facts(upload.task_id, upload.version), decoded=True)
             verdict = judge_result(facts)
             if verdict is None:
-                job.take(task_id, version)
+                job.take(upload.task_id, upload.version)
                 record = ResultRecord(
-                    job_id,
-                    version,
-                    task_id,
+                    job.view.job_id,
+                    upload.version,
+                    upload.task_id,
                     screened.weight,
                     screened.update,
                     clipped=screened.clipped,
@@ -255,29 +298,26 @@ class XainEndpoints:
                 verdict = judge_result(replace(facts, upstream=outcome))
         assert verdict is not None, "a result the server has answered always has a verdict"
         if job is not None:
-            job.settle(task_id, verdict)
+            job.settle(upload.task_id, verdict)
         if detail is not None:
-            log.info("refused upload from XAIN participant %s: %s", participant, detail)
-        answer = RESULT_ANSWERS[verdict]
-        body_out: dict[str, Any] = {"status": answer.status.value, "counted": answer.counted, "reason": answer.reason}
-        if detail is not None:
-            body_out["message"] = detail
-        return _answer(body_out)
+            log.info("refused upload from XAIN participant %s: %s", upload.participant, detail)
+        return verdict, detail
 
-    async def _update(self, job: LeafJob, version: int, body: bytes) -> dict[str, np.ndarray]:
-        """The update in `body`: its vector minus the global of `version`. Raises `UpdateRejected`."""
+    async def _update(self, job: LeafJob, upload: Upload) -> dict[str, np.ndarray]:
+        """The update in the upload: its vector minus the global of its version. Raises `UpdateRejected`."""
         shapes = {k: tuple(v) for k, v in job.view.param_shapes.items()}
         values = flat_length(shapes)
+        body = upload.body
         if len(body) > max_upload_bytes(values):
             raise UpdateRejected(
                 f"upload of {len(body)} bytes, a model of {values} parameters needs at most {max_upload_bytes(values)}"
             )
-        current = self._global(job) or await self._build_global(job)
-        if current is None or current.version != version:
+        current = await self.global_of(job)
+        if current is None or current.version != upload.version:
             raise UpdateRejected("the model this upload was trained on is no longer served")
 
         def diff() -> dict[str, np.ndarray]:
-            uploaded = flat_vector_from_npy(body, values)
+            uploaded = upload.parse(body, values)
             delta = np.subtract(uploaded, current.vector, dtype=np.float32)
             if not delta.any():
                 raise UpdateRejected("upload equals the global model: nothing was trained")

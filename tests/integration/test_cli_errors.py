@@ -96,6 +96,8 @@ async def server_api(tmp_path: Path) -> AsyncIterator[str]:
         (["local", "--host", "192.0.2.1", "--port", "4999"], 1, ["192.0.2.1"]),
         (["leaf", "--server", "server-without-port"], 2, ["HOST:PORT"]),
         (["server", "--proxy", "proxy-without-scheme:4321", "--http-port", "0"], 1, ["proxy_url", "https?://"]),
+        (["leaf", "--port", "0", "--xain-grpc-port", "0"], 1, ["xain_grpc_port and xain_object_port go together"]),
+        (["local", "--xain-object-port", "99999"], 2, ["--xain-object-port"]),
         (["job", "submit", "--spec", "/no/such/spec.json"], 1, ["/no/such/spec.json"]),
         (["job", "list", "--api", "server:8443"], 1, ["--api"]),
     ],
@@ -110,6 +112,26 @@ async def test_local_port_in_use_is_refused_before_anything_starts(busy_port: in
     code, out, err = await cli("local", "--port", str(busy_port), "--data-dir", str(tmp_path / "run"))
     assert_one_line_error(code, err, "in use", str(busy_port))
     assert not (tmp_path / "run").exists() and out == ""
+
+
+async def test_xain06_ports_in_use_are_refused(busy_port: int, tmp_path: Path) -> None:
+    code, out, err = await cli("local", "--port", "0", "--xain-grpc-port", str(busy_port), "--data-dir", str(tmp_path))
+    assert_one_line_error(code, err, "in use", str(busy_port))
+    assert out == ""  # refused before anything started
+    code, _, err = await cli(
+        "leaf",
+        "--port",
+        "0",
+        "--xain-grpc-port",
+        str(busy_port),
+        "--xain-object-port",
+        "0",
+        "--data-dir",
+        str(tmp_path),
+    )
+    assert code == 1 and "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if ": error: " in line]  # after its own start-up log
+    assert "cannot listen for xain-sdk 0.6 gRPC" in line and str(busy_port) in line
 
 
 async def test_local_unwritable_data_dir(tmp_path: Path) -> None:

@@ -51,6 +51,21 @@ EXCLUDED |= dict.fromkeys(
     ),
     XAIN_REASON,
 )
+XAIN06_REASON = (
+    "the 0.6 flow, run by test_xain06_participants.py::test_readme_xain06_commands (free ports, cached venv)"
+)
+EXCLUDED |= dict.fromkeys(
+    (
+        'python3 -m venv /tmp/xain06 && /tmp/xain06/bin/pip install xain-sdk==0.6.0 "schema==0.7.4"',
+        "python -m edge_gateway local --port 4321 --job xor --rounds 2 --devices-per-round 2 --simulated 0"
+        " --xain-grpc-port 50051 --xain-object-port 9000 &",
+        "/tmp/xain06/bin/python tests/xain/participant06.py 127.0.0.1 50051 http://127.0.0.1:9000 edgefl 0.5"
+        " --samples 10 &",
+        "/tmp/xain06/bin/python tests/xain/participant06.py 127.0.0.1 50051 http://127.0.0.1:9000 edgefl -0.25"
+        " --samples 30",
+    ),
+    XAIN06_REASON,
+)
 PROXY_STARTS = ("python -m routing_proxy ", "routing-proxy ", "scripts/start_rp.sh ")
 CROSS_MACHINE = ("python -m edge_gateway server", "python -m edge_gateway leaf", "python -m edge_gateway job")
 CROSS_MACHINE += ("python -m edge_gateway simulate",)
