@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    server = commands.add_parser("server", help="run the FedAvg server (job API + leaf link)")
+    server = commands.add_parser("server", help="run the FedAvg server (job API and /metrics + leaf link)")
     server.add_argument("--host", default=None)
     server.add_argument("--http-port", type=int, default=None)
     server.add_argument("--link-port", type=int, default=None)
@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     leaf.add_argument("--name", default=None)
     leaf.add_argument("--host", default=None)
     leaf.add_argument("--port", type=int, default=None, help="where the proxy connects (0 picks one)")
+    leaf.add_argument(
+        "--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port (0 picks one)"
+    )
+    leaf.add_argument("--metrics-host", default=None, help="address /metrics listens on (default: --host)")
     leaf.add_argument("--server", type=_host_port, default=None, help="server link address HOST:PORT")
     leaf.add_argument("--data-dir", type=Path, default=None, help="where this leaf's result log lives")
     leaf.add_argument("--ready-file", type=Path, default=None)
@@ -113,14 +117,24 @@ async def _serve_server(args: argparse.Namespace) -> int:
 async def _serve_leaf(args: argparse.Namespace) -> int:
     from .leaf import Leaf
 
-    fields = _overrides(args, {"name": "name", "host": "host", "port": "port", "data_dir": "data_dir"})
+    fields = _overrides(
+        args,
+        {
+            "name": "name",
+            "host": "host",
+            "port": "port",
+            "metrics_port": "metrics_port",
+            "metrics_host": "metrics_host",
+            "data_dir": "data_dir",
+        },
+    )
     if args.server is not None:
         fields["server_host"], fields["server_port"] = args.server
     with process.stop_signals() as stop:
         leaf = Leaf(LeafConfig(**fields))
         port = await leaf.start()
         process.freeze_startup_objects()
-        runtime.write_ready_file(args.ready_file, {"port": port, "name": leaf.name})
+        runtime.write_ready_file(args.ready_file, {"port": port, "name": leaf.name, "metrics_port": leaf.metrics_port})
         await stop.wait()
         await leaf.stop()
     return 0

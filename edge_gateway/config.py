@@ -43,6 +43,10 @@ class LeafConfig(_Settings):
     name: str = "leaf-0"
     host: str = "127.0.0.1"
     port: int = Field(default=9003, ge=0, le=65535, description="where the proxy connects")
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="serve Prometheus /metrics on this port (None: off)"
+    )
+    metrics_host: str | None = Field(default=None, description="address /metrics listens on (None: host)")
     server_host: str = "127.0.0.1"
     server_port: int = Field(default=8002, ge=0, le=65535)
     sync_interval: float = Field(default=0.2, gt=0.0)

@@ -17,6 +17,7 @@ from internal_link.versions import versions
 
 from .coordinator import JobNotFound
 from .jobs import JobSpec
+from .metrics_http import metrics_handler
 from .store import weights_to_npz
 
 if TYPE_CHECKING:  # server.py builds this API: imported there, not here
@@ -45,6 +46,7 @@ def create_api(server: Server) -> web.Application:
     app.router.add_post("/api/jobs/{job_id}/end", _end)
     app.router.add_get("/api/jobs/{job_id}/model", _model)
     app.router.add_get("/api/jobs/{job_id}/model.pte", _program)
+    app.router.add_get("/metrics", metrics_handler(server.metrics.registry))  # docs/OPERATIONS.md
     return app
 
 

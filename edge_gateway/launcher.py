@@ -102,6 +102,7 @@ class Stack:
     lcp_map: Path
     env: dict[str, str]  # what every process of the stack shares (the link secret)
     children: list[Child] = field(default_factory=list)
+    metrics: dict[str, str] = field(default_factory=dict)  # process name -> its /metrics URL
 
     async def stop(self) -> dict[str, int]:
         codes = {}
@@ -136,6 +137,7 @@ async def start_stack(run_dir: Path, leaves: int, proxy_host: str, proxy_port: i
         children.append(server)
         ready = await wait_ready_file(server, run_dir / "server.ready")
         lcp: dict[str, dict[str, Any]] = {}
+        metrics = {"server": f"http://127.0.0.1:{ready['http_port']}/metrics"}
         for i in range(leaves):
             name = f"leaf-{i}"
             child = await spawn(
@@ -146,6 +148,8 @@ async def start_stack(run_dir: Path, leaves: int, proxy_host: str, proxy_port: i
                     "--name",
                     name,
                     "--port",
+                    "0",
+                    "--metrics-port",
                     "0",
                     "--server",
                     f"127.0.0.1:{ready['link_port']}",
@@ -161,13 +165,21 @@ async def start_stack(run_dir: Path, leaves: int, proxy_host: str, proxy_port: i
         for child in children[1:]:
             info = await wait_ready_file(child, run_dir / f"{child.name}.ready")
             lcp[child.name] = {"host": "127.0.0.1", "port": info["port"]}
+            metrics[child.name] = f"http://127.0.0.1:{info['metrics_port']}/metrics"
         lcp_map = run_dir / "lcp_map.json"
         lcp_map.write_bytes(orjson.dumps(lcp, option=orjson.OPT_INDENT_2))
         port = proxy_port or free_port(proxy_host)
-        proxy = await spawn("proxy", ["routing_proxy", str(port), str(lcp_map), "--host", proxy_host], logs, env)
+        # On loopback, as the leaves' and the server's: the proxy may face a LAN, its counts need not.
+        metrics_port = free_port()
+        proxy_args = ["routing_proxy", str(port), str(lcp_map), "--host", proxy_host]
+        proxy_args += ["--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port)]
+        proxy = await spawn("proxy", proxy_args, logs, env)
         children.append(proxy)
+        metrics["proxy"] = f"http://127.0.0.1:{metrics_port}/metrics"
         connect_host = "127.0.0.1" if proxy_host in ("0.0.0.0", "::") else proxy_host
-        stack = Stack(f"http://{connect_host}:{port}", f"http://127.0.0.1:{ready['http_port']}", lcp_map, env, children)
+        stack = Stack(
+            f"http://{connect_host}:{port}", f"http://127.0.0.1:{ready['http_port']}", lcp_map, env, children, metrics
+        )
         await _wait_http(proxy, f"{stack.proxy_url}/health")
         return stack
     except BaseException:
@@ -323,6 +335,7 @@ async def run_local(args: argparse.Namespace) -> int:
             f"proxy {stack.proxy_url}  job API {stack.api_url}  lcp_map {stack.lcp_map}  logs {run_dir / 'logs'}",
             flush=True,
         )
+        print(f"metrics (Prometheus): {'  '.join(f'{k} {v}' for k, v in stack.metrics.items())}", flush=True)
         lan = phone_url(args.host, int(stack.proxy_url.rsplit(":", 1)[1]))
         if lan is not None:
             print(f"phones on the LAN: serverURL = {lan}", flush=True)

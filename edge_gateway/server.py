@@ -25,6 +25,7 @@ from .job_api import create_api
 from .jobs import JobSpec
 from .programs import ProgramBuilder
 from .robustness import ScreenBounds
+from .server_metrics import ServerMetrics
 from .store import CheckpointStore, load_names, save_names
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.coordinator = Coordinator(boot=uuid.uuid4().hex)
+        self.metrics = ServerMetrics(self.coordinator, time.monotonic)
         self.store = CheckpointStore(config.data_dir / "jobs")
         self._rpc = LinkServer(
             {
@@ -134,6 +136,7 @@ class Server:
         weights = await asyncio.to_thread(initial_weights, spec.model, spec.seed)
         job_id = str(uuid.uuid4())
         self.coordinator.add_job(job_id, spec, weights, time.monotonic())
+        self.metrics.round_started(job_id)
         self._checkpoint(job_id)
         self._announce()
         self._evaluate_later(job_id, 0)
@@ -150,6 +153,7 @@ class Server:
 
     async def end_job(self, job_id: str) -> None:
         self.coordinator.end_job(job_id)
+        self.metrics.job_ended(job_id)
         self._checkpoint(job_id)
         self._announce()
 
@@ -205,6 +209,7 @@ class Server:
     def _on_versions(self, events: list[NewVersion]) -> None:
         for event in events:
             job = self.coordinator.job(event.job_id)
+            self.metrics.version_made(event.job_id, job.spec.mode, done=job.status is not JobStatus.RUNNING)
             started = time.perf_counter()
             # Written before anything else runs on the loop: no leaf may see the new version (and
             # drop the results it keeps for the old one) before it is on disk.
@@ -260,6 +265,7 @@ class Server:
         request = SyncRequest.model_validate(payload)
         awaited = len(self.coordinator.awaiting_resends)
         reply = self.coordinator.sync(request, time.monotonic()).model_dump()
+        self.metrics.leaf_synced(request.leaf)
         if awaited and not self.coordinator.awaiting_resends:
             log.info("every leaf has re-sent what the last process took: rounds may close")
         return reply
@@ -325,6 +331,7 @@ class Server:
         reply, events = self.coordinator.submit(batch, update, time.monotonic())
         if reply.accepted:
             self._unsaved_by_leaf.setdefault(batch.leaf, set()).add(batch.job_id)
+            self.metrics.results.inc(len(batch.task_ids))  # an accepted batch counts every one
         if events:
             log.info(
                 "job %s: batch of %d results added and round closed in %.1f ms",
