@@ -25,6 +25,14 @@ from ..result_log import ResultLog
 TURNAROUND_BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 
 
+_ENDPOINTS = frozenset({"job", "task", "result", "selection"})
+
+
+def endpoint_label(endpoint: str) -> str:
+    """The endpoint as a label value: a peer's unknown endpoint name is not one (`other`)."""
+    return endpoint if endpoint in _ENDPOINTS else "other"
+
+
 def error_kind(exc: ProtocolError) -> str:
     """A refusal reason from the error's class: `BodyTooLarge` -> `body_too_large`."""
     return re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()

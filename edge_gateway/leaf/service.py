@@ -38,7 +38,7 @@ from ..result_log import ResultLog
 from ..uplink import ResultUplink, ServerLink
 from .endpoints import STARTING_RETRY_WAIT, DeviceEndpoints, FegReply
 from .job_state import LeafJob
-from .metrics import LeafMetrics, error_kind
+from .metrics import LeafMetrics, endpoint_label, error_kind
 from .payload_cache import PayloadCache
 from .xain_endpoints import XainEndpoints
 
@@ -237,7 +237,7 @@ class Leaf:
 
     def _refused(self, endpoint: str, exc: ProtocolError) -> FegReply:
         log.info("refused %s request: %s", endpoint, exc.message)
-        self.metrics.answers.labels(endpoint, exc.status).inc()
+        self.metrics.answers.labels(endpoint_label(endpoint), exc.status).inc()
         self.metrics.refusals.labels(error_kind(exc)).inc()
         return DeviceAnswer(exc.http_status, JSON, orjson.dumps(error_response(exc.status, exc.message, exc.errors)))
 
@@ -263,7 +263,7 @@ class Leaf:
 
     def _answer(self, endpoint: str, reply: dict[str, Any], as_msgpack: bool) -> FegReply:
         """`reply` encoded for the device, and counted in the funnel by its status."""
-        self.metrics.answers.labels(endpoint, reply["status"]).inc()
+        self.metrics.answers.labels(endpoint_label(endpoint), reply["status"]).inc()
         content_type, data = encode(reply, as_msgpack)
         return DeviceAnswer(200, content_type, data)
 

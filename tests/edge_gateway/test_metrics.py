@@ -9,7 +9,7 @@ from prometheus_client.registry import CollectorRegistry
 from device_protocol.errors import BodyTooLarge, InvalidRequest, MalformedBody
 from edge_gateway.acknowledged import MemoryResults
 from edge_gateway.coordinator import Coordinator
-from edge_gateway.leaf.metrics import LeafMetrics, error_kind
+from edge_gateway.leaf.metrics import LeafMetrics, endpoint_label, error_kind
 from edge_gateway.server_metrics import ServerMetrics
 
 
@@ -26,6 +26,11 @@ def test_refusal_reasons_come_from_the_error_kind() -> None:
     assert error_kind(BodyTooLarge("x")) == "body_too_large"
     assert error_kind(MalformedBody("x")) == "malformed_body"
     assert error_kind(InvalidRequest("x")) == "invalid_request"
+
+
+def test_an_endpoint_label_is_one_of_a_fixed_set() -> None:
+    assert [endpoint_label(e) for e in ("job", "task", "result", "selection")] == ["job", "task", "result", "selection"]
+    assert endpoint_label("x" * 1000) == endpoint_label("../etc") == "other"
 
 
 class Clock:
