@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--host", default=None)
     server.add_argument("--http-port", type=int, default=None)
     server.add_argument("--link-port", type=int, default=None)
+    server.add_argument(
+        "--metrics-port", type=int, default=None, help="also serve /metrics on this port (always on --http-port)"
+    )
+    server.add_argument("--metrics-host", default=None, help="address --metrics-port listens on (default: --host)")
     server.add_argument("--data-dir", type=Path, default=None)
     server.add_argument("--ready-file", type=Path, default=None, help="write the bound ports here once serving")
 
@@ -102,13 +106,24 @@ async def _serve_server(args: argparse.Namespace) -> int:
     from .server import Server
 
     config = ServerConfig(
-        **_overrides(args, {"host": "host", "http_port": "http_port", "link_port": "link_port", "data_dir": "data_dir"})
+        **_overrides(
+            args,
+            {
+                "host": "host",
+                "http_port": "http_port",
+                "link_port": "link_port",
+                "metrics_port": "metrics_port",
+                "metrics_host": "metrics_host",
+                "data_dir": "data_dir",
+            },
+        )
     )
     with process.stop_signals() as stop:
         server = Server(config)
         await server.start()
         process.freeze_startup_objects()
-        runtime.write_ready_file(args.ready_file, {"http_port": server.http_port, "link_port": server.link_port})
+        ports = {"http_port": server.http_port, "link_port": server.link_port, "metrics_port": server.metrics_port}
+        runtime.write_ready_file(args.ready_file, ports)
         await stop.wait()
         await server.stop()
     return 0

@@ -33,6 +33,10 @@ class ServerConfig(_Settings):
     host: str = "127.0.0.1"
     http_port: int = Field(default=8443, ge=0, le=65535, description="job API and status")
     link_port: int = Field(default=8002, ge=0, le=65535, description="where leaves connect")
+    # /metrics is always on http_port; this adds a listener serving only it, for a monitoring
+    # network that must not reach the (unauthenticated) job API.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535, description="also serve /metrics here")
+    metrics_host: str | None = Field(default=None, description="address that listener uses (None: host)")
     data_dir: Path = Path("edgefl-data/server")
     tick_interval: float = 0.5
 

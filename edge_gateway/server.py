@@ -23,6 +23,7 @@ from .config import ServerConfig
 from .coordinator import RESEND_WAIT_LIMIT, Coordinator, JobNotFound, NewVersion
 from .job_api import create_api
 from .jobs import JobSpec
+from .metrics_http import serve_metrics
 from .programs import ProgramBuilder
 from .robustness import ScreenBounds
 from .server_metrics import ServerMetrics
@@ -71,6 +72,8 @@ class Server:
         self._tick_task: asyncio.Task[None] | None = None
         self.http_port = 0
         self.link_port = 0
+        self.metrics_port: int | None = None
+        self._metrics_runner: web.AppRunner | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -82,6 +85,12 @@ class Server:
         await site.start()
         self.http_port = self._runner.addresses[0][1]
         self._tick_task = asyncio.get_running_loop().create_task(self._tick_loop(), name="server-tick")
+        if self.config.metrics_port is not None:
+            host = self.config.metrics_host or self.config.host
+            self._metrics_runner, self.metrics_port = await serve_metrics(
+                self.metrics.registry, host, self.config.metrics_port
+            )
+            log.info("server: metrics also on http://%s:%d/metrics", host, self.metrics_port)
         log.info(
             "server: job API on http://%s:%d, leaf link on %s:%d",
             self.config.host,
@@ -99,6 +108,8 @@ class Server:
             await asyncio.gather(*self._background, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
         for task in [*self._base_programs.values(), *self._version_programs.values()]:
             task.cancel()
         self._programs.close()

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import aiohttp
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
 from device_protocol.errors import BodyTooLarge, InvalidRequest, MalformedBody
 from edge_gateway.acknowledged import MemoryResults
+from edge_gateway.config import ServerConfig
 from edge_gateway.coordinator import Coordinator
 from edge_gateway.leaf.metrics import LeafMetrics, endpoint_label, error_kind
+from edge_gateway.server import Server
 from edge_gateway.server_metrics import ServerMetrics
 
 
@@ -79,3 +84,18 @@ def test_a_leaf_without_a_result_log_reports_no_log_depth() -> None:
     assert found["edgefl_leaf_server_connected", ()] == 0
     assert not any(name.startswith("edgefl_leaf_result_log") for name, _ in found)
     assert found["process_resident_memory_bytes", ()] > 0
+
+
+async def test_the_server_serves_metrics_on_its_api_port_and_a_metrics_only_one(tmp_path: Path) -> None:
+    server = Server(ServerConfig(host="127.0.0.1", http_port=0, link_port=0, metrics_port=0, data_dir=tmp_path))
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            for port in (server.http_port, server.metrics_port):
+                async with http.get(f"http://127.0.0.1:{port}/metrics") as reply:
+                    assert reply.status == 200 and "edgefl_server_jobs" in await reply.text()
+            # A monitoring network given only the metrics port does not reach the job API.
+            async with http.get(f"http://127.0.0.1:{server.metrics_port}/api/jobs") as reply:
+                assert reply.status == 404
+    finally:
+        await server.stop()
