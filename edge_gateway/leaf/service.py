@@ -51,6 +51,7 @@ INLINE_DECODE_LIMIT = 64 * 1024
 DRAIN_QUIET = 1.0
 DRAINING_RETRY_WAIT = 1  # another leaf will answer: no need to wait long
 WATCH_WAIT = 20.0  # seconds the server may hold a "watch" call
+_XAIN_STAND_BY = b'{"state":"stand_by","round":0,"ok":false,"status":"RETRY"}'
 
 
 class Leaf:
@@ -184,8 +185,9 @@ class Leaf:
         self._last_request = asyncio.get_running_loop().time()
         self.metrics.received_bytes.inc(len(call.body))
         if (self._draining and call.endpoint == "heartbeat") or not self._synced_once():
-            return DeviceAnswer(200, JSON, b'{"state":"stand_by","round":0,"ok":false,"status":"RETRY"}')
-        outcome = self._xain.answer(call)
+            outcome: FegReply | Awaitable[FegReply] = DeviceAnswer(200, JSON, _XAIN_STAND_BY)
+        else:
+            outcome = self._xain.answer(call)
         if isinstance(outcome, Awaitable):
             self._busy += 1
             return self._counted(outcome)
