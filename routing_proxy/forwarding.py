@@ -65,10 +65,10 @@ class Forwarder:
         device_auth: DeviceAuthenticator | None = None,
         admission: AdmissionControl | None = None,
         tls: bool = False,
-        stats: ProxyStats | None = None,
+        stats: ProxyStats,
     ) -> None:
         self._upstreams = upstreams
-        self.stats = stats or ProxyStats()
+        self.stats = stats
         self._tls = tls  # whether devices reach this proxy over TLS (for the XAIN aggregator URL)
         self._timeout = upstream_timeout
         self._auth = device_auth
