@@ -47,10 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    server = commands.add_parser("server", help="run the FedAvg server (job API + leaf link)")
+    server = commands.add_parser("server", help="run the FedAvg server (job API and /metrics + leaf link)")
     server.add_argument("--host", default=None)
     server.add_argument("--http-port", type=int, default=None)
     server.add_argument("--link-port", type=int, default=None)
+    server.add_argument(
+        "--metrics-port", type=int, default=None, help="also serve /metrics on this port (always on --http-port)"
+    )
+    server.add_argument("--metrics-host", default=None, help="address --metrics-port listens on (default: --host)")
     server.add_argument("--data-dir", type=Path, default=None)
     server.add_argument("--ready-file", type=Path, default=None, help="write the bound ports here once serving")
     server.add_argument("--proxy", default=None, help="the routing proxy's URL: the status page shows its /health")
@@ -59,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     leaf.add_argument("--name", default=None)
     leaf.add_argument("--host", default=None)
     leaf.add_argument("--port", type=int, default=None, help="where the proxy connects (0 picks one)")
+    leaf.add_argument(
+        "--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port (0 picks one)"
+    )
+    leaf.add_argument("--metrics-host", default=None, help="address /metrics listens on (default: --host)")
     leaf.add_argument("--server", type=_host_port, default=None, help="server link address HOST:PORT")
     leaf.add_argument("--data-dir", type=Path, default=None, help="where this leaf's result log lives")
     leaf.add_argument("--ready-file", type=Path, default=None)
@@ -108,6 +116,8 @@ async def _serve_server(args: argparse.Namespace) -> int:
                 "host": "host",
                 "http_port": "http_port",
                 "link_port": "link_port",
+                "metrics_port": "metrics_port",
+                "metrics_host": "metrics_host",
                 "data_dir": "data_dir",
                 "proxy": "proxy_url",
             },
@@ -117,7 +127,8 @@ async def _serve_server(args: argparse.Namespace) -> int:
         server = Server(config)
         await server.start()
         process.freeze_startup_objects()
-        runtime.write_ready_file(args.ready_file, {"http_port": server.http_port, "link_port": server.link_port})
+        ports = {"http_port": server.http_port, "link_port": server.link_port, "metrics_port": server.metrics_port}
+        runtime.write_ready_file(args.ready_file, ports)
         await stop.wait()
         await server.stop()
     return 0
@@ -126,7 +137,17 @@ async def _serve_server(args: argparse.Namespace) -> int:
 async def _serve_leaf(args: argparse.Namespace) -> int:
     from .leaf import Leaf
 
-    fields = _overrides(args, {"name": "name", "host": "host", "port": "port", "data_dir": "data_dir"})
+    fields = _overrides(
+        args,
+        {
+            "name": "name",
+            "host": "host",
+            "port": "port",
+            "metrics_port": "metrics_port",
+            "metrics_host": "metrics_host",
+            "data_dir": "data_dir",
+        },
+    )
     fields |= _overrides(
         args, {"xain_host": "xain_host", "xain_grpc_port": "xain_grpc_port", "xain_object_port": "xain_object_port"}
     )
@@ -136,7 +157,7 @@ async def _serve_leaf(args: argparse.Namespace) -> int:
         leaf = Leaf(LeafConfig(**fields))
         port = await leaf.start()
         process.freeze_startup_objects()
-        ready: dict[str, Any] = {"port": port, "name": leaf.name}
+        ready: dict[str, Any] = {"port": port, "name": leaf.name, "metrics_port": leaf.metrics_port}
         if leaf.xain06_ports is not None:
             ready["xain_grpc_port"], ready["xain_object_port"] = leaf.xain06_ports
         runtime.write_ready_file(args.ready_file, ready)

@@ -33,6 +33,10 @@ class ServerConfig(_Settings):
     host: str = "127.0.0.1"
     http_port: int = Field(default=8443, ge=0, le=65535, description="job API and status")
     link_port: int = Field(default=8002, ge=0, le=65535, description="where leaves connect")
+    # /metrics is always on http_port; this adds a listener serving only it, for a monitoring
+    # network that must not reach the (unauthenticated) job API.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535, description="also serve /metrics here")
+    metrics_host: str | None = Field(default=None, description="address that listener uses (None: host)")
     data_dir: Path = Path("edgefl-data/server")
     tick_interval: float = 0.5
     proxy_url: str | None = Field(
@@ -46,6 +50,10 @@ class LeafConfig(_Settings):
     name: str = "leaf-0"
     host: str = "127.0.0.1"
     port: int = Field(default=9003, ge=0, le=65535, description="where the proxy connects")
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="serve Prometheus /metrics on this port (None: off)"
+    )
+    metrics_host: str | None = Field(default=None, description="address /metrics listens on (None: host)")
     server_host: str = "127.0.0.1"
     server_port: int = Field(default=8002, ge=0, le=65535)
     sync_interval: float = Field(default=0.2, gt=0.0)

@@ -17,6 +17,7 @@ from internal_link.versions import versions
 
 from .coordinator import JobNotFound
 from .jobs import JobSpec
+from .metrics_http import metrics_handler
 from .status_api import add_status_routes
 from .store import weights_to_npz
 
@@ -47,6 +48,7 @@ def create_api(server: Server) -> web.Application:
     app.router.add_get("/api/jobs/{job_id}/model", _model)
     app.router.add_get("/api/jobs/{job_id}/model.pte", _program)
     add_status_routes(app, server)
+    app.router.add_get("/metrics", metrics_handler(server.metrics.registry))  # docs/OPERATIONS.md
     return app
 
 

@@ -105,6 +105,7 @@ class Stack:
     env: dict[str, str]  # what every process of the stack shares (the link secret)
     children: list[Child] = field(default_factory=list)
     xain06: tuple[str, str] | None = None  # xain-sdk 0.6: gRPC "host:port", object endpoint URL (leaf-0)
+    metrics: dict[str, str] = field(default_factory=dict)  # process name -> its /metrics URL
 
     async def stop(self) -> dict[str, int]:
         codes = {}
@@ -148,6 +149,7 @@ async def start_stack(
         children.append(server)
         ready = await wait_ready_file(server, run_dir / "server.ready")
         lcp: dict[str, dict[str, Any]] = {}
+        metrics = {"server": f"http://127.0.0.1:{ready['http_port']}/metrics"}
         for i in range(leaves):
             name = f"leaf-{i}"
             xain = [] if i or xain06_ports is None else ["--xain-host", proxy_host]
@@ -161,6 +163,8 @@ async def start_stack(
                     "--name",
                     name,
                     "--port",
+                    "0",
+                    "--metrics-port",
                     "0",
                     "--server",
                     f"127.0.0.1:{ready['link_port']}",
@@ -183,11 +187,17 @@ async def start_stack(
                     f"{_connect_host(proxy_host)}:{info['xain_grpc_port']}",
                     f"http://{_connect_host(proxy_host)}:{info['xain_object_port']}",
                 )
+            metrics[child.name] = f"http://127.0.0.1:{info['metrics_port']}/metrics"
         lcp_map = run_dir / "lcp_map.json"
         lcp_map.write_bytes(orjson.dumps(lcp, option=orjson.OPT_INDENT_2))
-        proxy = await spawn("proxy", ["routing_proxy", str(port), str(lcp_map), "--host", proxy_host], logs, env)
+        # On loopback, as the leaves' and the server's: the proxy may face a LAN, its counts need not.
+        metrics_port = free_port()
+        proxy_args = ["routing_proxy", str(port), str(lcp_map), "--host", proxy_host]
+        proxy_args += ["--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port)]
+        proxy = await spawn("proxy", proxy_args, logs, env)
         children.append(proxy)
-        stack = Stack(proxy_url, f"http://127.0.0.1:{ready['http_port']}", lcp_map, env, children, xain06)
+        metrics["proxy"] = f"http://127.0.0.1:{metrics_port}/metrics"
+        stack = Stack(proxy_url, f"http://127.0.0.1:{ready['http_port']}", lcp_map, env, children, xain06, metrics)
         await _wait_http(proxy, f"{stack.proxy_url}/health")
         return stack
     except BaseException:
@@ -355,6 +365,7 @@ async def run_local(args: argparse.Namespace) -> int:
             flush=True,
         )
         print(f"status page {stack.api_url}/status", flush=True)
+        print(f"metrics (Prometheus): {'  '.join(f'{k} {v}' for k, v in stack.metrics.items())}", flush=True)
         lan = phone_url(args.host, int(stack.proxy_url.rsplit(":", 1)[1]))
         if lan is not None:
             print(f"phones on the LAN: serverURL = {lan}", flush=True)

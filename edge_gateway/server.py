@@ -23,8 +23,10 @@ from .config import ServerConfig
 from .coordinator import RESEND_WAIT_LIMIT, Coordinator, JobNotFound, NewVersion
 from .job_api import create_api
 from .jobs import JobSpec
+from .metrics_http import serve_metrics
 from .programs import ProgramBuilder
 from .robustness import ScreenBounds
+from .server_metrics import ServerMetrics
 from .store import CheckpointStore, load_names, save_names
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,7 @@ class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.coordinator = Coordinator(boot=uuid.uuid4().hex)
+        self.metrics = ServerMetrics(self.coordinator, time.monotonic)
         self.store = CheckpointStore(config.data_dir / "jobs")
         self._rpc = LinkServer(
             {
@@ -69,6 +72,8 @@ class Server:
         self._tick_task: asyncio.Task[None] | None = None
         self.http_port = 0
         self.link_port = 0
+        self.metrics_port: int | None = None
+        self._metrics_runner: web.AppRunner | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -80,6 +85,12 @@ class Server:
         await site.start()
         self.http_port = self._runner.addresses[0][1]
         self._tick_task = asyncio.get_running_loop().create_task(self._tick_loop(), name="server-tick")
+        if self.config.metrics_port is not None:
+            host = self.config.metrics_host or self.config.host
+            self._metrics_runner, self.metrics_port = await serve_metrics(
+                self.metrics.registry, host, self.config.metrics_port
+            )
+            log.info("server: metrics also on http://%s:%d/metrics", host, self.metrics_port)
         log.info(
             "server: job API on http://%s:%d, leaf link on %s:%d",
             self.config.host,
@@ -97,6 +108,8 @@ class Server:
             await asyncio.gather(*self._background, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
         for task in [*self._base_programs.values(), *self._version_programs.values()]:
             task.cancel()
         self._programs.close()
@@ -134,6 +147,7 @@ class Server:
         weights = await asyncio.to_thread(initial_weights, spec.model, spec.seed)
         job_id = str(uuid.uuid4())
         self.coordinator.add_job(job_id, spec, weights, time.monotonic())
+        self.metrics.round_started(job_id)
         self._checkpoint(job_id)
         self._announce()
         self._evaluate_later(job_id, 0)
@@ -150,6 +164,7 @@ class Server:
 
     async def end_job(self, job_id: str) -> None:
         self.coordinator.end_job(job_id)
+        self.metrics.job_ended(job_id)
         self._checkpoint(job_id)
         self._announce()
 
@@ -205,6 +220,7 @@ class Server:
     def _on_versions(self, events: list[NewVersion]) -> None:
         for event in events:
             job = self.coordinator.job(event.job_id)
+            self.metrics.version_made(event.job_id, job.spec.mode, done=job.status is not JobStatus.RUNNING)
             started = time.perf_counter()
             # Written before anything else runs on the loop: no leaf may see the new version (and
             # drop the results it keeps for the old one) before it is on disk.
@@ -260,6 +276,7 @@ class Server:
         request = SyncRequest.model_validate(payload)
         awaited = len(self.coordinator.awaiting_resends)
         reply = self.coordinator.sync(request, time.monotonic()).model_dump()
+        self.metrics.leaf_synced(request.leaf)
         if awaited and not self.coordinator.awaiting_resends:
             log.info("every leaf has re-sent what the last process took: rounds may close")
         return reply
@@ -325,6 +342,7 @@ class Server:
         reply, events = self.coordinator.submit(batch, update, time.monotonic())
         if reply.accepted:
             self._unsaved_by_leaf.setdefault(batch.leaf, set()).add(batch.job_id)
+            self.metrics.results.inc(len(batch.task_ids))  # an accepted batch counts every one
         if events:
             log.info(
                 "job %s: batch of %d results added and round closed in %.1f ms",

@@ -1,7 +1,7 @@
 """`routing-proxy` / `python -m routing_proxy`: the incumbent's start command, and a few flags more.
 
     python -m routing_proxy 4321 lcp_map.json [rootCA.pem] [--ssl-cert C --ssl-key K]
-        [--host 0.0.0.0] [--workers N] [--link-secret-file F] [--log-level info]
+        [--host 0.0.0.0] [--workers N] [--metrics-port P] [--metrics-host H] [--link-secret-file F] [--log-level info]
         [--max-buffered-bytes B] [--max-connection-buffered-bytes B]
         [--auth-tokens-file F] [--allowed-devices-file F]
         [--device-rate N --device-window S] [--max-inflight N] [--max-request-rate R]
@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ssl-cert", type=Path, help="TLS certificate for devices")
     parser.add_argument("--ssl-key", type=Path, help="TLS private key for devices")
     parser.add_argument("--workers", type=int, help="processes sharing the port (default 1)")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus /metrics on this port (0 picks one; worker i of --workers N on PORT+i)",
+    )
+    parser.add_argument("--metrics-host", help="address /metrics listens on (default: --host)")
     parser.add_argument(
         "--link-secret-file",
         type=Path,
@@ -115,6 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.workers > 1 and config.port == 0:
         print("routing-proxy: several workers need a fixed port, not 0", file=sys.stderr)
         return 2
+    if config.metrics_port is not None and config.workers > 1 and not 0 < config.metrics_port <= 65536 - config.workers:
+        print(
+            f"routing-proxy: {config.workers} workers need --metrics-port 1..{65536 - config.workers}", file=sys.stderr
+        )
+        return 2
     try:
         load_lcp_map(config.lcp_map)  # fail before any worker starts
     except LcpMapError as exc:
@@ -125,7 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"routing-proxy: device authentication: {exc}", file=sys.stderr)
         return 2
-    problem = _tls_problem(config) or _listen_problem(config.host, config.port)
+    problem = (
+        _tls_problem(config)
+        or _listen_problem(config.host, config.port)
+        or (config.metrics_port and _listen_problem(config.metrics_address(), config.metrics_port))
+    )
     if problem:
         print(f"routing-proxy: {problem}", file=sys.stderr)
         return 2

@@ -24,6 +24,14 @@ class ProxyConfig(BaseSettings):
     port: int = Field(4321, ge=0, le=65535)
     lcp_map: Path = Path("lcp_map.json")
     workers: int = Field(1, ge=1)
+    # Where /metrics is served (docs/OPERATIONS.md); None: not served. With several
+    # workers, worker i serves on metrics_port + i (each counts for itself).
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    metrics_host: str | None = None  # None: `host`; e.g. 127.0.0.1 when devices' port faces a LAN
+
+    def metrics_address(self) -> str:
+        return self.host if self.metrics_host is None else self.metrics_host
+
     # TLS towards devices.
     ssl_cert: Path | None = None
     ssl_key: Path | None = None

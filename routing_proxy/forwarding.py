@@ -19,9 +19,10 @@ from internal_link.calls import FEG, XAIN, BadPayload, DeviceAnswer, DeviceCall
 from internal_link.errors import LinkUnavailable, RemoteError
 from internal_link.versions import versions
 
-from .admission import AdmissionControl
+from .admission import DEVICE_RATE_REASON, AdmissionControl
 from .device_auth import DeviceAuthenticator
 from .http1 import Reply, Request, Response, invalid_request
+from .stats import ProxyStats
 from .upstreams import Upstream, Upstreams
 from .xain_routes import aggregator_url, mint_id, parse
 
@@ -64,8 +65,10 @@ class Forwarder:
         device_auth: DeviceAuthenticator | None = None,
         admission: AdmissionControl | None = None,
         tls: bool = False,
+        stats: ProxyStats,
     ) -> None:
         self._upstreams = upstreams
+        self.stats = stats
         self._tls = tls  # whether devices reach this proxy over TLS (for the XAIN aggregator URL)
         self._timeout = upstream_timeout
         self._auth = device_auth
@@ -81,7 +84,7 @@ class Forwarder:
         if methods is None:
             self._other(request, path, endpoint, reply)
         elif request.method not in methods:
-            reply(_method_not_allowed(request.method, endpoint, methods))
+            self._refuse(reply, "method_not_allowed", _method_not_allowed(request.method, endpoint, methods))
         else:
             self._forward(request, endpoint, query_string, reply)
 
@@ -92,57 +95,63 @@ class Forwarder:
                 if name.startswith(_FLARE_PREFIX) or name in _PASSED_HEADERS:
                     headers[name.decode("ascii")] = value.decode("utf-8")
         except UnicodeDecodeError:
-            reply(invalid_request(400, "header values must be UTF-8"))
+            self._refuse(reply, "header_not_utf8", invalid_request(400, "header values must be UTF-8"))
             return
         device_id = headers.get("x-flare-device-id")
         if not device_id:
-            reply(invalid_request(400, "Device ID missing"))  # PROTOCOL.md §2
+            self._refuse(reply, "device_id_missing", invalid_request(400, "Device ID missing"))  # PROTOCOL.md §2
             return
         # Before anything reaches a leaf: who may ask, and whether the gateway takes more now.
         if self._auth is not None and (reason := self._auth.check(device_id, headers.get("x-flare-user-info"))):
-            reply(invalid_request(403, reason))
+            self._refuse(reply, "unauthenticated", invalid_request(403, reason))
             return
         if self._admission is not None:
-            refused = self._admit(self._admission, endpoint, device_id)
-            if refused is not None:
-                reply(refused)
+            if self._admit(self._admission, endpoint, device_id, reply):
                 return
             reply = _releasing(self._admission, reply)
         body = request.body
         # Any charset parameter is fine: only the media type counts (PROTOCOL.md §2).
         if body and media_type(headers.get("content-type", "")) not in _BODY_TYPES:
-            reply(invalid_request(415, "unsupported content type: send application/json or application/msgpack"))
+            message = "unsupported content type: send application/json or application/msgpack"
+            self._refuse(reply, "unsupported_content_type", invalid_request(415, message))
             return
         query: dict[str, str] = {}
         if query_string:
             try:
                 text = query_string.decode("utf-8")
             except UnicodeDecodeError:
-                reply(invalid_request(400, "the query string must be UTF-8"))
+                self._refuse(reply, "query_not_utf8", invalid_request(400, "the query string must be UTF-8"))
                 return
             for key, text_value in _query_pairs(text):
                 query.setdefault(key, text_value)
         candidates = self._upstreams.candidates(device_id)
         call = DeviceCall(endpoint, query, headers, body, self._timeout)
-        _Call(candidates, call, reply, self._timeout).next()
+        _Call(candidates, call, reply, self._timeout, self.stats).next()
 
-    @staticmethod
-    def _admit(admission: AdmissionControl, endpoint: str, device_id: str) -> Response | None:
+    def _refuse(self, reply: Reply, reason: str, response: Response) -> None:
+        self.stats.refused[reason] += 1
+        reply(response)
+
+    def _admit(self, admission: AdmissionControl, endpoint: str, device_id: str, reply: Reply) -> bool:
+        """Whether the request was refused (and answered) by admission control."""
         if endpoint == "result":
             admission.enter()  # uploads are never refused (admission.py), only counted
-            return None
+            return False
         refusal = admission.admit(device_id, asyncio.get_running_loop().time())
         if refusal is None:
-            return None
-        return Response(200, JSON, refusal.body())
+            return False
+        reason = "device_rate" if refusal.reason == DEVICE_RATE_REASON else "overload"
+        self._refuse(reply, reason, Response(200, JSON, refusal.body()))
+        return True
 
     def _other(self, request: Request, path: bytes, endpoint: str, reply: Reply) -> None:
         xain = parse(path.decode("ascii", "replace"), request.method)
         if xain is None:
-            reply(self._not_feg(request, path, endpoint))
+            self._not_feg(request, path, endpoint, reply)
         elif self._auth is not None:
             # The SDK sends no headers of its own: a participant cannot prove what a device must.
-            reply(invalid_request(403, "device authentication is on and XAIN participants cannot present a token"))
+            message = "device authentication is on and XAIN participants cannot present a token"
+            self._refuse(reply, "unauthenticated", invalid_request(403, message))
         elif xain.endpoint == "rendez_vous":
             reply(Response(200, JSON, orjson.dumps({"id": mint_id()})))
         else:
@@ -151,18 +160,20 @@ class Forwarder:
             if xain.endpoint == "start_training":
                 query["url"] = aggregator_url(request.headers.get(b"host"), self._tls)
             call = DeviceCall(xain.endpoint, query, {}, request.body, self._timeout)
-            _XainCall(self._upstreams.candidates(xain.participant), call, reply, self._timeout).next()
+            _XainCall(self._upstreams.candidates(xain.participant), call, reply, self._timeout, self.stats).next()
 
-    def _not_feg(self, request: Request, path: bytes, endpoint: str) -> Response:
+    def _not_feg(self, request: Request, path: bytes, endpoint: str, reply: Reply) -> None:
         if endpoint != "health":
             shown = path.decode("utf-8", "replace")[:200]
-            return invalid_request(404, f"no such endpoint {shown}; use /job, /task, /result or /selection")
-        if request.method not in _HEALTH_METHODS:
-            return _method_not_allowed(request.method, endpoint, _HEALTH_METHODS)
-        leaves = self._upstreams.status()
-        healthy = sum(leaf["healthy"] for leaf in leaves.values())
-        body = {"status": "OK" if healthy else "RETRY", "healthy": healthy, "leaves": leaves, **versions()}
-        return Response(200, JSON, orjson.dumps(body))
+            message = f"no such endpoint {shown}; use /job, /task, /result or /selection"
+            self._refuse(reply, "unknown_endpoint", invalid_request(404, message))
+        elif request.method not in _HEALTH_METHODS:
+            self._refuse(reply, "method_not_allowed", _method_not_allowed(request.method, endpoint, _HEALTH_METHODS))
+        else:
+            leaves = self._upstreams.status()
+            healthy = sum(leaf["healthy"] for leaf in leaves.values())
+            body = {"status": "OK" if healthy else "RETRY", "healthy": healthy, "leaves": leaves, **versions()}
+            reply(Response(200, JSON, orjson.dumps(body)))
 
 
 def _query_pairs(text: str) -> list[tuple[str, str]]:
@@ -190,11 +201,14 @@ def _method_not_allowed(method: str, endpoint: str, methods: frozenset[str]) -> 
 class _Call:
     """One request's way to a leaf: the candidates in preference order, one shared deadline."""
 
-    __slots__ = ("call", "candidates", "deadline", "index", "loop", "reply", "upstream")
+    __slots__ = ("call", "candidates", "deadline", "index", "loop", "reply", "stats", "upstream")
     METHOD = FEG
 
-    def __init__(self, candidates: list[Upstream], call: DeviceCall, reply: Reply, timeout: float) -> None:
+    def __init__(
+        self, candidates: list[Upstream], call: DeviceCall, reply: Reply, timeout: float, stats: ProxyStats
+    ) -> None:
         self.loop = asyncio.get_running_loop()
+        self.stats = stats
         self.candidates = candidates
         self.call = call
         self.reply = reply
@@ -227,7 +241,7 @@ class _Call:
                 continue  # never left this process: the next leaf in preference order may take it
             future.add_done_callback(self._answered)
             return
-        self.reply(self.retry())  # no healthy leaf, or out of time (PROTOCOL.md §8)
+        self._unanswered("no_leaf")  # no healthy leaf, or out of time (PROTOCOL.md §8)
 
     async def _call_when_writable(self, upstream: Upstream, timeout: float) -> None:
         future: asyncio.Future[Any] = self.loop.create_future()
@@ -253,17 +267,22 @@ class _Call:
         except LinkUnavailable as exc:
             # Sent and unanswered: the leaf may have acted on it, so it is not re-sent elsewhere.
             logger.warning("leaf %s: %s", name, exc)
-            self.reply(self.retry())
+            self._unanswered("link_lost")
             return
         except RemoteError as exc:
             logger.error("leaf %s failed on a request: %s", name, exc)
-            self.reply(self.retry())
+            self._unanswered("leaf_failed")
             return
         except BadPayload as exc:
             logger.error("leaf %s answered a malformed result: %.120s", name, exc)
-            self.reply(self.retry())
+            self._unanswered("malformed_answer")
             return
+        self.stats.answered[self.call.endpoint, answer.http_status] += 1
         self.reply(Response(answer.http_status, answer.content_type, answer.body))
+
+    def _unanswered(self, cause: str) -> None:
+        self.stats.unanswered[self.call.endpoint, cause] += 1
+        self.reply(self.retry())
 
 
 # What a participant hears when no leaf answers: a heartbeat waits (`stand_by`; anything that is

@@ -14,6 +14,7 @@ import ssl
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from multiprocessing.connection import wait
 from typing import Any
 
@@ -25,6 +26,8 @@ from .config import ProxyConfig
 from .forwarding import Forwarder
 from .http1 import HttpLimits, HttpServer, Response
 from .lcp_map import load_lcp_map
+from .metrics import MetricsPage, proxy_registry
+from .stats import ProxyStats
 from .upstreams import Upstreams
 from .xain_routes import UPLOAD_PATH_PREFIX
 
@@ -61,15 +64,22 @@ class ProxyServer:
             max_connection_buffered_bytes=config.max_connection_buffered_bytes,
             upload_path_prefixes=(UPLOAD_PATH_PREFIX,),
         )
+        stats = ProxyStats()
         forwarder = Forwarder(
             self.upstreams,
             upstream_timeout=config.upstream_timeout,
             device_auth=config.device_auth(),
             admission=config.admission(device_counts),
             tls=config.ssl_cert is not None,
+            stats=stats,
         )
-        self.http = HttpServer(forwarder, limits, busy=lambda: no_memory_for_body(config.refusal_retry_wait))
+        busy = partial(no_memory_for_body, config.refusal_retry_wait)
+        self.http = HttpServer(forwarder, limits, busy=busy)
+        # Its own listener and connections: operators' scrapes never queue behind devices.
+        self.metrics = HttpServer(MetricsPage(proxy_registry(stats, self.http, self.upstreams)), HttpLimits(), busy)
         self._listener: asyncio.Server | None = None
+        self._metrics_listener: asyncio.Server | None = None
+        self.metrics_port: int | None = None
 
     async def start(self) -> int:
         """Start the links to the leaves and listen; return the bound port."""
@@ -87,6 +97,11 @@ class ProxyServer:
         )
         port: int = self._listener.sockets[0].getsockname()[1]
         logger.info("routing proxy (pid %d) listening on %s:%d", os.getpid(), config.host, port)
+        if config.metrics_port is not None:
+            host = config.metrics_address()
+            self._metrics_listener = await loop.create_server(self.metrics.protocol, host, config.metrics_port)
+            self.metrics_port = self._metrics_listener.sockets[0].getsockname()[1]
+            logger.info("routing proxy (pid %d) metrics on http://%s:%d/metrics", os.getpid(), host, self.metrics_port)
         return port
 
     async def drain(self) -> None:
@@ -99,6 +114,11 @@ class ProxyServer:
         if self._listener is not None:
             await self._listener.wait_closed()
             self._listener = None
+        if self._metrics_listener is not None:
+            self._metrics_listener.close()
+            await self.metrics.drain(0.0)
+            await self._metrics_listener.wait_closed()
+            self._metrics_listener = None
 
 
 NO_MEMORY_REASON = "gateway busy: no memory for this request body now; send it again later"
@@ -172,7 +192,7 @@ def supervise(config: ProxyConfig, worker: Callable[[ProxyConfig, Any], Any]) ->
                 if stopping:
                     break
                 worker_process = context.Process(
-                    target=worker, args=(config, device_counts), name=f"routing-proxy-{index}"
+                    target=worker, args=(_worker_config(config, index), device_counts), name=f"routing-proxy-{index}"
                 )
                 worker_process.start()
                 workers.append(worker_process)
@@ -197,6 +217,13 @@ def supervise(config: ProxyConfig, worker: Callable[[ProxyConfig, Any], Any]) ->
             signal.signal(signum, handler)
     ok = not failed and all(p.exitcode == 0 for p in workers)
     return 0 if ok else 1
+
+
+def _worker_config(config: ProxyConfig, index: int) -> ProxyConfig:
+    # Each worker counts for itself, so each serves its own /metrics: worker i on metrics_port + i.
+    if config.metrics_port is None:
+        return config
+    return config.model_copy(update={"metrics_port": config.metrics_port + index})
 
 
 @contextmanager

@@ -30,8 +30,9 @@ from ..result_log import ResultRecord
 from ..robustness import ScreenBounds, Screened, screen_update
 from ..uplink import ResultUplink, ServerLink
 from .job_state import LeafJob, Lease, TaskDecision
+from .metrics import LeafMetrics
 from .payload_cache import PayloadCache
-from .result_verdicts import ResultFacts, ResultVerdict, judge_result, result_answer
+from .result_verdicts import RESULT_ANSWERS, ResultFacts, ResultVerdict, Tally, judge_result, result_answer
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,10 @@ class DeviceEndpoints:
         link: ServerLink,
         quota_hold: float,
         sync_soon: Callable[[float], Awaitable[None]],
+        metrics: LeafMetrics,
     ) -> None:
         self._jobs = jobs
+        self._metrics = metrics
         self._payloads = payloads
         self._signer = signer
         self._uplink = uplink
@@ -93,6 +96,7 @@ class DeviceEndpoints:
     def task(self, request: TaskRequest, as_msgpack: bool, wait: float) -> FegReply | Awaitable[FegReply]:
         job = self._jobs.get(request.job_id)
         if job is None:
+            self._metrics.answers.labels("task", Status.NO_JOB.value).inc()
             content_type, data = encode(response(Status.NO_JOB, message=f"unknown job {request.job_id!r}"), as_msgpack)
             return DeviceAnswer(200, content_type, data)
         loop = asyncio.get_running_loop()
@@ -116,7 +120,10 @@ class DeviceEndpoints:
 
     def _decide(self, job: LeafJob, request: TaskRequest, now: float) -> tuple[TaskDecision, Lease | None]:
         ready = self._payloads.ready(job.view)
-        return job.decide_task(request.identity.device_id, now, ready, request.identity.device_info.get("platform"))
+        issued = job.tasks_issued
+        decided = job.decide_task(request.identity.device_id, now, ready, request.identity.device_info.get("platform"))
+        self._metrics.tasks_issued.inc(job.tasks_issued - issued)
+        return decided
 
     def _task_answer(
         self, job: LeafJob, request: TaskRequest, decision: TaskDecision, lease: Lease | None, as_msgpack: bool
@@ -128,6 +135,7 @@ class DeviceEndpoints:
                 view.job_id, request.identity.device_id, lease.task_id, lease.version, lease.selection_id
             )
             content_type, data = payload.render(lease.task_id, cookie, as_msgpack)
+            self._metrics.answers.labels("task", Status.OK.value).inc()
             return DeviceAnswer(200, content_type, data)
         if decision is TaskDecision.NO_JOB:
             reply = response(Status.NO_JOB, job_id=view.job_id, message="job finished")
@@ -137,6 +145,7 @@ class DeviceEndpoints:
             reply = response(
                 Status.RETRY, job_id=view.job_id, retry_wait=view.retry_wait, message="Device not selected"
             )
+        self._metrics.answers.labels("task", reply["status"]).inc()
         content_type, data = encode(reply, as_msgpack)
         return DeviceAnswer(200, content_type, data)
 
@@ -145,6 +154,7 @@ class DeviceEndpoints:
         job = self._jobs.get(request.job_id)
         detail: str | None = None  # why the cookie or the update was refused
         version = -1
+        lease = None if job is None else job.by_task.get(request.task_id)  # async jobs drop it once taken
         if job is None:
             facts = ResultFacts(job_known=False)
         elif request.status != Status.OK.value:
@@ -194,6 +204,7 @@ class DeviceEndpoints:
         assert verdict is not None, "a result the server has answered always has a verdict"
         if job is not None:
             job.settle(request.task_id, verdict)
+        self._count_result(verdict, lease)
         if detail is not None:
             log.info("refused result from %s: %s", request.identity.device_id, detail)
         return result_answer(
@@ -205,6 +216,13 @@ class DeviceEndpoints:
             detail=detail,
             version=version,
         )
+
+    def _count_result(self, verdict: ResultVerdict, lease: Lease | None) -> None:
+        self._metrics.results.labels(verdict.value).inc()
+        if RESULT_ANSWERS[verdict].tally is Tally.REFUSED:
+            self._metrics.refusals.labels(verdict.value).inc()
+        if verdict is ResultVerdict.COUNTED and lease is not None:
+            self._metrics.turnaround.observe(asyncio.get_running_loop().time() - lease.issued_at)
 
     async def _once_first_copy_is_safe(self, job_id: str, task_id: str) -> ResultVerdict:
         """A repeat is "counted once" only when the first copy is acknowledged: while that one is

@@ -38,6 +38,7 @@ class Lease:
     device_id: str
     version: int
     selection_id: int
+    issued_at: float  # for the turnaround metric
     expires_at: float
     reported: bool = False
 
@@ -176,6 +177,7 @@ class LeafJob:
             device_id=device_id,
             version=view.model_version,
             selection_id=view.selection_id,
+            issued_at=now,
             expires_at=now + view.task_timeout,
         )
         self.leases[device_id] = lease

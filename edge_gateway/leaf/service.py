@@ -9,6 +9,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 import orjson
+from aiohttp import web
 
 from device_protocol.codecs import JSON, decode_body, encode, wants_msgpack
 from device_protocol.cookies import CookieSigner
@@ -32,11 +33,13 @@ from internal_link.server import LinkServer
 
 from ..acknowledged import AcknowledgedResults, MemoryResults
 from ..config import LeafConfig
+from ..metrics_http import serve_metrics
 from ..result_log import ResultLog
 from ..uplink import ResultUplink, ServerLink
 from ..user_errors import UserError
 from .endpoints import STARTING_RETRY_WAIT, DeviceEndpoints, FegReply
 from .job_state import LeafJob
+from .metrics import LeafMetrics, endpoint_label, error_kind
 from .payload_cache import PayloadCache
 from .xain_endpoints import XainEndpoints
 
@@ -49,6 +52,7 @@ INLINE_DECODE_LIMIT = 64 * 1024
 DRAIN_QUIET = 1.0
 DRAINING_RETRY_WAIT = 1  # another leaf will answer: no need to wait long
 WATCH_WAIT = 20.0  # seconds the server may hold a "watch" call
+_XAIN_STAND_BY = b'{"state":"stand_by","round":0,"ok":false,"status":"RETRY"}'
 
 
 class Leaf:
@@ -75,6 +79,8 @@ class Leaf:
         )
         results: AcknowledgedResults = ResultLog(config.result_log_dir()) if config.result_log else MemoryResults()
         self.uplink = ResultUplink(self.name, self._link, results, on_late=self._count_late)
+        self.metrics = LeafMetrics()
+        self.metrics.watch(results, self.uplink.undelivered, self._server_connected)
         self.jobs: dict[str, LeafJob] = {}
         self._payloads = PayloadCache(self._link, self._is_current)
         self._endpoints = DeviceEndpoints(
@@ -85,6 +91,7 @@ class Leaf:
             self._link,
             config.quota_hold,
             self._sync_soon,
+            self.metrics,
         )
         self._xain = XainEndpoints(
             self.jobs, self._payloads, CookieSigner(config.cookie_key()), self.uplink, self._sync_soon
@@ -96,6 +103,8 @@ class Leaf:
         self._wake_sync = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self.port = 0
+        self.metrics_port: int | None = None
+        self._metrics_runner: web.AppRunner | None = None
         self._draining = False
         self._busy = 0  # device requests taken and not answered yet
         self._last_request = 0.0
@@ -122,6 +131,12 @@ class Leaf:
             host = config.xain_host or config.host
             self.xain06_ports = await self._xain06.start(host, config.xain_grpc_port, config.xain_object_port)
             log.info("leaf %s: xain-sdk 0.6 gRPC on %s:%d, objects on port %d", self.name, host, *self.xain06_ports)
+        if config.metrics_port is not None:
+            host = config.metrics_host or config.host
+            self._metrics_runner, self.metrics_port = await serve_metrics(
+                self.metrics.registry, host, config.metrics_port
+            )
+            log.info("leaf %s metrics on http://%s:%d/metrics", self.name, host, self.metrics_port)
         return self.port
 
     async def stop(self) -> None:
@@ -153,6 +168,11 @@ class Leaf:
         await self._payloads.close()
         if self._client is not None:
             await self._client.close()
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
+
+    def _server_connected(self) -> bool:
+        return self._client is None or self._client.connected  # an injected link is in-process
 
     # -- proxy-facing handlers ----------------------------------------------------------------
     def handle_ping(self, _: Any) -> str:
@@ -164,34 +184,40 @@ class Leaf:
     def handle_feg(self, call: DeviceCall) -> FegReply | Awaitable[FegReply]:
         """The answer now when it needs no waiting (most /job and /task), else an awaitable."""
         self._last_request = asyncio.get_running_loop().time()
+        self.metrics.received_bytes.inc(len(call.body))
         if self._draining and call.endpoint != "result":
             # A result is still answered (Android ends its session on anything but OK); new work
             # is for the leaves that stay.
             reply = response(Status.RETRY, retry_wait=DRAINING_RETRY_WAIT, message="leaf shutting down")
-            content_type, data = encode(reply, wants_msgpack(call.headers.get("accept", "")))
-            return DeviceAnswer(200, content_type, data)
+            return self._answer(call.endpoint, reply, wants_msgpack(call.headers.get("accept", "")))
         outcome = self._answer_feg(call)
         if isinstance(outcome, Awaitable):
             self._busy += 1
             return self._counted(outcome)
+        self.metrics.sent_bytes.inc(len(outcome.body))
         return outcome
 
     def handle_xain(self, call: DeviceCall) -> FegReply | Awaitable[FegReply]:
         """A xain-sdk participant's call (xain_endpoints.py); while draining or starting, `stand_by`."""
         self._last_request = asyncio.get_running_loop().time()
+        self.metrics.received_bytes.inc(len(call.body))
         if (self._draining and call.endpoint == "heartbeat") or not self._synced_once():
-            return DeviceAnswer(200, JSON, b'{"state":"stand_by","round":0,"ok":false,"status":"RETRY"}')
-        outcome = self._xain.answer(call)
+            outcome: FegReply | Awaitable[FegReply] = DeviceAnswer(200, JSON, _XAIN_STAND_BY)
+        else:
+            outcome = self._xain.answer(call)
         if isinstance(outcome, Awaitable):
             self._busy += 1
             return self._counted(outcome)
+        self.metrics.sent_bytes.inc(len(outcome.body))
         return outcome
 
     async def _counted(self, outcome: Awaitable[FegReply]) -> FegReply:
         try:
-            return await outcome
+            answer = await outcome
         finally:
             self._busy -= 1
+        self.metrics.sent_bytes.inc(len(answer.body))
+        return answer
 
     def _answer_feg(self, call: DeviceCall) -> FegReply | Awaitable[FegReply]:
         endpoint, query, headers, body, wait = call
@@ -208,7 +234,7 @@ class Leaf:
             request = parse_request(endpoint, query, headers, fields)
         except ProtocolError as exc:
             return self._refused(endpoint, exc)
-        return self._feg(request, headers, len(body), wait)
+        return self._feg(endpoint, request, headers, len(body), wait)
 
     async def _feg_decoded_in_thread(
         self, endpoint: str, query: Any, headers: Any, body: bytes, wait: float
@@ -218,7 +244,7 @@ class Leaf:
             request = parse_request(endpoint, query, headers, fields)
         except ProtocolError as exc:
             return self._refused(endpoint, exc)
-        outcome = self._feg(request, headers, len(body), wait)
+        outcome = self._feg(endpoint, request, headers, len(body), wait)
         return await outcome if isinstance(outcome, Awaitable) else outcome
 
     def _result_body_limit(self, job_id: str | None) -> int:
@@ -230,9 +256,13 @@ class Leaf:
 
     def _refused(self, endpoint: str, exc: ProtocolError) -> FegReply:
         log.info("refused %s request: %s", endpoint, exc.message)
+        self.metrics.answers.labels(endpoint_label(endpoint), exc.status).inc()
+        self.metrics.refusals.labels(error_kind(exc)).inc()
         return DeviceAnswer(exc.http_status, JSON, orjson.dumps(error_response(exc.status, exc.message, exc.errors)))
 
-    def _feg(self, request: FegRequest, headers: Any, body_size: int, wait: float) -> FegReply | Awaitable[FegReply]:
+    def _feg(
+        self, endpoint: str, request: FegRequest, headers: Any, body_size: int, wait: float
+    ) -> FegReply | Awaitable[FegReply]:
         as_msgpack = wants_msgpack(headers.get("accept", ""))
         if not self._synced_once():
             reply = response(Status.RETRY, retry_wait=STARTING_RETRY_WAIT, message="Gateway starting")
@@ -241,15 +271,19 @@ class Leaf:
         elif isinstance(request, TaskRequest):
             return self._endpoints.task(request, as_msgpack, wait)
         elif isinstance(request, ResultRequest):
-            return self._encoded(self._endpoints.result(request, offload=body_size > INLINE_DECODE_LIMIT), as_msgpack)
+            offload = body_size > INLINE_DECODE_LIMIT
+            return self._encoded("result", self._endpoints.result(request, offload=offload), as_msgpack)
         else:
-            return self._encoded(self._endpoints.selection(request), as_msgpack)
-        content_type, data = encode(reply, as_msgpack)
-        return DeviceAnswer(200, content_type, data)
+            return self._encoded("selection", self._endpoints.selection(request), as_msgpack)
+        return self._answer(endpoint, reply, as_msgpack)
 
-    @staticmethod
-    async def _encoded(reply: Awaitable[dict[str, Any]], as_msgpack: bool) -> FegReply:
-        content_type, data = encode(await reply, as_msgpack)
+    async def _encoded(self, endpoint: str, reply: Awaitable[dict[str, Any]], as_msgpack: bool) -> FegReply:
+        return self._answer(endpoint, await reply, as_msgpack)
+
+    def _answer(self, endpoint: str, reply: dict[str, Any], as_msgpack: bool) -> FegReply:
+        """`reply` encoded for the device, and counted in the funnel by its status."""
+        self.metrics.answers.labels(endpoint_label(endpoint), reply["status"]).inc()
+        content_type, data = encode(reply, as_msgpack)
         return DeviceAnswer(200, content_type, data)
 
     def _synced_once(self) -> bool:

@@ -125,6 +125,10 @@ class ResultLog:
         async with self._lock:
             await asyncio.to_thread(self._files.close)
 
+    def pending(self) -> int:
+        """Records waiting for the next flush (their appenders wait for it)."""
+        return len(self._pending)
+
     def segment_names(self) -> list[str]:
         """The segment files now in use, oldest first."""
         return self._files.segment_names()

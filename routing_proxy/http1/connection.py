@@ -98,6 +98,7 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing or self._upgraded:
             return  # lingering after the last answer: discard
+        self.server.bytes_in += len(data)
         self._began_here = False
         try:
             self._parser.feed_data(data)
@@ -311,8 +312,10 @@ class HttpConnection(asyncio.Protocol):
         head = response_head(response, self.server.clock.date, keep_alive)
         if head_only or not response.body:
             transport.write(head)
+            self.server.bytes_out += len(head)
         else:
             transport.writelines((head, response.body))  # scattered where the loop can: no copy
+            self.server.bytes_out += len(head) + len(response.body)
         if keep_alive:
             self._arm_for_state()
         else:
@@ -321,6 +324,7 @@ class HttpConnection(asyncio.Protocol):
     def _refuse(self, response: Response, linger: float = _LINGER_SECONDS) -> None:
         """Stop reading this connection; answer `response` after the answers already owed, then
         close, reading (and discarding) for `linger` seconds what the client still sends."""
+        self.server.refused[response.status] += 1
         self._flow.pause_reading(Hold.STOPPED)
         self._drop_incoming()
         self._queue.append(Pending(response, keep_alive=False, linger=linger))

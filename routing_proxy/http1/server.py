@@ -6,6 +6,7 @@ import asyncio
 import email.utils
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from .budget import BodyBudget
@@ -43,6 +44,11 @@ class HttpServer:
             limits.max_buffered_bytes, limits.max_connection_buffered_bytes, limits.max_other_body_bytes
         )
         self._refusals_logged = 0
+        # Plain counts for the proxy's metrics: bytes read and written on every connection, and
+        # the requests this front-end refused itself, by the HTTP status it answered them with.
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.refused: Counter[int] = Counter()
         self.clock = Clock()
         self.draining = False
         self._sweeper: asyncio.Task[None] | None = None

@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
+import aiohttp
 import orjson
 import pytest
 
@@ -100,6 +101,15 @@ async def test_sigterm_stops_every_process(tmp_path: Path) -> None:
         assert proc.stdout is not None
         banner = await asyncio.wait_for(proc.stdout.readline(), 60)  # printed once the stack serves
         assert banner.startswith(b"proxy http://"), banner
+        # The second line says where to scrape every process; each answers there.
+        scrape = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
+        assert scrape.startswith("metrics (Prometheus): "), scrape
+        urls = dict(re.findall(r"(\S+) (http://\S+/metrics)", scrape))
+        assert sorted(urls) == ["leaf-0", "leaf-1", "proxy", "server"], scrape
+        async with aiohttp.ClientSession() as http:
+            for url in urls.values():
+                async with http.get(url) as reply:
+                    assert reply.status == 200 and "process_resident_memory_bytes" in await reply.text(), url
         pids = child_pids(tmp_path)
         assert len(pids) == 3  # server and two leaves; the proxy is checked through its health URL
         proc.send_signal(signal.SIGTERM)

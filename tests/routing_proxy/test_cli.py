@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from internal_link.calls import DeviceCall
 from routing_proxy.cli import main
@@ -35,6 +36,30 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_port_pair() -> int:
+    """A port P with P + 1 free too, for two workers' metrics (bounded: a few tries)."""
+    for _ in range(20):
+        port = free_port()
+        with socket.socket() as first, socket.socket() as second:
+            try:
+                first.bind(("127.0.0.1", port))
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two consecutive free ports")
+
+
+def metric_total(text: str, name: str) -> float:
+    """The sum of a metric's samples over all its labels, from Prometheus' text format."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    )
 
 
 @asynccontextmanager
@@ -141,6 +166,7 @@ async def test_start_script_with_two_workers(leaves: MakeLeaf, http: aiohttp.Cli
     lcp_map, secret = setup_files(tmp_path, leaf)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    metrics_port = free_port_pair()
     command = [
         str(REPO / "scripts" / "start_rp.sh"),
         str(port),
@@ -149,6 +175,8 @@ async def test_start_script_with_two_workers(leaves: MakeLeaf, http: aiohttp.Cli
         "127.0.0.1",
         "--workers",
         "2",
+        "--metrics-port",
+        str(metrics_port),
         "--link-secret-file",
         str(secret),
         "--device-rate",
@@ -179,6 +207,13 @@ async def test_start_script_with_two_workers(leaves: MakeLeaf, http: aiohttp.Cli
         refused = [a for a in answers if a.get("message") == "too many requests from this device"]
         assert len(refused) == 8 and all(a["status"] == "RETRY" for a in refused), answers
         assert sum(a.get("leaf") == "C11" for a in answers) == 4 and len(leaf.received) == 24
+        # Each worker counts what it answered, on its own metrics port: together, every request.
+        texts = []
+        for worker_port in (metrics_port, metrics_port + 1):
+            async with http.get(f"http://127.0.0.1:{worker_port}/metrics") as reply:
+                texts.append(await reply.text())
+        assert sum(metric_total(t, "edgefl_proxy_answers_total") for t in texts) == 24
+        assert sum(metric_total(t, "edgefl_proxy_refusals_total") for t in texts) == 8
         os.kill(process.pid, signal.SIGTERM)
         assert await exit_code(process, timeout=15) == 0, log.read_text()
 
@@ -188,6 +223,22 @@ def test_bad_lcp_map_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixt
     path.write_text(json.dumps({"C11": {"host": "localhost"}}))
     assert main(["4321", str(path)]) == 2
     assert "'C11' needs a port" in capsys.readouterr().err
+
+
+def test_several_workers_need_a_fixed_metrics_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["4321", str(tmp_path / "lcp_map.json"), "--workers", "2", "--metrics-port", "0"]) == 2
+    assert "2 workers need --metrics-port 1..65534" in capsys.readouterr().err
+
+
+def test_a_metrics_port_in_use_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    leaves_map = tmp_path / "lcp_map.json"
+    leaves_map.write_text(json.dumps({"C11": {"host": "127.0.0.1", "port": 9}}))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        assert main(["0", str(leaves_map), "--host", "127.0.0.1", "--metrics-port", str(taken)]) == 2
+    assert f"cannot listen on 127.0.0.1:{taken}" in capsys.readouterr().err
 
 
 def test_several_workers_need_a_fixed_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

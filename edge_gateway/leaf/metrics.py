@@ -1,0 +1,116 @@
+"""A leaf's metrics: the device funnel, refusals, task turnaround, bytes, its link and result log.
+
+Counted where the leaf decides an answer (service.py, endpoints.py); what the leaf already keeps
+(undelivered results, the log's segments, the link's state) is read at scrape time. Labels take
+values from fixed sets only: endpoints, protocol statuses, verdicts, error kinds. Never a device
+or job id.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+
+from prometheus_client import Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from device_protocol.errors import ProtocolError
+
+from ..acknowledged import AcknowledgedResults
+from ..metrics_http import process_registry
+from ..result_log import ResultLog
+
+# From a few seconds of training on a phone to a task's whole lease (minutes).
+TURNAROUND_BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+
+
+_ENDPOINTS = frozenset({"job", "task", "result", "selection"})
+
+
+def endpoint_label(endpoint: str) -> str:
+    """The endpoint as a label value: a peer's unknown endpoint name is not one (`other`)."""
+    return endpoint if endpoint in _ENDPOINTS else "other"
+
+
+def error_kind(exc: ProtocolError) -> str:
+    """A refusal reason from the error's class: `BodyTooLarge` -> `body_too_large`."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
+
+
+class LeafMetrics:
+    """One leaf's registry and the instruments its answer paths move."""
+
+    def __init__(self) -> None:
+        self.registry = process_registry()
+        self.answers = Counter(
+            "edgefl_leaf_answers",
+            "Answers to devices, by endpoint and protocol status",
+            ["endpoint", "status"],
+            registry=self.registry,
+        )
+        self.tasks_issued = Counter(
+            "edgefl_leaf_tasks_issued", "Tasks handed to devices (new leases)", registry=self.registry
+        )
+        self.results = Counter(
+            "edgefl_leaf_results",
+            "Results judged, by verdict (result_verdicts.py)",
+            ["verdict"],
+            registry=self.registry,
+        )
+        self.refusals = Counter(
+            "edgefl_leaf_refusals",
+            "Device requests refused: malformed ones by error kind, results by why they did not count",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.turnaround = Histogram(
+            "edgefl_leaf_task_turnaround_seconds",
+            "From a task handed out to its result counted",
+            buckets=TURNAROUND_BUCKETS,
+            registry=self.registry,
+        )
+        self.received_bytes = Counter(
+            "edgefl_leaf_received_bytes", "Bytes of device request bodies", registry=self.registry
+        )
+        self.sent_bytes = Counter("edgefl_leaf_sent_bytes", "Bytes of answers to devices", registry=self.registry)
+
+    def watch(
+        self, results: AcknowledgedResults, undelivered: Callable[[], int], server_connected: Callable[[], bool]
+    ) -> None:
+        """Read these at every scrape: the result log, the results not delivered, the server link."""
+        self.registry.register(_LeafState(results, undelivered, server_connected))
+
+
+class _LeafState(Collector):
+    def __init__(
+        self, results: AcknowledgedResults, undelivered: Callable[[], int], server_connected: Callable[[], bool]
+    ) -> None:
+        self._results = results
+        self._undelivered = undelivered
+        self._server_connected = server_connected
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "edgefl_leaf_results_undelivered",
+            "Acknowledged results the server has not taken yet",
+            value=self._undelivered(),
+        )
+        yield GaugeMetricFamily(
+            "edgefl_leaf_server_connected",
+            "1 while the link to the server is connected",
+            value=self._server_connected(),
+        )
+        if isinstance(self._results, ResultLog):  # benchmarks run without a log
+            log = self._results
+            yield GaugeMetricFamily(
+                "edgefl_leaf_result_log_pending", "Results waiting for the log's next fsync", value=log.pending()
+            )
+            yield GaugeMetricFamily(
+                "edgefl_leaf_result_log_segments",
+                "Segment files of the write-ahead log",
+                value=len(log.segment_names()),
+            )
+            yield CounterMetricFamily(
+                "edgefl_leaf_result_log_appended", "Records made durable in the log", value=log.appended
+            )
