@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--http-port", type=int, default=None)
     server.add_argument("--link-port", type=int, default=None)
     server.add_argument("--data-dir", type=Path, default=None)
+    server.add_argument(
+        "--retire-after",
+        type=float,
+        default=None,
+        help="seconds a finished job stays in memory and leaf syncs, then on disk only (default 3600)",
+    )
     server.add_argument("--ready-file", type=Path, default=None, help="write the bound ports here once serving")
 
     leaf = commands.add_parser("leaf", help="run a leaf aggregator")
@@ -62,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     leaf.add_argument("--data-dir", type=Path, default=None, help="where this leaf's result log lives")
     leaf.add_argument("--ready-file", type=Path, default=None)
 
-    job = commands.add_parser("job", help="submit, list, inspect or end jobs on a server")
+    job = commands.add_parser("job", help="submit, list, inspect, end or delete jobs on a server")
     api_help = "the server's job API (default http://127.0.0.1:8443)"
     job.add_argument("--api", default="http://127.0.0.1:8443", help=api_help)
     job_commands = job.add_subparsers(dest="job_command", required=True)
@@ -81,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("job_id")
     end = job_commands.add_parser("end", help="end a job")
     end.add_argument("job_id")
+    delete = job_commands.add_parser("delete", help="delete a finished job and its checkpoints")
+    delete.add_argument("job_id")
     for command in job_commands.choices.values():
         # Also after the subcommand, as people type it; SUPPRESS keeps the value given before it.
         command.add_argument("--api", default=argparse.SUPPRESS, help=api_help)
@@ -98,7 +106,16 @@ async def _serve_server(args: argparse.Namespace) -> int:
     from .server import Server
 
     config = ServerConfig(
-        **_overrides(args, {"host": "host", "http_port": "http_port", "link_port": "link_port", "data_dir": "data_dir"})
+        **_overrides(
+            args,
+            {
+                "host": "host",
+                "http_port": "http_port",
+                "link_port": "link_port",
+                "data_dir": "data_dir",
+                "retire_after": "retire_after",
+            },
+        )
     )
     with process.stop_signals() as stop:
         server = Server(config)
@@ -175,6 +192,8 @@ async def _job_command(args: argparse.Namespace) -> int:
                 request = session.get(f"{api}/api/jobs")
             elif args.job_command == "status":
                 request = session.get(f"{api}/api/jobs/{args.job_id}")
+            elif args.job_command == "delete":
+                request = session.delete(f"{api}/api/jobs/{args.job_id}")
             else:
                 request = session.post(f"{api}/api/jobs/{args.job_id}/end")
             async with request as reply:

@@ -35,6 +35,11 @@ class ServerConfig(_Settings):
     link_port: int = Field(default=8002, ge=0, le=65535, description="where leaves connect")
     data_dir: Path = Path("edgefl-data/server")
     tick_interval: float = 0.5
+    retire_after: float = Field(
+        default=3600.0,
+        ge=0.0,
+        description="seconds a finished job stays in memory and in leaf syncs; then on disk only",
+    )
 
 
 class LeafConfig(_Settings):

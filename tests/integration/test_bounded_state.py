@@ -1,0 +1,135 @@
+"""State that must not only grow (issue 11 item 6): finished jobs leave the server's memory and the
+leaves' syncs, stay listed from disk and can be deleted; leaves keep only the payloads still served."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from edge_gateway.launcher import Stack, start_stack
+from internal_link.client import LinkClient
+from internal_link.messages import JobStatus, SyncReply, SyncRequest
+from internal_link.process import link_secret
+
+from .helpers import submit_job
+from .stack_control import child, kill, restart_server, server_ports
+from .test_job_cli import job_cli
+
+DEVICE = {"X-Flare-Device-ID": "phone-1", "Content-Type": "application/json"}
+
+
+@pytest.fixture
+async def retiring_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Stack]:
+    """One leaf; finished jobs are retired one second after they finish."""
+    monkeypatch.setenv("EDGEFL_SERVER_RETIRE_AFTER", "1")
+    stack = await start_stack(tmp_path, leaves=1, proxy_host="127.0.0.1", proxy_port=0)
+    try:
+        yield stack
+    finally:
+        await stack.stop()
+
+
+async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
+    async with http.get(url) as reply:
+        return reply.status, orjson.loads(await reply.read())
+
+
+async def jobs_in_memory(http: aiohttp.ClientSession, stack: Stack, expected: int, timeout: float = 30.0) -> None:
+    """Until the server holds `expected` jobs in memory (bounded)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (health := (await get(http, f"{stack.api_url}/api/health"))[1])["jobs"] != expected:
+        assert loop.time() < deadline, f"still {health['jobs']} jobs in memory, not {expected}"
+        await asyncio.sleep(0.2)
+
+
+async def synced_jobs(stack: Stack, run_dir: Path) -> list[str]:
+    """The job ids the server sends a leaf in its sync, asked over the link as a leaf does."""
+    client = LinkClient(
+        "127.0.0.1",
+        server_ports(run_dir)["link_port"],
+        link_secret(stack.env["EDGEFL_LINK_SECRET"]),
+        name="probe->server",
+    )
+    await client.start()
+    try:
+        assert await client.wait_connected(10)
+        request = SyncRequest(leaf="probe", boot=uuid.uuid4().hex)
+        reply = SyncReply.model_validate(await client.call("sync", request.model_dump(), 5.0))
+        return [view.job_id for view in reply.jobs]
+    finally:
+        await client.close()
+
+
+async def ask_device(http: aiohttp.ClientSession, stack: Stack, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async with http.post(f"{stack.proxy_url}{path}", data=orjson.dumps(body), headers=DEVICE) as reply:
+        return dict(orjson.loads(await reply.read()))
+
+
+async def test_finished_jobs_retire_to_disk_and_can_be_deleted(
+    retiring_stack: Stack, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    stack = retiring_stack
+    api = stack.api_url
+    running = await submit_job(api, name="keeps-running", model="xor", rounds=50, evaluate=False)
+    finished = [await submit_job(api, name=f"short-{i}", model="xor", rounds=5, evaluate=False) for i in range(3)]
+    for job_id in finished:
+        async with http.post(f"{api}/api/jobs/{job_id}/end") as reply:
+            assert reply.status == 200
+    await jobs_in_memory(http, stack, 1)
+    assert await synced_jobs(stack, tmp_path) == [running]
+
+    # Still listed, read from disk; its model still downloads.
+    status, listed = await get(http, f"{api}/api/jobs")
+    by_id = {job["job_id"]: job for job in listed["jobs"]}
+    assert status == 200 and set(by_id) == {running, *finished}
+    assert not by_id[running]["retired"] and by_id[running]["status"] == JobStatus.RUNNING
+    assert all(by_id[j]["retired"] and by_id[j]["status"] == JobStatus.DONE for j in finished)
+    status, one = await get(http, f"{api}/api/jobs/{finished[0]}")
+    assert status == 200 and one["name"] == "short-0" and one["retired"] and one["model_version"] == 0
+    async with http.get(f"{api}/api/jobs/{finished[0]}/model") as reply:
+        assert reply.status == 200 and reply.headers["X-Model-Version"] == "0"
+        assert (await reply.read())[:2] == b"PK"  # an .npz
+
+    # Devices hear that the job is over (PROTOCOL.md §4) from the leaf that no longer knows it.
+    assert (await ask_device(http, stack, "/job", {"job_name": "short-0", "capabilities": {"methods": ["xor"]}}))[
+        "status"
+    ] == "NO_JOB"
+    assert (await ask_device(http, stack, f"/task?job_id={finished[0]}", {}))["status"] == "NO_JOB"
+
+    # `job delete`: a running job is refused with a reason; a retired one goes, checkpoints and all.
+    code, refused = await job_cli(api, "delete", running)
+    assert code == 1 and refused["status"] == "ERROR" and "is running: end it first" in refused["message"]
+    code, deleted = await job_cli(api, "delete", finished[0])
+    assert code == 0 and deleted["status"] == "OK"
+    assert not (tmp_path / "server" / "jobs" / finished[0]).exists()
+    assert (await get(http, f"{api}/api/jobs/{finished[0]}"))[0] == 404
+    code, again = await job_cli(api, "delete", finished[0])
+    assert code == 1 and again["message"] == f"no job {finished[0]!r}"
+
+    # A restarted server loads only the job still running; the retired ones stay listed.
+    await kill(child(stack, "server"))
+    await restart_server(stack, tmp_path)
+    await jobs_in_memory(http, stack, 1)
+    _, listed = await get(http, f"{api}/api/jobs")
+    assert {job["job_id"] for job in listed["jobs"]} == {running, *finished[1:]}
+    assert await synced_jobs(stack, tmp_path) == [running]
+
+
+async def test_a_finished_job_not_yet_retired_can_be_deleted(stack: Stack, http: aiohttp.ClientSession) -> None:
+    # The default retention (an hour): the finished job is still in memory when it is deleted.
+    job_id = await submit_job(stack.api_url, name="short", model="xor", rounds=5, evaluate=False)
+    async with http.post(f"{stack.api_url}/api/jobs/{job_id}/end") as reply:
+        assert reply.status == 200
+    assert (await get(http, f"{stack.api_url}/api/jobs/{job_id}"))[1]["retired"] is False
+    async with http.delete(f"{stack.api_url}/api/jobs/{job_id}") as reply:
+        assert reply.status == 200
+    assert (await get(http, f"{stack.api_url}/api/health"))[1]["jobs"] == 0
+    assert (await get(http, f"{stack.api_url}/api/jobs"))[1]["jobs"] == []
