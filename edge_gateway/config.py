@@ -58,6 +58,12 @@ class LeafConfig(_Settings):
         description="acknowledge results once on disk; False keeps them in memory only (benchmarks, never in service)",
     )
     drain_timeout: float = Field(default=8.0, ge=0.0, description="SIGTERM: seconds to answer what is in flight")
+    payload_cache_bytes: int = Field(
+        default=1 << 30,
+        ge=0,
+        description="task payloads held, all jobs together; past it the least recently served are evicted "
+        "and fetched again when asked for",
+    )
 
     def result_log_dir(self) -> Path:
         """Where the result log lives: one directory per leaf, never shared."""

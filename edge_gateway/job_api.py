@@ -67,7 +67,15 @@ async def _errors_as_json(request: web.Request, handler: Any) -> web.StreamRespo
 
 async def _health(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
-    return _json({"status": "OK", "boot": server.coordinator.boot, "jobs": len(server.coordinator.jobs), **versions()})
+    return _json(
+        {
+            "status": "OK",
+            "boot": server.coordinator.boot,
+            "jobs": len(server.coordinator.jobs),  # in memory: retired ones are on disk only
+            "leaf_payload_bytes": {leaf: held for leaf, (held, _) in server.leaf_payloads.items()},
+            **versions(),
+        }
+    )
 
 
 async def _version(request: web.Request) -> web.Response:

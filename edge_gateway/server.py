@@ -34,6 +34,8 @@ T = TypeVar("T")
 
 # A leaf's "watch" call is answered at the latest after this long (it then asks again).
 WATCH_LIMIT = 30.0
+# Seconds a leaf's last report of its payload cache is shown (a leaf that went away drops out).
+LEAF_REPORT_KEPT = 10.0
 
 
 class Server:
@@ -56,6 +58,7 @@ class Server:
             config.secret_bytes(),
         )
         self._model_cache: dict[tuple[str, int], dict[str, Any]] = {}
+        self.leaf_payloads: dict[str, tuple[int, float]] = {}  # leaf -> (payload bytes it holds, when said)
         self._programs = ProgramBuilder()
         self._base_programs: dict[str, asyncio.Task[bytes]] = {}  # exported once per job
         self._version_programs: dict[tuple[str, int], asyncio.Task[bytes]] = {}
@@ -309,6 +312,9 @@ class Server:
 
     async def handle_sync(self, payload: Any) -> dict[str, Any]:
         request = SyncRequest.model_validate(payload)
+        now = time.monotonic()
+        self.leaf_payloads = {k: v for k, v in self.leaf_payloads.items() if now - v[1] < LEAF_REPORT_KEPT}
+        self.leaf_payloads[request.leaf] = (request.payload_bytes, now)
         awaited = len(self.coordinator.awaiting_resends)
         reply = self.coordinator.sync(request, time.monotonic()).model_dump()
         if awaited and not self.coordinator.awaiting_resends:

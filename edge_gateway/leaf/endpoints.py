@@ -115,7 +115,7 @@ class DeviceEndpoints:
                 return self._task_answer(job, request, decision, lease, as_msgpack)
 
     def _decide(self, job: LeafJob, request: TaskRequest, now: float) -> tuple[TaskDecision, Lease | None]:
-        ready = self._payloads.ready(job.view)
+        ready = self._payloads.servable(job.view)
         return job.decide_task(request.identity.device_id, now, ready, request.identity.device_info.get("platform"))
 
     def _task_answer(

@@ -75,7 +75,7 @@ class Leaf:
         results: AcknowledgedResults = ResultLog(config.result_log_dir()) if config.result_log else MemoryResults()
         self.uplink = ResultUplink(self.name, self._link, results, on_late=self._count_late)
         self.jobs: dict[str, LeafJob] = {}
-        self._payloads = PayloadCache(self._link, self._is_current)
+        self._payloads = PayloadCache(self._link, self._is_current, config.payload_cache_bytes)
         self._endpoints = DeviceEndpoints(
             self.jobs,
             self._payloads,
@@ -282,6 +282,7 @@ class Leaf:
             jobs=reports,
             server_boot=self._server_boot,
             undelivered=self.uplink.behind(),
+            payload_bytes=self._payloads.nbytes,
         )
         reply = SyncReply.model_validate(await self._link.call("sync", request.model_dump(), 5.0))
         if reply.boot != self._server_boot:

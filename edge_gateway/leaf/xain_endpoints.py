@@ -119,7 +119,7 @@ class XainEndpoints:
         return job.decide_task(participant, now, self._ready(job), None)
 
     def _ready(self, job: LeafJob) -> bool:
-        return self._payloads.ready(job.view)
+        return self._payloads.servable(job.view)
 
     def heartbeat(self, participant: str, wait: float) -> DeviceAnswer | Awaitable[DeviceAnswer]:
         job = self._job_for(participant)

@@ -50,7 +50,7 @@ def view(job_id: str, status: JobStatus = JobStatus.RUNNING, **changes: Any) -> 
 async def endpoints(*views: JobView) -> tuple[XainEndpoints, dict[str, LeafJob]]:
     jobs = {v.job_id: LeafJob(view=v, waiting_window=10.0) for v in views}
     link = ModelOnlyLink()
-    payloads = PayloadCache(link, lambda job_id, version: True)
+    payloads = PayloadCache(link, lambda job_id, version: True, max_bytes=1 << 30)
     for v in views:
         payloads.want(v)
     for _ in range(100):

@@ -13,7 +13,9 @@ import aiohttp
 import orjson
 import pytest
 
+from edge_gateway.jobs import JobSpec
 from edge_gateway.launcher import Stack, start_stack
+from edge_gateway.leaf.task_payload import TaskPayload
 from internal_link.client import LinkClient
 from internal_link.messages import JobStatus, SyncReply, SyncRequest
 from internal_link.process import link_secret
@@ -133,3 +135,71 @@ async def test_a_finished_job_not_yet_retired_can_be_deleted(stack: Stack, http:
         assert reply.status == 200
     assert (await get(http, f"{stack.api_url}/api/health"))[1]["jobs"] == 0
     assert (await get(http, f"{stack.api_url}/api/jobs"))[1]["jobs"] == []
+
+
+def xor_payload_bytes() -> int:
+    """What one xor job's task payload costs a leaf (the model as the server makes it for a job)."""
+    from edge_gateway.models import initial_weights
+
+    spec = JobSpec(name="x", model="xor")
+    return TaskPayload.for_weights(str(uuid.uuid4()), 0, initial_weights("xor", spec.seed), spec.task_meta()).nbytes
+
+
+async def leaf_payload_bytes(http: aiohttp.ClientSession, stack: Stack) -> int:
+    return int((await get(http, f"{stack.api_url}/api/health"))[1]["leaf_payload_bytes"].get("leaf-0", 0))
+
+
+async def payload_bytes_reach(http: aiohttp.ClientSession, stack: Stack, check: Any, timeout: float = 30.0) -> int:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check(held := await leaf_payload_bytes(http, stack)):
+        assert loop.time() < deadline, f"the leaf holds {held} bytes of payloads"
+        await asyncio.sleep(0.2)
+    return held
+
+
+@pytest.fixture
+async def small_cache_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Stack, int]]:
+    """One leaf whose payload cache holds one xor payload, not two."""
+    budget = xor_payload_bytes() * 3 // 2
+    monkeypatch.setenv("EDGEFL_LEAF_PAYLOAD_CACHE_BYTES", str(budget))
+    stack = await start_stack(tmp_path, leaves=1, proxy_host="127.0.0.1", proxy_port=0)
+    try:
+        yield stack, budget
+    finally:
+        await stack.stop()
+
+
+async def test_leaf_drops_the_payloads_of_finished_jobs(stack: Stack, http: aiohttp.ClientSession) -> None:
+    jobs = [await submit_job(stack.api_url, name=f"j{i}", model="xor", evaluate=False) for i in range(2)]
+    one = xor_payload_bytes()
+    # Both payloads are fetched ahead of any device (the leaves sync with the server).
+    held = await payload_bytes_reach(http, stack, lambda held: held >= 2 * one * 0.9)
+    assert held <= 2 * one * 1.1
+    for job_id in jobs:  # finished, not retired (an hour by default): still in every sync
+        async with http.post(f"{stack.api_url}/api/jobs/{job_id}/end") as reply:
+            assert reply.status == 200
+    await payload_bytes_reach(http, stack, lambda held: held == 0)
+
+
+async def test_payload_cache_stays_within_its_budget_and_refetches_on_demand(
+    small_cache_stack: tuple[Stack, int], http: aiohttp.ClientSession
+) -> None:
+    stack, budget = small_cache_stack
+    jobs = [
+        await submit_job(stack.api_url, name=f"j{i}", model="xor", devices_per_round=200, retry_wait=1, evaluate=False)
+        for i in range(2)
+    ]
+    tasks = {job_id: 0 for job_id in jobs}
+    # Devices ask for one job's task, then the other's: each time the payload the other job evicted
+    # is fetched again. Bounded: 60 requests, a fraction of a second apart.
+    for n in range(60):
+        job_id = jobs[n // 6 % 2]  # six asks per job in turn
+        headers = {**DEVICE, "X-Flare-Device-ID": f"phone-{n}"}
+        async with http.post(f"{stack.proxy_url}/task?job_id={job_id}", data=b"{}", headers=headers) as reply:
+            answer = orjson.loads(await reply.read())
+        assert answer["status"] == "OK" or answer.get("message") == "Model not ready", answer
+        tasks[job_id] += answer["status"] == "OK"
+        assert await leaf_payload_bytes(http, stack) <= budget
+        await asyncio.sleep(0.1)
+    assert all(count >= 3 for count in tasks.values()), tasks
