@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     leaf.add_argument("--port", type=int, default=None, help="where the proxy connects (0 picks one)")
     leaf.add_argument("--server", type=_host_port, default=None, help="server link address HOST:PORT")
     leaf.add_argument("--data-dir", type=Path, default=None, help="where this leaf's result log lives")
+    leaf.add_argument(
+        "--payload-cache-bytes",
+        type=int,
+        default=None,
+        help="task payloads held, all jobs together (default 1 GiB); the least recently served are evicted",
+    )
     leaf.add_argument("--ready-file", type=Path, default=None)
 
     job = commands.add_parser("job", help="submit, list, inspect, end or delete jobs on a server")
@@ -130,7 +136,16 @@ async def _serve_server(args: argparse.Namespace) -> int:
 async def _serve_leaf(args: argparse.Namespace) -> int:
     from .leaf import Leaf
 
-    fields = _overrides(args, {"name": "name", "host": "host", "port": "port", "data_dir": "data_dir"})
+    fields = _overrides(
+        args,
+        {
+            "name": "name",
+            "host": "host",
+            "port": "port",
+            "data_dir": "data_dir",
+            "payload_cache_bytes": "payload_cache_bytes",
+        },
+    )
     if args.server is not None:
         fields["server_host"], fields["server_port"] = args.server
     with process.stop_signals() as stop:
