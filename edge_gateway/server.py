@@ -188,11 +188,10 @@ class Server:
         self.coordinator.retire(job_id)
         self.retirement.forget(job_id)
         self._model_cache = {k: v for k, v in self._model_cache.items() if k[0] != job_id}
-        programs = [t for k, t in self._version_programs.items() if k[0] == job_id]
-        self._version_programs = {k: t for k, t in self._version_programs.items() if k[0] != job_id}
-        base = self._base_programs.pop(job_id, None)
-        for task in [*programs, *([base] if base is not None else [])]:
-            task.cancel()
+        for key in [k for k in self._version_programs if k[0] == job_id]:
+            self._version_programs.pop(key).cancel()
+        if (base := self._base_programs.pop(job_id, None)) is not None:
+            base.cancel()
         for jobs in self._unsaved_by_leaf.values():
             jobs.discard(job_id)
         self._announce()  # the leaves drop it at their next sync
@@ -246,9 +245,7 @@ class Server:
             log.exception("evaluating %s v%d failed", job_id, version)
             return
         finally:
-            self._evaluating[job_id] -= 1
-            if not self._evaluating[job_id]:
-                del self._evaluating[job_id]
+            self._evaluating -= Counter([job_id])  # drops the count at zero
         if job_id not in self.coordinator.jobs:  # deleted meanwhile: nothing to record it in
             return
         self.coordinator.record_evaluation(job_id, version, accuracy, loss)
