@@ -298,6 +298,7 @@ class Leaf:
         for job_id in [j for j in self.jobs if j not in seen]:
             del self.jobs[job_id]
             self._payloads.drop(job_id)
+        self.uplink.keep_jobs(seen)
         self._synced.set()
         self._synced = asyncio.Event()
 
