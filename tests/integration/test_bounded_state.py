@@ -21,6 +21,7 @@ from internal_link.messages import JobStatus, SyncReply, SyncRequest
 from internal_link.process import link_secret
 
 from .helpers import submit_job
+from .load import assert_no_device_refused, start_devices
 from .stack_control import child, kill, restart_server, server_ports
 from .test_job_cli import job_cli
 
@@ -123,6 +124,33 @@ async def test_finished_jobs_retire_to_disk_and_can_be_deleted(
     _, listed = await get(http, f"{api}/api/jobs")
     assert {job["job_id"] for job in listed["jobs"]} == {running, *finished[1:]}
     assert await synced_jobs(stack, tmp_path) == [running]
+
+
+async def test_jobs_run_to_their_end_leave_memory_with_their_last_evaluation(
+    retiring_stack: Stack, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    # Three short jobs run by devices to their last round (not ended by hand): each leaves memory
+    # once its last model is evaluated, and its devices stop on NO_JOB.
+    stack = retiring_stack
+    spec = {"model": "xor", "rounds": 2, "devices_per_round": 2, "retry_wait": 1, "round_timeout": 30.0}
+    jobs, loads = [], []
+    for i in range(3):
+        jobs.append(await submit_job(stack.api_url, name=f"run-{i}", task_timeout=20.0, **spec))
+        loads.append(start_devices(stack.proxy_url, f"run-{i}", 3, train_seconds=0.2, seed=i, duration=90.0))
+    try:
+        for load in loads:
+            report, transcript = await load.finish(timeout=120)
+            assert_no_device_refused(report, transcript)
+    finally:
+        for load in loads:
+            await load.cancel()
+    await jobs_in_memory(http, stack, 0)
+    assert await synced_jobs(stack, tmp_path) == []
+    _, listed = await get(http, f"{stack.api_url}/api/jobs")
+    assert {job["job_id"] for job in listed["jobs"]} == set(jobs)
+    for job in listed["jobs"]:
+        assert job["retired"] and job["model_version"] == 2 and job["results_counted"] >= 4
+        assert "accuracy" in job["history"][-1], job["history"]
 
 
 async def test_a_finished_job_not_yet_retired_can_be_deleted(stack: Stack, http: aiohttp.ClientSession) -> None:
