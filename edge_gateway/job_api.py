@@ -166,7 +166,10 @@ async def _model(request: web.Request) -> web.Response:
 
 async def _program(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
-    job = server.coordinator.job(request.match_info["job_id"])
+    job_id = request.match_info["job_id"]
+    if job_id not in server.coordinator.jobs and _status_of(server, job_id)["retired"]:
+        return _error(404, f"job {job_id!r} is retired: its training program is not kept; get /model")
+    job = server.coordinator.job(job_id)
     if job.spec.runtime != "executorch":
         return _error(404, f"job {job.job_id!r} trains with {job.spec.runtime}: it has no .pte; get /model")
     version = job.version

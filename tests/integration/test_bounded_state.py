@@ -100,6 +100,8 @@ async def test_finished_jobs_retire_to_disk_and_can_be_deleted(
     async with http.get(f"{api}/api/jobs/{finished[0]}/model") as reply:
         assert reply.status == 200 and reply.headers["X-Model-Version"] == "0"
         assert (await reply.read())[:2] == b"PK"  # an .npz
+    status, no_program = await get(http, f"{api}/api/jobs/{finished[0]}/model.pte")
+    assert status == 404 and "retired" in no_program["message"]
 
     # Devices hear that the job is over (PROTOCOL.md §4) from the leaf that no longer knows it.
     assert (await ask_device(http, stack, "/job", {"job_name": "short-0", "capabilities": {"methods": ["xor"]}}))[
