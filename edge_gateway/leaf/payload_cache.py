@@ -3,7 +3,8 @@
 Only what is still served is kept: one payload per running job (its current version), a finished
 job's dropped at once, and all of them together within `max_bytes`. Past that the least recently
 served ones are evicted and fetched again only when a device asks for that job (it hears "Model not
-ready" meanwhile); a single payload larger than the whole budget is still kept, alone.
+ready" if it is not there within the leaf's `quota_hold`); a single payload larger than the whole
+budget is still kept, alone.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class PayloadCache:
         self.nbytes = 0  # of the payloads held
         self._payloads: OrderedDict[str, TaskPayload] = OrderedDict()  # least recently served first
         self._evicted: set[str] = set()  # jobs fetched again only on a device's demand
-        self._fetching: set[tuple[str, int]] = set()
+        self._fetching: dict[tuple[str, int], asyncio.Event] = {}  # set once the fetch is over
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def get(self, job_id: str) -> TaskPayload | None:
@@ -58,6 +59,18 @@ class PayloadCache:
         self.want(view)
         return False
 
+    def fetching(self, view: JobView) -> bool:
+        return (view.job_id, view.model_version) in self._fetching
+
+    async def fetched(self, view: JobView, timeout: float) -> None:
+        """Wait until the fetch of the view's version is over (built or failed), at most `timeout` s."""
+        event = self._fetching.get((view.job_id, view.model_version))
+        if event is not None:
+            try:
+                await asyncio.wait_for(event.wait(), timeout)
+            except TimeoutError:
+                pass
+
     def drop(self, job_id: str) -> None:
         payload = self._payloads.pop(job_id, None)
         if payload is not None:
@@ -77,7 +90,7 @@ class PayloadCache:
             and not self.ready(view)
             and key not in self._fetching
         ):
-            self._fetching.add(key)
+            self._fetching[key] = asyncio.Event()
             task = asyncio.get_running_loop().create_task(self._fetch_model(view))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -125,4 +138,4 @@ class PayloadCache:
         except (LinkUnavailable, RemoteError) as exc:
             log.warning("fetching model %s v%d failed: %s", view.job_id, view.model_version, exc)
         finally:
-            self._fetching.discard(key)
+            self._fetching.pop(key).set()
