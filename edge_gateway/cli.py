@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     server.add_argument("--metrics-host", default=None, help="address --metrics-port listens on (default: --host)")
     server.add_argument("--data-dir", type=Path, default=None)
+    server.add_argument(
+        "--retire-after",
+        type=float,
+        default=None,
+        help="seconds a finished job stays in memory and leaf syncs, then on disk only (default 3600)",
+    )
     server.add_argument("--ready-file", type=Path, default=None, help="write the bound ports here once serving")
     server.add_argument("--proxy", default=None, help="the routing proxy's URL: the status page shows its /health")
 
@@ -69,12 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     leaf.add_argument("--metrics-host", default=None, help="address /metrics listens on (default: --host)")
     leaf.add_argument("--server", type=_host_port, default=None, help="server link address HOST:PORT")
     leaf.add_argument("--data-dir", type=Path, default=None, help="where this leaf's result log lives")
+    leaf.add_argument(
+        "--payload-cache-bytes",
+        type=int,
+        default=None,
+        help="task payloads held, all jobs together (default 1 GiB); the least recently served are evicted",
+    )
     leaf.add_argument("--ready-file", type=Path, default=None)
     leaf.add_argument("--xain-host", default=None, help="address of the xain-sdk 0.6 ports (default: --host)")
     leaf.add_argument("--xain-grpc-port", type=int, default=None, help="open the xain-sdk 0.6 gRPC coordinator here")
     leaf.add_argument("--xain-object-port", type=int, default=None, help="and its S3-compatible object endpoint here")
 
-    job = commands.add_parser("job", help="submit, list, inspect or end jobs on a server")
+    job = commands.add_parser("job", help="submit, list, inspect, end or delete jobs on a server")
     api_help = "the server's job API (default http://127.0.0.1:8443)"
     job.add_argument("--api", default="http://127.0.0.1:8443", help=api_help)
     job_commands = job.add_subparsers(dest="job_command", required=True)
@@ -93,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("job_id")
     end = job_commands.add_parser("end", help="end a job")
     end.add_argument("job_id")
+    delete = job_commands.add_parser("delete", help="delete a finished job and its checkpoints")
+    delete.add_argument("job_id")
     for command in job_commands.choices.values():
         # Also after the subcommand, as people type it; SUPPRESS keeps the value given before it.
         command.add_argument("--api", default=argparse.SUPPRESS, help=api_help)
@@ -120,6 +134,7 @@ async def _serve_server(args: argparse.Namespace) -> int:
                 "metrics_host": "metrics_host",
                 "data_dir": "data_dir",
                 "proxy": "proxy_url",
+                "retire_after": "retire_after",
             },
         )
     )
@@ -146,6 +161,7 @@ async def _serve_leaf(args: argparse.Namespace) -> int:
             "metrics_port": "metrics_port",
             "metrics_host": "metrics_host",
             "data_dir": "data_dir",
+            "payload_cache_bytes": "payload_cache_bytes",
         },
     )
     fields |= _overrides(
@@ -215,6 +231,8 @@ async def _job_command(args: argparse.Namespace) -> int:
                 request = session.get(f"{api}/api/jobs")
             elif args.job_command == "status":
                 request = session.get(f"{api}/api/jobs/{args.job_id}")
+            elif args.job_command == "delete":
+                request = session.delete(f"{api}/api/jobs/{args.job_id}")
             else:
                 request = session.post(f"{api}/api/jobs/{args.job_id}/end")
             async with request as reply:

@@ -42,6 +42,11 @@ class ServerConfig(_Settings):
     proxy_url: str | None = Field(
         default=None, pattern=r"^https?://", description="the routing proxy whose /health the status page shows"
     )
+    retire_after: float = Field(
+        default=3600.0,
+        ge=0.0,
+        description="seconds a finished job stays in memory and in leaf syncs; then on disk only",
+    )
 
 
 class LeafConfig(_Settings):
@@ -64,6 +69,13 @@ class LeafConfig(_Settings):
         description="acknowledge results once on disk; False keeps them in memory only (benchmarks, never in service)",
     )
     drain_timeout: float = Field(default=8.0, ge=0.0, description="SIGTERM: seconds to answer what is in flight")
+    payload_cache_bytes: int = Field(
+        default=1 << 30,
+        ge=0,
+        description="task payloads held, all jobs together; past it the least recently served are evicted "
+        "and fetched again when asked for",
+    )
+
     xain_host: str | None = Field(default=None, description="address of the xain-sdk 0.6 ports (default: host)")
     xain_grpc_port: int | None = Field(
         default=None, ge=0, le=65535, description="xain-sdk 0.6 gRPC coordinator (needs edgefl[xain]); unset: none"

@@ -168,6 +168,12 @@ class Coordinator:
     def end_job(self, job_id: str) -> None:
         self.job(job_id).status = JobStatus.DONE
 
+    def retire(self, job_id: str) -> None:
+        """Forget a finished job: leaves no longer see it in their syncs (retirement.py)."""
+        if self.job(job_id).status is not JobStatus.DONE:
+            raise ValueError(f"job {job_id!r} is running: only a finished job is retired")
+        del self.jobs[job_id]
+
     def register_group(self, job_id: str, prefix: str, count: int) -> None:
         """Record a simulator's device group; refuses groups past the per-job cap."""
         job = self.job(job_id)

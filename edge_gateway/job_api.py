@@ -1,6 +1,7 @@
-"""The server's job API over HTTP: submit, list, status, end, model downloads, health, version, the status page.
+"""The server's job API over HTTP: submit, list, status, end, delete, model downloads, health, version, the status page.
 
 A thin aiohttp shell over `Server` (server.py): every answer is JSON (the status page's HTML aside), every error too.
+Jobs retired from memory (retirement.py) are read from their checkpoints.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from internal_link.versions import versions
 from .coordinator import JobNotFound
 from .jobs import JobSpec
 from .metrics_http import metrics_handler
+from .retirement import JobRunning, retired_status
 from .status_api import add_status_routes
 from .store import weights_to_npz
 
@@ -36,7 +38,7 @@ def _error(status: int, message: str) -> web.Response:
 
 
 def create_api(server: Server) -> web.Application:
-    """The job API: submit, list, status, end, download the current model (.npz, or a phone job's .pte)."""
+    """The job API: submit, list, status, end, delete, download the current model (.npz, or a phone job's .pte)."""
     app = web.Application(middlewares=[_errors_as_json], client_max_size=1 << 20)
     app[SERVER_KEY] = server
     app.router.add_get("/api/health", _health)
@@ -44,6 +46,7 @@ def create_api(server: Server) -> web.Application:
     app.router.add_post("/api/jobs", _submit)
     app.router.add_get("/api/jobs", _list)
     app.router.add_get("/api/jobs/{job_id}", _status)
+    app.router.add_delete("/api/jobs/{job_id}", _delete)
     app.router.add_post("/api/jobs/{job_id}/end", _end)
     app.router.add_get("/api/jobs/{job_id}/model", _model)
     app.router.add_get("/api/jobs/{job_id}/model.pte", _program)
@@ -58,6 +61,8 @@ async def _errors_as_json(request: web.Request, handler: Any) -> web.StreamRespo
         return await handler(request)
     except JobNotFound as exc:
         return _error(404, f"no job {exc.args[0]!r}")
+    except JobRunning as exc:
+        return _error(409, f"job {exc.args[0]!r} is running: end it first (job end), then delete it")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -66,7 +71,15 @@ async def _errors_as_json(request: web.Request, handler: Any) -> web.StreamRespo
 
 async def _health(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
-    return _json({"status": "OK", "boot": server.coordinator.boot, "jobs": len(server.coordinator.jobs), **versions()})
+    return _json(
+        {
+            "status": "OK",
+            "boot": server.coordinator.boot,
+            "jobs": len(server.coordinator.jobs),  # in memory: retired ones are on disk only
+            "leaf_payload_bytes": {leaf: held for leaf, (held, _) in server.leaf_payloads.items()},
+            **versions(),
+        }
+    )
 
 
 async def _version(request: web.Request) -> web.Response:
@@ -87,42 +100,80 @@ async def _submit(request: web.Request) -> web.Response:
         )
     server = request.app[SERVER_KEY]
     job_id = await server.submit_job(spec)
-    return _json(server.coordinator.status(job_id, time.monotonic()), 201)
+    return _json(_status_of(server, job_id), 201)
+
+
+def _status_of(server: Server, job_id: str) -> dict[str, Any]:
+    """A job's status: from memory, or for a retired job from its checkpoint (a file read)."""
+    if job_id in server.coordinator.jobs:
+        return {**server.coordinator.status(job_id, time.monotonic()), "retired": False}
+    try:
+        return retired_status(job_id, server.store.load_state(job_id))
+    except FileNotFoundError:
+        raise JobNotFound(job_id) from None
 
 
 async def _list(request: web.Request) -> web.Response:
-    coordinator = request.app[SERVER_KEY].coordinator
-    now = time.monotonic()
-    return _json({"jobs": [coordinator.status(job_id, now) for job_id in coordinator.jobs]})
+    server = request.app[SERVER_KEY]
+    live = [_status_of(server, job_id) for job_id in server.coordinator.jobs]
+    retired = [job_id for job_id in server.store.job_ids() if job_id not in server.coordinator.jobs]
+    # Retired jobs' checkpoints are read off the loop: however many there are, leaves are not held up.
+    return _json({"jobs": live + await asyncio.to_thread(_statuses_on_disk, server, retired)})
+
+
+def _statuses_on_disk(server: Server, job_ids: list[str]) -> list[dict[str, Any]]:
+    statuses = []
+    for job_id in job_ids:
+        try:
+            statuses.append(retired_status(job_id, server.store.load_state(job_id)))
+        except FileNotFoundError:  # deleted meanwhile
+            continue
+    return statuses
 
 
 async def _status(request: web.Request) -> web.Response:
-    return _json(request.app[SERVER_KEY].coordinator.status(request.match_info["job_id"], time.monotonic()))
+    return _json(_status_of(request.app[SERVER_KEY], request.match_info["job_id"]))
+
+
+async def _delete(request: web.Request) -> web.Response:
+    job_id = request.match_info["job_id"]
+    request.app[SERVER_KEY].delete_job(job_id)
+    return _json({"status": "OK", "job_id": job_id, "message": "job and its checkpoints deleted"})
 
 
 async def _end(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
     job_id = request.match_info["job_id"]
     await server.end_job(job_id)
-    return _json(server.coordinator.status(job_id, time.monotonic()))
+    return _json(_status_of(server, job_id))
 
 
 async def _model(request: web.Request) -> web.Response:
-    job = request.app[SERVER_KEY].coordinator.job(request.match_info["job_id"])
-    body = await asyncio.to_thread(weights_to_npz, dict(job.weights))
+    server = request.app[SERVER_KEY]
+    job_id = request.match_info["job_id"]
+    job = server.coordinator.jobs.get(job_id)
+    if job is not None:
+        version, weights = job.version, dict(job.weights)
+        body = await asyncio.to_thread(weights_to_npz, weights)
+    else:  # retired: the checkpoint's weights file is the download
+        version = _status_of(server, job_id)["model_version"]
+        body = await asyncio.to_thread(server.store.weights_file(job_id, version).read_bytes)
     return web.Response(
         body=body,
         content_type="application/octet-stream",
         headers={
-            "X-Model-Version": str(job.version),
-            "Content-Disposition": f'attachment; filename="{job.job_id}-v{job.version}.npz"',
+            "X-Model-Version": str(version),
+            "Content-Disposition": f'attachment; filename="{job_id}-v{version}.npz"',
         },
     )
 
 
 async def _program(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
-    job = server.coordinator.job(request.match_info["job_id"])
+    job_id = request.match_info["job_id"]
+    if job_id not in server.coordinator.jobs and _status_of(server, job_id)["retired"]:
+        return _error(404, f"job {job_id!r} is retired: its training program is not kept; get /model")
+    job = server.coordinator.job(job_id)
     if job.spec.runtime != "executorch":
         return _error(404, f"job {job.job_id!r} trains with {job.spec.runtime}: it has no .pte; get /model")
     version = job.version

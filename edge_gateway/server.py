@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any, TypeVar
@@ -25,6 +26,7 @@ from .job_api import create_api
 from .jobs import JobSpec
 from .metrics_http import serve_metrics
 from .programs import ProgramBuilder
+from .retirement import JobRunning, Retirement
 from .robustness import ScreenBounds
 from .server_metrics import ServerMetrics
 from .store import CheckpointStore, load_names, save_names
@@ -34,6 +36,8 @@ T = TypeVar("T")
 
 # A leaf's "watch" call is answered at the latest after this long (it then asks again).
 WATCH_LIMIT = 30.0
+# Seconds a leaf's last report of its payload cache is shown (a leaf that went away drops out).
+LEAF_REPORT_KEPT = 10.0
 
 
 class Server:
@@ -44,6 +48,8 @@ class Server:
         self.coordinator = Coordinator(boot=uuid.uuid4().hex)
         self.metrics = ServerMetrics(self.coordinator, time.monotonic)
         self.store = CheckpointStore(config.data_dir / "jobs")
+        self.retirement = Retirement(config.retire_after)
+        self._evaluating: Counter[str] = Counter()  # a job is not retired while its model is evaluated
         self._rpc = LinkServer(
             {
                 "sync": _coded(self.handle_sync),
@@ -55,6 +61,7 @@ class Server:
             config.secret_bytes(),
         )
         self._model_cache: dict[tuple[str, int], dict[str, Any]] = {}
+        self.leaf_payloads: dict[str, tuple[int, float]] = {}  # leaf -> (payload bytes it holds, when said)
         self._programs = ProgramBuilder()
         self._base_programs: dict[str, asyncio.Task[bytes]] = {}  # exported once per job
         self._version_programs: dict[tuple[str, int], asyncio.Task[bytes]] = {}
@@ -115,22 +122,28 @@ class Server:
         self._programs.close()
 
     def _restore(self) -> None:
-        now = time.monotonic()
-        for cp in self.store.load_all():
-            self.coordinator.add_job(
-                cp.job_id,
-                cp.spec,
-                cp.weights,
+        now, wall = time.monotonic(), time.time()
+        for job_id in self.store.job_ids():
+            state = self.store.load_state(job_id)
+            if self.retirement.retired(state, wall):
+                continue  # on disk only (retirement.py): its weights are not even read
+            spec = JobSpec.model_validate(state.pop("spec"))
+            job = self.coordinator.add_job(
+                job_id,
+                spec,
+                self.store.load_weights(job_id, state["version"]),
                 now,
-                version=cp.state["version"],
-                round_=cp.state["round"],
-                history=cp.state.get("history"),
-                status=JobStatus(cp.state.get("status", JobStatus.RUNNING)),
-                device_groups=cp.state.get("device_groups"),
-                fedbuff_state=cp.state.get("fedbuff"),
-                bounds=ScreenBounds(**cp.state["bounds"]) if "bounds" in cp.state else None,
+                version=state["version"],
+                round_=state["round"],
+                history=state.get("history"),
+                status=JobStatus(state.get("status", JobStatus.RUNNING)),
+                device_groups=state.get("device_groups"),
+                fedbuff_state=state.get("fedbuff"),
+                bounds=ScreenBounds(**state["bounds"]) if "bounds" in state else None,
             )
-            log.info("resumed job %s (%s) at model version %d", cp.job_id, cp.spec.name, cp.state["version"])
+            if job.status is JobStatus.DONE:
+                self.retirement.finished(job_id, float(state.get("finished_at", wall)))
+            log.info("resumed job %s (%s) at model version %d", job_id, spec.name, state["version"])
         self._leaves_on_disk = load_names(self._leaves_file)
         if self._leaves_on_disk and any(job.status is JobStatus.RUNNING for job in self.coordinator.jobs.values()):
             self.coordinator.expect_resends(self._leaves_on_disk, now)
@@ -168,6 +181,36 @@ class Server:
         self._checkpoint(job_id)
         self._announce()
 
+    def delete_job(self, job_id: str) -> None:
+        """Remove a finished job, in memory or retired, with its checkpoints; a running one is refused."""
+        job = self.coordinator.jobs.get(job_id)
+        if job is not None:
+            if job.status is not JobStatus.DONE:
+                raise JobRunning(job_id)
+            self._retire(job_id)
+        if not self.store.delete(job_id):
+            raise JobNotFound(job_id)
+        log.info("job %s deleted", job_id)
+
+    def _retire_due(self) -> None:
+        for job_id in self.retirement.due(time.time()):
+            if not self._evaluating[job_id]:
+                self._retire(job_id)
+                log.info("job %s retired: finished %.0f s ago, kept on disk only", job_id, self.retirement.retain)
+
+    def _retire(self, job_id: str) -> None:
+        """Drop a finished job from memory and from the leaves' syncs; its checkpoint stays."""
+        self.coordinator.retire(job_id)
+        self.retirement.forget(job_id)
+        self._model_cache = {k: v for k, v in self._model_cache.items() if k[0] != job_id}
+        for key in [k for k in self._version_programs if k[0] == job_id]:
+            self._version_programs.pop(key).cancel()
+        if (base := self._base_programs.pop(job_id, None)) is not None:
+            base.cancel()
+        for jobs in self._unsaved_by_leaf.values():
+            jobs.discard(job_id)
+        self._announce()  # the leaves drop it at their next sync
+
     def _checkpoint(self, job_id: str) -> None:
         # On the loop, not in a thread: two writers could land out of order and leave an older
         # state on disk than leaves were already told about.
@@ -179,6 +222,8 @@ class Server:
             "device_groups": dict(job.device_groups),
             "bounds": asdict(job.bounds),  # adaptive: they follow the rounds so far
         }
+        if job.status is JobStatus.DONE:  # retirement counts from here, over restarts too
+            state["finished_at"] = self.retirement.finished(job_id, time.time())
         if job.fedbuff is not None:  # the ids already applied; buffered results are re-sent by leaves
             state["fedbuff"] = job.fedbuff.state()
         self.store.save(job_id, job.spec, job.version, job.weights, state)
@@ -202,6 +247,7 @@ class Server:
         task = asyncio.get_running_loop().create_task(
             self._evaluate(job_id, version, job.spec.model, dict(job.weights))
         )
+        self._evaluating[job_id] += 1
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -212,6 +258,10 @@ class Server:
             accuracy, loss = await asyncio.to_thread(evaluate_on_test_split, model, weights)
         except Exception:
             log.exception("evaluating %s v%d failed", job_id, version)
+            return
+        finally:
+            self._evaluating -= Counter([job_id])  # drops the count at zero
+        if job_id not in self.coordinator.jobs:  # deleted meanwhile: nothing to record it in
             return
         self.coordinator.record_evaluation(job_id, version, accuracy, loss)
         log.info("job %s model v%d: test accuracy %.4f, loss %.4f", job_id, version, accuracy, loss)
@@ -252,6 +302,7 @@ class Server:
             await asyncio.sleep(self.config.tick_interval)
             try:
                 self._on_versions(self.coordinator.tick(time.monotonic()))
+                self._retire_due()
             except Exception:
                 log.exception("tick failed")
 
@@ -274,6 +325,9 @@ class Server:
 
     async def handle_sync(self, payload: Any) -> dict[str, Any]:
         request = SyncRequest.model_validate(payload)
+        now = time.monotonic()
+        self.leaf_payloads = {k: v for k, v in self.leaf_payloads.items() if now - v[1] < LEAF_REPORT_KEPT}
+        self.leaf_payloads[request.leaf] = (request.payload_bytes, now)
         awaited = len(self.coordinator.awaiting_resends)
         reply = self.coordinator.sync(request, time.monotonic()).model_dump()
         self.metrics.leaf_synced(request.leaf)

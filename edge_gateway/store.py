@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +21,8 @@ from .jobs import JobSpec
 
 STATE = "state.json"
 KEEP_VERSIONS = 3
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    job_id: str
-    spec: JobSpec
-    weights: dict[str, np.ndarray]
-    state: dict[str, Any]
+# Job ids are the server's uuid4s; a name read from a URL must never reach outside the store.
+_JOB_FOLDER = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -37,7 +32,11 @@ def _write_atomic(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
@@ -79,14 +78,39 @@ class CheckpointStore:
             if int(old.stem[1:]) <= version - KEEP_VERSIONS:
                 old.unlink(missing_ok=True)
 
-    def load_all(self) -> list[Checkpoint]:
-        checkpoints = []
-        for folder in sorted(p for p in self.root.iterdir() if (p / STATE).is_file()):
-            state = orjson.loads((folder / STATE).read_bytes())
-            spec = JobSpec.model_validate(state.pop("spec"))
-            weights = weights_from_npz(folder / f"v{state['version']}.npz")
-            checkpoints.append(Checkpoint(folder.name, spec, weights, state))
-        return checkpoints
+    def _folder(self, job_id: str) -> Path:
+        if not _JOB_FOLDER.fullmatch(job_id):
+            raise FileNotFoundError(f"no job {job_id!r}")
+        return self.root / job_id
+
+    def job_ids(self) -> list[str]:
+        """Every job with a checkpoint, running, finished or retired from memory."""
+        return sorted(p.name for p in self.root.iterdir() if (p / STATE).is_file())
+
+    def load_state(self, job_id: str) -> dict[str, Any]:
+        """A job's state as saved (its spec as a plain dict under "spec"), without its weights;
+        raises `FileNotFoundError` for a job with no checkpoint."""
+        return dict(orjson.loads((self._folder(job_id) / STATE).read_bytes()))
+
+    def weights_file(self, job_id: str, version: int) -> Path:
+        return self._folder(job_id) / f"v{version}.npz"
+
+    def load_weights(self, job_id: str, version: int) -> dict[str, np.ndarray]:
+        return weights_from_npz(self.weights_file(job_id, version))
+
+    def delete(self, job_id: str) -> bool:
+        """Remove a job's checkpoints; False when it has none. The state goes first, durably: a crash
+        midway leaves a folder without state, which no listing or restart reads."""
+        if not _JOB_FOLDER.fullmatch(job_id):
+            return False
+        folder = self.root / job_id
+        state = folder / STATE
+        if not state.is_file():
+            return False
+        state.unlink()
+        _fsync_dir(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        return True
 
 
 def save_names(path: Path, names: set[str]) -> None:

@@ -174,6 +174,12 @@ class ResultUplink:
         """Once per job: the task ids the log replayed for it, by model version."""
         return self._replayed.pop(job_id, {})
 
+    def keep_jobs(self, job_ids: set[str]) -> None:
+        """Only these jobs exist at the server (its sync lists them): forget what was kept for the
+        others, retired or deleted (their results still in the log are refused and dropped)."""
+        self._replayed = {j: v for j, v in self._replayed.items() if j in job_ids}
+        self._truncated = {j: v for j, v in self._truncated.items() if j in job_ids}
+
     def undelivered(self) -> int:
         return sum(len(g.items) + len(g.task_ids) for g in self._open.values())
 

@@ -83,6 +83,7 @@ class SyncRequest(_Message):
     # Results wait at this leaf that it could not deliver when they came (the server was out of
     # reach or restarted, or the leaf restarted): the server closes no round until they are in.
     undelivered: bool = False
+    payload_bytes: int = Field(default=0, ge=0, description="bytes of task payloads the leaf holds")
 
 
 class SyncReply(_Message):

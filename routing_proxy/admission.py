@@ -25,8 +25,10 @@ from typing import NamedTuple
 
 import orjson
 
-# Counters per row of the device sketch: 2 rows × 2**16 slots of 4 bytes, 512 kB whatever the churn.
+# Counters per row of the device sketch: 2 rows × 2**16 slots of 4 bytes, 512 kB whatever the churn
+# (`--device-slots` sizes it for larger populations, up to 2 rows × 2**26: 512 MiB).
 DEFAULT_SLOTS = 1 << 16
+MAX_SLOTS = 1 << 26
 
 DEVICE_RATE_REASON = "too many requests from this device"
 OVERLOAD_REASON = "gateway busy"

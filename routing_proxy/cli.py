@@ -4,7 +4,7 @@
         [--host 0.0.0.0] [--workers N] [--metrics-port P] [--metrics-host H] [--link-secret-file F] [--log-level info]
         [--max-buffered-bytes B] [--max-connection-buffered-bytes B]
         [--auth-tokens-file F] [--allowed-devices-file F]
-        [--device-rate N --device-window S] [--max-inflight N] [--max-request-rate R]
+        [--device-rate N --device-window S --device-slots N] [--max-inflight N] [--max-request-rate R]
 
 Only this module configures logging and picks the event loop.
 """
@@ -94,6 +94,12 @@ def _parser() -> argparse.ArgumentParser:
     limits.add_argument("--device-window", type=float, help="seconds of a device-rate window (default 60)")
     limits.add_argument("--max-inflight", type=int, help="requests in flight before new polls are refused")
     limits.add_argument("--max-request-rate", type=float, help="requests/s admitted before new polls are refused")
+    limits.add_argument(
+        "--device-slots",
+        type=int,
+        help="counters per row of the per-device rate sketch, a power of two (8 bytes each; default 65536): "
+        "keep it well above the devices active in one --device-window",
+    )
     limits.add_argument(
         "--refusal-retry-wait",
         type=int,

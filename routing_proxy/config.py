@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from internal_link.process import link_secret
 
-from .admission import AdmissionControl
+from .admission import DEFAULT_SLOTS, MAX_SLOTS, AdmissionControl
 from .device_auth import DeviceAuthenticator, parse_lines
 
 
@@ -73,6 +73,16 @@ class ProxyConfig(BaseSettings):
     max_inflight: int = Field(0, ge=0)
     max_request_rate: float = Field(0.0, ge=0)  # requests/s admitted in total
     refusal_retry_wait: int = Field(5, ge=1, le=3600)  # seconds; refusals wait this to twice this
+    # Counters per row of the device sketch (a power of two, 8 bytes each): size it well above the
+    # devices active in one window, or busy devices' counts spill onto well-behaved ones.
+    device_slots: int = Field(DEFAULT_SLOTS, ge=2, le=MAX_SLOTS)
+
+    @field_validator("device_slots")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError(f"must be a power of two, not {value}")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -119,5 +129,6 @@ class ProxyConfig(BaseSettings):
             max_inflight=-(-self.max_inflight // self.workers),  # rounded up: never 0, "no bound"
             max_rate=self.max_request_rate / self.workers,
             retry_wait=self.refusal_retry_wait,
+            slots=self.device_slots,
             device_counts=device_counts,
         )

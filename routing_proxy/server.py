@@ -173,7 +173,9 @@ def supervise(config: ProxyConfig, worker: Callable[[ProxyConfig, Any], Any]) ->
     them all (exit code 1) so that the service manager restarts a whole, healthy proxy.
     """
     context = multiprocessing.get_context("spawn")
-    device_counts = context.RawArray(ctypes.c_uint32, device_counter_cells()) if config.device_rate else None
+    device_counts = (
+        context.RawArray(ctypes.c_uint32, device_counter_cells(config.device_slots)) if config.device_rate else None
+    )
     workers: list[multiprocessing.process.BaseProcess] = []
     stopping = False
     failed = False

@@ -93,7 +93,9 @@ class DeviceEndpoints:
         view = live[0]
         return response(Status.OK, job_id=view.job_id, job_name=view.job_name, job_data={"config": view.config})
 
-    def task(self, request: TaskRequest, as_msgpack: bool, wait: float) -> FegReply | Awaitable[FegReply]:
+    def task(
+        self, request: TaskRequest, as_msgpack: bool, wait: float, fetch_hold: bool = True
+    ) -> FegReply | Awaitable[FegReply]:
         job = self._jobs.get(request.job_id)
         if job is None:
             self._metrics.answers.labels("task", Status.NO_JOB.value).inc()
@@ -105,7 +107,20 @@ class DeviceEndpoints:
         hold = min(self._quota_hold, wait - ANSWER_MARGIN)
         if decision is TaskDecision.NOT_SELECTED and job.view.free_slots > 0 and hold > 0:
             return self._task_held(job, request, as_msgpack, loop.time() + hold)
+        if decision is TaskDecision.NOT_READY and hold > 0 and fetch_hold and self._payloads.fetching(job.view):
+            return self._task_once_fetched(job, request, as_msgpack, wait, hold)
         return self._task_answer(job, request, decision, lease, as_msgpack)
+
+    async def _task_once_fetched(
+        self, job: LeafJob, request: TaskRequest, as_msgpack: bool, wait: float, hold: float
+    ) -> FegReply:
+        # The payload is on its way (a new version, or one fetched again after its eviction): a
+        # moment's wait spares the device a whole retry_wait. Then decided afresh, once.
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await self._payloads.fetched(job.view, hold)
+        outcome = self.task(request, as_msgpack, wait - (loop.time() - started), fetch_hold=False)
+        return await outcome if isinstance(outcome, Awaitable) else outcome
 
     async def _task_held(self, job: LeafJob, request: TaskRequest, as_msgpack: bool, give_up: float) -> FegReply:
         # No slot here, but some are free: ask the server now and give it a moment rather
@@ -119,7 +134,7 @@ class DeviceEndpoints:
                 return self._task_answer(job, request, decision, lease, as_msgpack)
 
     def _decide(self, job: LeafJob, request: TaskRequest, now: float) -> tuple[TaskDecision, Lease | None]:
-        ready = self._payloads.ready(job.view)
+        ready = self._payloads.servable(job.view)
         issued = job.tasks_issued
         decided = job.decide_task(request.identity.device_id, now, ready, request.identity.device_info.get("platform"))
         self._metrics.tasks_issued.inc(job.tasks_issued - issued)

@@ -82,7 +82,7 @@ class Leaf:
         self.metrics = LeafMetrics()
         self.metrics.watch(results, self.uplink.undelivered, self._server_connected)
         self.jobs: dict[str, LeafJob] = {}
-        self._payloads = PayloadCache(self._link, self._is_current)
+        self._payloads = PayloadCache(self._link, self._is_current, config.payload_cache_bytes)
         self._endpoints = DeviceEndpoints(
             self.jobs,
             self._payloads,
@@ -333,6 +333,7 @@ class Leaf:
             jobs=reports,
             server_boot=self._server_boot,
             undelivered=self.uplink.behind(),
+            payload_bytes=self._payloads.nbytes,
         )
         reply = SyncReply.model_validate(await self._link.call("sync", request.model_dump(), 5.0))
         if reply.boot != self._server_boot:
@@ -348,6 +349,7 @@ class Leaf:
         for job_id in [j for j in self.jobs if j not in seen]:
             del self.jobs[job_id]
             self._payloads.drop(job_id)
+        self.uplink.keep_jobs(seen)
         self._synced.set()
         self._synced = asyncio.Event()
 

@@ -48,6 +48,8 @@ class TaskPayload:
             + msgpack.packb("task_data")
             + task_msgpack
         )
+        # What holding it costs (the payload cache's budget counts this).
+        self.nbytes = len(self._json_head) + len(self._msgpack_head) + sum(w.nbytes for w in (weights or {}).values())
 
     @classmethod
     def for_weights(

@@ -54,6 +54,10 @@ def max_upload_bytes(values: int) -> int:
     return 4 * values + UPLOAD_SLACK
 
 
+def _serving(job: LeafJob) -> bool:
+    return job.view.status is not JobStatus.DONE
+
+
 def _answer(body: dict[str, Any]) -> DeviceAnswer:
     return DeviceAnswer(200, JSON, orjson.dumps(body))
 
@@ -140,7 +144,7 @@ class XainEndpoints:
         return job.decide_task(participant, now, self._ready(job), None)
 
     def _ready(self, job: LeafJob) -> bool:
-        return self._payloads.ready(job.view)
+        return self._payloads.servable(job.view)
 
     def heartbeat(self, participant: str, wait: float) -> DeviceAnswer | Awaitable[DeviceAnswer]:
         job = self.job_for(participant)
@@ -227,6 +231,8 @@ class XainEndpoints:
         else:
             built = _Global(payload.version, flatten(weights, shapes))
         if payload.version == job.view.model_version:
+            # Only jobs still served keep their vector: finished and retired ones' are dropped here.
+            self._globals = {k: g for k, g in self._globals.items() if k in self._jobs and _serving(self._jobs[k])}
             self._globals[job.view.job_id] = built
         return built
 

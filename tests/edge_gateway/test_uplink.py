@@ -267,3 +267,15 @@ async def test_a_device_hears_the_servers_answer_when_it_comes_in_time(tmp_path:
         assert await uplink.accept(record(j, 1), answer_wait=10.0) is Outcome.ACCEPTED
         link.point_at(None)
         assert await uplink.accept(record(j, 2), answer_wait=0.3) is Outcome.DURABLE
+
+
+async def test_a_job_the_server_no_longer_lists_is_forgotten(tmp_path: Path) -> None:
+    async with AsyncExitStack() as lives:
+        _server, j, link, uplink = await running_job(lives, tmp_path, SPEC)
+        uplink.release(j, 1)
+        assert await uplink.accept(record(j, 1)) in ACKNOWLEDGED
+        await uplink.stop()
+        again = await leaf_uplink(lives, tmp_path / "leaf-0", link)
+        again.release(j, 1)
+        again.keep_jobs({"another-job"})  # j was retired: the server's sync no longer lists it
+        assert again.replayed(j) == {} and again._truncated == {}

@@ -50,7 +50,7 @@ def view(job_id: str, status: JobStatus = JobStatus.RUNNING, **changes: Any) -> 
 async def endpoints(*views: JobView) -> tuple[XainEndpoints, dict[str, LeafJob]]:
     jobs = {v.job_id: LeafJob(view=v, waiting_window=10.0) for v in views}
     link = ModelOnlyLink()
-    payloads = PayloadCache(link, lambda job_id, version: True)
+    payloads = PayloadCache(link, lambda job_id, version: True, max_bytes=1 << 30)
     for v in views:
         payloads.want(v)
     for _ in range(100):
@@ -103,3 +103,11 @@ async def test_the_flagged_job_wins_and_a_joined_job_ending_means_finish() -> No
 async def test_a_job_reserved_for_other_devices_rejects() -> None:
     xain, _ = await endpoints(view("phones", device_ids=["phone-1"]))
     assert await state(xain, "x8-a") == "reject"
+
+
+async def test_a_finished_jobs_vector_is_dropped_when_another_is_built() -> None:
+    xain, jobs = await endpoints(view("a"), view("b"))
+    assert await xain._build_global(jobs["a"]) is not None
+    jobs["a"].apply_view(view("a", JobStatus.DONE))
+    assert await xain._build_global(jobs["b"]) is not None
+    assert set(xain._globals) == {"b"}

@@ -191,3 +191,10 @@ def test_cli_flags_map_onto_the_config() -> None:
     assert admitted(control, "d", 0.0, 25) == 20
     refusal = control.admit("d", 0.0)
     assert refusal is not None and 10 <= refusal.retry_wait <= 20
+
+
+def test_device_slots_must_be_a_power_of_two_within_bounds() -> None:
+    assert load_config(["4321", "lcp.json", "--device-slots", "1024"]).device_slots == 1024
+    for bad in (1000, 1, 1 << 27):
+        with pytest.raises(ValueError):
+            ProxyConfig(device_slots=bad)

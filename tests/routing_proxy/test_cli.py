@@ -256,3 +256,47 @@ def test_proxy_imports_nothing_heavy() -> None:
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.split() == []
+
+
+@one_loop
+async def test_device_slots_flag_sizes_the_rate_limiter(
+    leaves: MakeLeaf, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    # 3,000 devices, one request each, a limit of one per window: none may be refused for another's
+    # sake. With 512 counters a row they share counters and most are refused (the fixed 65,536 did
+    # the same to populations of ~100,000 devices); sized up by the flag, every one gets in and a
+    # device's second request is still refused.
+    leaf = await leaves("C11")
+    lcp_map, secret = setup_files(tmp_path, leaf)
+    population = [f"phone-{i}" for i in range(3000)]
+
+    async def refused_share(slots: int) -> tuple[float, dict[str, Any]]:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        command = [sys.executable, "-m", "routing_proxy", str(port), str(lcp_map), "--host", "127.0.0.1"]
+        command += ["--link-secret-file", str(secret), "--device-rate", "1", "--device-window", "86400"]
+        command += ["--device-slots", str(slots)]
+        log = tmp_path / f"proxy-{slots}.log"
+        async with running(command, log) as process:
+            await wait_healthy(http, url, process, log)
+
+            async def ask(device_id: str) -> dict[str, Any]:
+                headers = {"X-Flare-Device-ID": device_id}
+                async with http.post(f"{url}/task?job_id=J", headers=headers) as reply:
+                    body = await reply.read()
+                    return orjson.loads(body) if reply.content_type == "application/json" else echoed(body)
+
+            refused = 0
+            for start in range(0, len(population), 50):  # 50 at a time: bounded, and quick
+                answers = await asyncio.gather(*(ask(d) for d in population[start : start + 50]))
+                refused += sum(a.get("message") == "too many requests from this device" for a in answers)
+            again = await ask(population[0])
+            os.kill(process.pid, signal.SIGTERM)
+            assert await exit_code(process, timeout=15) == 0, log.read_text()
+        return refused / len(population), again
+
+    crowded, _ = await refused_share(512)
+    assert crowded > 0.5, crowded
+    sized, again = await refused_share(1 << 20)
+    assert sized == 0.0
+    assert again["status"] == "RETRY" and again["message"] == "too many requests from this device"
