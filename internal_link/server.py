@@ -6,10 +6,11 @@ import asyncio
 import logging
 import os
 import ssl as ssl_module
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from .connection import LinkProtocol
+from .connection import LinkProtocol, channel_binding
 from .errors import CallRefused, ErrorCode, LinkProtocolError
 from .frames import DEFAULT_MAX_FRAME, NONCE_SIZE
 from .protocol import HANDSHAKE_TIMEOUT, CallReceived, ServerConnection
@@ -24,9 +25,8 @@ class _ServerProtocol(LinkProtocol):
     core: ServerConnection
 
     def __init__(self, server: LinkServer) -> None:
-        super().__init__()
+        super().__init__(server.refusals)
         self.server = server
-        self.core = ServerConnection(server.secret, os.urandom(NONCE_SIZE), server.max_frame)
         self._auth_timer: asyncio.TimerHandle | None = None
 
     @property
@@ -35,7 +35,11 @@ class _ServerProtocol(LinkProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.server.links.add(self)
+        server = self.server
+        self.core = ServerConnection(
+            server.secret, os.urandom(NONCE_SIZE), server.max_frame, channel_binding(transport)
+        )
+        server.links.add(self)
         self.queued()  # the hello
         self._auth_timer = self.loop.call_later(HANDSHAKE_TIMEOUT, self.abort, "no auth within the handshake timeout")
 
@@ -49,7 +53,7 @@ class _ServerProtocol(LinkProtocol):
         try:
             events = self.core.receive_data(data)
         except LinkProtocolError as exc:
-            self.abort(f"protocol error: {exc}")
+            self.refuse(exc)
             return
         for event in events:
             if type(event) is CallReceived:
@@ -125,6 +129,8 @@ class LinkServer:
 
     A handler returning an awaitable is awaited in a task of its own; a plain value is the answer.
     A handler raising `CallRefused` answers with its code; any other exception with `INTERNAL`.
+    `refusals` counts the connections dropped for breaking the protocol, by reason (`wrong_secret`,
+    `tampered_frame`, `protocol_error`).
     """
 
     def __init__(
@@ -139,6 +145,7 @@ class LinkServer:
         self.secret = secret
         self.max_frame = max_frame
         self.links: set[_ServerProtocol] = set()
+        self.refusals: Counter[str] = Counter()
         self.tasks: set[asyncio.Task[None]] = set()
         self.closing = False
         self._ssl = ssl
