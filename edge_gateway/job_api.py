@@ -62,7 +62,17 @@ async def _errors_as_json(request: web.Request, handler: Any) -> web.StreamRespo
 
 async def _health(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
-    return _json({"status": "OK", "boot": server.coordinator.boot, "jobs": len(server.coordinator.jobs), **versions()})
+    # link_refusals: leaf connections dropped by reason (wrong_secret, tampered_frame, protocol_error).
+    refusals = dict(server.link_refusals)
+    return _json(
+        {
+            "status": "OK",
+            "boot": server.coordinator.boot,
+            "jobs": len(server.coordinator.jobs),
+            "link_refusals": refusals,
+        }
+        | versions()
+    )
 
 
 async def _version(request: web.Request) -> web.Response:

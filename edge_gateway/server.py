@@ -50,7 +50,9 @@ class Server:
                 "watch": _coded(self.handle_watch),
             },
             config.secret_bytes(),
+            ssl=config.link_tls(),
         )
+        self.link_refusals = self._rpc.refusals
         self._model_cache: dict[tuple[str, int], dict[str, Any]] = {}
         self._programs = ProgramBuilder()
         self._base_programs: dict[str, asyncio.Task[bytes]] = {}  # exported once per job
