@@ -1,7 +1,8 @@
-"""The server and a leaf refuse to start with the public development secret beyond loopback: one
-line on stderr, a non-zero exit, nothing bound. The non-loopback address is 192.0.2.1 (TEST-NET-1,
-no machine's): were the refusal missing, binding it fails with another message, so nothing here
-listens beyond loopback either way."""
+"""The server, a leaf and the proxy refuse to start with the public development secret beyond
+loopback: one line on stderr, a non-zero exit, nothing bound. The server's and the leaf's
+non-loopback address is 192.0.2.1 (TEST-NET-1, no machine's): were the refusal missing, binding it
+fails with another message, so nothing here listens beyond loopback either way. The proxy's leaf
+is `leaf.invalid`, a name that never resolves, so nothing is reached either way."""
 
 from __future__ import annotations
 
@@ -48,3 +49,13 @@ def test_which_hosts_count_as_beyond_loopback() -> None:
     for host in ("0.0.0.0", "", "::", "192.168.1.20", "server.lan"):
         assert public_secret_beyond_loopback(DEVELOPMENT_SECRET, [*loopback, host]) == host
     assert public_secret_beyond_loopback(b"a-real-one", ["0.0.0.0"]) is None
+
+
+@pytest.mark.parametrize("env", [NO_SECRET, PUBLIC_SECRET], ids=["unset", "set to the public one"])
+async def test_the_proxy_refuses_the_public_secret_towards_a_leaf_beyond_loopback(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    lcp_map = tmp_path / "lcp_map.json"
+    lcp_map.write_text('{"C11": {"host": "127.0.0.1", "port": 9003}, "C12": {"host": "leaf.invalid", "port": 9003}}')
+    code, _, err = await cli("0", str(lcp_map), "--host", "127.0.0.1", module="routing_proxy", env=env)
+    assert_one_line_error(code, err, "public development link secret", "'leaf.invalid'", "EDGEFL_LINK_SECRET")
