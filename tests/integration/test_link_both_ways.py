@@ -3,6 +3,7 @@ between real leaf and server processes (`python -m edge_gateway leaf|server`, no
 
 - An impostor at the server's address, answering the handshake with a guessed proof, gets no
   call from a real leaf: no sync, no result. One that holds the secret gets calls at once.
+- An impostor at a leaf's address gets no device request (nor its token) from a real proxy.
 - A relay between a real leaf and the real server passes the handshake through, then sends a call
   of its own: the server refuses it (counted in /api/health), never answers it.
 - The same relay changing one letter of a relayed call: refused and counted, not answered.
@@ -21,7 +22,8 @@ import aiohttp
 import msgpack
 import pytest
 
-from edge_gateway.processes import Child, spawn, wait_ready_file
+from edge_gateway.processes import Child, free_port, spawn, wait_ready_file
+from internal_link.calls import PING, PONG
 from internal_link.frames import HELLO, REQUEST, RESPONSE, encode_frame
 from internal_link.protocol import ServerConnection
 
@@ -82,8 +84,8 @@ async def until(condition: Callable[[], bool]) -> None:
 
 @dataclass
 class Impostor:
-    """Listens at the server's address: greets, takes the leaf's proof, accepts with `secret`'s
-    proof (None: a guess), then records every frame the leaf sends."""
+    """Listens at the server's (or a leaf's) address: greets, takes the peer's proof, accepts with
+    `secret`'s proof (None: a guess, and then it answers pings), and records every frame it gets."""
 
     secret: bytes | None
     connections: int = 0
@@ -102,7 +104,12 @@ class Impostor:
                 core.receive_data(await read_frame(reader))
                 writer.writelines(core.data_to_send())
             while True:
-                self.after_handshake.append(await read_frame(reader))
+                frame = await read_frame(reader)
+                self.after_handshake.append(frame)
+                call = message(frame)
+                if self.secret is None and call[0] == REQUEST and call[2] == PING:
+                    # Looks healthy to a proxy that took its acceptance: device requests would follow.
+                    writer.write(b"".join(encode_frame([RESPONSE, call[1], None, PONG])))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -142,6 +149,58 @@ async def test_a_server_that_proves_the_secret_gets_the_leafs_calls(tmp_path: Pa
         assert message(insider.after_handshake[0])[0] == REQUEST
     finally:
         await leaf.stop()
+        listener.close()
+
+
+async def start_proxy(tmp_path: Path, leaf_port: int) -> tuple[Child, int]:
+    lcp_map = tmp_path / "lcp_map.json"
+    lcp_map.write_text(f'{{"C11": {{"host": "127.0.0.1", "port": {leaf_port}}}}}')
+    port = free_port()
+    proxy = await spawn("proxy", ["routing_proxy", str(port), str(lcp_map), "--host", "127.0.0.1"], tmp_path, ENV)
+    try:
+        async with asyncio.timeout(WAIT):
+            while True:
+                assert proxy.alive(), proxy.log_path.read_text()
+                try:
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                except OSError:
+                    await asyncio.sleep(0.1)
+                    continue
+                writer.close()
+                return proxy, port
+    except BaseException:
+        await proxy.stop()
+        raise
+
+
+async def device_job_request(port: int) -> dict[str, object]:
+    headers = {"X-Flare-Device-ID": "phone-1", "X-Flare-User-Info": "auth_token=device-secret-token"}
+    body = {"job_name": "any", "capabilities": {"methods": ["xor"]}}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"http://127.0.0.1:{port}/job", json=body, headers=headers) as reply,
+    ):
+        answer: dict[str, object] = await reply.json()
+        return answer
+
+
+@pytest.mark.parametrize("secret", [None, SECRET.encode()], ids=["impostor", "insider (control)"])
+async def test_an_impostor_leaf_gets_no_device_request_from_a_real_proxy(tmp_path: Path, secret: bytes | None) -> None:
+    at_leaf_address = Impostor(secret)
+    listener = await listening(at_leaf_address.handle)
+    proxy, port = await start_proxy(tmp_path, port_of(listener))
+    try:
+        await until(lambda: at_leaf_address.connections >= 1)
+        await asyncio.sleep(1.0)  # the proxy's pings, were it connected
+        answer = await device_job_request(port)
+        await asyncio.sleep(0.5)
+        if secret is None:
+            assert answer["status"] == "RETRY"  # no leaf to ask
+            assert at_leaf_address.after_handshake == []  # no ping, no device request, no token
+        else:
+            assert at_leaf_address.after_handshake  # the same harness sees the proxy's calls
+    finally:
+        await proxy.stop()
         listener.close()
 
 
