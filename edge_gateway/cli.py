@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     server.add_argument("--ready-file", type=Path, default=None, help="write the bound ports here once serving")
     server.add_argument("--proxy", default=None, help="the routing proxy's URL: the status page shows its /health")
+    _add_link_tls_arguments(server)
 
     leaf = commands.add_parser("leaf", help="run a leaf aggregator")
     leaf.add_argument("--name", default=None)
@@ -85,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     leaf.add_argument("--xain-host", default=None, help="address of the xain-sdk 0.6 ports (default: --host)")
     leaf.add_argument("--xain-grpc-port", type=int, default=None, help="open the xain-sdk 0.6 gRPC coordinator here")
     leaf.add_argument("--xain-object-port", type=int, default=None, help="and its S3-compatible object endpoint here")
+    _add_link_tls_arguments(leaf)
+    leaf.add_argument("--server-ca", type=Path, default=None, help="CA of the server's --link-cert: TLS to the server")
 
     job = commands.add_parser("job", help="submit, list, inspect, end or delete jobs on a server")
     api_help = "the server's job API (default http://127.0.0.1:8443)"
@@ -116,6 +119,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_link_tls_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--link-cert", type=Path, default=None, help="serve the link port with TLS: certificate (PEM)")
+    command.add_argument("--link-key", type=Path, default=None, help="the --link-cert's private key")
+
+
+def _check_link_settings(config: LeafConfig | ServerConfig, hosts: list[str]) -> None:
+    """Refuse what would expose the links: the public secret beyond loopback, unusable TLS files."""
+    exposed = config.public_secret_host(hosts)
+    if exposed is not None:
+        raise UserError(
+            f"refusing to use the public development link secret on {exposed!r}, beyond loopback: "
+            "set EDGEFL_LINK_SECRET (docs/TLS.md)"
+        )
+    if config.link_key is not None and config.link_cert is None:
+        raise UserError("--link-key needs --link-cert")
+    try:
+        config.link_tls()
+        if isinstance(config, LeafConfig):
+            config.server_tls()
+    except OSError as exc:
+        raise UserError(f"cannot use the link's TLS files: {exc.strerror or exc}") from None
+
+
 def _overrides(args: argparse.Namespace, names: dict[str, str]) -> dict[str, Any]:
     return {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg) is not None}
 
@@ -123,21 +149,18 @@ def _overrides(args: argparse.Namespace, names: dict[str, str]) -> dict[str, Any
 async def _serve_server(args: argparse.Namespace) -> int:
     from .server import Server
 
-    config = ServerConfig(
-        **_overrides(
-            args,
-            {
-                "host": "host",
-                "http_port": "http_port",
-                "link_port": "link_port",
-                "metrics_port": "metrics_port",
-                "metrics_host": "metrics_host",
-                "data_dir": "data_dir",
-                "proxy": "proxy_url",
-                "retire_after": "retire_after",
-            },
-        )
-    )
+    names = {
+        "host": "host",
+        "http_port": "http_port",
+        "link_port": "link_port",
+        "metrics_port": "metrics_port",
+        "metrics_host": "metrics_host",
+        "data_dir": "data_dir",
+        "proxy": "proxy_url",
+        "retire_after": "retire_after",
+    }
+    config = ServerConfig(**_overrides(args, names | {"link_cert": "link_cert", "link_key": "link_key"}))
+    _check_link_settings(config, [config.host])
     with process.stop_signals() as stop:
         server = Server(config)
         await server.start()
@@ -152,25 +175,26 @@ async def _serve_server(args: argparse.Namespace) -> int:
 async def _serve_leaf(args: argparse.Namespace) -> int:
     from .leaf import Leaf
 
-    fields = _overrides(
-        args,
-        {
-            "name": "name",
-            "host": "host",
-            "port": "port",
-            "metrics_port": "metrics_port",
-            "metrics_host": "metrics_host",
-            "data_dir": "data_dir",
-            "payload_cache_bytes": "payload_cache_bytes",
-        },
-    )
+    names = {
+        "name": "name",
+        "host": "host",
+        "port": "port",
+        "metrics_port": "metrics_port",
+        "metrics_host": "metrics_host",
+        "data_dir": "data_dir",
+        "payload_cache_bytes": "payload_cache_bytes",
+        "server_ca": "server_ca",
+    }
+    fields = _overrides(args, names | {"link_cert": "link_cert", "link_key": "link_key"})
     fields |= _overrides(
         args, {"xain_host": "xain_host", "xain_grpc_port": "xain_grpc_port", "xain_object_port": "xain_object_port"}
     )
     if args.server is not None:
         fields["server_host"], fields["server_port"] = args.server
+    config = LeafConfig(**fields)
+    _check_link_settings(config, [config.host, config.server_host])
     with process.stop_signals() as stop:
-        leaf = Leaf(LeafConfig(**fields))
+        leaf = Leaf(config)
         port = await leaf.start()
         process.freeze_startup_objects()
         ready: dict[str, Any] = {"port": port, "name": leaf.name, "metrics_port": leaf.metrics_port}

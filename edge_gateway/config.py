@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ssl
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from internal_link.process import link_secret
+from internal_link.process import DEVELOPMENT_SECRET, link_secret, public_secret_beyond_loopback
+from internal_link.tls import connecting_context, serving_context
 
 
 class _Settings(BaseSettings):
@@ -18,6 +20,18 @@ class _Settings(BaseSettings):
         validation_alias=AliasChoices("link_secret", "EDGEFL_LINK_SECRET"),
         description="shared secret of the internal links (proxy, leaves, server)",
     )
+    link_cert: Path | None = Field(default=None, description="TLS certificate (PEM) served on the link port")
+    link_key: Path | None = Field(default=None, description="its private key, unless in link_cert")
+
+    def link_tls(self) -> ssl.SSLContext | None:
+        """TLS for the link port this process serves, when a certificate is configured."""
+        if self.link_cert is None:
+            return None
+        return serving_context(self.link_cert, self.link_key)
+
+    def public_secret_host(self, hosts: list[str]) -> str | None:
+        """The first of `hosts` beyond loopback when the links would use the public development secret."""
+        return public_secret_beyond_loopback(self.link_secret.encode() or DEVELOPMENT_SECRET, hosts)
 
     def secret_bytes(self) -> bytes:
         return link_secret(self.link_secret)
@@ -61,6 +75,9 @@ class LeafConfig(_Settings):
     metrics_host: str | None = Field(default=None, description="address /metrics listens on (None: host)")
     server_host: str = "127.0.0.1"
     server_port: int = Field(default=8002, ge=0, le=65535)
+    server_ca: Path | None = Field(
+        default=None, description="CA of the server's link certificate; set → TLS to the server"
+    )
     sync_interval: float = Field(default=0.2, gt=0.0)
     quota_hold: float = Field(default=0.5, ge=0.0, description="seconds a /task may wait for a free slot")
     data_dir: Path | None = Field(default=None, description="this leaf's own directory (default edgefl-data/NAME)")
@@ -89,6 +106,10 @@ class LeafConfig(_Settings):
         if (self.xain_grpc_port is None) != (self.xain_object_port is None):
             raise ValueError("xain_grpc_port and xain_object_port go together: 0.6 participants need both")
         return self
+
+    def server_tls(self) -> ssl.SSLContext | None:
+        """TLS for the link to the server, when its CA is configured."""
+        return None if self.server_ca is None else connecting_context(self.server_ca)
 
     def result_log_dir(self) -> Path:
         """Where the result log lives: one directory per leaf, never shared."""

@@ -71,12 +71,15 @@ async def _errors_as_json(request: web.Request, handler: Any) -> web.StreamRespo
 
 async def _health(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
+    # link_refusals: leaf connections dropped by reason (wrong_secret, tampered_frame, protocol_error).
+    refusals = dict(server.link_refusals)
     return _json(
         {
             "status": "OK",
             "boot": server.coordinator.boot,
             "jobs": len(server.coordinator.jobs),  # in memory: retired ones are on disk only
             "leaf_payload_bytes": {leaf: held for leaf, (held, _) in server.leaf_payloads.items()},
+            "link_refusals": refusals,
             **versions(),
         }
     )

@@ -59,7 +59,9 @@ class Server:
                 "watch": _coded(self.handle_watch),
             },
             config.secret_bytes(),
+            ssl=config.link_tls(),
         )
+        self.link_refusals = self._rpc.refusals
         self._model_cache: dict[tuple[str, int], dict[str, Any]] = {}
         self.leaf_payloads: dict[str, tuple[int, float]] = {}  # leaf -> (payload bytes it holds, when said)
         self._programs = ProgramBuilder()

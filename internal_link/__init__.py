@@ -3,7 +3,9 @@
 Both services import it; it imports nothing of ours but `device_protocol`'s kind of code: no
 `routing_proxy`, no `edge_gateway` (tests/test_import_directions.py). Its layers::
 
-    sans-I/O core   frames.py     length-prefixed msgpack frames, message shapes, the auth digest
+    sans-I/O core   frames.py     length-prefixed msgpack frames (sealed or not), message shapes
+                    proofs.py     the handshake's proofs of the secret, both ways, and frame keys
+                    sealing.py    per-frame integrity tags for links without TLS
                     protocol.py   one connection's handshake and call multiplexing: bytes in,
                                   events and bytes out (ServerConnection, ClientConnection)
                     calls.py      the proxy <-> leaf contract (DeviceCall, DeviceAnswer)
@@ -13,11 +15,14 @@ Both services import it; it imports nothing of ours but `device_protocol`'s kind
                     server.py     LinkServer: serves handlers on a port
                     client.py     LinkClient: one link kept up, calls with deadlines
     process set-up  process.py    event loop, logging, stop signals, gc, the link secret
+                    tls.py        the TLS contexts of a serving and a connecting end
 
 Errors::
 
     LinkError
     ├── LinkProtocolError   the peer broke the protocol: the connection is dropped
+    │   ├── WrongSecret     its proof of the secret did not verify
+    │   └── FrameTampered   a frame failed its integrity check
     ├── LinkUnavailable     no answer (not connected, connection lost, deadline passed); `.sent`
     │                       says whether the request may have reached the peer
     ├── CallRefused         raised by a handler: answers the call with an `ErrorCode`

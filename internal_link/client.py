@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl as ssl_module
+from collections import Counter
 from typing import Any
 
-from .connection import LinkProtocol
+from .connection import LinkProtocol, channel_binding
 from .errors import LinkProtocolError, LinkUnavailable
-from .frames import DEFAULT_MAX_FRAME
+from .frames import DEFAULT_MAX_FRAME, NONCE_SIZE
 from .protocol import Answered, ClientConnection, Failed
 
 logger = logging.getLogger(__name__)
@@ -23,10 +25,16 @@ class _ClientProtocol(LinkProtocol):
     core: ClientConnection[CallFuture]
 
     def __init__(self, client: LinkClient) -> None:
-        super().__init__()
+        super().__init__(client.refusals)
         self.client = client
-        self.core = ClientConnection(client.secret, client.max_frame)
         self.ready: asyncio.Future[None] = self.loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        client = self.client
+        self.core = ClientConnection(
+            client.secret, os.urandom(NONCE_SIZE), client.max_frame, channel_binding(transport)
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -45,7 +53,7 @@ class _ClientProtocol(LinkProtocol):
         try:
             events = self.core.receive_data(data)
         except LinkProtocolError as exc:
-            self.abort(f"protocol error: {exc}")
+            self.refuse(exc)
             return
         if not self.ready.done():
             self.queued()  # the auth, when this was the hello
@@ -73,7 +81,8 @@ def _expire(future: CallFuture, name: str, method: str, timeout: float) -> None:
 class LinkClient:
     """One persistent link to a `LinkServer`, kept up in the background.
 
-    `connected` is True only while a link whose handshake succeeded is open.
+    `connected` is True only while a link whose handshake succeeded is open, hence only with a
+    server that proved the secret. `refusals` counts links dropped for breaking the protocol.
     """
 
     def __init__(
@@ -95,6 +104,7 @@ class LinkClient:
         self._ssl = ssl
         self._backoff = backoff
         self._link: _ClientProtocol | None = None
+        self.refusals: Counter[str] = Counter()
         self._runner: asyncio.Task[None] | None = None
         self._up = asyncio.Event()
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections import Counter
 from typing import Any, cast
 
+from .errors import LinkProtocolError
 from .flow_control import FlowControl
 from .protocol import ClientConnection, ServerConnection
 
@@ -18,10 +20,12 @@ logger = logging.getLogger(__name__)
 class LinkProtocol(asyncio.Protocol):
     """One connection of either end: feeds the core, writes what it queues once per loop turn."""
 
+    # Both made with the transport, which the loop hands over (after any TLS handshake) before anything else.
     core: ServerConnection | ClientConnection[Any]
-    flow: FlowControl  # made with the transport, which the loop hands over before anything else
+    flow: FlowControl
 
-    def __init__(self) -> None:
+    def __init__(self, refusals: Counter[str]) -> None:
+        self.refusals = refusals  # the owning server's or client's, by `LinkProtocolError.reason`
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.flush_scheduled = False
@@ -71,6 +75,11 @@ class LinkProtocol(asyncio.Protocol):
                 # Headers and bodies as they are: a scatter write, no body copied behind its header.
                 self.transport.writelines(chunks)
 
+    def refuse(self, exc: LinkProtocolError) -> None:
+        """The peer broke the protocol (or failed a proof, or sent a tampered frame): count, drop."""
+        self.refusals[exc.reason] += 1
+        self.abort(f"{exc.reason}: {exc}")
+
     def abort(self, reason: str) -> None:
         logger.warning("closing link to %s: %s", self.peer, reason)
         if self.transport is not None:
@@ -82,3 +91,16 @@ class LinkProtocol(asyncio.Protocol):
             return "?"
         name = self.transport.get_extra_info("peername")
         return f"{name[0]}:{name[1]}" if isinstance(name, tuple) else str(name)
+
+
+def channel_binding(transport: asyncio.BaseTransport) -> bytes:
+    """The TLS connection's `tls-unique` binding, or b"" without TLS.
+
+    Both ends of one TLS connection read the same bytes; a relay that terminates TLS has two
+    connections and two bindings. (Python's ssl module offers no RFC 9266 exporter.)
+    """
+    tls = transport.get_extra_info("ssl_object")
+    if tls is None:
+        return b""
+    binding: bytes | None = tls.get_channel_binding("tls-unique")
+    return binding or b""

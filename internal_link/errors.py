@@ -32,7 +32,24 @@ class LinkError(Exception):
 
 
 class LinkProtocolError(LinkError):
-    """The peer sent bytes or a message it should not have: the connection must be closed."""
+    """The peer sent bytes or a message it should not have: the connection must be closed.
+
+    `reason` names the refusal in the counts a link end keeps (`LinkServer.refusals`).
+    """
+
+    reason = "protocol_error"
+
+
+class WrongSecret(LinkProtocolError):
+    """The peer's proof of the link secret did not verify (wrong secret, or relayed from elsewhere)."""
+
+    reason = "wrong_secret"
+
+
+class FrameTampered(LinkProtocolError):
+    """A frame failed its integrity check: changed, inserted, dropped, replayed or reordered on the way."""
+
+    reason = "tampered_frame"
 
 
 class LinkUnavailable(LinkError):

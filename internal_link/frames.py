@@ -6,24 +6,25 @@ unsigned length `N` followed by `N` bytes of msgpack. Messages are msgpack array
     request   [0, call_id, method, payload]
     response  [1, call_id, None, result]          answered
               [1, call_id, code, text]            failed: an `ErrorCode` value and its text
-    hello     [2, nonce]                          server -> client, first thing on a connection
-    auth      [3, hmac_sha256(secret, nonce)]
+    hello     [2, server_nonce]                   server -> client, first thing on a connection
+    auth      [3, client_nonce, client_proof]     client -> server
+    accept    [1, 0, None, server_proof]          server -> client: a response to `HANDSHAKE_ID` (0)
 
-A response with call id `HANDSHAKE_ID` (0) is the server's acceptance of an auth; calls use ids
-from 1 up. Bad bytes from a peer never raise anything but `LinkProtocolError`.
+The proofs are in `proofs.py`; calls use ids from 1 up. After the handshake of a link without TLS,
+every frame's body is followed by a `sealing.TAG_SIZE`-byte tag (counted in its length).
+Bad bytes from a peer never raise anything but `LinkProtocolError` (`FrameTampered` for a bad tag).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import reprlib
 import struct
 from typing import Any
 
 import msgpack
 
-from .errors import WIRE_CODES, LinkProtocolError
+from .errors import WIRE_CODES, FrameTampered, LinkProtocolError
+from .sealing import TAG_SIZE, Opener, Sealer
 
 REQUEST = 0
 RESPONSE = 1
@@ -39,28 +40,36 @@ _HEADER_SIZE = _HEADER.size
 _MAX_ENCODABLE = 2**32 - 1
 
 
-def encode_frame(obj: Any) -> tuple[bytes, bytes]:
-    """Pack `obj` as msgpack (bytes stay `bin`, str stays `str`); return (length header, body).
+def encode_frame(obj: Any, sealer: Sealer | None = None) -> tuple[bytes, ...]:
+    """Pack `obj` as msgpack (bytes stay `bin`, str stays `str`); return (length header, body),
+    or (header, body, tag) with a `sealer`.
 
-    Kept apart so that a writer sends both without copying the body behind the header.
-    Raises whatever msgpack raises for an object it cannot pack (`TypeError`, `ValueError`).
+    Kept apart so that a writer sends them without copying the body behind the header.
+    Raises whatever msgpack raises for an object it cannot pack (`TypeError`, `ValueError`), before
+    the sealer counts the frame.
     """
     body = msgpack.packb(obj, use_bin_type=True)
-    if len(body) > _MAX_ENCODABLE:
+    if sealer is None:
+        if len(body) > _MAX_ENCODABLE:
+            raise ValueError(f"frame of {len(body)} bytes does not fit a 32-bit length")
+        return _HEADER.pack(len(body)), body
+    if len(body) + TAG_SIZE > _MAX_ENCODABLE:
         raise ValueError(f"frame of {len(body)} bytes does not fit a 32-bit length")
-    return _HEADER.pack(len(body)), body
+    return _HEADER.pack(len(body) + TAG_SIZE), body, sealer.tag(body)
 
 
 class FrameDecoder:
     """Turns a byte stream, split or merged arbitrarily, back into the messages it carries.
 
-    `max_frame` may be raised after construction (e.g. once a peer has authenticated).
+    `max_frame` may be raised after construction (e.g. once a peer has authenticated), and an
+    `opener` set, which then checks and strips every later frame's tag.
     """
 
-    __slots__ = ("_buffer", "max_frame")
+    __slots__ = ("_buffer", "max_frame", "opener")
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self.max_frame = max_frame
+        self.opener: Opener | None = None
         self._buffer = bytearray()
 
     @property
@@ -68,12 +77,14 @@ class FrameDecoder:
         """Bytes held back waiting for the rest of a frame."""
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> list[Any]:
-        """Consume `data` and return every message completed by it, in order.
+    def feed(self, data: bytes, one: bool = False) -> list[Any]:
+        """Consume `data` and return every message completed by it, in order; with `one`, at most
+        one, the rest held back for the next call (a handshake step may change how it is read).
 
         Raises:
             LinkProtocolError: a frame is longer than `max_frame` (detected from its header, before
                 its body arrives) or is not exactly one msgpack object.
+            FrameTampered: with an `opener`, a frame's tag does not check.
         """
         buffer = self._buffer
         if buffer:
@@ -85,6 +96,7 @@ class FrameDecoder:
         end = len(source)
         pos = 0
         messages: list[Any] = []
+        opener = self.opener
         with memoryview(source) as view:
             while end - pos >= _HEADER_SIZE:
                 (size,) = _HEADER.unpack_from(source, pos)
@@ -93,13 +105,25 @@ class FrameDecoder:
                 start = pos + _HEADER_SIZE
                 if end - start < size:
                     break
-                messages.append(_unpack(view[start : start + size]))
                 pos = start + size
+                if opener is None:
+                    messages.append(_unpack(view[start:pos]))
+                else:
+                    messages.append(_unpack(_opened(opener, view[start:pos])))
+                if one:
+                    break
         if source is buffer:
             del buffer[:pos]
         elif pos < end:
             buffer += data[pos:]
         return messages
+
+
+def _opened(opener: Opener, chunk: memoryview) -> memoryview:
+    body = chunk[:-TAG_SIZE]
+    if len(chunk) < TAG_SIZE or not opener.check(body, chunk[-TAG_SIZE:]):
+        raise FrameTampered("a frame failed its integrity check")
+    return body
 
 
 def _unpack(chunk: memoryview) -> Any:
@@ -125,17 +149,9 @@ def message_kind(msg: Any) -> int:
                 code = msg[2]
                 if code is None or (type(code) is int and code in WIRE_CODES and type(msg[3]) is str):
                     return RESPONSE
-        elif kind in (HELLO, AUTH) and n == 2 and type(msg[1]) is bytes:
-            return kind
+        elif kind == HELLO and n == 2 and type(msg[1]) is bytes:
+            return HELLO
+        elif kind == AUTH and n == 3 and type(msg[1]) is bytes and type(msg[2]) is bytes:
+            return AUTH
     # reprlib: bounded in length and nesting (a plain repr of a 1,000-deep list raises).
     raise LinkProtocolError(f"malformed message: {reprlib.repr(msg)}")
-
-
-def auth_digest(secret: bytes, nonce: bytes) -> bytes:
-    """HMAC-SHA256 of the nonce under the shared secret (`b""` when none is configured)."""
-    return hmac.digest(secret, nonce, hashlib.sha256)
-
-
-def verify_auth(secret: bytes, nonce: bytes, digest: bytes) -> bool:
-    """Constant-time check of a client's auth digest."""
-    return hmac.compare_digest(auth_digest(secret, nonce), digest)

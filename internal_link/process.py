@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import logging
 import signal
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -73,3 +74,21 @@ def link_secret(value: str, file: Path | None = None) -> bytes:
         )
         return DEVELOPMENT_SECRET
     return value.encode()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine only ("localhost" or a loopback address; not "" or 0.0.0.0)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to any address
+
+
+def public_secret_beyond_loopback(secret: bytes, hosts: Iterable[str]) -> str | None:
+    """The first of `hosts` (addresses a link is served on or reached at) that is not loopback,
+    when `secret` is the public development secret; None when that is safe."""
+    if secret != DEVELOPMENT_SECRET:
+        return None
+    return next((host for host in hosts if not is_loopback(host)), None)

@@ -7,11 +7,15 @@ shell then drops the connection.
 
 The handshake (ARCHITECTURE.md "The link"), as a table of who may send what in which state::
 
-    server  AWAITING_AUTH  --auth ok-->  OPEN      sends hello on creation, accepted on a good auth
-    client  AWAITING_HELLO --hello-->  AWAITING_ACCEPT --response 0-->  OPEN
+    server  AWAITING_AUTH  --auth, client proof ok-->  OPEN     sends hello on creation, accept + its proof
+    client  AWAITING_HELLO --hello-->  AWAITING_ACCEPT --accept, server proof ok-->  OPEN
 
-Before OPEN a frame may be at most `HANDSHAKE_MAX_FRAME` bytes, so a stranger cannot make a
-server buffer anything; a wrong secret or any other message is a protocol error.
+Both proofs cover both nonces and the channel binding (`proofs.py`), so each end knows the other
+holds the secret, on this very connection. Without a binding (no TLS) every frame after the
+handshake is sealed (`sealing.py`). Before OPEN a frame may be at most `HANDSHAKE_MAX_FRAME` bytes,
+so a stranger cannot make a server buffer anything, and frames are read one at a time, so none
+sent behind the handshake's last one escapes the seal; a wrong proof is `WrongSecret`, any other
+message a protocol error.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any, Generic, NamedTuple, TypeVar
 
-from .errors import ErrorCode, LinkProtocolError, RemoteError
+from .errors import ErrorCode, LinkProtocolError, RemoteError, WrongSecret
 from .frames import (
     AUTH,
     DEFAULT_MAX_FRAME,
@@ -28,11 +32,11 @@ from .frames import (
     REQUEST,
     RESPONSE,
     FrameDecoder,
-    auth_digest,
     encode_frame,
     message_kind,
-    verify_auth,
 )
+from .proofs import CLIENT, SERVER, frame_key, proof, transcript, verify_proof
+from .sealing import Opener, Sealer
 
 HANDSHAKE_MAX_FRAME = 256
 # Seconds a server gives a new connection to authenticate (the shell keeps the time).
@@ -80,13 +84,21 @@ _new = tuple.__new__
 
 
 class _Connection:
-    __slots__ = ("_decoder", "_max_frame", "_outbox", "state")
+    __slots__ = ("_binding", "_decoder", "_max_frame", "_outbox", "_sealer", "_secret", "state")
 
-    def __init__(self, state: State, max_frame: int) -> None:
+    def __init__(self, state: State, secret: bytes, binding: bytes, max_frame: int) -> None:
         self.state = state
+        self._secret = secret
+        self._binding = binding
         self._max_frame = max_frame
         self._decoder = FrameDecoder(HANDSHAKE_MAX_FRAME)
         self._outbox: list[bytes] = []
+        self._sealer: Sealer | None = None
+
+    @property
+    def sealed(self) -> bool:
+        """Whether frames carry integrity tags (an open link without a TLS channel binding)."""
+        return self._sealer is not None
 
     @property
     def open(self) -> bool:
@@ -105,45 +117,72 @@ class _Connection:
 
     def _queue(self, message: list[Any]) -> None:
         # Encoded before anything is queued: a message that cannot be packed leaves no trace.
-        self._outbox.extend(encode_frame(message))
+        self._outbox.extend(encode_frame(message, self._sealer))
 
-    def _opened(self) -> Accepted:
+    def _read_handshake(self, data: bytes) -> bool:
+        """Handshake messages one at a time, the rest held back (the step that opens changes how
+        later frames are read); whether the handshake is done."""
+        messages = self._decoder.feed(data, one=True)
+        while messages:
+            if self._handshake_step(messages[0]):
+                return True
+            messages = self._decoder.feed(b"", one=True)
+        return False
+
+    def _handshake_step(self, msg: Any) -> bool:
+        """Act on one handshake message; whether it completed the handshake."""
+        raise NotImplementedError
+
+    def _open(self, covered: bytes, sends: bytes, receives: bytes) -> None:
         self.state = State.OPEN
         self._decoder.max_frame = self._max_frame
-        return ACCEPTED
+        if not self._binding:
+            # No TLS to protect the frames: each direction seals its own with a key of this connection.
+            self._sealer = Sealer(frame_key(self._secret, sends, covered))
+            self._decoder.opener = Opener(frame_key(self._secret, receives, covered))
 
 
 class ServerConnection(_Connection):
-    """The accepting end: greets with `nonce`, takes calls once the client has proved `secret`."""
+    """The accepting end: greets with `nonce`, takes calls once the client has proved `secret`
+    over this connection (`binding`: the TLS channel binding, empty without TLS), and proves it back."""
 
-    __slots__ = ("_nonce", "_secret")
+    __slots__ = ("_nonce",)
 
-    def __init__(self, secret: bytes, nonce: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> None:
-        super().__init__(State.AWAITING_AUTH, max_frame)
-        self._secret = secret
+    def __init__(self, secret: bytes, nonce: bytes, max_frame: int = DEFAULT_MAX_FRAME, binding: bytes = b"") -> None:
+        super().__init__(State.AWAITING_AUTH, secret, binding, max_frame)
         self._nonce = nonce
         self._queue([HELLO, nonce])
 
     def receive_data(self, data: bytes) -> list[CallReceived | Accepted]:
         """The events `data` completes, in order. Raises `LinkProtocolError` on bad bytes."""
         events: list[CallReceived | Accepted] = []
+        if self.state is not State.OPEN:
+            if not self._read_handshake(data):
+                return events
+            events.append(ACCEPTED)
+            data = b""
         for msg in self._decoder.feed(data):
-            kind = message_kind(msg)
-            if kind == REQUEST and self.state is State.OPEN:
-                events.append(_new(CallReceived, (msg[1], msg[2], msg[3])))
-            elif kind == AUTH and self.state is State.AWAITING_AUTH:
-                if not verify_auth(self._secret, self._nonce, msg[1]):
-                    raise LinkProtocolError("wrong link secret")
-                self._queue([RESPONSE, HANDSHAKE_ID, None, None])
-                events.append(self._opened())
-            else:
-                raise LinkProtocolError(f"unexpected message kind {kind} in state {self.state.value}")
+            if message_kind(msg) != REQUEST:
+                raise LinkProtocolError(f"unexpected message kind {msg[0]} in state {self.state.value}")
+            events.append(_new(CallReceived, (msg[1], msg[2], msg[3])))
         return events
+
+    def _handshake_step(self, msg: Any) -> bool:
+        kind = message_kind(msg)
+        if kind != AUTH:
+            raise LinkProtocolError(f"unexpected message kind {kind} in state {self.state.value}")
+        covered = transcript(self._nonce, msg[1], self._binding)
+        if not verify_proof(self._secret, CLIENT, covered, msg[2]):
+            raise WrongSecret("wrong link secret")
+        # The acceptance leaves unsealed: the client opens (and starts checking tags) on reading it.
+        self._queue([RESPONSE, HANDSHAKE_ID, None, proof(self._secret, SERVER, covered)])
+        self._open(covered, sends=SERVER, receives=CLIENT)
+        return True
 
     def send_result(self, call_id: int, result: Any) -> None:
         """Answer a call. Raises `TypeError`/`ValueError` (and queues nothing) if `result` cannot
         be packed; answer with `send_error` then."""
-        self._outbox.extend(encode_frame([RESPONSE, call_id, None, result]))
+        self._outbox.extend(encode_frame([RESPONSE, call_id, None, result], self._sealer))
 
     def send_error(self, call_id: int, code: ErrorCode, text: str) -> None:
         """Answer a call with an error code (never `UNAVAILABLE`, which is local)."""
@@ -151,49 +190,64 @@ class ServerConnection(_Connection):
 
 
 class ClientConnection(_Connection, Generic[Waiter]):
-    """The connecting end: proves `secret` when greeted, then sends calls and matches answers.
+    """The connecting end: proves `secret` when greeted (with its own `nonce`), checks the server's
+    proof, then sends calls and matches answers. `binding` as for `ServerConnection`.
 
     Each call is sent with a `waiter` (the shell's future) that comes back in its answer's event;
     a call abandoned (deadline passed) is forgotten, and its late answer dropped.
     """
 
-    __slots__ = ("_next_id", "_secret", "pending")
+    __slots__ = ("_covered", "_next_id", "_nonce", "pending")
 
-    def __init__(self, secret: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> None:
-        super().__init__(State.AWAITING_HELLO, max_frame)
-        self._secret = secret
+    def __init__(self, secret: bytes, nonce: bytes, max_frame: int = DEFAULT_MAX_FRAME, binding: bytes = b"") -> None:
+        super().__init__(State.AWAITING_HELLO, secret, binding, max_frame)
+        self._nonce = nonce
+        self._covered = b""
         self._next_id = HANDSHAKE_ID + 1
         self.pending: dict[int, Waiter] = {}
 
     def receive_data(self, data: bytes) -> list[Answered[Waiter] | Failed[Waiter] | Accepted]:
         """The events `data` completes, in order. Raises `LinkProtocolError` on bad bytes."""
         events: list[Answered[Waiter] | Failed[Waiter] | Accepted] = []
+        if self.state is not State.OPEN:
+            if not self._read_handshake(data):
+                return events
+            events.append(ACCEPTED)
+            data = b""
         for msg in self._decoder.feed(data):
-            kind = message_kind(msg)
-            if kind == RESPONSE and self.state is State.OPEN:
-                _, call_id, code, result = msg
-                waiter = self.pending.pop(call_id, None)
-                if waiter is None:
-                    continue  # answered after its caller gave up
-                if code is None:
-                    events.append(_new(Answered, (waiter, result)))
-                else:
-                    events.append(Failed(waiter, RemoteError(ErrorCode(code), result)))
-            elif kind == HELLO and self.state is State.AWAITING_HELLO:
-                # The server's first message: prove we know the secret (no call before this).
-                self._queue([AUTH, auth_digest(self._secret, msg[1])])
-                self.state = State.AWAITING_ACCEPT
-            elif kind == RESPONSE and self.state is State.AWAITING_ACCEPT and msg[1] == HANDSHAKE_ID and msg[2] is None:
-                events.append(self._opened())
+            if message_kind(msg) != RESPONSE:
+                raise LinkProtocolError(f"unexpected message kind {msg[0]} in state {self.state.value}")
+            _, call_id, code, result = msg
+            waiter = self.pending.pop(call_id, None)
+            if waiter is None:
+                continue  # answered after its caller gave up
+            if code is None:
+                events.append(_new(Answered, (waiter, result)))
             else:
-                raise LinkProtocolError(f"unexpected message kind {kind} in state {self.state.value}")
+                events.append(Failed(waiter, RemoteError(ErrorCode(code), result)))
         return events
+
+    def _handshake_step(self, msg: Any) -> bool:
+        kind = message_kind(msg)
+        if kind == HELLO and self.state is State.AWAITING_HELLO:
+            # The server's first message: prove we know the secret (no call before this).
+            self._covered = transcript(msg[1], self._nonce, self._binding)
+            self._queue([AUTH, self._nonce, proof(self._secret, CLIENT, self._covered)])
+            self.state = State.AWAITING_ACCEPT
+            return False
+        if kind == RESPONSE and self.state is State.AWAITING_ACCEPT and msg[1] == HANDSHAKE_ID and msg[2] is None:
+            # Whoever cannot prove the secret gets no call, hence no device request and no result.
+            if type(msg[3]) is not bytes or not verify_proof(self._secret, SERVER, self._covered, msg[3]):
+                raise WrongSecret("the server did not prove the link secret")
+            self._open(self._covered, sends=CLIENT, receives=SERVER)
+            return True
+        raise LinkProtocolError(f"unexpected message kind {kind} in state {self.state.value}")
 
     def send_call(self, method: str, payload: Any, waiter: Waiter) -> int:
         """Queue a call and return its id. Raises `TypeError`/`ValueError` (and queues nothing)
         if `payload` cannot be packed."""
         call_id = self._next_id
-        self._outbox.extend(encode_frame([REQUEST, call_id, method, payload]))
+        self._outbox.extend(encode_frame([REQUEST, call_id, method, payload], self._sealer))
         self._next_id = call_id + 1
         self.pending[call_id] = waiter
         return call_id

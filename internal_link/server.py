@@ -7,10 +7,11 @@ import collections
 import logging
 import os
 import ssl as ssl_module
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from .connection import LinkProtocol
+from .connection import LinkProtocol, channel_binding
 from .errors import CallRefused, ErrorCode, LinkProtocolError
 from .frames import DEFAULT_MAX_FRAME, NONCE_SIZE
 from .protocol import HANDSHAKE_TIMEOUT, CallReceived, ServerConnection
@@ -29,9 +30,8 @@ class _ServerProtocol(LinkProtocol):
     core: ServerConnection
 
     def __init__(self, server: LinkServer) -> None:
-        super().__init__()
+        super().__init__(server.refusals)
         self.server = server
-        self.core = ServerConnection(server.secret, os.urandom(NONCE_SIZE), server.max_frame)
         self._auth_timer: asyncio.TimerHandle | None = None
         # Calls taken while the peer does not read our answers: handled in order as it does. Each is
         # a few hundred bytes, where its answer may be a 6 MB model: memory stays with the calls.
@@ -43,7 +43,11 @@ class _ServerProtocol(LinkProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.server.links.add(self)
+        server = self.server
+        self.core = ServerConnection(
+            server.secret, os.urandom(NONCE_SIZE), server.max_frame, channel_binding(transport)
+        )
+        server.links.add(self)
         self.queued()  # the hello
         self._auth_timer = self.loop.call_later(HANDSHAKE_TIMEOUT, self.abort, "no auth within the handshake timeout")
 
@@ -57,7 +61,7 @@ class _ServerProtocol(LinkProtocol):
         try:
             events = self.core.receive_data(data)
         except LinkProtocolError as exc:
-            self.abort(f"protocol error: {exc}")
+            self.refuse(exc)
             return
         for event in events:
             if type(event) is CallReceived:
@@ -148,6 +152,8 @@ class LinkServer:
 
     A handler returning an awaitable is awaited in a task of its own; a plain value is the answer.
     A handler raising `CallRefused` answers with its code; any other exception with `INTERNAL`.
+    `refusals` counts the connections dropped for breaking the protocol, by reason (`wrong_secret`,
+    `tampered_frame`, `protocol_error`).
     """
 
     def __init__(
@@ -162,6 +168,7 @@ class LinkServer:
         self.secret = secret
         self.max_frame = max_frame
         self.links: set[_ServerProtocol] = set()
+        self.refusals: Counter[str] = Counter()
         self.tasks: set[asyncio.Task[None]] = set()
         self.closing = False
         self._ssl = ssl

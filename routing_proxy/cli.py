@@ -133,9 +133,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     try:
-        load_lcp_map(config.lcp_map)  # fail before any worker starts
+        leaves = load_lcp_map(config.lcp_map)  # fail before any worker starts
     except LcpMapError as exc:
         print(f"routing-proxy: {exc}", file=sys.stderr)
+        return 2
+    exposed = process.public_secret_beyond_loopback(
+        config.link_secret.get_secret_value().encode() or process.DEVELOPMENT_SECRET,
+        [] if config.link_secret_file is not None else [leaf.host for leaf in leaves],
+    )
+    if exposed is not None:
+        print(
+            f"routing-proxy: refusing to use the public development link secret towards the leaf at {exposed!r}, "
+            "beyond loopback: set --link-secret-file or EDGEFL_LINK_SECRET (docs/TLS.md)",
+            file=sys.stderr,
+        )
         return 2
     try:
         config.device_auth()  # unreadable or empty token/device files: fail before any worker starts

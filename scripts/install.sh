@@ -6,6 +6,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-train}"
 python="${PYTHON:-python3}"
+# openssl and curl: docs/TLS.md's recipe, which tests/integration/test_tls_doc_commands.py runs.
+missing=()
+for tool in openssl curl; do
+  command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi

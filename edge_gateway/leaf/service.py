@@ -64,7 +64,9 @@ class Leaf:
         self.boot = uuid.uuid4().hex
         secret = config.secret_bytes()
         self._client = (
-            LinkClient(config.server_host, config.server_port, secret, name=f"{self.name}->server")
+            LinkClient(
+                config.server_host, config.server_port, secret, name=f"{self.name}->server", ssl=config.server_tls()
+            )
             if link is None
             else None
         )
@@ -76,6 +78,7 @@ class Leaf:
                 XAIN: xain_call_handler(self.handle_xain),
             },
             secret,
+            ssl=config.link_tls(),
         )
         results: AcknowledgedResults = ResultLog(config.result_log_dir()) if config.result_log else MemoryResults()
         self.uplink = ResultUplink(self.name, self._link, results, on_late=self._count_late)

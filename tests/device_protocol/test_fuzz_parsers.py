@@ -51,7 +51,7 @@ from device_protocol.tensors import (
 )
 from internal_link import frames
 from internal_link.errors import WIRE_CODES, LinkProtocolError
-from internal_link.frames import FrameDecoder, auth_digest, message_kind, verify_auth
+from internal_link.frames import FrameDecoder, message_kind
 from internal_link.messages import (
     JobStatus,
     JobView,
@@ -63,6 +63,7 @@ from internal_link.messages import (
     SyncReply,
     SyncRequest,
 )
+from internal_link.proofs import CLIENT, SERVER, proof, transcript, verify_proof
 
 
 def encode_frame(obj: Any) -> bytes:
@@ -498,7 +499,8 @@ link_messages = st.one_of(
     st.tuples(st.just(frames.RESPONSE), st.integers(0, 2**32), st.sampled_from(sorted(WIRE_CODES)), st.text()).map(
         list
     ),
-    st.tuples(st.sampled_from([frames.HELLO, frames.AUTH]), st.binary(max_size=32)).map(list),
+    st.tuples(st.just(frames.HELLO), st.binary(max_size=32)).map(list),
+    st.tuples(st.just(frames.AUTH), st.binary(max_size=16), st.binary(max_size=32)).map(list),
 )
 streams = st.lists(link_messages, max_size=4).map(lambda ms: b"".join(encode_frame(m) for m in ms))
 
@@ -544,12 +546,16 @@ def test_link_messages_round_trip_whatever_the_split(message: list[Any], cuts: l
     st.binary(min_size=16, max_size=16),
 )
 def test_handshake_accepts_only_the_secret(secret: bytes, other: bytes, garbage: bytes, nonce: bytes) -> None:
-    [answer] = FrameDecoder(max_frame=256).feed(encode_frame([frames.AUTH, auth_digest(secret, nonce)]))
+    covered = transcript(nonce, nonce[::-1], b"")
+    [answer] = FrameDecoder(max_frame=256).feed(
+        encode_frame([frames.AUTH, nonce[::-1], proof(secret, CLIENT, covered)])
+    )
     assert message_kind(answer) == frames.AUTH
-    assert verify_auth(secret, nonce, answer[1])
+    assert verify_proof(secret, CLIENT, covered, answer[2])
+    assert not verify_proof(secret, SERVER, covered, answer[2])  # a client's proof is no server's
     # HMAC pads its key with zero bytes: b"k" and b"k\0" are one key (link secrets are hex text).
-    assert verify_auth(other, nonce, answer[1]) == (other.rstrip(b"\0") == secret.rstrip(b"\0"))
-    assert verify_auth(secret, nonce, garbage) == (garbage == answer[1])
+    assert verify_proof(other, CLIENT, covered, answer[2]) == (other.rstrip(b"\0") == secret.rstrip(b"\0"))
+    assert verify_proof(secret, CLIENT, covered, garbage) == (garbage == answer[2])
     [hello] = FrameDecoder(max_frame=256).feed(encode_frame([frames.HELLO, nonce]))
     assert hello == [frames.HELLO, nonce]
 

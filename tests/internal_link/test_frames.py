@@ -81,7 +81,7 @@ def test_empty_frame_is_undecodable() -> None:
         ([RESPONSE, 1, None, [200, "application/json", b"{}"]], RESPONSE),
         ([RESPONSE, 1, int(ErrorCode.INTERNAL), "boom"], RESPONSE),
         ([HELLO, b"nonce"], HELLO),
-        ([AUTH, b"digest"], AUTH),
+        ([AUTH, b"nonce", b"proof"], AUTH),
     ],
 )
 def test_message_kind(message: list[object], kind: int) -> None:
@@ -104,23 +104,13 @@ def test_message_kind(message: list[object], kind: int) -> None:
         [RESPONSE, 1, 99, "no such code"],
         [HELLO, "text"],
         [AUTH],
+        [AUTH, b"proof"],
         [True, 1, "feg", None],
     ],
 )
 def test_malformed_messages(message: object) -> None:
     with pytest.raises(LinkProtocolError, match="malformed"):
         frames.message_kind(message)
-
-
-def test_auth_digest() -> None:
-    nonce = b"0123456789abcdef"
-    digest = frames.auth_digest(b"secret", nonce)
-    assert len(digest) == 32
-    assert frames.verify_auth(b"secret", nonce, digest)
-    assert not frames.verify_auth(b"other", nonce, digest)
-    assert not frames.verify_auth(b"secret", b"another nonce...", digest)
-    # No secret configured: both sides use b"" (ARCHITECTURE.md).
-    assert frames.verify_auth(b"", nonce, frames.auth_digest(b"", nonce))
 
 
 @settings(max_examples=200, deadline=None)

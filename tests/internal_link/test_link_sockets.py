@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import ssl
 import struct
 import time
@@ -329,7 +330,7 @@ def test_a_peer_that_does_not_read_its_answers_gets_no_more_calls_handled(run: R
     async def main() -> None:
         async with link({"megabyte": megabyte}) as (_, _client, port):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            core: ClientConnection[int] = ClientConnection(b"")
+            core: ClientConnection[int] = ClientConnection(b"", os.urandom(frames.NONCE_SIZE))
             while not core.open:
                 core.receive_data(await reader.read(4096))
                 writer.writelines(core.data_to_send())

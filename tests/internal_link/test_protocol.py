@@ -17,8 +17,10 @@ from internal_link.protocol import (
     Failed,
     ServerConnection,
 )
+from internal_link.sealing import TAG_SIZE
 
 NONCE = bytes(range(16))
+CLIENT_NONCE = bytes(range(16, 32))
 
 
 def frame(message: object) -> bytes:
@@ -32,7 +34,7 @@ def sent(connection: ServerConnection | ClientConnection[str]) -> bytes:
 def open_pair(
     server_secret: bytes = b"s", client_secret: bytes = b"s"
 ) -> tuple[ServerConnection, ClientConnection[str]]:
-    server, client = ServerConnection(server_secret, NONCE), ClientConnection[str](client_secret)
+    server, client = ServerConnection(server_secret, NONCE), ClientConnection[str](client_secret, CLIENT_NONCE)
     assert client.receive_data(sent(server)) == []  # the hello
     assert server.receive_data(sent(client)) == [ACCEPTED]  # the auth
     assert client.receive_data(sent(server)) == [ACCEPTED]
@@ -45,7 +47,7 @@ def test_handshake() -> None:
 
 
 def test_wrong_secret_is_a_protocol_error() -> None:
-    server, client = ServerConnection(b"right", NONCE), ClientConnection[str](b"wrong")
+    server, client = ServerConnection(b"right", NONCE), ClientConnection[str](b"wrong", CLIENT_NONCE)
     client.receive_data(sent(server))
     with pytest.raises(LinkProtocolError, match="wrong link secret"):
         server.receive_data(sent(client))
@@ -54,7 +56,7 @@ def test_wrong_secret_is_a_protocol_error() -> None:
 
 
 def test_handshake_byte_by_byte() -> None:
-    server, client = ServerConnection(b"s", NONCE), ClientConnection[str](b"s")
+    server, client = ServerConnection(b"s", NONCE), ClientConnection[str](b"s", CLIENT_NONCE)
     for byte in sent(server):
         assert client.receive_data(bytes([byte])) == []
     events = [e for byte in sent(client) for e in server.receive_data(bytes([byte]))]
@@ -96,13 +98,13 @@ def test_client_refuses_a_call_and_a_second_hello() -> None:
 
 def test_client_wants_a_hello_before_an_acceptance() -> None:
     with pytest.raises(LinkProtocolError):
-        ClientConnection[str](b"s").receive_data(frame([RESPONSE, 0, None, None]))
+        ClientConnection[str](b"s", CLIENT_NONCE).receive_data(frame([RESPONSE, 0, None, None]))
 
 
 def test_second_auth_is_a_protocol_error() -> None:
     server, _ = open_pair()
     with pytest.raises(LinkProtocolError):
-        server.receive_data(frame([AUTH, b"\0" * 32]))
+        server.receive_data(frame([AUTH, CLIENT_NONCE, b"\0" * 32]))
 
 
 @pytest.mark.parametrize("garbage", [b"\x00\x00\x00\x01\xc1", frame([7, 1]), frame([RESPONSE, 1, 99, "x"])])
@@ -179,5 +181,5 @@ def test_what_cannot_be_packed_queues_nothing() -> None:
 def test_frames_leave_as_header_and_body() -> None:
     _, client = open_pair()
     client.send_call("echo", b"payload", "w")
-    header, body = client.data_to_send()
-    assert header == struct.pack(">I", len(body))
+    header, body, tag = client.data_to_send()  # no TLS: the frame is sealed
+    assert header == struct.pack(">I", len(body) + len(tag)) and len(tag) == TAG_SIZE
