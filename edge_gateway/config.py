@@ -30,8 +30,15 @@ class _Settings(BaseSettings):
 class ServerConfig(_Settings):
     model_config = SettingsConfigDict(env_prefix="EDGEFL_SERVER_", env_file=None, extra="ignore")
 
-    host: str = "127.0.0.1"
+    host: str = Field(default="127.0.0.1", description="where the leaves' link listens")
+    api_host: str = Field(default="127.0.0.1", description="where the job API listens (its own address)")
     http_port: int = Field(default=8443, ge=0, le=65535, description="job API and status")
+    # The job API's bearer token; one variable name for the server and the `job` CLI.
+    api_token: str = Field(
+        default="",
+        validation_alias=AliasChoices("api_token", "EDGEFL_SERVER_API_TOKEN", "EDGEFL_API_TOKEN"),
+        description="bearer token the job API asks for (empty: none, loopback only)",
+    )
     link_port: int = Field(default=8002, ge=0, le=65535, description="where leaves connect")
     data_dir: Path = Path("edgefl-data/server")
     tick_interval: float = 0.5

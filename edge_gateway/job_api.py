@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from pydantic import ValidationError
 
 from internal_link.versions import versions
 
 from .coordinator import JobNotFound
+from .job_api_auth import RefusalCount, bearer_auth
 from .jobs import JobSpec
 from .store import weights_to_npz
 
@@ -23,6 +25,7 @@ if TYPE_CHECKING:  # server.py builds this API: imported there, not here
     from .server import Server
 
 SERVER_KEY: web.AppKey[Server] = web.AppKey("server")
+REFUSALS_KEY: web.AppKey[RefusalCount] = web.AppKey("refusals")
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -34,9 +37,18 @@ def _error(status: int, message: str) -> web.Response:
 
 
 def create_api(server: Server) -> web.Application:
-    """The job API: submit, list, status, end, download the current model (.npz, or a phone job's .pte)."""
-    app = web.Application(middlewares=[_errors_as_json], client_max_size=1 << 20)
+    """The job API: submit, list, status, end, download the current model (.npz, or a phone job's .pte).
+
+    With a token in the server's config, every route but health and version asks for it
+    (job_api_auth.py)."""
+    refusals = RefusalCount()
+    token = server.config.api_token
+    middlewares: list[Middleware] = [_errors_as_json]
+    if token:
+        middlewares.insert(0, bearer_auth(token, refusals))  # first: a stranger learns not even a 404
+    app = web.Application(middlewares=middlewares, client_max_size=1 << 20)
     app[SERVER_KEY] = server
+    app[REFUSALS_KEY] = refusals
     app.router.add_get("/api/health", _health)
     app.router.add_get("/api/version", _version)
     app.router.add_post("/api/jobs", _submit)
@@ -62,7 +74,15 @@ async def _errors_as_json(request: web.Request, handler: Any) -> web.StreamRespo
 
 async def _health(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
-    return _json({"status": "OK", "boot": server.coordinator.boot, "jobs": len(server.coordinator.jobs), **versions()})
+    return _json(
+        {
+            "status": "OK",
+            "boot": server.coordinator.boot,
+            "jobs": len(server.coordinator.jobs),
+            "unauthorized": request.app[REFUSALS_KEY].unauthorized,
+            **versions(),
+        }
+    )
 
 
 async def _version(request: web.Request) -> web.Response:

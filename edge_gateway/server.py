@@ -22,6 +22,7 @@ from internal_link.server import LinkServer
 from .config import ServerConfig
 from .coordinator import RESEND_WAIT_LIMIT, Coordinator, JobNotFound, NewVersion
 from .job_api import create_api
+from .job_api_auth import refuse_exposed_without_token
 from .jobs import JobSpec
 from .programs import ProgramBuilder
 from .robustness import ScreenBounds
@@ -38,6 +39,7 @@ class Server:
     """Coordinator + its I/O: RPC for leaves, HTTP for people, disk for checkpoints."""
 
     def __init__(self, config: ServerConfig) -> None:
+        refuse_exposed_without_token(config.api_host, config.api_token)  # before anything is written or bound
         self.config = config
         self.coordinator = Coordinator(boot=uuid.uuid4().hex)
         self.store = CheckpointStore(config.data_dir / "jobs")
@@ -76,14 +78,15 @@ class Server:
         self.link_port = await self._rpc.start(self.config.host, self.config.link_port)
         self._runner = web.AppRunner(create_api(self), access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.http_port)
+        site = web.TCPSite(self._runner, self.config.api_host, self.config.http_port)
         await site.start()
         self.http_port = self._runner.addresses[0][1]
         self._tick_task = asyncio.get_running_loop().create_task(self._tick_loop(), name="server-tick")
         log.info(
-            "server: job API on http://%s:%d, leaf link on %s:%d",
-            self.config.host,
+            "server: job API on http://%s:%d (%s), leaf link on %s:%d",
+            self.config.api_host,
             self.http_port,
+            "token required" if self.config.api_token else "no token",
             self.config.host,
             self.link_port,
         )
