@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import socket
+import uuid
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from internal_link.process import link_secret
@@ -47,7 +49,9 @@ class ServerConfig(_Settings):
 class LeafConfig(_Settings):
     model_config = SettingsConfigDict(env_prefix="EDGEFL_LEAF_", env_file=None, extra="ignore")
 
-    name: str = "leaf-0"
+    # Empty: this machine's name and the leaf's port, so two leaves started without --name never
+    # share one (the server refuses a second live leaf under a name: leaf_names.py).
+    name: str = ""
     host: str = "127.0.0.1"
     port: int = Field(default=9003, ge=0, le=65535, description="where the proxy connects")
     server_host: str = "127.0.0.1"
@@ -60,6 +64,14 @@ class LeafConfig(_Settings):
         description="acknowledge results once on disk; False keeps them in memory only (benchmarks, never in service)",
     )
     drain_timeout: float = Field(default=8.0, ge=0.0, description="SIGTERM: seconds to answer what is in flight")
+
+    @model_validator(mode="after")
+    def _default_name(self) -> LeafConfig:
+        if not self.name:
+            # Port 0 is picked when binding, after the name is needed: a random suffix instead.
+            suffix = str(self.port) if self.port else uuid.uuid4().hex[:8]
+            self.name = f"{socket.gethostname()}-{suffix}"
+        return self
 
     def result_log_dir(self) -> Path:
         """Where the result log lives: one directory per leaf, never shared."""

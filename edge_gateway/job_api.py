@@ -18,7 +18,7 @@ from internal_link.versions import versions
 
 from .coordinator import JobNotFound
 from .job_api_auth import RefusalCount, bearer_auth
-from .jobs import JobSpec
+from .jobs import JobNameTaken, JobSpec
 from .store import weights_to_npz
 
 if TYPE_CHECKING:  # server.py builds this API: imported there, not here
@@ -66,6 +66,8 @@ async def _errors_as_json(request: web.Request, handler: Any) -> web.StreamRespo
         return await handler(request)
     except JobNotFound as exc:
         return _error(404, f"no job {exc.args[0]!r}")
+    except JobNameTaken as exc:
+        return _json({"status": "CONFLICT", "message": str(exc)}, 409)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -20,10 +20,11 @@ from internal_link.messages import JobStatus, ModelRequest, RegisterGroup, Submi
 from internal_link.server import LinkServer
 
 from .config import ServerConfig
-from .coordinator import RESEND_WAIT_LIMIT, Coordinator, JobNotFound, NewVersion
+from .coordinator import LEAF_STALE_AFTER, RESEND_WAIT_LIMIT, Coordinator, JobNotFound, NewVersion
 from .job_api import create_api
 from .job_api_auth import refuse_exposed_without_token
-from .jobs import JobSpec
+from .jobs import JobNameTaken, JobSpec
+from .leaf_names import LeafNames
 from .programs import ProgramBuilder
 from .robustness import ScreenBounds
 from .store import CheckpointStore, load_names, save_names
@@ -42,6 +43,8 @@ class Server:
         refuse_exposed_without_token(config.api_host, config.api_token)  # before anything is written or bound
         self.config = config
         self.coordinator = Coordinator(boot=uuid.uuid4().hex)
+        self._leaf_names = LeafNames(stale_after=LEAF_STALE_AFTER)
+        self._refused_boots: set[str] = set()  # leaf boots refused a name: logged once each
         self.store = CheckpointStore(config.data_dir / "jobs")
         self._rpc = LinkServer(
             {
@@ -131,10 +134,20 @@ class Server:
             )
 
     # -- jobs ---------------------------------------------------------------------------------
+    def _refuse_taken_name(self, name: str) -> None:
+        # A device asks for a job by name (PROTOCOL.md §4 /job): two running under one name could not be told apart.
+        for job in self.coordinator.jobs.values():
+            if job.spec.name == name and job.status is JobStatus.RUNNING:
+                raise JobNameTaken(
+                    f"a running job is already named {name!r} ({job.job_id}): end it or choose another name"
+                )
+
     async def submit_job(self, spec: JobSpec) -> str:
         from .models import initial_weights  # torch is loaded only when a job needs it
 
+        self._refuse_taken_name(spec.name)  # at once, before the weights are made
         weights = await asyncio.to_thread(initial_weights, spec.model, spec.seed)
+        self._refuse_taken_name(spec.name)  # again: another submit may have come meanwhile
         job_id = str(uuid.uuid4())
         self.coordinator.add_job(job_id, spec, weights, time.monotonic())
         self._checkpoint(job_id)
@@ -261,6 +274,12 @@ class Server:
 
     async def handle_sync(self, payload: Any) -> dict[str, Any]:
         request = SyncRequest.model_validate(payload)
+        refusal = self._leaf_names.claim(request.leaf, request.boot, time.monotonic())
+        if refusal is not None:
+            if request.boot not in self._refused_boots:
+                self._refused_boots.add(request.boot)
+                log.warning("leaf boot %s refused: %s", request.boot[:8], refusal)
+            raise CallRefused(ErrorCode.NAME_TAKEN, refusal)
         awaited = len(self.coordinator.awaiting_resends)
         reply = self.coordinator.sync(request, time.monotonic()).model_dump()
         if awaited and not self.coordinator.awaiting_resends:

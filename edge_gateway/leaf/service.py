@@ -89,6 +89,7 @@ class Leaf:
             self.jobs, self._payloads, CookieSigner(config.cookie_key()), self.uplink, self._sync_soon
         )
         self._server_boot: str | None = None
+        self._name_refused = False  # the server said another live leaf has this name (logged once)
         self._synced = asyncio.Event()  # replaced after every sync, so waiters see the next one
         self._wake_sync = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -251,7 +252,12 @@ class Leaf:
         while True:
             try:
                 await self._sync_once()
-            except (LinkUnavailable, RemoteError) as exc:
+            except RemoteError as exc:
+                if exc.code is ErrorCode.NAME_TAKEN and not self._name_refused:
+                    log.error("leaf %s: the server refuses this leaf: %s", self.name, exc.text)
+                self._name_refused = exc.code is ErrorCode.NAME_TAKEN
+                log.debug("sync failed: %s", exc)
+            except LinkUnavailable as exc:
                 log.debug("sync failed: %s", exc)
             except Exception:
                 log.exception("sync failed")
