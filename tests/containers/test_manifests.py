@@ -166,3 +166,12 @@ def test_every_process_gets_the_link_secret() -> None:
         assert secret == {"secretKeyRef": {"name": "edgefl-link", "key": "EDGEFL_LINK_SECRET"}}
     for name, service in compose_services().items():
         assert service["environment"]["EDGEFL_LINK_SECRET"].startswith("${EDGEFL_LINK_SECRET:?"), name
+
+
+def test_the_job_api_listens_beyond_loopback_only_with_a_token() -> None:
+    # The server refuses to start otherwise (edge_gateway/job_api_auth.py): both stacks must give one.
+    server = container(k8s("StatefulSet", "server"))
+    assert flag(server["args"], "--api-host") == "0.0.0.0"
+    assert env_value(server, "EDGEFL_API_TOKEN") == {"secretKeyRef": {"name": "edgefl-api", "key": "EDGEFL_API_TOKEN"}}
+    compose_server = compose_services()["server"]
+    assert compose_server["environment"]["EDGEFL_API_TOKEN"].startswith("${EDGEFL_API_TOKEN:?")
