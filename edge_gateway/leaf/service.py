@@ -143,6 +143,10 @@ class Leaf:
         if self._draining:
             # The proxy marks it unhealthy and moves its devices.
             raise CallRefused(ErrorCode.SHUTTING_DOWN, "leaf shutting down")
+        if self._name_refused:  # the proxy sends its devices to leaves that can serve them
+            raise CallRefused(
+                ErrorCode.NAME_TAKEN, f"the server refuses this leaf: another live leaf is named {self.name!r}"
+            )
         return PONG
 
     def handle_feg(self, call: DeviceCall) -> FegReply | Awaitable[FegReply]:
@@ -261,6 +265,12 @@ class Leaf:
                 log.debug("sync failed: %s", exc)
             except Exception:
                 log.exception("sync failed")
+            else:
+                if self._name_refused:
+                    log.info(
+                        "leaf %s: the server takes this leaf now (the other one under its name is gone)", self.name
+                    )
+                self._name_refused = False
             try:
                 await asyncio.wait_for(self._wake_sync.wait(), self.config.sync_interval)
             except TimeoutError:

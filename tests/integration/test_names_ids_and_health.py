@@ -118,7 +118,8 @@ async def test_leaves_without_a_name_never_share_one(stack: Stack, tmp_path: Pat
     await wait_for(stack.api_url, job_id, lambda s: s["leaves"] == expected, timeout=60)
     # A third process under a live leaf's name is refused by the server: it takes no slots and
     # no reports, and says why in its log.
-    await start_leaf(stack, tmp_path, "impostor", free_port(), "--name", "leaf-0")
+    impostor_port = free_port()
+    await start_leaf(stack, tmp_path, "impostor", impostor_port, "--name", "leaf-0")
     log = tmp_path / "logs" / "impostor.log"
     deadline = time.monotonic() + 30
     while "the server refuses this leaf: another live leaf is named 'leaf-0'" not in log.read_text():
@@ -127,3 +128,30 @@ async def test_leaves_without_a_name_never_share_one(stack: Stack, tmp_path: Pat
     assert (await job_status(stack.api_url, job_id))["leaves"] == expected
     server_log = (tmp_path / "logs" / "server.log").read_text()
     assert "another live leaf is named 'leaf-0'" in server_log
+    # A proxy that lists it sees it connected but unhealthy: its devices go to leaves that serve.
+    lcp_map = tmp_path / "impostor_map.json"
+    lcp_map.write_bytes(orjson.dumps({"leaf-0": {"host": "127.0.0.1", "port": impostor_port}}))
+    proxy_port = free_port()
+    proxy = await spawn(
+        "impostor-proxy",
+        ["routing_proxy", str(proxy_port), str(lcp_map), "--host", "127.0.0.1"],
+        tmp_path / "logs",
+        stack.env,
+    )
+    stack.children.append(proxy)  # stopped first, with the stack
+    deadline = time.monotonic() + 30
+    async with aiohttp.ClientSession() as session:
+        while True:
+            try:
+                async with session.get(f"http://127.0.0.1:{proxy_port}/health") as reply:
+                    health = await reply.json()
+                if health["leaves"]["leaf-0"]["connected"]:
+                    break
+            except aiohttp.ClientError:
+                pass
+            assert time.monotonic() < deadline, "the impostor's proxy never connected"
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(2.5)  # two more health pings (1 s apart): it stays unhealthy
+        async with session.get(f"http://127.0.0.1:{proxy_port}/health") as reply:
+            health = await reply.json()
+            assert (reply.status, health["leaves"]["leaf-0"]["healthy"]) == (503, False), health
