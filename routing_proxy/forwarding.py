@@ -71,6 +71,7 @@ class Forwarder:
         self._timeout = upstream_timeout
         self._auth = device_auth
         self._admission = admission
+        self._ids_refused = 0  # requests refused for an over-long identifier (shown by /health)
 
     def __call__(self, request: Request, reply: Reply) -> None:
         path, query_string = request.path, request.query
@@ -100,6 +101,7 @@ class Forwarder:
             reply(invalid_request(400, "Device ID missing"))  # PROTOCOL.md §2
             return
         if (problem := length_problem("Device ID", device_id)) is not None:
+            self._ids_refused += 1
             reply(invalid_request(400, problem))  # before its id fills any table here or at a leaf
             return
         # Before anything reaches a leaf: who may ask, and whether the gateway takes more now.
@@ -129,6 +131,7 @@ class Forwarder:
         # Ids in the body are bounded at the leaf, which parses it (device_protocol/feg.py).
         for field in ID_FIELDS:
             if field in query and (problem := length_problem(field, query[field])) is not None:
+                self._ids_refused += 1
                 reply(invalid_request(400, problem))
                 return
         candidates = self._upstreams.candidates(device_id)
@@ -170,7 +173,13 @@ class Forwarder:
             return _method_not_allowed(request.method, endpoint, _HEALTH_METHODS)
         leaves = self._upstreams.status()
         healthy = sum(leaf["healthy"] for leaf in leaves.values())
-        body = {"status": "OK" if healthy else "RETRY", "healthy": healthy, "leaves": leaves, **versions()}
+        body = {
+            "status": "OK" if healthy else "RETRY",
+            "healthy": healthy,
+            "leaves": leaves,
+            "ids_refused": self._ids_refused,  # this worker's
+            **versions(),
+        }
         # 503 with no healthy leaf: a load balancer or health check must not send devices here.
         return Response(200 if healthy else 503, JSON, orjson.dumps(body))
 

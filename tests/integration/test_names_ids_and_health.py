@@ -49,6 +49,8 @@ async def test_identifiers_over_the_bound_are_refused_before_anything_is_stored(
     ]  # fmt: skip
     for url, body, hdrs, message in cases:
         assert await call(http, url, body, hdrs) == invalid(message), url[:80]
+    health = await proxy_health(stack)
+    assert health is not None and health["ids_refused"] == 5  # the proxy's five (one worker)
     status = await job_status(stack.api_url, job_id)
     assert (status["tasks_issued"], status["refused"], status["selected"]) == (0, 0, 0), status
     # At the bound, an id is an ordinary one: the device gets its task.
