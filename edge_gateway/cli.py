@@ -19,7 +19,7 @@ from internal_link.versions import version_line
 
 from . import runtime
 from .config import LeafConfig, ServerConfig
-from .job_api_auth import TOKEN_ENV, read_token_file
+from .job_api_auth import TOKEN_ENV, authorization, environment_token, read_token_file
 from .models.demo import training_defaults
 from .user_errors import OneLineParser, UserError, fail
 
@@ -198,9 +198,7 @@ async def _job_command(args: argparse.Namespace) -> int:
         raise UserError(f"--api {args.api!r} is not an http:// or https:// URL")
     spec = submitted_spec(args) if args.job_command == "submit" else None
     token = _api_token(args)
-    if token is None:
-        token = os.environ.get(TOKEN_ENV, "")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers = authorization(environment_token() if token is None else token)
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60), headers=headers) as session:
             if spec is not None:

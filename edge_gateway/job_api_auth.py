@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,16 @@ def read_token_file(path: Path) -> str:
     if not token:
         raise UserError(f"the API token file {path} is empty")
     return token
+
+
+def environment_token() -> str:
+    """The token a server started with this environment asks for (ServerConfig's order), or ""."""
+    return os.environ.get("EDGEFL_SERVER_API_TOKEN") or os.environ.get(TOKEN_ENV, "")
+
+
+def authorization(token: str) -> dict[str, str]:
+    """The header that presents `token` (none for no token)."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def bearer_auth(token: str, count: RefusalCount) -> Middleware:

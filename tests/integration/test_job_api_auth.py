@@ -132,3 +132,24 @@ async def test_an_api_beyond_loopback_without_a_token_is_refused(tmp_path: Path)
     assert_one_line_error(code, err, "'192.0.2.1' without a token", "EDGEFL_API_TOKEN")
     assert code == 1 and out == ""
     assert not (tmp_path / "server").exists()  # refused before anything was written
+
+
+async def test_local_sends_the_token_its_server_inherits(tmp_path: Path) -> None:
+    # A shell that followed README's cross-machine recipe holds EDGEFL_API_TOKEN: the stack `local`
+    # starts inherits it, so its own job submission and status polls must present it.
+    args = ["local", "--port", "0", "--leaves", "1", "--job", "xor", "--rounds", "1", "--devices-per-round", "2"]
+    args += ["--simulated", "2", "--retry-wait", "1", "--exit-when-done", "--data-dir", str(tmp_path)]
+    proc = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "edge_gateway", *args],
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        stdin=asyncio.subprocess.DEVNULL,
+        env={**ENV, "EDGEFL_API_TOKEN": TOKEN},
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 180)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0 and "job done" in out.decode(), out.decode()[-3000:]
