@@ -9,6 +9,7 @@ from typing import Any, cast
 
 from .errors import InvalidRequest
 from .headers import device_identity
+from .identifiers import length_problem
 
 ENDPOINTS: tuple[str, ...] = ("job", "task", "result", "selection")
 
@@ -105,6 +106,9 @@ def _text(fields: Mapping[str, Any], name: str, errors: list[str], empty_ok: boo
         return None
     if not isinstance(value, str):
         errors.append(f"invalid {name} type {type(value)}")
+        return None
+    if (problem := length_problem(name, value)) is not None:
+        errors.append(problem)
         return None
     return value
 

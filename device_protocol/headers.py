@@ -8,6 +8,7 @@ from urllib.parse import unquote_plus
 import orjson
 
 from .errors import InvalidRequest
+from .identifiers import length_problem
 
 DEVICE_ID = "x-flare-device-id"
 DEVICE_INFO = "x-flare-device-info"
@@ -68,6 +69,8 @@ def device_identity(headers: Mapping[str, str]) -> tuple[str, dict[str, str], di
     device_id = headers.get(DEVICE_ID, "").strip()
     if not device_id:
         raise InvalidRequest("Device ID missing")
+    if (problem := length_problem("Device ID", device_id)) is not None:
+        raise InvalidRequest(problem)
     device_info = parse_info(headers.get(DEVICE_INFO, ""), "X-Flare-Device-Info")
     user_info = parse_info(headers.get(USER_INFO, ""), "X-Flare-User-Info")
     named = device_info.get("device_id")

@@ -19,6 +19,7 @@ from internal_link.versions import version_line
 
 from . import runtime
 from .config import LeafConfig, ServerConfig
+from .job_api_auth import TOKEN_ENV, authorization, environment_token, read_token_file
 from .models.demo import training_defaults
 from .user_errors import OneLineParser, UserError, fail
 
@@ -48,8 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     server = commands.add_parser("server", help="run the FedAvg server (job API and /metrics + leaf link)")
-    server.add_argument("--host", default=None)
+    server.add_argument("--host", default=None, help="where the leaves' link listens (default 127.0.0.1)")
+    server.add_argument(
+        "--api-host", default=None, help="where the job API listens (default 127.0.0.1; beyond it, a token is needed)"
+    )
     server.add_argument("--http-port", type=int, default=None)
+    _add_token_arguments(server, "the token the job API asks for")
     server.add_argument("--link-port", type=int, default=None)
     server.add_argument(
         "--metrics-port", type=int, default=None, help="also serve /metrics on this port (always on --http-port)"
@@ -92,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     job = commands.add_parser("job", help="submit, list, inspect, end or delete jobs on a server")
     api_help = "the server's job API (default http://127.0.0.1:8443)"
     job.add_argument("--api", default="http://127.0.0.1:8443", help=api_help)
+    _add_token_arguments(job, "the job API's token")
     job_commands = job.add_subparsers(dest="job_command", required=True)
     submit = job_commands.add_parser("submit", help="submit a job from a JSON spec file or flags")
     submit.add_argument("--spec", type=Path, help="JSON job spec (see edge_gateway/jobs.py)")
@@ -113,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in job_commands.choices.values():
         # Also after the subcommand, as people type it; SUPPRESS keeps the value given before it.
         command.add_argument("--api", default=argparse.SUPPRESS, help=api_help)
+        _add_token_arguments(command, "the job API's token", default=argparse.SUPPRESS)
 
     add_simulate_arguments(commands.add_parser("simulate", help="run simulated devices against a proxy"))
     add_local_arguments(commands.add_parser("local", help="start a whole stack on this machine"))
@@ -142,6 +149,20 @@ def _check_link_settings(config: LeafConfig | ServerConfig, hosts: list[str]) ->
         raise UserError(f"cannot use the link's TLS files: {exc.strerror or exc}") from None
 
 
+def _add_token_arguments(parser: argparse.ArgumentParser, what: str, default: Any = None) -> None:
+    # The flag shows in `ps`: the environment variable or a file keep the token out of sight.
+    tokens = parser.add_mutually_exclusive_group()
+    tokens.add_argument("--api-token", default=default, help=f"{what} (or env {TOKEN_ENV})")
+    tokens.add_argument("--api-token-file", type=Path, default=default, help=f"a file holding {what}")
+
+
+def _api_token(args: argparse.Namespace) -> str | None:
+    """The token from --api-token or --api-token-file; None: neither was given."""
+    if args.api_token_file is not None:
+        return read_token_file(args.api_token_file)
+    return str(args.api_token) if args.api_token is not None else None
+
+
 def _overrides(args: argparse.Namespace, names: dict[str, str]) -> dict[str, Any]:
     return {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg) is not None}
 
@@ -151,6 +172,7 @@ async def _serve_server(args: argparse.Namespace) -> int:
 
     names = {
         "host": "host",
+        "api_host": "api_host",
         "http_port": "http_port",
         "link_port": "link_port",
         "metrics_port": "metrics_port",
@@ -159,7 +181,11 @@ async def _serve_server(args: argparse.Namespace) -> int:
         "proxy": "proxy_url",
         "retire_after": "retire_after",
     }
-    config = ServerConfig(**_overrides(args, names | {"link_cert": "link_cert", "link_key": "link_key"}))
+    fields = _overrides(args, names | {"link_cert": "link_cert", "link_key": "link_key"})
+    token = _api_token(args)
+    if token is not None:
+        fields["api_token"] = token
+    config = ServerConfig(**fields)
     _check_link_settings(config, [config.host])
     with process.stop_signals() as stop:
         server = Server(config)
@@ -245,8 +271,10 @@ async def _job_command(args: argparse.Namespace) -> int:
     if not api.startswith(("http://", "https://")):
         raise UserError(f"--api {args.api!r} is not an http:// or https:// URL")
     spec = submitted_spec(args) if args.job_command == "submit" else None
+    token = _api_token(args)
+    headers = authorization(environment_token() if token is None else token)
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60), headers=headers) as session:
             if spec is not None:
                 request = session.post(
                     f"{api}/api/jobs", data=orjson.dumps(spec), headers={"Content-Type": "application/json"}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import socket
 import ssl
+import uuid
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, model_validator
@@ -44,8 +46,15 @@ class _Settings(BaseSettings):
 class ServerConfig(_Settings):
     model_config = SettingsConfigDict(env_prefix="EDGEFL_SERVER_", env_file=None, extra="ignore")
 
-    host: str = "127.0.0.1"
+    host: str = Field(default="127.0.0.1", description="where the leaves' link listens")
+    api_host: str = Field(default="127.0.0.1", description="where the job API listens (its own address)")
     http_port: int = Field(default=8443, ge=0, le=65535, description="job API and status")
+    # The job API's bearer token; one variable name for the server and the `job` CLI.
+    api_token: str = Field(
+        default="",
+        validation_alias=AliasChoices("api_token", "EDGEFL_SERVER_API_TOKEN", "EDGEFL_API_TOKEN"),
+        description="bearer token the job API asks for (empty: none, loopback only)",
+    )
     link_port: int = Field(default=8002, ge=0, le=65535, description="where leaves connect")
     # /metrics is always on http_port; this adds a listener serving only it, for a monitoring
     # network that must not reach the (unauthenticated) job API.
@@ -66,7 +75,9 @@ class ServerConfig(_Settings):
 class LeafConfig(_Settings):
     model_config = SettingsConfigDict(env_prefix="EDGEFL_LEAF_", env_file=None, extra="ignore")
 
-    name: str = "leaf-0"
+    # Empty: this machine's name and the leaf's port, so two leaves started without --name never
+    # share one (the server refuses a second live leaf under a name: leaf_names.py).
+    name: str = ""
     host: str = "127.0.0.1"
     port: int = Field(default=9003, ge=0, le=65535, description="where the proxy connects")
     metrics_port: int | None = Field(
@@ -110,6 +121,14 @@ class LeafConfig(_Settings):
     def server_tls(self) -> ssl.SSLContext | None:
         """TLS for the link to the server, when its CA is configured."""
         return None if self.server_ca is None else connecting_context(self.server_ca)
+
+    @model_validator(mode="after")
+    def _default_name(self) -> LeafConfig:
+        if not self.name:
+            # Port 0 is picked when binding, after the name is needed: a random suffix instead.
+            suffix = str(self.port) if self.port else uuid.uuid4().hex[:8]
+            self.name = f"{socket.gethostname()}-{suffix}"
+        return self
 
     def result_log_dir(self) -> Path:
         """Where the result log lives: one directory per leaf, never shared."""

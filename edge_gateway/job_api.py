@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from pydantic import ValidationError
 
 from internal_link.versions import versions
 
 from .coordinator import JobNotFound
-from .jobs import JobSpec
+from .job_api_auth import RefusalCount, bearer_auth
+from .jobs import JobNameTaken, JobSpec
 from .metrics_http import metrics_handler
 from .retirement import JobRunning, retired_status
 from .status_api import add_status_routes
@@ -27,6 +29,7 @@ if TYPE_CHECKING:  # server.py builds this API: imported there, not here
     from .server import Server
 
 SERVER_KEY: web.AppKey[Server] = web.AppKey("server")
+REFUSALS_KEY: web.AppKey[RefusalCount] = web.AppKey("refusals")
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -38,9 +41,18 @@ def _error(status: int, message: str) -> web.Response:
 
 
 def create_api(server: Server) -> web.Application:
-    """The job API: submit, list, status, end, delete, download the current model (.npz, or a phone job's .pte)."""
-    app = web.Application(middlewares=[_errors_as_json], client_max_size=1 << 20)
+    """The job API: submit, list, status, end, delete, download the current model (.npz, or a phone job's .pte).
+
+    With a token in the server's config, every route but health and version asks for it
+    (job_api_auth.py)."""
+    refusals = RefusalCount()
+    token = server.config.api_token
+    middlewares: list[Middleware] = [_errors_as_json]
+    if token:
+        middlewares.insert(0, bearer_auth(token, refusals))  # first: a stranger learns not even a 404
+    app = web.Application(middlewares=middlewares, client_max_size=1 << 20)
     app[SERVER_KEY] = server
+    app[REFUSALS_KEY] = refusals
     app.router.add_get("/api/health", _health)
     app.router.add_get("/api/version", _version)
     app.router.add_post("/api/jobs", _submit)
@@ -63,6 +75,8 @@ async def _errors_as_json(request: web.Request, handler: Any) -> web.StreamRespo
         return _error(404, f"no job {exc.args[0]!r}")
     except JobRunning as exc:
         return _error(409, f"job {exc.args[0]!r} is running: end it first (job end), then delete it")
+    except JobNameTaken as exc:
+        return _json({"status": "CONFLICT", "message": str(exc)}, 409)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -80,6 +94,7 @@ async def _health(request: web.Request) -> web.Response:
             "jobs": len(server.coordinator.jobs),  # in memory: retired ones are on disk only
             "leaf_payload_bytes": {leaf: held for leaf, (held, _) in server.leaf_payloads.items()},
             "link_refusals": refusals,
+            "unauthorized": request.app[REFUSALS_KEY].unauthorized,
             **versions(),
         }
     )

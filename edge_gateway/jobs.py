@@ -19,6 +19,10 @@ XNNPACK_REFUSED = (
 )
 
 
+class JobNameTaken(ValueError):
+    """A running job already has the name a new one asks for: devices ask for jobs by name."""
+
+
 class JobSpec(BaseModel):
     """A federated job: which model, how many rounds, how devices train.
 

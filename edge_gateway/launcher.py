@@ -26,6 +26,7 @@ import orjson
 from internal_link import process
 from internal_link.messages import JobStatus
 
+from .job_api_auth import authorization, environment_token
 from .local_checks import check_job, check_port_free, non_negative_int, phone_url, port_number, positive_int
 from .models.demo import training_defaults
 from .models.specs import MODEL_NAMES
@@ -281,7 +282,8 @@ def _describe(spec: dict[str, Any]) -> str:
 
 async def _submit(api_url: str, spec: dict[str, Any]) -> str:
     async with (
-        aiohttp.ClientSession() as session,
+        # The server inherits this environment: a token set in it (README's recipe exports one) guards its API.
+        aiohttp.ClientSession(headers=authorization(environment_token())) as session,
         session.post(
             f"{api_url}/api/jobs", data=orjson.dumps(spec), headers={"Content-Type": "application/json"}
         ) as reply,
@@ -311,7 +313,7 @@ async def watch_job(api_url: str, job_id: str, stop: asyncio.Event, out: Any = p
     status: dict[str, Any] = {}
     loop = asyncio.get_running_loop()
     done_at: float | None = None
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=authorization(environment_token())) as session:
         while not stop.is_set():
             try:
                 async with session.get(f"{api_url}/api/jobs/{job_id}") as reply:

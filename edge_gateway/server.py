@@ -21,9 +21,11 @@ from internal_link.messages import JobStatus, ModelRequest, RegisterGroup, Submi
 from internal_link.server import LinkServer
 
 from .config import ServerConfig
-from .coordinator import RESEND_WAIT_LIMIT, Coordinator, JobNotFound, NewVersion
+from .coordinator import LEAF_STALE_AFTER, RESEND_WAIT_LIMIT, Coordinator, JobNotFound, NewVersion
 from .job_api import create_api
-from .jobs import JobSpec
+from .job_api_auth import refuse_exposed_without_token
+from .jobs import JobNameTaken, JobSpec
+from .leaf_names import LeafNames
 from .metrics_http import serve_metrics
 from .programs import ProgramBuilder
 from .retirement import JobRunning, Retirement
@@ -44,9 +46,12 @@ class Server:
     """Coordinator + its I/O: RPC for leaves, HTTP for people, disk for checkpoints."""
 
     def __init__(self, config: ServerConfig) -> None:
+        refuse_exposed_without_token(config.api_host, config.api_token)  # before anything is written or bound
         self.config = config
         self.coordinator = Coordinator(boot=uuid.uuid4().hex)
         self.metrics = ServerMetrics(self.coordinator, time.monotonic)
+        self._leaf_names = LeafNames(stale_after=LEAF_STALE_AFTER)
+        self._refused_boots: set[str] = set()  # leaf boots refused a name: logged once each
         self.store = CheckpointStore(config.data_dir / "jobs")
         self.retirement = Retirement(config.retire_after)
         self._evaluating: Counter[str] = Counter()  # a job is not retired while its model is evaluated
@@ -90,7 +95,7 @@ class Server:
         self.link_port = await self._rpc.start(self.config.host, self.config.link_port)
         self._runner = web.AppRunner(create_api(self), access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.http_port)
+        site = web.TCPSite(self._runner, self.config.api_host, self.config.http_port)
         await site.start()
         self.http_port = self._runner.addresses[0][1]
         self._tick_task = asyncio.get_running_loop().create_task(self._tick_loop(), name="server-tick")
@@ -101,9 +106,10 @@ class Server:
             )
             log.info("server: metrics also on http://%s:%d/metrics", host, self.metrics_port)
         log.info(
-            "server: job API on http://%s:%d, leaf link on %s:%d",
-            self.config.host,
+            "server: job API on http://%s:%d (%s), leaf link on %s:%d",
+            self.config.api_host,
             self.http_port,
+            "token required" if self.config.api_token else "no token",
             self.config.host,
             self.link_port,
         )
@@ -156,10 +162,20 @@ class Server:
             )
 
     # -- jobs ---------------------------------------------------------------------------------
+    def _refuse_taken_name(self, name: str) -> None:
+        # A device asks for a job by name (PROTOCOL.md §4 /job): two running under one name could not be told apart.
+        for job in self.coordinator.jobs.values():
+            if job.spec.name == name and job.status is JobStatus.RUNNING:
+                raise JobNameTaken(
+                    f"a running job is already named {name!r} ({job.job_id}): end it or choose another name"
+                )
+
     async def submit_job(self, spec: JobSpec) -> str:
         from .models import initial_weights  # torch is loaded only when a job needs it
 
+        self._refuse_taken_name(spec.name)  # at once, before the weights are made
         weights = await asyncio.to_thread(initial_weights, spec.model, spec.seed)
+        self._refuse_taken_name(spec.name)  # again: another submit may have come meanwhile
         job_id = str(uuid.uuid4())
         self.coordinator.add_job(job_id, spec, weights, time.monotonic())
         self.metrics.round_started(job_id)
@@ -327,6 +343,12 @@ class Server:
 
     async def handle_sync(self, payload: Any) -> dict[str, Any]:
         request = SyncRequest.model_validate(payload)
+        refusal = self._leaf_names.claim(request.leaf, request.boot, time.monotonic())
+        if refusal is not None:
+            if request.boot not in self._refused_boots:
+                self._refused_boots.add(request.boot)
+                log.warning("leaf boot %s refused: %s", request.boot[:8], refusal)
+            raise CallRefused(ErrorCode.NAME_TAKEN, refusal)
         now = time.monotonic()
         self.leaf_payloads = {k: v for k, v in self.leaf_payloads.items() if now - v[1] < LEAF_REPORT_KEPT}
         self.leaf_payloads[request.leaf] = (request.payload_bytes, now)

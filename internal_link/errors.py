@@ -21,6 +21,7 @@ class ErrorCode(IntEnum):
     NOT_CURRENT = 6  # the model version asked for is not the current one
     SHUTTING_DOWN = 7  # the peer is draining and takes no new work
     INTERNAL = 8  # the handler failed unexpectedly
+    NAME_TAKEN = 9  # another live leaf syncs under this leaf's name
 
 
 # Codes a response may carry: UNAVAILABLE never crosses the link.

@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from device_protocol.codecs import JSON, MSGPACK, media_type
+from device_protocol.identifiers import ID_FIELDS, length_problem
 from internal_link.calls import FEG, XAIN, BadPayload, DeviceAnswer, DeviceCall
 from internal_link.errors import LinkUnavailable, RemoteError
 from internal_link.versions import versions
@@ -73,6 +74,7 @@ class Forwarder:
         self._timeout = upstream_timeout
         self._auth = device_auth
         self._admission = admission
+        self._ids_refused = 0  # requests refused for an over-long identifier (shown by /health)
 
     def __call__(self, request: Request, reply: Reply) -> None:
         path, query_string = request.path, request.query
@@ -101,6 +103,10 @@ class Forwarder:
         if not device_id:
             self._refuse(reply, "device_id_missing", invalid_request(400, "Device ID missing"))  # PROTOCOL.md §2
             return
+        if (problem := length_problem("Device ID", device_id)) is not None:
+            self._ids_refused += 1
+            reply(invalid_request(400, problem))  # before its id fills any table here or at a leaf
+            return
         # Before anything reaches a leaf: who may ask, and whether the gateway takes more now.
         if self._auth is not None and (reason := self._auth.check(device_id, headers.get("x-flare-user-info"))):
             self._refuse(reply, "unauthenticated", invalid_request(403, reason))
@@ -124,6 +130,12 @@ class Forwarder:
                 return
             for key, text_value in _query_pairs(text):
                 query.setdefault(key, text_value)
+        # Ids in the body are bounded at the leaf, which parses it (device_protocol/feg.py).
+        for field in ID_FIELDS:
+            if field in query and (problem := length_problem(field, query[field])) is not None:
+                self._ids_refused += 1
+                reply(invalid_request(400, problem))
+                return
         candidates = self._upstreams.candidates(device_id)
         call = DeviceCall(endpoint, query, headers, body, self._timeout)
         _Call(candidates, call, reply, self._timeout, self.stats).next()
@@ -172,8 +184,15 @@ class Forwarder:
         else:
             leaves = self._upstreams.status()
             healthy = sum(leaf["healthy"] for leaf in leaves.values())
-            body = {"status": "OK" if healthy else "RETRY", "healthy": healthy, "leaves": leaves, **versions()}
-            reply(Response(200, JSON, orjson.dumps(body)))
+            body = {
+                "status": "OK" if healthy else "RETRY",
+                "healthy": healthy,
+                "leaves": leaves,
+                "ids_refused": self._ids_refused,  # this worker's
+                **versions(),
+            }
+            # 503 with no healthy leaf: a load balancer or health check must not send devices here.
+            reply(Response(200 if healthy else 503, JSON, orjson.dumps(body)))
 
 
 def _query_pairs(text: str) -> list[tuple[str, str]]:

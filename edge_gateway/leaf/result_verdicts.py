@@ -59,7 +59,8 @@ class ResultAnswer:
 
 _S, _T = Status, Tally
 RESULT_ANSWERS: Mapping[ResultVerdict, ResultAnswer] = {
-    ResultVerdict.UNKNOWN_JOB: ResultAnswer(_S.ERROR, "unknown job {job_id!r}", False, "unknown_job", None),
+    # PROTOCOL.md §4: a job over or unknown is NO_JOB, which sends the device back to /job.
+    ResultVerdict.UNKNOWN_JOB: ResultAnswer(_S.NO_JOB, "unknown job {job_id!r}", False, "unknown_job", None),
     ResultVerdict.DEVICE_ERROR: ResultAnswer(
         _S.ERROR, "device reported status {device_status!r}: result not counted", False, "device_error", _T.REFUSED
     ),

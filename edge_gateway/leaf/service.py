@@ -102,6 +102,7 @@ class Leaf:
         self._xain06: Any = None  # Xain06Listeners when the 0.6 ports are open
         self.xain06_ports: tuple[int, int] | None = None  # (gRPC, object) ports bound
         self._server_boot: str | None = None
+        self._name_refused = False  # the server said another live leaf has this name (logged once)
         self._synced = asyncio.Event()  # replaced after every sync, so waiters see the next one
         self._wake_sync = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -182,6 +183,10 @@ class Leaf:
         if self._draining:
             # The proxy marks it unhealthy and moves its devices.
             raise CallRefused(ErrorCode.SHUTTING_DOWN, "leaf shutting down")
+        if self._name_refused:  # the proxy sends its devices to leaves that can serve them
+            raise CallRefused(
+                ErrorCode.NAME_TAKEN, f"the server refuses this leaf: another live leaf is named {self.name!r}"
+            )
         return PONG
 
     def handle_feg(self, call: DeviceCall) -> FegReply | Awaitable[FegReply]:
@@ -305,10 +310,21 @@ class Leaf:
         while True:
             try:
                 await self._sync_once()
-            except (LinkUnavailable, RemoteError) as exc:
+            except RemoteError as exc:
+                if exc.code is ErrorCode.NAME_TAKEN and not self._name_refused:
+                    log.error("leaf %s: the server refuses this leaf: %s", self.name, exc.text)
+                self._name_refused = exc.code is ErrorCode.NAME_TAKEN
+                log.debug("sync failed: %s", exc)
+            except LinkUnavailable as exc:
                 log.debug("sync failed: %s", exc)
             except Exception:
                 log.exception("sync failed")
+            else:
+                if self._name_refused:
+                    log.info(
+                        "leaf %s: the server takes this leaf now (the other one under its name is gone)", self.name
+                    )
+                self._name_refused = False
             try:
                 await asyncio.wait_for(self._wake_sync.wait(), self.config.sync_interval)
             except TimeoutError:

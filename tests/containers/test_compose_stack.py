@@ -30,6 +30,7 @@ PROXY_IMAGE = f"edgefl-proxy:{TAG}"
 LEAVES = ["leaf-0", "leaf-1"]
 # A digits job: the server evaluates every version (scikit-learn's digits), devices train with torch.
 ROUNDS = 3
+API_TOKEN = secrets.token_hex(16)  # the job API listens beyond the server container's loopback: it needs one
 JOB = {
     "name": "digits",
     "model": "digits",
@@ -61,7 +62,8 @@ def free_port() -> int:
 
 def http_json(url: str, body: dict[str, Any] | None = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {API_TOKEN}"}
+    request = urllib.request.Request(url, data=data, headers=headers)
     with urllib.request.urlopen(request, timeout=10) as reply:
         return json.loads(reply.read())
 
@@ -115,6 +117,7 @@ def stack() -> Iterator[Stack]:
     env = os.environ | {
         "EDGEFL_TAG": TAG,
         "EDGEFL_LINK_SECRET": secrets.token_hex(16),
+        "EDGEFL_API_TOKEN": API_TOKEN,
         "EDGEFL_API_PORT": str(api_port),
         "EDGEFL_PROXY_PORT": str(proxy_port),
         "EDGEFL_SIM_JOB": str(JOB["name"]),

@@ -176,3 +176,12 @@ def test_the_servers_status_page_shows_the_proxys_health() -> None:
     services = compose_services()
     proxy_url = services["server"]["environment"]["EDGEFL_SERVER_PROXY_URL"]
     assert proxy_url == f"http://proxy:{services['proxy']['command'][3]}"
+
+
+def test_the_job_api_listens_beyond_loopback_only_with_a_token() -> None:
+    # The server refuses to start otherwise (edge_gateway/job_api_auth.py): both stacks must give one.
+    server = container(k8s("StatefulSet", "server"))
+    assert flag(server["args"], "--api-host") == "0.0.0.0"
+    assert env_value(server, "EDGEFL_API_TOKEN") == {"secretKeyRef": {"name": "edgefl-api", "key": "EDGEFL_API_TOKEN"}}
+    compose_server = compose_services()["server"]
+    assert compose_server["environment"]["EDGEFL_API_TOKEN"].startswith("${EDGEFL_API_TOKEN:?")

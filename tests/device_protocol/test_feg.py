@@ -107,3 +107,23 @@ def test_response_drops_nulls():
         "job_id": "j",
         "retry_wait": 30,
     }
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "query", "body", "message"),
+    [
+        ("job", {}, {"job_name": "n" * 257, "capabilities": {"methods": ["t"]}}, "job_name longer than 256 characters"),
+        ("task", {"job_id": "j" * 257}, {}, "job_id longer than 256 characters"),
+        ("selection", {"job_id": "j" * 257}, {}, "job_id longer than 256 characters"),
+        ("result", {"job_id": "j"}, {"task_id": "t" * 257, "task_name": "train", "result": {}}, "task_id longer than 256 characters"),
+        ("result", {"job_id": "j"}, {"task_id": "t", "task_name": "n" * 257, "result": {}}, "task_name longer than 256 characters"),
+    ],
+)  # fmt: skip
+def test_identifiers_longer_than_the_bound(endpoint, query, body, message):
+    assert msg(endpoint, query, body) == message
+
+
+def test_device_id_longer_than_the_bound():
+    assert msg("job", body={}, headers={"x-flare-device-id": "d" * 257}) == "Device ID longer than 256 characters"
+    request = parse_request("task", {"job_id": "j" * 256}, {"x-flare-device-id": "d" * 256}, {})
+    assert isinstance(request, TaskRequest) and len(request.identity.device_id) == 256

@@ -61,7 +61,7 @@ def test_a_result_goes_on_to_be_decoded_then_submitted_when_nothing_stops_it() -
 IDS = {"task_id": "T", "task_name": "train"}
 # Every row of the table, as the device gets it. The messages are those devices always got.
 ANSWERS: dict[ResultVerdict, dict[str, Any]] = {
-    V.UNKNOWN_JOB: {"status": "ERROR", "message": "unknown job 'J'", "counted": False, "reason": "unknown_job"},
+    V.UNKNOWN_JOB: {"status": "NO_JOB", "message": "unknown job 'J'", "counted": False, "reason": "unknown_job"},
     V.DEVICE_ERROR: {
         "status": "ERROR",
         "message": "device reported status 'FAILED': result not counted",

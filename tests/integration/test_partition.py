@@ -151,7 +151,8 @@ async def split_stack(namespace: Namespace, tmp_path: Path) -> AsyncIterator[Sta
         stack.children.append(server)
         ports = await wait_ready_file(server, tmp_path / "server.ready")
         link = ports["link_port"]
-        stack.api_url = f"http://{namespace.host_ip}:{ports['http_port']}"
+        # The job API stays on loopback (--api-host's default): only the link faces the namespace.
+        stack.api_url = f"http://127.0.0.1:{ports['http_port']}"
         lcp = {}
         for i in range(4):
             name = f"leaf-{i}"

@@ -1,15 +1,20 @@
 """Every command in README.md's ```bash blocks, run exactly as written.
 
-Only placeholders change: SERVER_HOST, LEAF_HOST, PROXY_HOST become 127.0.0.1, JOB_ID the id the
+Only placeholders change: SERVER_HOST, LEAF_HOST, PROXY_HOST become loopback addresses (three
+different ones for the cross-machine recipe: 127.0.0.2, .3 and .4 stand in for the machines, so a
+command that reached the wrong one, or a default of 127.0.0.1, would fail), JOB_ID the id the
 README's `job submit` printed, and the README's fixed ports (4321, 8443, 8002, 9003) free ones, so
 that the test neither needs nor disturbs those ports on a shared machine. The proxy, which listens
-on 0.0.0.0 by default, gets EDGEFL_PROXY_HOST=127.0.0.1 from the environment (as README says any
+on 0.0.0.0 by default, gets EDGEFL_PROXY_HOST=PROXY_HOST from the environment (as README says any
 setting may), so nothing listens beyond loopback. Commands run in a temporary directory, with the
 interpreter running the tests first on PATH (`python`, `routing-proxy`).
 
 Exercised: `local ... --exit-when-done` to completion; the three ways to start the proxy (each
-serves /health, then stops on SIGTERM); the cross-machine recipe — server, leaf, proxy, then
-`job submit`, `simulate` (to the job's end), `job status`, `job list`, `job end`, each exit 0.
+serves /health, then stops on SIGTERM); the cross-machine recipe, its whole block in order — the
+secrets written by the shell and exported (the environment the shell then holds is what later
+commands get), server, leaf, `lcp_map.json` written by the shell, proxy, then `job submit`,
+`simulate` (to the job's end), `job status`, `job list`, `job end`, each exit 0, and the job API
+refusing a `job list` without the token.
 Excluded, with the reason, in EXCLUDED below. The inline phone command of "Connecting a phone" is
 not in a bash block: it binds every interface and waits for a phone; test_local_keeps_serving runs
 the same `local --simulated 0` on loopback.
@@ -67,8 +72,7 @@ EXCLUDED |= dict.fromkeys(
     XAIN06_REASON,
 )
 PROXY_STARTS = ("python -m routing_proxy ", "routing-proxy ", "scripts/start_rp.sh ")
-CROSS_MACHINE = ("python -m edge_gateway server", "python -m edge_gateway leaf", "python -m edge_gateway job")
-CROSS_MACHINE += ("python -m edge_gateway simulate",)
+LONG_RUNNING = ("python -m edge_gateway server", "python -m edge_gateway leaf", *PROXY_STARTS)
 LOCAL = "python -m edge_gateway local "
 FIXED_PORTS = ("4321", "8443", "8002", "9003")
 
@@ -85,29 +89,43 @@ def readme_commands() -> list[str]:
 
 
 def commands_starting(*prefixes: str) -> list[str]:
-    return [c for c in readme_commands() if c.startswith(prefixes) and c not in EXCLUDED]
+    """Those commands, each once (the recipe starts the proxy as its section does)."""
+    return list(dict.fromkeys(c for c in readme_commands() if c.startswith(prefixes) and c not in EXCLUDED))
+
+
+def recipe_commands() -> list[str]:
+    """The commands of "Leaves and server across machines", in order."""
+    section = README.read_text().split("### Leaves and server across machines", 1)[1]
+    block = re.search(r"^```bash\n(.*?)^```", section, re.S | re.M)
+    assert block is not None
+    return [" ".join(line.split()) for line in block.group(1).splitlines() if line.strip()]
 
 
 def test_every_readme_command_is_run_or_excluded_with_a_reason() -> None:
-    commands = readme_commands()
-    unclaimed = [c for c in commands if c not in EXCLUDED and not c.startswith((LOCAL, *PROXY_STARTS, *CROSS_MACHINE))]
+    commands, recipe = readme_commands(), recipe_commands()
+    unclaimed = [
+        c for c in commands if c not in EXCLUDED and c not in recipe and not c.startswith((LOCAL, *PROXY_STARTS))
+    ]
     assert not unclaimed, f"README commands no test runs: {unclaimed}"
     assert set(EXCLUDED) <= set(commands), "an exclusion for a command README no longer shows"
     assert len(commands_starting(LOCAL)) == 1 and len(commands_starting(*PROXY_STARTS)) == 3
-    assert len(commands_starting(*CROSS_MACHINE)) == 7
+    assert len(recipe) == 12 and set(recipe) <= set(commands)
 
 
 class Placeholders:
-    def __init__(self) -> None:
-        self.values = {"SERVER_HOST": "127.0.0.1", "LEAF_HOST": "127.0.0.1", "PROXY_HOST": "127.0.0.1"}
+    def __init__(self, **hosts: str) -> None:
+        self.values = {"SERVER_HOST": "127.0.0.1", "LEAF_HOST": "127.0.0.1", "PROXY_HOST": "127.0.0.1", **hosts}
         self.values.update({port: str(free_port()) for port in FIXED_PORTS})
 
     def __getitem__(self, name: str) -> str:
         return self.values[name]
 
-    def fill(self, command: str) -> list[str]:
+    def substitute(self, command: str) -> str:
         names = "|".join(map(re.escape, self.values))
-        return shlex.split(re.sub(rf"\b({names})\b", lambda m: self.values[m.group(1)], command))
+        return re.sub(rf"\b({names})\b", lambda m: self.values[m.group(1)], command)
+
+    def fill(self, command: str) -> list[str]:
+        return shlex.split(self.substitute(command))
 
 
 def environment(tmp_path: Path) -> dict[str, str]:
@@ -201,36 +219,62 @@ async def test_readme_proxy_commands_serve_until_sigterm(tmp_path: Path) -> None
         assert code == 0, (command, log.read_text(errors="replace")[-2000:])
 
 
+async def exported(command: str, cwd: Path, env: dict[str, str]) -> dict[str, str]:
+    """The environment a shell holds after running `command` (an `export` line) in `cwd`."""
+    code, out, err = await run(["bash", "-c", f"{command} && env -0"], cwd, env, 30)
+    assert code == 0, err
+    return dict(entry.split("=", 1) for entry in out.split("\0") if "=" in entry)
+
+
 @pytest.mark.slow  # devices not selected wait the job's default retry_wait (30 s) between rounds
 @pytest.mark.timeout(300)
 async def test_readme_cross_machine_recipe(tmp_path: Path) -> None:
-    places, env = Placeholders(), environment(tmp_path)
-    server_cmd, leaf_cmd, submit, simulate, status, listing, end = commands_starting(*CROSS_MACHINE)
+    places = Placeholders(SERVER_HOST="127.0.0.2", LEAF_HOST="127.0.0.3", PROXY_HOST="127.0.0.4")
+    # The recipe's own export must supply the secrets: none comes from the test.
+    env = {k: v for k, v in environment(tmp_path).items() if k not in ("EDGEFL_LINK_SECRET", "EDGEFL_API_TOKEN")}
+    env["EDGEFL_PROXY_HOST"] = places["PROXY_HOST"]
+    api = f"http://{places['SERVER_HOST']}:{places['8443']}"
     running: list[asyncio.subprocess.Process] = []
     try:
-        server = await start(places.fill(server_cmd), tmp_path, env, tmp_path / "server.log")
-        running.append(server)
-        await wait_answering(f"http://127.0.0.1:{places['8443']}/api/health", server, tmp_path / "server.log")
-        leaf = await start(places.fill(leaf_cmd), tmp_path, env, tmp_path / "leaf.log")
-        running.append(leaf)
-        lcp = {"C11": {"host": places["LEAF_HOST"], "port": int(places["9003"])}}
-        (tmp_path / "lcp_map.json").write_bytes(orjson.dumps(lcp))
-        proxy = await start(places.fill(commands_starting(*PROXY_STARTS)[0]), tmp_path, env, tmp_path / "proxy.log")
-        running.append(proxy)
-        await wait_answering(f"http://127.0.0.1:{places['4321']}/health", proxy, tmp_path / "proxy.log")
-
-        code, out, err = await run(places.fill(submit), tmp_path, env, 60)
-        assert code == 0 and err == "", out + err
-        places.values["JOB_ID"] = orjson.loads(out)["job_id"]
-        code, out, err = await run(places.fill(simulate), tmp_path, env, 240)
-        assert code == 0 and "Traceback" not in err, out + err
-        code, out, err = await run(places.fill(status), tmp_path, env, 60)
-        assert code == 0 and orjson.loads(out)["status"] == JobStatus.DONE, out + err
-        code, out, err = await run(places.fill(listing), tmp_path, env, 60)
-        assert code == 0 and [j["job_id"] for j in orjson.loads(out)["jobs"]] == [places["JOB_ID"]], out + err
-        code, out, err = await run(places.fill(end), tmp_path, env, 60)
-        assert code == 0 and orjson.loads(out)["status"] == JobStatus.DONE, out + err
+        for command in recipe_commands():
+            text = places.substitute(command)
+            if command.startswith("export "):
+                env = await exported(text, tmp_path, env)
+                assert re.fullmatch("[0-9a-f]{64}", env["EDGEFL_LINK_SECRET"]), env["EDGEFL_LINK_SECRET"]
+                assert re.fullmatch("[0-9a-f]{64}", env["EDGEFL_API_TOKEN"]), env["EDGEFL_API_TOKEN"]
+            elif " > " in command:  # writes a file: the shell runs it as written
+                code, out, err = await run(["bash", "-c", text], tmp_path, env, 60)
+                assert code == 0 and err == "", out + err
+            elif command.startswith(LONG_RUNNING):
+                log = tmp_path / f"{len(running)}.log"
+                running.append(await start(shlex.split(text), tmp_path, env, log))
+                if "edge_gateway server" in command:
+                    await wait_answering(f"{api}/api/health", running[-1], log)
+                    without_token = {k: v for k, v in env.items() if k != "EDGEFL_API_TOKEN"}
+                    code, out, err = await run(
+                        places.fill(f"python -m edge_gateway job list --api {api}"), tmp_path, without_token, 60
+                    )
+                    assert code == 1 and "needs a token" in err, out + err
+                elif "routing_proxy" in command:
+                    proxy_url = f"http://{places['PROXY_HOST']}:{places['4321']}"
+                    await wait_answering(f"{proxy_url}/health", running[-1], log)
+            else:
+                await run_job_command(command, places, tmp_path, env)
     finally:
         for proc in reversed(running):
             await stop(proc)
     assert [proc.returncode for proc in running] == [0, 0, 0]
+
+
+async def run_job_command(command: str, places: Placeholders, cwd: Path, env: dict[str, str]) -> None:
+    """One of the recipe's job or simulate commands, checked for what it must print."""
+    timeout = 240 if " simulate " in command else 60
+    code, out, err = await run(places.fill(command), cwd, env, timeout)
+    assert code == 0 and "Traceback" not in err, (command, out + err)
+    if " job submit " in command:
+        assert err == "", err
+        places.values["JOB_ID"] = orjson.loads(out)["job_id"]
+    elif " job status " in command or " job end " in command:
+        assert orjson.loads(out)["status"] == JobStatus.DONE, out
+    elif " job list " in command:
+        assert [j["job_id"] for j in orjson.loads(out)["jobs"]] == [places["JOB_ID"]], out
