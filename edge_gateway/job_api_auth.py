@@ -19,7 +19,9 @@ from aiohttp.typedefs import Handler, Middleware
 
 from .user_errors import UserError
 
-OPEN_PATHS = frozenset({"/api/health", "/api/version"})
+# `/status` is the status page's shell, no data: its script reads the token from the URL's fragment
+# (`/status#token=...`, never sent to the server or its logs) and sends it with every `/api/status`.
+OPEN_PATHS = frozenset({"/api/health", "/api/version", "/status"})
 TOKEN_ENV = "EDGEFL_API_TOKEN"
 
 

@@ -73,6 +73,13 @@ async def test_every_route_but_health_needs_the_token(tmp_path: Path) -> None:
             ]:
                 assert await call(method, url, token, body) == (401, {"status": "UNAUTHORIZED", "message": message})
                 refused += 1
+        # The status page's shell is open (it holds no data); what it shows needs the token.
+        async with aiohttp.ClientSession() as session, session.get(f"{api[:-4]}/status") as page:
+            assert page.status == 200 and "#token=" in await page.text()
+        assert (await call("GET", f"{api}/status"))[0] == 401
+        refused += 1
+        status, shown = await call("GET", f"{api}/status", TOKEN)
+        assert status == 200 and shown["jobs"][0]["job_id"] == job["job_id"], shown
         for path in ("/version", "/health"):  # probes hold no token
             status, answer = await call("GET", f"{api}{path}")
             assert status == 200 and "edgefl" in answer, answer
