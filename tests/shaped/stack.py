@@ -79,6 +79,7 @@ class ShapedStack:
         return peaks
 
     async def stop(self) -> None:
+        os.environ.pop("EDGEFL_API_TOKEN", None)  # set by start_shaped_stack for this stack only
         for p in reversed(self.processes):
             if p.process.returncode is None:
                 p.process.send_signal(signal.SIGTERM)
@@ -108,14 +109,17 @@ async def start_shaped_stack(
     for host in ("server", "leaf", "proxy"):
         lan.add_host(host)
     lan.add_host("devices", device_rate_mbit)
+    # Beyond loopback both the links and the job API need secrets of their own (the processes refuse
+    # to start without); the test process holds the API token too (tests/integration/helpers.py).
     env = {"PYTHONPATH": str(REPO), "EDGEFL_LINK_SECRET": secrets.token_hex(16)}
+    env["EDGEFL_API_TOKEN"] = os.environ["EDGEFL_API_TOKEN"] = secrets.token_hex(16)
     stack = ShapedStack(lan, run_dir, env)
     python = [sys.executable, "-m"]
     server, leaf = lan.hosts["server"], lan.hosts["leaf"]
     await stack.start(
         "server",
         "server",
-        [*python, "edge_gateway", "server", "--host", server, "--http-port", str(SERVER_HTTP)]
+        [*python, "edge_gateway", "server", "--host", server, "--api-host", server, "--http-port", str(SERVER_HTTP)]
         + ["--link-port", str(SERVER_LINK), "--data-dir", str(run_dir / "server")]
         + ["--ready-file", str(run_dir / "server.ready")],
         run_dir / "server.ready",
