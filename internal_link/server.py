@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import logging
 import os
 import ssl as ssl_module
@@ -20,6 +21,20 @@ logger = logging.getLogger(__name__)
 
 # A handler answers at once (a plain value) or later (an awaitable): most proxy requests need no task.
 Handler = Callable[[Any], Any]
+
+# The drain of the link a handler's call came on, for its task (tasks copy the context they start in).
+_ANSWER_ROOM: contextvars.ContextVar[Callable[[], Awaitable[None]] | None] = contextvars.ContextVar(
+    "answer_room", default=None
+)
+
+
+async def answer_room() -> None:
+    """For a handler's task about to build a large answer: wait until the link its call came on has
+    room, so that answers held back by a slow peer are built as they can leave, not all at once."""
+    drain = _ANSWER_ROOM.get()
+    if drain is not None:
+        await drain()
+
 
 # Answers are written as they are made once this many bytes wait, not at the end of the loop turn,
 # so that a congested link holds further calls instead of their (possibly model-sized) answers.
@@ -91,24 +106,27 @@ class _ServerProtocol(LinkProtocol):
         if handler is None:
             self._send_error(call, ErrorCode.UNKNOWN_METHOD, f"unknown method {call.method!r}")
             return
+        room = _ANSWER_ROOM.set(self.drain)  # seen by the handler and the task it may need
         try:
             outcome = handler(call.payload)
+            if isinstance(outcome, Awaitable):
+                task = self.loop.create_task(self._answer_later(call, outcome))
+                self.server.tasks.add(task)
+                task.add_done_callback(self.server.tasks.discard)
+                return
         except Exception as exc:
             self._send_failure(call, exc)
             return
-        if isinstance(outcome, Awaitable):
-            task = self.loop.create_task(self._answer_later(call, outcome))
-            self.server.tasks.add(task)
-            task.add_done_callback(self.server.tasks.discard)
-        else:
-            # Answered without waiting: no task, the frame leaves with this turn's others.
-            try:
-                self.core.send_result(call.call_id, outcome)
-            except Exception as exc:  # not packable
-                self._send_failure(call, exc)
-                return
-            if not self.flush_scheduled:
-                self.queued()
+        finally:
+            _ANSWER_ROOM.reset(room)
+        # Answered without waiting: no task, the frame leaves with this turn's others.
+        try:
+            self.core.send_result(call.call_id, outcome)
+        except Exception as exc:  # not packable
+            self._send_failure(call, exc)
+            return
+        if not self.flush_scheduled:
+            self.queued()
 
     async def _answer_later(self, call: CallReceived, outcome: Awaitable[Any]) -> None:
         try:

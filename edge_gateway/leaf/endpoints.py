@@ -25,6 +25,7 @@ from device_protocol.tensors import decode_update
 from internal_link.calls import DeviceAnswer
 from internal_link.errors import ErrorCode, LinkUnavailable, RemoteError
 from internal_link.messages import JobStatus, RegisterGroup
+from internal_link.server import answer_room
 
 from ..result_log import ResultRecord
 from ..robustness import ScreenBounds, Screened, screen_update
@@ -119,6 +120,7 @@ class DeviceEndpoints:
         loop = asyncio.get_running_loop()
         started = loop.time()
         await self._payloads.fetched(job.view, hold)
+        await answer_room()
         outcome = self.task(request, as_msgpack, wait - (loop.time() - started), fetch_hold=False)
         return await outcome if isinstance(outcome, Awaitable) else outcome
 
@@ -131,6 +133,8 @@ class DeviceEndpoints:
             decision, lease = self._decide(job, request, loop.time())
             left = give_up - loop.time()
             if decision is not TaskDecision.NOT_SELECTED or left <= 0 or job.view.free_slots == 0:
+                if decision is TaskDecision.TASK:
+                    await answer_room()  # the task is the model: built when the proxy's link can take it
                 return self._task_answer(job, request, decision, lease, as_msgpack)
 
     def _decide(self, job: LeafJob, request: TaskRequest, now: float) -> tuple[TaskDecision, Lease | None]:
