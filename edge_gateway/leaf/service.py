@@ -63,14 +63,16 @@ class Leaf:
         self.name = config.name
         self.boot = uuid.uuid4().hex
         secret = config.secret_bytes()
-        self._client = (
-            LinkClient(
-                config.server_host, config.server_port, secret, name=f"{self.name}->server", ssl=config.server_tls()
-            )
-            if link is None
-            else None
-        )
+        self._client = self._control_client = None
+        if link is None:
+            address = (config.server_host, config.server_port)
+            tls = config.server_tls()
+            self._client = LinkClient(*address, secret, name=f"{self.name}->server", ssl=tls)
+            # Sync and watch on a connection of their own: behind a result batch or a model fetch
+            # (megabytes each) they would miss their deadlines on a slow link, and with them the grants.
+            self._control_client = LinkClient(*address, secret, name=f"{self.name}->server (sync)", ssl=tls)
         self._link: ServerLink = link if link is not None else self._client  # type: ignore[assignment]
+        self._control: ServerLink = link if link is not None else self._control_client  # type: ignore[assignment]
         self._rpc = LinkServer(
             {
                 FEG: device_call_handler(self.handle_feg),
@@ -115,8 +117,9 @@ class Leaf:
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> int:
-        if self._client is not None:
+        if self._client is not None and self._control_client is not None:
             await self._client.start()
+            await self._control_client.start()
         await self.uplink.start()  # replays the log before any device is answered
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._sync_loop(), name="leaf-sync"))
@@ -170,8 +173,9 @@ class Leaf:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._payloads.close()
-        if self._client is not None:
+        if self._client is not None and self._control_client is not None:
             await self._client.close()
+            await self._control_client.close()
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
 
@@ -336,7 +340,7 @@ class Leaf:
         seen = -1
         while True:
             try:
-                seen = await self._link.call("watch", {"seen": seen, "wait": WATCH_WAIT}, WATCH_WAIT + 5.0)
+                seen = await self._control.call("watch", {"seen": seen, "wait": WATCH_WAIT}, WATCH_WAIT + 5.0)
             except (LinkUnavailable, RemoteError) as exc:
                 log.debug("watch failed: %s", exc)
                 await asyncio.sleep(self.config.sync_interval)  # the periodic sync still runs
@@ -354,7 +358,7 @@ class Leaf:
             undelivered=self.uplink.behind(),
             payload_bytes=self._payloads.nbytes,
         )
-        reply = SyncReply.model_validate(await self._link.call("sync", request.model_dump(), 5.0))
+        reply = SyncReply.model_validate(await self._control.call("sync", request.model_dump(), 5.0))
         if reply.boot != self._server_boot:
             if self._server_boot is not None:
                 log.warning("server restarted (boot %s): sending again what it had not checkpointed", reply.boot)
