@@ -53,6 +53,10 @@ class LeafConfig(_Settings):
         description="acknowledge results once on disk; False keeps them in memory only (benchmarks, never in service)",
     )
     drain_timeout: float = Field(default=8.0, ge=0.0, description="SIGTERM: seconds to answer what is in flight")
+    session_heartbeat: float = Field(
+        default=30.0, gt=0.0, description="live sessions: seconds between a device's messages (silent 3x: gone)"
+    )
+    max_sessions: int = Field(default=100_000, ge=0, description="live sessions this leaf takes; more hear `later`")
 
     def result_log_dir(self) -> Path:
         """Where the result log lives: one directory per leaf, never shared."""

@@ -22,6 +22,7 @@ from internal_link.versions import versions
 from .admission import AdmissionControl
 from .device_auth import DeviceAuthenticator
 from .http1 import Reply, Request, Response, invalid_request
+from .sessions.hub import SessionHub
 from .upstreams import Upstream, Upstreams
 from .xain_routes import aggregator_url, mint_id, parse
 
@@ -64,8 +65,10 @@ class Forwarder:
         device_auth: DeviceAuthenticator | None = None,
         admission: AdmissionControl | None = None,
         tls: bool = False,
+        sessions: SessionHub | None = None,
     ) -> None:
         self._upstreams = upstreams
+        self._sessions = sessions
         self._tls = tls  # whether devices reach this proxy over TLS (for the XAIN aggregator URL)
         self._timeout = upstream_timeout
         self._auth = device_auth
@@ -137,6 +140,9 @@ class Forwarder:
         return Response(200, JSON, refusal.body())
 
     def _other(self, request: Request, path: bytes, endpoint: str, reply: Reply) -> None:
+        if endpoint == "ws" and self._sessions is not None:
+            self._sessions.open(request, reply)  # PROTOCOL.md §9: live sessions
+            return
         xain = parse(path.decode("ascii", "replace"), request.method)
         if xain is None:
             reply(self._not_feg(request, path, endpoint))

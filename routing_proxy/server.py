@@ -25,6 +25,7 @@ from .config import ProxyConfig
 from .forwarding import Forwarder
 from .http1 import HttpLimits, HttpServer, Response
 from .lcp_map import load_lcp_map
+from .sessions.hub import SessionHub
 from .upstreams import Upstreams
 from .xain_routes import UPLOAD_PATH_PREFIX
 
@@ -61,12 +62,22 @@ class ProxyServer:
             max_connection_buffered_bytes=config.max_connection_buffered_bytes,
             upload_path_prefixes=(UPLOAD_PATH_PREFIX,),
         )
+        device_auth = config.device_auth()
+        admission = config.admission(device_counts)
+        self.sessions = SessionHub(
+            self.upstreams,
+            timeout=config.upstream_timeout,
+            max_message_bytes=config.max_body_bytes,
+            device_auth=device_auth,
+            admission=admission,
+        )
         forwarder = Forwarder(
             self.upstreams,
             upstream_timeout=config.upstream_timeout,
-            device_auth=config.device_auth(),
-            admission=config.admission(device_counts),
+            device_auth=device_auth,
+            admission=admission,
             tls=config.ssl_cert is not None,
+            sessions=self.sessions,
         )
         self.http = HttpServer(forwarder, limits, busy=lambda: no_memory_for_body(config.refusal_retry_wait))
         self._listener: asyncio.Server | None = None
@@ -95,6 +106,7 @@ class ProxyServer:
             self._listener.close()
         # Idle connections close at once, busy ones after their answer; the links stay up till then.
         await self.http.drain(self.config.drain_timeout)
+        await self.sessions.close()
         await self.upstreams.close()
         if self._listener is not None:
             await self._listener.wait_closed()
