@@ -43,7 +43,7 @@ from internal_link.sessions import (
 from .endpoints import DeviceEndpoints
 from .job_state import LeafJob, TaskDecision
 from .payload_cache import PayloadCache
-from .session_table import MAX_STRIKES, Session, SessionTable, takes
+from .session_table import MAX_STRIKES, Phase, Session, SessionTable, eligible, takes
 from .task_payload import TASK_NAME
 
 log = logging.getLogger(__name__)
@@ -160,6 +160,12 @@ class SessionService:
         job = self._jobs.get(session.job_id)
         if job is None or job.view.status is JobStatus.DONE:
             return SessionReply([self._encode(session, GatewayMessage.FINISHED, job_id=session.job_id)], NORMAL_CLOSURE)
+        if state is not None and session.phase is Phase.STANDBY:
+            asyncio.get_running_loop().call_soon(self.select, job.view.job_id)  # it may qualify now
+        elif session.holds_slot and not eligible(session.state, frozenset(job.view.requires)):
+            # SwiftSyft's rule: unplugged or off Wi-Fi mid-task, the slot goes to another device.
+            self._give_up_slot(session)
+            self.table.to_standby(session, session.job_id)
         if kind is DeviceMessage.HEARTBEAT:
             return SessionReply([self._status(session, job)])
         if kind is DeviceMessage.START_TRAINING:
@@ -269,7 +275,10 @@ class SessionService:
             return
         now = asyncio.get_running_loop().time()
         ready = self._payloads.ready(job.view)
+        requires = frozenset(job.view.requires)
         for session in self.table.standby(job_id):
+            if not eligible(session.state, requires):
+                continue
             info = session.identity.device_info
             decision, lease = job.decide_task(session.device_id, now, ready, info.get("platform"))
             if decision is TaskDecision.TASK and lease is not None:

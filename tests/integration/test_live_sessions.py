@@ -4,6 +4,7 @@ each its own process, and devices that are the `websockets` library's client."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import orjson
 import pytest
@@ -19,7 +20,7 @@ from .session_client import SessionDevice
 PUSH_WITHIN = 10.0
 
 
-async def one_round_job(stack: Stack, name: str, devices: int, rounds: int = 1) -> str:
+async def one_round_job(stack: Stack, name: str, devices: int, rounds: int = 1, **spec: Any) -> str:
     job_id = await submit_job(
         stack.api_url,
         name=name,
@@ -31,6 +32,7 @@ async def one_round_job(stack: Stack, name: str, devices: int, rounds: int = 1) 
         task_timeout=120.0,  # far beyond the test: only the session rules free a slot
         round_timeout=120.0,
         evaluate=False,
+        **spec,
     )
     await wait_leaves_synced(stack.api_url, job_id, 2)
     return job_id
@@ -174,3 +176,21 @@ async def test_a_silent_session_frees_its_slot(tmp_path, monkeypatch: pytest.Mon
         await other.close()
     finally:
         await stack.stop()
+
+
+@pytest.mark.timeout(120)
+async def test_only_sessions_in_the_required_state_train_and_a_lost_state_frees_the_slot(stack: Stack) -> None:
+    await one_round_job(stack, "ws_state", devices=1, requires=["charging", "unmetered"])
+    unplugged = await SessionDevice.connect(stack.proxy_url, "ws-state-unplugged")
+    await unplugged.rendezvous("ws_state", {"charging": False, "unmetered": True})
+    full = await SessionDevice.connect(stack.proxy_url, "ws-state-full")
+    # A full battery on the charger counts as charging.
+    await full.rendezvous("ws_state", {"battery_full": True, "unmetered": True})
+    assert await first_round([unplugged, full]) is full
+    await full.train(0)
+    await full.send({"type": "heartbeat", "state": {"battery_full": False, "charging": False}})
+    assert (await full.until("standby", frozenset())) == {"type": "standby"}
+    await unplugged.send({"type": "heartbeat", "state": {"charging": True, "unmetered": True}})
+    await unplugged.until("round", frozenset(("standby",)))
+    for device in (unplugged, full):
+        await device.close()
