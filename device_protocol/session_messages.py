@@ -19,6 +19,7 @@ MSGPACK_SUBPROTOCOL = "edgefl.v1.msgpack"
 # The codec name each subprotocol uses on the link (internal_link.sessions.CODECS).
 SUBPROTOCOL_CODECS = {JSON_SUBPROTOCOL: "json", MSGPACK_SUBPROTOCOL: "msgpack"}
 STATE_KEYS = frozenset(("charging", "battery_full", "unmetered", "idle"))
+MAX_PARTS = 10_000  # of one split end_training
 
 
 class DeviceMessage(StrEnum):
@@ -75,6 +76,17 @@ def decode_message(data: bytes, codec: str) -> Received:
     return Received(kind, obj)
 
 
+def decode_result(data: str | bytes, codec: str) -> dict[str, Any]:
+    """The result a split `end_training` carried, from its parts' chunks joined."""
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True) if codec == "msgpack" else orjson.loads(data)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise BadMessage("invalid", f"end_training: the parts do not make a {codec} result: {exc}") from None
+    if not isinstance(obj, dict) or not obj:
+        raise BadMessage("invalid", "end_training: the parts do not make a result object")
+    return obj
+
+
 def device_state(fields: dict[str, Any]) -> dict[str, bool] | None:
     """The `state` a message reported (checked), or None when it carried none."""
     state = fields.get("state")
@@ -122,12 +134,25 @@ def _start_training(obj: dict[str, Any]) -> str | None:
 
 
 def _end_training(obj: dict[str, Any]) -> str | None:
+    if "parts" in obj:  # one part of a split result: `chunk` holds the next piece of its encoding
+        return _text_problem(obj, "task_id") or _part_problem(obj)
     if not isinstance(obj.get("result"), dict) or not obj["result"]:
         return _text_problem(obj, "task_id") or "missing result"
     metrics = obj.get("metrics")
     if metrics is not None and not isinstance(metrics, dict):
         return "metrics must be an object"
     return _text_problem(obj, "task_id")
+
+
+def _part_problem(obj: dict[str, Any]) -> str | None:
+    parts, part = obj.get("parts"), obj.get("part")
+    if type(parts) is not int or not 1 <= parts <= MAX_PARTS:
+        return f"parts must be an integer from 1 to {MAX_PARTS}"
+    if type(part) is not int or not 0 <= part < parts:
+        return "part must be an integer from 0 to parts - 1"
+    if not isinstance(obj.get("chunk"), str | bytes):
+        return "chunk must be text (JSON sessions) or bytes (msgpack sessions)"
+    return None
 
 
 def _abort(obj: dict[str, Any]) -> str | None:

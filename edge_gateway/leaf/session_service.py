@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable
 from typing import Any
 
@@ -26,9 +27,11 @@ from device_protocol.session_messages import (
     GatewayMessage,
     Received,
     decode_message,
+    decode_result,
     device_state,
     encode_message,
 )
+from device_protocol.tensors import max_result_body_bytes
 from internal_link.messages import JobStatus
 from internal_link.sessions import (
     KEEP_OPEN,
@@ -45,6 +48,7 @@ from .job_state import LeafJob, TaskDecision
 from .payload_cache import PayloadCache
 from .session_table import MAX_STRIKES, Phase, Session, SessionTable, eligible, takes
 from .task_payload import TASK_NAME
+from .uploads import PartialUploads, PartOutcome
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,17 @@ TRY_AGAIN_LATER = 1013  # shed: `later` said when
 LATER_WAIT = 5  # seconds a device waits after `later` for a job that is not there yet
 # A proxy process that has not polled for this long is gone: its undelivered pushes are dropped.
 HUB_GONE_AFTER = 90.0
+MAX_COOKIES = 200_000  # tasks whose results a session may still send (oldest forgotten first)
+MAX_PARTIAL_BYTES = 512 * 1024 * 1024  # parts of split results held in all, until their last part
+PARTIAL_IDLE_LIMIT = 600.0  # seconds an unfinished split result is kept for its device to resume
+
+
+_PART_REFUSALS = {
+    PartOutcome.GAP: "a part is missing: send from next_part",
+    PartOutcome.MISMATCH: "this task's upload was begun by another device or with another number of parts",
+    PartOutcome.TOO_LARGE: "the parts add up to more than this job's model can need",
+    PartOutcome.FULL: "the gateway holds all the partial uploads it can now: send this part again later",
+}
 
 
 class SessionService:
@@ -76,6 +91,10 @@ class SessionService:
         self._endpoints = endpoints
         self._max_sessions = max_sessions
         self.table = SessionTable(heartbeat_interval)
+        # Each task's cookie, kept here (the device never sees it) so that a result, a repeat of
+        # it, or its parts after a reconnect are judged by the HTTP rules (idempotent by task id).
+        self._cookies: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.uploads = PartialUploads(MAX_PARTIAL_BYTES, PARTIAL_IDLE_LIMIT)
         self._outbox: dict[str, dict[int, Push]] = {}
         self._outbox_filled: dict[str, asyncio.Event] = {}
         self._last_poll: dict[str, float] = {}
@@ -97,7 +116,7 @@ class SessionService:
         replaced = self.table.open(session)
         if replaced is not None:
             # PROTOCOL.md §9: a second session under one device id replaces the first.
-            self._give_up_slot(replaced)
+            self._gone(replaced)
             self._push(replaced, [], NORMAL_CLOSURE)
         return SessionReply([])
 
@@ -124,7 +143,7 @@ class SessionService:
             box.pop(call.session, None)
         session = self.table.close((call.hub, call.session))
         if session is not None:
-            self._give_up_slot(session)
+            self._gone(session)
 
     def pushes(self, payload: Any) -> list[Push] | Awaitable[list[Push]]:
         poll = PushPoll.check(payload)
@@ -214,7 +233,10 @@ class SessionService:
         cookie = self._signer.issue(
             job.view.job_id, session.device_id, lease.task_id, lease.version, lease.selection_id
         )
-        self.table.to_training(session, cookie)
+        self.table.to_training(session)
+        self._cookies[lease.task_id] = cookie
+        while len(self._cookies) > MAX_COOKIES:
+            self._cookies.popitem(last=False)
         # The lease's deadline on the loop's clock, told as wall-clock seconds since the epoch.
         deadline = time.time() + (lease.expires_at - asyncio.get_running_loop().time())
         return payload.render_session(lease.task_id, round(deadline, 3), session.codec == "msgpack")
@@ -222,28 +244,52 @@ class SessionService:
     def _abort(self, session: Session, job: LeafJob, fields: dict[str, Any]) -> bytes:
         task_id = fields["task_id"]
         if session.holds_slot and session.task_id == task_id:
+            self.uploads.forget(task_id)
             self._give_up_slot(session)
             self.table.to_standby(session, session.job_id)  # behind every other standby session
         return self._encode(
             session, GatewayMessage.ACK, task_id=task_id, counted=False, message=f"aborted: {fields.get('reason', '')}"
         )
 
-    async def _end_training(self, session: Session, job: LeafJob, fields: dict[str, Any]) -> SessionReply:
-        task_id = fields["task_id"]
-        cookie = session.cookie if task_id == session.task_id else session.past_cookies.get(task_id)
+    def _end_training(
+        self, session: Session, job: LeafJob, fields: dict[str, Any]
+    ) -> SessionReply | Awaitable[SessionReply]:
+        if "parts" not in fields:
+            return self._result(session, job, fields["task_id"], fields["result"])
+        task_id, chunk = fields["task_id"], fields["chunk"]
+        if isinstance(chunk, bytes) != (session.codec == "msgpack"):
+            return self._refuse(session, BadMessage("invalid", "chunk must be bytes in msgpack sessions, text in JSON"))
+        now = asyncio.get_running_loop().time()
+        limit = max_result_body_bytes(job.param_count())
+        answer = self.uploads.add(task_id, session.device_id, fields["part"], fields["parts"], chunk, now, limit)
+        if answer.outcome is PartOutcome.STORED:
+            confirm = self._encode(
+                session, GatewayMessage.ACK, task_id=task_id, part=fields["part"], next_part=answer.next_part
+            )
+            return SessionReply([confirm])
+        if answer.outcome is not PartOutcome.COMPLETE:
+            message = _PART_REFUSALS[answer.outcome]
+            return self._refuse(session, BadMessage(answer.outcome.value, message), next_part=answer.next_part)
+        try:
+            result = decode_result(answer.data, session.codec)
+        except BadMessage as exc:
+            return self._refuse(session, exc)
+        return self._result(session, job, task_id, result)
+
+    async def _result(self, session: Session, job: LeafJob, task_id: str, result: dict[str, Any]) -> SessionReply:
+        cookie = self._cookies.get(task_id)
         request = ResultRequest(
             identity=session.identity,
             job_id=job.view.job_id,
             task_id=task_id,
             task_name=TASK_NAME,
             status=Status.OK.value,
-            result=fields["result"],
+            result=result,
             cookie=cookie,
         )
         # The HTTP result path: screened, logged durably, delivered; its verdict decides the ack.
         answer = await self._endpoints.result(request, offload=True)
         if self.table.sessions.get(session.key) is session and session.task_id == task_id:
-            session.remember_cookie(task_id)
             self.table.to_standby(session, session.job_id)
             asyncio.get_running_loop().call_soon(self.select, job.view.job_id)
         counted = bool(answer.get("counted")) and answer.get("reason") != "duplicate"
@@ -257,10 +303,10 @@ class SessionService:
         )
         return SessionReply([ack])
 
-    def _refuse(self, session: Session, exc: BadMessage) -> SessionReply:
+    def _refuse(self, session: Session, exc: BadMessage, **details: Any) -> SessionReply:
         self.bad_messages += 1
         session.strikes += 1
-        error = self._encode(session, GatewayMessage.ERROR, code=exc.code, message=exc.message)
+        error = self._encode(session, GatewayMessage.ERROR, code=exc.code, message=exc.message, **details)
         if session.strikes >= MAX_STRIKES:
             self.table.close(session.key)
             self._give_up_slot(session)
@@ -314,11 +360,12 @@ class SessionService:
         for session in self.table.silent(now):
             self.silent += 1
             self.table.close(session.key)
-            self._give_up_slot(session)
+            self._gone(session)
             self._push(session, [], GOING_AWAY)
             jobs.add(session.job_id)
         for job_id in jobs:
             self.select(job_id)
+        self.uploads.expire(now)
         for hub in [h for h, seen in self._last_poll.items() if now - seen > HUB_GONE_AFTER]:
             del self._last_poll[hub]
             self._outbox.pop(hub, None)
@@ -330,6 +377,13 @@ class SessionService:
             self.table.close(session.key)
             self._give_up_slot(session)
             self._push(session, [self._later(session, 1, "leaf_stopping")], SERVICE_RESTART)
+
+    def _gone(self, session: Session) -> None:
+        """The session's device left (socket closed, silent, replaced): its slot goes to another
+        device at once, unless it was sending its result in parts: then the lease runs its
+        course, so that the device can reconnect and resume (PROTOCOL.md §9)."""
+        if not self.uploads.holds(session.task_id):
+            self._give_up_slot(session)
 
     def _give_up_slot(self, session: Session) -> None:
         job = self._jobs.get(session.job_id)

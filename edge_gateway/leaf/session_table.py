@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
 
 from device_protocol.feg import Identity
 from device_protocol.session_messages import DeviceMessage
@@ -26,7 +25,6 @@ SessionKey = tuple[str, int]  # (proxy hub, session number)
 SILENT_INTERVALS = 3
 # Malformed or out-of-order messages a session may send before it is closed (1008).
 MAX_STRIKES = 10
-PAST_COOKIES = 4
 
 
 class Phase(Enum):
@@ -57,11 +55,8 @@ class Session:
     phase: Phase = Phase.CONNECTED
     job_id: str = ""
     task_id: str = ""  # the slot's task while SELECTED or TRAINING
-    cookie: dict[str, Any] = field(default_factory=dict)  # the task's, kept here: the device never sees it
     state: dict[str, bool] = field(default_factory=dict)  # last reported device state
     strikes: int = 0
-    # Cookies of the last few tasks done, so a repeated end_training is judged like the first.
-    past_cookies: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def device_id(self) -> str:
@@ -70,11 +65,6 @@ class Session:
     @property
     def holds_slot(self) -> bool:
         return self.phase is Phase.SELECTED or self.phase is Phase.TRAINING
-
-    def remember_cookie(self, task_id: str) -> None:
-        self.past_cookies[task_id] = self.cookie
-        while len(self.past_cookies) > PAST_COOKIES:
-            del self.past_cookies[next(iter(self.past_cookies))]
 
 
 def takes(session: Session, kind: DeviceMessage) -> bool:
@@ -149,7 +139,6 @@ class SessionTable:
         session.phase = Phase.STANDBY
         session.job_id = job_id
         session.task_id = ""
-        session.cookie = {}
         self._standby.setdefault(job_id, OrderedDict())[session.key] = None
 
     def to_selected(self, session: Session, task_id: str) -> None:
@@ -158,9 +147,8 @@ class SessionTable:
         session.phase = Phase.SELECTED
         session.task_id = task_id
 
-    def to_training(self, session: Session, cookie: dict[str, Any]) -> None:
+    def to_training(self, session: Session) -> None:
         session.phase = Phase.TRAINING
-        session.cookie = cookie
 
     def standby(self, job_id: str) -> list[Session]:
         """The job's standby sessions, longest waiting first."""

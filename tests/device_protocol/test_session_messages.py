@@ -13,6 +13,7 @@ from device_protocol.session_messages import (
     DeviceMessage,
     GatewayMessage,
     decode_message,
+    decode_result,
     device_state,
     encode_message,
 )
@@ -45,6 +46,9 @@ def test_a_rendezvous_is_read_with_its_state(codec: str) -> None:
         ({"type": "end_training", "result": {"kind": "x"}}, "invalid", "task_id"),
         ({"type": "abort"}, "invalid", "task_id"),
         ({"type": "start_training", "round": "one"}, "invalid", "round"),
+        ({"type": "end_training", "task_id": "t", "parts": 0, "part": 0, "chunk": "x"}, "invalid", "parts"),
+        ({"type": "end_training", "task_id": "t", "parts": 2, "part": 2, "chunk": "x"}, "invalid", "part"),
+        ({"type": "end_training", "task_id": "t", "parts": 2, "part": 0}, "invalid", "chunk"),
     ],
 )
 def test_a_message_that_is_not_ours_says_why(codec: str, message: Any, code: str, words: str) -> None:
@@ -63,3 +67,9 @@ def test_gateway_messages_leave_out_empty_fields(codec: str) -> None:
     data = encode_message(GatewayMessage.LATER, codec, retry_wait=5, reason=None)
     decoded = msgpack.unpackb(data) if codec == "msgpack" else orjson.loads(data)
     assert decoded == {"type": "later", "retry_wait": 5}
+
+
+def test_joined_parts_must_make_a_result_object(codec: str) -> None:
+    assert decode_result(pack({"kind": "WEIGHT_DIFF"}, codec), codec) == {"kind": "WEIGHT_DIFF"}
+    with pytest.raises(BadMessage):
+        decode_result(pack([1], codec), codec)

@@ -81,6 +81,11 @@ class SessionDevice:
         return await self.expect("task")
 
     async def end_training(self, task: dict[str, Any]) -> dict[str, Any]:
+        result = self.result_for(task)
+        await self.send({"type": "end_training", "task_id": task["task_id"], "result": result, "metrics": {}})
+        return await self.until("ack", frozenset(("round", "finished")))
+
+    def result_for(self, task: dict[str, Any]) -> dict[str, Any]:
         weights = task["task_data"]["data"]
         diff = diff_for(tensors_from_binary(weights) if self.binary else weights)
         if self.binary:
@@ -89,9 +94,7 @@ class SessionDevice:
             }
         else:
             data = {k: np.asarray(v).tolist() for k, v in diff.items()}
-        result = {"kind": "WEIGHT_DIFF", "data": data, "meta": {"num_samples": 4}}
-        await self.send({"type": "end_training", "task_id": task["task_id"], "result": result, "metrics": {}})
-        return await self.until("ack", frozenset(("round", "finished")))
+        return {"kind": "WEIGHT_DIFF", "data": data, "meta": {"num_samples": 4}}
 
     async def closed_with(self, timeout: float = WAIT) -> int | None:
         """Read until the gateway closes the session; the close code it sent."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import msgpack
 import orjson
 import pytest
 from websockets.asyncio.client import connect
@@ -13,7 +14,7 @@ from websockets.exceptions import InvalidStatus
 
 from edge_gateway.launcher import Stack
 
-from .helpers import job_status, submit_job, wait_leaves_synced
+from .helpers import job_status, submit_job, wait_for, wait_leaves_synced
 from .session_client import SessionDevice
 
 # Time for a push: the leaf hears of a selection within a sync (0.2 s), the proxy holds a poll.
@@ -194,3 +195,38 @@ async def test_only_sessions_in_the_required_state_train_and_a_lost_state_frees_
     await unplugged.until("round", frozenset(("standby",)))
     for device in (unplugged, full):
         await device.close()
+
+
+@pytest.mark.timeout(120)
+async def test_a_result_in_parts_resumes_after_a_reconnect_from_the_last_part_confirmed(stack: Stack) -> None:
+    job_id = await one_round_job(stack, "ws_parts", devices=1)
+    device = await SessionDevice.connect(stack.proxy_url, "ws-parts-1", binary=True)
+    await device.rendezvous("ws_parts")
+    task = await device.train((await device.expect("round"))["round"])
+    encoded = msgpack.packb(device.result_for(task), use_bin_type=True)
+    step = len(encoded) // 4 + 1
+    chunks = [encoded[i : i + step] for i in range(0, len(encoded), step)]
+    assert len(chunks) == 4
+
+    def part(i: int) -> dict[str, Any]:
+        return {"type": "end_training", "task_id": task["task_id"], "part": i, "parts": 4, "chunk": chunks[i]}
+
+    for i in (0, 1):
+        await device.send(part(i))
+        confirmed = await device.expect("ack")
+        assert confirmed["part"] == i and confirmed["next_part"] == i + 1 and "counted" not in confirmed
+    device.ws.transport.abort()  # the connection breaks mid-upload
+
+    again = await SessionDevice.connect(stack.proxy_url, "ws-parts-1", binary=True)
+    await again.rendezvous("ws_parts")
+    await again.send(part(3))
+    gap = await again.until("error", frozenset(("round",)))
+    assert gap["code"] == "gap" and gap["next_part"] == 2, gap
+    await again.send(part(2))
+    assert (await again.until("ack", frozenset(("round",))))["next_part"] == 3
+    await again.send(part(3))
+    done = await again.until("ack", frozenset(("round", "finished")))
+    assert done["counted"] is True, done
+    status = await wait_for(stack.api_url, job_id, lambda s: s["model_version"] == 1, timeout=30)
+    assert status["history"][0]["results"] == 1
+    await again.close()
