@@ -63,7 +63,9 @@ async def small_job(stack: Stack, name: str, task_timeout: float) -> str:
 
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("codec", ["json", "msgpack"])
-async def test_simulated_session_devices_finish_a_job_while_some_abort(stack: Stack, tmp_path: Path, codec: str) -> None:
+async def test_simulated_session_devices_finish_a_job_while_some_abort(
+    stack: Stack, tmp_path: Path, codec: str
+) -> None:
     job_id = await small_job(stack, f"sim_ws_{codec}", task_timeout=120.0)
     args = ["--job", f"sim_ws_{codec}", "--devices", "6", "--transport", "ws", "--abort-rate", "0.3"]
     report = await simulate(stack, tmp_path / "report.json", *args, "--codec", codec, "--duration", "80")
