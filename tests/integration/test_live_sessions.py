@@ -13,9 +13,11 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from edge_gateway.launcher import Stack
+from routing_proxy.routing import Router
 
 from .helpers import job_status, submit_job, wait_for, wait_leaves_synced
 from .session_client import SessionDevice
+from .stack_control import child, kill
 
 # Time for a push: the leaf hears of a selection within a sync (0.2 s), the proxy holds a poll.
 PUSH_WITHIN = 10.0
@@ -230,3 +232,26 @@ async def test_a_result_in_parts_resumes_after_a_reconnect_from_the_last_part_co
     status = await wait_for(stack.api_url, job_id, lambda s: s["model_version"] == 1, timeout=30)
     assert status["history"][0]["results"] == 1
     await again.close()
+
+
+@pytest.mark.timeout(150)
+async def test_a_leafs_death_moves_its_sessions_and_keeps_their_acknowledged_results(stack: Stack) -> None:
+    job_id = await one_round_job(stack, "ws_failover", devices=1, rounds=2)
+    device_id = "ws-failover-1"
+    names = sorted(orjson.loads(stack.lcp_map.read_bytes()))
+    owner = names[Router(names).preference(device_id, range(len(names)))[0]]
+    device = await SessionDevice.connect(stack.proxy_url, device_id)
+    await device.rendezvous("ws_failover")
+    task = await device.train((await device.expect("round"))["round"])
+    assert (await device.end_training(task))["counted"] is True
+    await kill(child(stack, owner))  # kill -9: what it acknowledged is in its write-ahead log
+    code = await device.closed_with(30.0)
+    assert code in (1012, None), code  # 1012 from the proxy, or the socket cut
+    moved = await SessionDevice.connect(stack.proxy_url, device_id)
+    await moved.rendezvous("ws_failover")
+    task = await moved.train((await moved.until("round", frozenset(("standby",)), 60.0))["round"])
+    assert task["model_version"] == 1  # the first round closed with the result its leaf acknowledged
+    assert (await moved.end_training(task))["counted"] is True
+    status = await wait_for(stack.api_url, job_id, lambda s: s["model_version"] == 2, timeout=60)
+    assert [h["results"] for h in status["history"]] == [1, 1], status["history"]
+    await moved.close()
