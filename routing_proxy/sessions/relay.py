@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -30,6 +31,9 @@ SERVICE_RESTART = 1012  # the leaf went away: reconnect, the proxy routes to a l
 MAX_IN_FLIGHT = 4
 # Seconds the device gets to answer our close frame before the socket is cut (RFC 6455 §7.1.1).
 CLOSE_TIMEOUT = 5.0
+
+# Tasks of sessions waiting for room on a congested link, held so that they are not collected.
+_waiting_for_room: set[asyncio.Task[None]] = set()
 
 
 class SessionRelay(asyncio.Protocol):
@@ -55,6 +59,7 @@ class SessionRelay(asyncio.Protocol):
         self._forget = forget
         self._transport: asyncio.Transport | None = None
         self._fragments: list[bytes] = []
+        self._backlog: deque[tuple[str, Any]] = deque()  # messages waiting for room on the link
         self._in_flight = 0
         self._reading = True
         self._closing = False
@@ -104,22 +109,52 @@ class SessionRelay(asyncio.Protocol):
     def _call(self, method: str, payload: Any) -> None:
         if self._closing:
             return
+        if self._backlog:  # behind messages waiting for room on the link: in order
+            self._backlog.append((method, payload))
+            return
         try:
             future = self.upstream.client.send(method, payload, self._timeout)
         except LinkError:
-            self.close(SERVICE_RESTART, "gateway unavailable")
+            if not self.upstream.client.connected:
+                self.close(SERVICE_RESTART, "gateway unavailable")
+                return
+            # Congested (a large upload leaving): wait for room, reading nothing more meanwhile.
+            self._backlog.append((method, payload))
+            self._set_reading(False)
+            task = asyncio.get_running_loop().create_task(self._send_backlog())
+            _waiting_for_room.add(task)
+            task.add_done_callback(_waiting_for_room.discard)
             return
         self._in_flight += 1
-        if self._in_flight >= MAX_IN_FLIGHT and self._transport is not None and self._reading:
-            self._reading = False
-            self._transport.pause_reading()
+        if self._in_flight >= MAX_IN_FLIGHT:
+            self._set_reading(False)
         future.add_done_callback(self._answered)
+
+    async def _send_backlog(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._backlog and not self._closing:
+            method, payload = self._backlog.popleft()
+            answer: asyncio.Future[Any] = loop.create_future()
+            self._in_flight += 1
+            try:
+                answer.set_result(await self.upstream.client.call(method, payload, self._timeout))
+            except LinkError as exc:
+                answer.set_exception(exc)
+            self._answered(answer)
+        self._backlog.clear()
+
+    def _set_reading(self, reading: bool) -> None:
+        if self._transport is not None and reading != self._reading:
+            self._reading = reading
+            if reading:
+                self._transport.resume_reading()
+            else:
+                self._transport.pause_reading()
 
     def _answered(self, future: asyncio.Future[Any]) -> None:
         self._in_flight -= 1
-        if not self._reading and self._in_flight < MAX_IN_FLIGHT and self._transport is not None:
-            self._reading = True
-            self._transport.resume_reading()
+        if self._in_flight < MAX_IN_FLIGHT and not self._backlog:
+            self._set_reading(True)
         try:
             reply = SessionReply.check(future.result())
         except RemoteError as exc:
