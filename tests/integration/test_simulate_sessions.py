@@ -86,3 +86,27 @@ async def test_simulated_http_drop_outs_leave_their_tasks_to_expire(stack: Stack
     assert len(status["history"]) == 3
     assert report["tasks_aborted"] > 0 and report["results_accepted"] >= 9, report
     assert report["devices_finished"] == 6 and not report["timed_out"], report
+
+
+@pytest.mark.timeout(150)
+async def test_simulated_session_devices_work_an_async_job(stack: Stack, tmp_path: Path) -> None:
+    job_id = await submit_job(
+        stack.api_url,
+        name="sim_ws_async",
+        model="xor",
+        mode="async",
+        rounds=4,
+        concurrency=3,
+        buffer_size=2,
+        max_staleness=2,
+        retry_wait=1,
+        task_timeout=60.0,
+        evaluate=False,
+    )
+    await wait_leaves_synced(stack.api_url, job_id, 2)
+    args = ["--job", "sim_ws_async", "--devices", "6", "--transport", "ws", "--duration", "80"]
+    report = await simulate(stack, tmp_path / "report.json", *args)
+    status = await wait_for(stack.api_url, job_id, lambda s: s["status"] == JobStatus.DONE, timeout=10)
+    assert [h["version"] for h in status["history"]] == [1, 2, 3, 4], status["history"]
+    assert all(h["closed_by"] == "buffer" for h in status["history"]), status["history"]
+    assert report["devices_finished"] == 6 and report["results_accepted"] >= 8, report
