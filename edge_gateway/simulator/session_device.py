@@ -160,10 +160,15 @@ class SessionDevice:
             self._stats.add((Outcome.NOT_COUNTED,))
 
     async def _send(self, ws: ClientConnection, message: dict[str, Any]) -> None:
-        if self._codec == "msgpack":
-            await ws.send(msgpack.packb(message, use_bin_type=True))
-        else:
-            await ws.send(orjson.dumps(message, option=orjson.OPT_SERIALIZE_NUMPY).decode())
+        data = (
+            msgpack.packb(message, use_bin_type=True)
+            if self._codec == "msgpack"
+            else orjson.dumps(message, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+        )
+        try:
+            await ws.send(data)
+        except ConnectionClosed:
+            pass  # the gateway closed the session: what it sent before (`finished`) is still read
 
     def _decode(self, data: str | bytes) -> dict[str, Any]:
         message = msgpack.unpackb(data, raw=False) if isinstance(data, bytes) else orjson.loads(data)

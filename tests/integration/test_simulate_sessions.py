@@ -109,4 +109,6 @@ async def test_simulated_session_devices_work_an_async_job(stack: Stack, tmp_pat
     status = await wait_for(stack.api_url, job_id, lambda s: s["status"] == JobStatus.DONE, timeout=10)
     assert [h["version"] for h in status["history"]] == [1, 2, 3, 4], status["history"]
     assert all(h["closed_by"] == "buffer" for h in status["history"]), status["history"]
-    assert report["devices_finished"] == 6 and report["results_accepted"] >= 8, report
+    # Devices that start after the job's end (synthetic training is instant) wait for a job.
+    assert report["jobs_finished"] >= 3 and report["results_accepted"] >= 8, report
+    assert report["invalid_replies"] == 0, report
