@@ -4,6 +4,7 @@ each its own process, and devices that are the `websockets` library's client."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -150,7 +151,7 @@ async def test_a_refused_device_gets_its_http_answer_instead_of_the_upgrade(stac
 
 
 @pytest.mark.timeout(120)
-async def test_a_silent_session_frees_its_slot(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_silent_session_frees_its_slot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from edge_gateway.launcher import start_stack
 
     monkeypatch.setenv("EDGEFL_LEAF_SESSION_HEARTBEAT", "1")
@@ -255,3 +256,26 @@ async def test_a_leafs_death_moves_its_sessions_and_keeps_their_acknowledged_res
     status = await wait_for(stack.api_url, job_id, lambda s: s["model_version"] == 2, timeout=60)
     assert [h["results"] for h in status["history"]] == [1, 1], status["history"]
     await moved.close()
+
+
+@pytest.mark.timeout(120)
+async def test_a_full_leaf_sheds_new_sessions_with_later(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_gateway.launcher import start_stack
+
+    monkeypatch.setenv("EDGEFL_LEAF_MAX_SESSIONS", "1")
+    stack = await start_stack(tmp_path, leaves=2, proxy_host="127.0.0.1", proxy_port=0)
+    try:
+        await one_round_job(stack, "ws_full", devices=1)
+        names = sorted(orjson.loads(stack.lcp_map.read_bytes()))
+        router = Router(names)
+        same_leaf = [d for d in (f"ws-full-{i}" for i in range(50)) if router.preference(d, range(2))[0] == 0][:2]
+        first = await SessionDevice.connect(stack.proxy_url, same_leaf[0])
+        await first.rendezvous("ws_full")
+        second = await SessionDevice.connect(stack.proxy_url, same_leaf[1])
+        await second.send({"type": "rendezvous", "job_name": "ws_full"})
+        later = await second.expect("later")
+        assert later["reason"] == "full" and later["retry_wait"] > 0, later
+        assert await second.closed_with() == 1013
+        await first.close()
+    finally:
+        await stack.stop()
