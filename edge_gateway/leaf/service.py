@@ -74,7 +74,7 @@ class Leaf:
                 SESSION_OPEN: self._session_call(self._open_session),
                 SESSION_MESSAGE: self._session_call(self._session_message),
                 SESSION_CLOSED: lambda payload: self.sessions.closed(payload),
-                SESSION_PUSHES: lambda payload: self.sessions.pushes(payload),
+                SESSION_PUSHES: lambda payload: self.sessions.outbox.poll(payload),
             },
             secret,
         )

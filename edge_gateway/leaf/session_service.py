@@ -35,8 +35,6 @@ from device_protocol.tensors import max_result_body_bytes
 from internal_link.messages import JobStatus
 from internal_link.sessions import (
     KEEP_OPEN,
-    Push,
-    PushPoll,
     SessionClosed,
     SessionMessage,
     SessionOpen,
@@ -46,6 +44,7 @@ from internal_link.sessions import (
 from .endpoints import DeviceEndpoints
 from .job_state import LeafJob, TaskDecision
 from .payload_cache import PayloadCache
+from .push_outbox import PushOutbox
 from .session_table import MAX_STRIKES, Phase, Session, SessionTable, eligible, takes
 from .task_payload import TASK_NAME
 from .uploads import PartialUploads, PartOutcome
@@ -58,8 +57,6 @@ POLICY_VIOLATION = 1008  # kept misbehaving, or refused at the door
 SERVICE_RESTART = 1012  # this leaf is stopping: reconnect (the proxy routes to another leaf)
 TRY_AGAIN_LATER = 1013  # shed: `later` said when
 LATER_WAIT = 5  # seconds a device waits after `later` for a job that is not there yet
-# A proxy process that has not polled for this long is gone: its undelivered pushes are dropped.
-HUB_GONE_AFTER = 90.0
 MAX_COOKIES = 200_000  # tasks whose results a session may still send (oldest forgotten first)
 MAX_PARTIAL_BYTES = 512 * 1024 * 1024  # parts of split results held in all, until their last part
 PARTIAL_IDLE_LIMIT = 600.0  # seconds an unfinished split result is kept for its device to resume
@@ -95,9 +92,7 @@ class SessionService:
         # it, or its parts after a reconnect are judged by the HTTP rules (idempotent by task id).
         self._cookies: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.uploads = PartialUploads(MAX_PARTIAL_BYTES, PARTIAL_IDLE_LIMIT)
-        self._outbox: dict[str, dict[int, Push]] = {}
-        self._outbox_filled: dict[str, asyncio.Event] = {}
-        self._last_poll: dict[str, float] = {}
+        self.outbox = PushOutbox()
         self.serving = False  # False until the leaf has synced with the server once
         self.bad_messages = 0  # malformed or out-of-order messages answered with `error`
         self.silent = 0  # sessions closed for silence
@@ -138,35 +133,10 @@ class SessionService:
 
     def closed(self, payload: Any) -> None:
         call = SessionClosed.check(payload)
-        box = self._outbox.get(call.hub)
-        if box is not None:
-            box.pop(call.session, None)
+        self.outbox.drop(call.hub, call.session)
         session = self.table.close((call.hub, call.session))
         if session is not None:
             self._gone(session)
-
-    def pushes(self, payload: Any) -> list[Push] | Awaitable[list[Push]]:
-        poll = PushPoll.check(payload)
-        self._last_poll[poll.hub] = asyncio.get_running_loop().time()
-        if self._outbox.get(poll.hub):
-            return self._take_pushes(poll.hub)
-        return self._pushes_later(poll)
-
-    async def _pushes_later(self, poll: PushPoll) -> list[Push]:
-        filled = self._outbox_filled.setdefault(poll.hub, asyncio.Event())
-        try:
-            await asyncio.wait_for(filled.wait(), poll.wait)
-        except TimeoutError:
-            pass
-        self._last_poll[poll.hub] = asyncio.get_running_loop().time()
-        return self._take_pushes(poll.hub)
-
-    def _take_pushes(self, hub: str) -> list[Push]:
-        box = self._outbox.pop(hub, {})
-        filled = self._outbox_filled.get(hub)
-        if filled is not None:
-            filled.clear()
-        return list(box.values())
 
     # -- device messages ----------------------------------------------------------------------
     def _answer(self, session: Session, received: Received) -> SessionReply | Awaitable[SessionReply]:
@@ -366,10 +336,7 @@ class SessionService:
         for job_id in jobs:
             self.select(job_id)
         self.uploads.expire(now)
-        for hub in [h for h, seen in self._last_poll.items() if now - seen > HUB_GONE_AFTER]:
-            del self._last_poll[hub]
-            self._outbox.pop(hub, None)
-            self._outbox_filled.pop(hub, None)
+        self.outbox.forget_gone(now)
 
     def shed_all(self) -> None:
         """This leaf stops: every session hears `later` and is closed, its slot freed."""
@@ -393,14 +360,7 @@ class SessionService:
 
     # -- output -------------------------------------------------------------------------------
     def _push(self, session: Session, messages: list[bytes], close: int = KEEP_OPEN) -> None:
-        hub, number = session.key
-        box = self._outbox.setdefault(hub, {})
-        queued = box.get(number)
-        if queued is not None:
-            messages = queued.messages + messages
-            close = close or queued.close
-        box[number] = Push(number, messages, close)
-        self._outbox_filled.setdefault(hub, asyncio.Event()).set()
+        self.outbox.put(*session.key, messages, close)
 
     def _later(self, session: Session, retry_wait: int, reason: str) -> bytes:
         return self._encode(session, GatewayMessage.LATER, retry_wait=retry_wait, reason=reason)
