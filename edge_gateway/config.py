@@ -97,6 +97,11 @@ class LeafConfig(_Settings):
         description="acknowledge results once on disk; False keeps them in memory only (benchmarks, never in service)",
     )
     drain_timeout: float = Field(default=8.0, ge=0.0, description="SIGTERM: seconds to answer what is in flight")
+    session_heartbeat: float = Field(
+        default=30.0, gt=0.0, description="live sessions: seconds between a device's messages (silent 3x: gone)"
+    )
+    max_sessions: int = Field(default=100_000, ge=0, description="live sessions this leaf takes; more hear `later`")
+
     payload_cache_bytes: int = Field(
         default=1 << 30,
         ge=0,

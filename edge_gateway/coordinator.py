@@ -265,6 +265,7 @@ class Coordinator:
             xain=spec.xain,
             mode=spec.mode,
             max_staleness=spec.max_staleness,
+            requires=list(spec.requires),
             screen=ScreenLimits(**asdict(job.bounds)),
         )
 

@@ -64,6 +64,10 @@ class JobSpec(BaseModel):
         description="xain-sdk 0.8 participants may join (they also join the only running job without it)",
     )
     mode: Literal["sync", "async"] = Field(default="sync", description="sync rounds, or async FedBuff")
+    requires: list[Literal["charging", "unmetered", "idle"]] = Field(
+        default=[],
+        description="device state a live session must report to be selected, and keep while it trains (PROTOCOL.md §9)",
+    )
     concurrency: int = Field(default=20, ge=1, le=1_000_000, description="async: devices training at once")
     buffer_size: int = Field(default=10, ge=1, le=1_000_000, description="async: results that make a new version")
     max_staleness: int = Field(

@@ -9,6 +9,7 @@ Both services import it; it imports nothing of ours but `device_protocol`'s kind
                     protocol.py   one connection's handshake and call multiplexing: bytes in,
                                   events and bytes out (ServerConnection, ClientConnection)
                     calls.py      the proxy <-> leaf contract (DeviceCall, DeviceAnswer)
+                    sessions.py   the proxy <-> leaf calls of live WebSocket sessions, pushes included
                     messages.py   the leaf <-> server messages (pydantic)
                     errors.py     the error tree and the codes that cross the link
     asyncio shell   connection.py the transport, one write per loop turn, write flow control

@@ -58,6 +58,8 @@ class JobView(_Message):
     xain: bool = False  # xain-sdk participants may join (docs/XAIN.md)
     mode: Literal["sync", "async"] = "sync"
     max_staleness: int = Field(default=0, description="async: versions a result may lag the current one and count")
+    # Live sessions: the device state ("charging", "unmetered", "idle") a session must report to train.
+    requires: list[str] = []
     # For the current model version; None: results are summed unscreened (the server checks them).
     screen: ScreenLimits | None = None
 

@@ -23,6 +23,7 @@ from internal_link.versions import versions
 from .admission import DEVICE_RATE_REASON, AdmissionControl
 from .device_auth import DeviceAuthenticator
 from .http1 import Reply, Request, Response, invalid_request
+from .sessions.hub import SessionHub
 from .stats import ProxyStats
 from .upstreams import Upstream, Upstreams
 from .xain_routes import aggregator_url, mint_id, parse
@@ -67,9 +68,11 @@ class Forwarder:
         admission: AdmissionControl | None = None,
         tls: bool = False,
         stats: ProxyStats,
+        sessions: SessionHub | None = None,
     ) -> None:
         self._upstreams = upstreams
         self.stats = stats
+        self._sessions = sessions
         self._tls = tls  # whether devices reach this proxy over TLS (for the XAIN aggregator URL)
         self._timeout = upstream_timeout
         self._auth = device_auth
@@ -157,6 +160,9 @@ class Forwarder:
         return True
 
     def _other(self, request: Request, path: bytes, endpoint: str, reply: Reply) -> None:
+        if endpoint == "ws" and self._sessions is not None:
+            self._sessions.open(request, reply)  # PROTOCOL.md §9: live sessions
+            return
         xain = parse(path.decode("ascii", "replace"), request.method)
         if xain is None:
             self._not_feg(request, path, endpoint, reply)

@@ -27,6 +27,7 @@ from .forwarding import Forwarder
 from .http1 import HttpLimits, HttpServer, Response
 from .lcp_map import load_lcp_map
 from .metrics import MetricsPage, proxy_registry
+from .sessions.hub import SessionHub
 from .stats import ProxyStats
 from .upstreams import Upstreams
 from .xain_routes import UPLOAD_PATH_PREFIX
@@ -65,13 +66,24 @@ class ProxyServer:
             upload_path_prefixes=(UPLOAD_PATH_PREFIX,),
         )
         stats = ProxyStats()
+        device_auth = config.device_auth()
+        admission = config.admission(device_counts)
+        self.sessions = SessionHub(
+            self.upstreams,
+            timeout=config.upstream_timeout,
+            max_message_bytes=config.max_body_bytes,
+            device_auth=device_auth,
+            admission=admission,
+            stats=stats,
+        )
         forwarder = Forwarder(
             self.upstreams,
             upstream_timeout=config.upstream_timeout,
-            device_auth=config.device_auth(),
-            admission=config.admission(device_counts),
+            device_auth=device_auth,
+            admission=admission,
             tls=config.ssl_cert is not None,
             stats=stats,
+            sessions=self.sessions,
         )
         busy = partial(no_memory_for_body, config.refusal_retry_wait)
         self.http = HttpServer(forwarder, limits, busy=busy)
@@ -110,6 +122,7 @@ class ProxyServer:
             self._listener.close()
         # Idle connections close at once, busy ones after their answer; the links stay up till then.
         await self.http.drain(self.config.drain_timeout)
+        await self.sessions.close()
         await self.upstreams.close()
         if self._listener is not None:
             await self._listener.wait_closed()

@@ -62,6 +62,7 @@ class LeafJob:
     # Async: the trained-on version of each task in reported_tasks or expired_tasks, to forget
     # them once late (sync forgets them at each new version).
     task_versions: dict[str, int] = field(default_factory=dict)
+    sessions_waiting: int = 0  # standby live sessions (session_service.py): demand like `waiting`
     tasks_issued: int = 0
     refused: int = 0
     late: int = 0
@@ -99,7 +100,7 @@ class LeafJob:
                 break
         return LeafJobReport(
             selection_id=self.view.selection_id,
-            waiting=len(self.waiting),
+            waiting=len(self.waiting) + self.sessions_waiting,
             assigned=len(self.leases),
             tasks_issued=self.tasks_issued,
             refused=self.refused,
@@ -185,6 +186,13 @@ class LeafJob:
         self.unreported[lease.task_id] = lease
         self.tasks_issued += 1
         return TaskDecision.TASK, lease
+
+    def release(self, task_id: str) -> None:
+        """The device gave its task up (a session's abort, close or silence): the slot is free at
+        once, not at the lease's deadline, and a result that still comes counts as late."""
+        lease = self.by_task.get(task_id)
+        if lease is not None and not lease.reported:
+            self._expire_lease(lease)
 
     def param_count(self) -> int:
         return sum(math.prod(shape) for shape in self.view.param_shapes.values())

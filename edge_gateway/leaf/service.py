@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -30,6 +30,7 @@ from internal_link.client import LinkClient
 from internal_link.errors import CallRefused, ErrorCode, LinkUnavailable, RemoteError
 from internal_link.messages import JobView, SyncReply, SyncRequest
 from internal_link.server import LinkServer
+from internal_link.sessions import SESSION_CLOSED, SESSION_MESSAGE, SESSION_OPEN, SESSION_PUSHES, SessionReply
 
 from ..acknowledged import AcknowledgedResults, MemoryResults
 from ..config import LeafConfig
@@ -41,6 +42,7 @@ from .endpoints import STARTING_RETRY_WAIT, DeviceEndpoints, FegReply
 from .job_state import LeafJob
 from .metrics import LeafMetrics, endpoint_label, error_kind
 from .payload_cache import PayloadCache
+from .session_service import SERVICE_RESTART, SessionService
 from .xain_endpoints import XainEndpoints
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,10 @@ class Leaf:
                 FEG: device_call_handler(self.handle_feg),
                 PING: self.handle_ping,
                 XAIN: xain_call_handler(self.handle_xain),
+                SESSION_OPEN: self._session_call(self._open_session),
+                SESSION_MESSAGE: self._session_call(self._session_message),
+                SESSION_CLOSED: lambda payload: self.sessions.closed(payload),
+                SESSION_PUSHES: lambda payload: self.sessions.outbox.poll(payload),
             },
             secret,
             ssl=config.link_tls(),
@@ -97,6 +103,14 @@ class Leaf:
             config.quota_hold,
             self._sync_soon,
             self.metrics,
+        )
+        self.sessions = SessionService(
+            self.jobs,
+            self._payloads,
+            CookieSigner(config.cookie_key()),
+            self._endpoints,
+            config.session_heartbeat,
+            config.max_sessions,
         )
         self._xain = XainEndpoints(
             self.jobs, self._payloads, CookieSigner(config.cookie_key()), self.uplink, self._sync_soon
@@ -124,6 +138,7 @@ class Leaf:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._sync_loop(), name="leaf-sync"))
         self._tasks.append(loop.create_task(self._watch_loop(), name="leaf-watch"))
+        self._tasks.append(loop.create_task(self._sweep_loop(), name="leaf-sessions"))
         self.port = await self._rpc.start(self.config.host, self.config.port)
         log.info("leaf %s listening on %s:%d", self.name, self.config.host, self.port)
         config = self.config
@@ -151,6 +166,7 @@ class Leaf:
         ones still coming until the proxy has moved the devices away), within `drain_timeout`.
         Then flush what waits for the server and close the links."""
         self._draining = True
+        self.sessions.shed_all()  # the proxy routes their reconnects to the leaves that stay
         log.info("leaf %s stopping with %d results not delivered yet", self.name, self.uplink.undelivered())
         loop = asyncio.get_running_loop()
         started, in_flight = loop.time(), self._busy
@@ -209,6 +225,27 @@ class Leaf:
         self.metrics.sent_bytes.inc(len(outcome.body))
         return outcome
 
+    def _session_call(self, handle: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """A session handler counted like a device request, so a draining leaf answers it first."""
+
+        def handler(payload: Any) -> Any:
+            self._last_request = asyncio.get_running_loop().time()
+            outcome = handle(payload)
+            if isinstance(outcome, Awaitable):
+                self._busy += 1
+                return self._counted(outcome)
+            return outcome
+
+        return handler
+
+    def _open_session(self, payload: Any) -> Any:
+        if self._draining:
+            return SessionReply([], SERVICE_RESTART)  # the device reconnects and reaches another leaf
+        return self.sessions.open(payload)
+
+    def _session_message(self, payload: Any) -> Any:
+        return self.sessions.message(payload)
+
     def handle_xain(self, call: DeviceCall) -> FegReply | Awaitable[FegReply]:
         """A xain-sdk participant's call (xain_endpoints.py); while draining or starting, `stand_by`."""
         self._last_request = asyncio.get_running_loop().time()
@@ -228,7 +265,8 @@ class Leaf:
             answer = await outcome
         finally:
             self._busy -= 1
-        self.metrics.sent_bytes.inc(len(answer.body))
+        if isinstance(answer, DeviceAnswer):  # a session reply carries messages, not a device answer
+            self.metrics.sent_bytes.inc(len(answer.body))
         return answer
 
     def _answer_feg(self, call: DeviceCall) -> FegReply | Awaitable[FegReply]:
@@ -335,6 +373,16 @@ class Leaf:
                 pass
             self._wake_sync.clear()
 
+    async def _sweep_loop(self) -> None:
+        # Silent sessions are found within half a heartbeat interval (at most a second) of going silent.
+        period = min(1.0, self.config.session_heartbeat / 2)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                self.sessions.sweep()
+            except Exception:
+                log.exception("session sweep failed")
+
     async def _watch_loop(self) -> None:
         # A new model version is served as soon as the server has it, not up to a sync interval later.
         seen = -1
@@ -373,6 +421,8 @@ class Leaf:
             del self.jobs[job_id]
             self._payloads.drop(job_id)
         self.uplink.keep_jobs(seen)
+        self.sessions.serving = True
+        self.sessions.after_sync()
         self._synced.set()
         self._synced = asyncio.Event()
 

@@ -35,6 +35,8 @@ class TaskPayload:
         # Kept for XAIN participants, who upload weights, not diffs (xain_endpoints.py).
         self.weights = weights
         job = orjson.dumps(job_id)
+        self._task_json = task_json
+        self._task_msgpack = task_msgpack
         self._json_head = (
             b'{"status":"OK","job_id":' + job + b',"retry_wait":0,"task_name":"train","task_data":' + task_json
         )
@@ -83,3 +85,13 @@ class TaskPayload:
         return JSON, self._json_head + b',"task_id":' + orjson.dumps(task_id) + b',"cookie":' + orjson.dumps(
             cookie
         ) + b"}"
+
+    def render_session(self, task_id: str, deadline: float, as_msgpack: bool) -> bytes:
+        """The `task` message of a live session (PROTOCOL.md §9): the cookie stays at the leaf."""
+        fields: tuple[Any, ...] = ("type", "task", "task_id", task_id, "task_name", TASK_NAME)
+        fields += ("model_version", self.version, "deadline", deadline)
+        if as_msgpack:  # a map of 6 entries, task_data last
+            head = b"\x86" + b"".join(msgpack.packb(x, use_bin_type=True) for x in fields)
+            return head + msgpack.packb("task_data") + self._task_msgpack
+        head = orjson.dumps(dict(zip(fields[::2], fields[1::2], strict=True)))
+        return head[:-1] + b',"task_data":' + self._task_json + b"}"

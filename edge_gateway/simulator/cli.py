@@ -54,6 +54,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--slow-factor", type=float, default=1.0, help="a slow device takes this many times its training time"
     )
+    parser.add_argument(
+        "--transport",
+        choices=("http", "ws"),
+        default="http",
+        help="http: FEG polling; ws: live sessions over WebSocket (GET /ws, pushed rounds)",
+    )
+    parser.add_argument(
+        "--abort-rate",
+        type=float,
+        default=0.0,
+        help="share of tasks a device gives up (ws: sends abort; http: drops it unreported, its lease runs out)",
+    )
     parser.add_argument("--report-json", type=Path, default=None, help="also write the report to this file")
 
 
@@ -74,6 +86,8 @@ async def main_async(args: argparse.Namespace) -> int:
             keep_polling=args.keep_polling,
             slow_fraction=args.slow_fraction,
             slow_factor=args.slow_factor,
+            transport=args.transport,
+            abort_rate=args.abort_rate,
         )
     except ValidationError as exc:
         log.error("invalid simulation settings:\n%s", exc)

@@ -63,6 +63,7 @@ class Outcome(StrEnum):
 
     JOINED = "jobs_joined"
     TASK = "tasks_received"
+    ABORTED = "tasks_aborted"  # given up on purpose (--abort-rate): never reported, or `abort` sent
     ACCEPTED = "results_accepted"
     NOT_COUNTED = "results_not_counted"
     REFUSED = "results_refused"

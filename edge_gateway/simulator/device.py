@@ -64,8 +64,10 @@ class Device:
         rng: random.Random,
         sleep: Sleep = asyncio.sleep,
         slowdown: float = 1.0,
+        abort_rate: float = 0.0,
     ) -> None:
         self.device_id = device_id
+        self._abort_rate = abort_rate  # the share of tasks dropped unreported (the OS killed the app)
         self._slowdown = slowdown  # a slow device takes this many times its training time
         self._trainer = trainer
         self._settings = settings
@@ -92,6 +94,11 @@ class Device:
                 request = self._job_request()
             elif step is Step.POLL:
                 request = self._task_request(job_id, cookie)
+            elif step is Step.TRAIN and self._abort_rate and self._rng.random() < self._abort_rate:
+                # A drop-out: the task is never reported; its lease runs out at the gateway.
+                self._stats.add((Outcome.ABORTED,))
+                task, step = {}, Step.POLL
+                continue
             elif step is Step.TRAIN:
                 request = await self._train(job_id, task)
                 # The decoded task (the model's weights as Python floats, ~330 KB for digits) is not

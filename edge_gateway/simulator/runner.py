@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import secrets
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -13,6 +13,7 @@ from yarl import URL
 
 from .device import Device, DeviceSettings, Sleep
 from .progress import show_progress
+from .session_device import SessionDevice
 from .stats import SimulationReport, Stats
 from .trainers import TrainerKind, make_pool, make_trainers
 from .wire import Codec
@@ -52,6 +53,12 @@ class SimulationConfig(BaseModel):
     request_timeout: float = Field(default=60.0, gt=0.0, description="seconds per request (iOS: 60 s resource timeout)")
     slow_fraction: float = Field(default=0.0, ge=0.0, le=1.0, description="this fraction of the devices is slow")
     slow_factor: float = Field(default=1.0, ge=1.0, description="a slow device takes this many times its training time")
+    transport: Literal["http", "ws"] = Field(
+        default="http", description="http: FEG polling (PROTOCOL.md §1-§6); ws: live sessions (§9)"
+    )
+    abort_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="share of tasks a device gives up (ws: abort; http: never reported)"
+    )
 
     @field_validator("url")
     @classmethod
@@ -105,7 +112,7 @@ async def run_simulation(
     slow = round(config.slow_fraction * config.devices)  # the first ones: no draw from `rng`, runs stay as they were
     try:
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            devices = [
+            devices: list[Device | SessionDevice] = [
                 Device(
                     f"{prefix}-{i}",
                     trainer,
@@ -116,6 +123,18 @@ async def run_simulation(
                     rng=random.Random(rng.getrandbits(64)),
                     sleep=sleep,
                     slowdown=config.slow_factor if i < slow else 1.0,
+                    abort_rate=config.abort_rate,
+                )
+                if config.transport == "http"
+                else SessionDevice(
+                    f"{prefix}-{i}",
+                    trainer,
+                    device_settings,
+                    stats=stats,
+                    rng=random.Random(rng.getrandbits(64)),
+                    sleep=sleep,
+                    slowdown=config.slow_factor if i < slow else 1.0,
+                    abort_rate=config.abort_rate,
                 )
                 for i, trainer in enumerate(trainers)
             ]
@@ -142,7 +161,7 @@ async def run_simulation(
     )
 
 
-async def _start(device: Device, delay: float, sleep: Sleep) -> None:
+async def _start(device: Device | SessionDevice, delay: float, sleep: Sleep) -> None:
     if delay > 0:
         await sleep(delay)
     await device.run()

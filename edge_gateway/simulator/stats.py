@@ -70,6 +70,7 @@ class SimulationReport:
     jobs_joined: int  # /job answered OK
     jobs_finished: int  # NO_JOB/DONE while working: the job is over for that device
     tasks_received: int
+    tasks_aborted: int  # dropped on purpose (--abort-rate)
     results_accepted: int  # OK, counted (or counted before: a duplicate)
     results_not_counted: int  # OK with "counted": false (late, stale)
     results_refused: int  # ERROR (or the job gone) on /result

@@ -16,6 +16,7 @@ def summary_rows(report: SimulationReport) -> list[tuple[str, str]]:
         ("devices", f"{r.devices} ({r.devices_finished} finished, prefix {r.device_prefix})"),
         ("jobs joined", str(r.jobs_joined)),
         ("tasks received", str(r.tasks_received)),
+        ("tasks aborted", str(r.tasks_aborted)),
         ("results accepted", str(r.results_accepted)),
         ("results not counted", str(r.results_not_counted)),
         ("results refused", str(r.results_refused)),

@@ -71,22 +71,25 @@ def task_body(cookie: Mapping[str, Any] | None) -> bytes:
     return _dumps({} if cookie is None else {"cookie": cookie})
 
 
-def result_body(
-    codec: Codec, diff: Mapping[str, np.ndarray], num_samples: int, cookie: Mapping[str, Any] | None
-) -> tuple[str, bytes]:
-    """(content type, body) of a `/result` carrying a weight diff; the cookie goes back verbatim.
-
-    An `EtTensorDiff` is always posted as JSON, exactly as the iOS app posts it (PROTOCOL.md §5).
-    """
+def result_object(codec: Codec, diff: Mapping[str, np.ndarray], num_samples: int) -> dict[str, Any]:
+    """The `result` of a weight diff: msgpack tensors, or JSON `et_tensor_diff` entries (always for
+    an `EtTensorDiff`, exactly as the iOS app posts it, PROTOCOL.md §5)."""
     if isinstance(diff, EtTensorDiff):
-        result = to_et_tensor_diff(diff, {**diff.meta, "num_samples": num_samples}, kind=ET_RESULT_KIND, prefix="")
-        return JSON, _dumps({"result": result, "cookie": cookie})
+        return to_et_tensor_diff(diff, {**diff.meta, "num_samples": num_samples}, kind=ET_RESULT_KIND, prefix="")
     meta = {"num_samples": num_samples}
     if codec == "msgpack":
         arrays = {name: np.asarray(arr, dtype=np.float32) for name, arr in diff.items()}
-        result = {"kind": RESULT_KIND, "data": tensors_to_binary(arrays), "meta": meta}
+        return {"kind": RESULT_KIND, "data": tensors_to_binary(arrays), "meta": meta}
+    return to_et_tensor_diff(diff, meta, kind=RESULT_KIND, prefix="")
+
+
+def result_body(
+    codec: Codec, diff: Mapping[str, np.ndarray], num_samples: int, cookie: Mapping[str, Any] | None
+) -> tuple[str, bytes]:
+    """(content type, body) of a `/result` carrying a weight diff; the cookie goes back verbatim."""
+    result = result_object(codec, diff, num_samples)
+    if codec == "msgpack" and not isinstance(diff, EtTensorDiff):
         return MSGPACK, msgpack.packb({"result": result, "cookie": cookie}, use_bin_type=True)
-    result = to_et_tensor_diff(diff, meta, kind=RESULT_KIND, prefix="")
     return JSON, _dumps({"result": result, "cookie": cookie})
 
 

@@ -6,7 +6,17 @@ the whole forwarding path (docs/BENCHMARKS.md §1). `messages` is what the dispa
 """
 
 from .limits import HttpLimits
-from .messages import Dispatcher, Reply, Request, Response, invalid_request, json_error
+from .messages import Dispatcher, Reply, Request, Response, Switch, invalid_request, json_error
 from .server import HttpServer
 
-__all__ = ["Dispatcher", "HttpLimits", "HttpServer", "Reply", "Request", "Response", "invalid_request", "json_error"]
+__all__ = [
+    "Dispatcher",
+    "HttpLimits",
+    "HttpServer",
+    "Reply",
+    "Request",
+    "Response",
+    "Switch",
+    "invalid_request",
+    "json_error",
+]

@@ -16,7 +16,7 @@ import httptools
 
 from internal_link.flow_control import FlowControl
 
-from .messages import Reply, Request, Response, invalid_request, json_error, origin_form, response_head
+from .messages import Reply, Request, Response, Switch, invalid_request, json_error, origin_form, response_head
 from .state import SLOW_MESSAGES, Deadline, Hold, Incoming, Pending
 
 if TYPE_CHECKING:
@@ -66,6 +66,7 @@ class HttpConnection(asyncio.Protocol):
         self._upgraded = False
         self._began_here = False
         self._peer_done = False  # the client half-closed: answer what it sent, then close
+        self._successor: asyncio.Protocol | None = None  # what took the connection over (Switch)
 
     # asyncio.Protocol
 
@@ -108,8 +109,14 @@ class HttpConnection(asyncio.Protocol):
                 raise
             self._refuse(refused.response, refused.linger)
             return
-        except httptools.HttpParserUpgrade:
-            # Answered as plain HTTP (allowed: the Upgrade header may be ignored); what follows
+        except httptools.HttpParserUpgrade as upgrade:
+            if self._successor is not None:
+                # Accepted: what the client sent past the upgrade request is the new protocol's.
+                rest = data[upgrade.args[0] :]
+                if rest:
+                    self._successor.data_received(rest)
+                return
+            # Refused: answered as plain HTTP (allowed: the Upgrade header may be ignored); what follows
             # would be another protocol, so nothing more is read and the connection closes.
             self._upgraded = True
             self._flow.pause_reading(Hold.STOPPED)
@@ -295,6 +302,9 @@ class HttpConnection(asyncio.Protocol):
             self._in_flight = False
             if self.transport is None:
                 return  # the device left; nothing to write to (and nothing held: see connection_lost)
+            if response.status == 101:
+                self._hand_over(cast(Switch, response))
+                return
             last = (self._upgraded or self._peer_done) and not self._queue
             again = keep_alive and not response.close and not self.server.draining and not last
             # Answered: the request's body is done with once the answer is in the transport's hands.
@@ -304,6 +314,19 @@ class HttpConnection(asyncio.Protocol):
             self._next()
 
         return reply
+
+    def _hand_over(self, switch: Switch) -> None:
+        """An accepted upgrade: the connection leaves this server (its deadlines, its drain) for
+        the protocol `switch` names; nothing more is parsed here."""
+        transport = self.transport
+        assert transport is not None
+        self.server.connections.discard(self)
+        self._closing = True
+        self._discard_queue()
+        self._release(self._held)
+        self._flow.resume_reading_regardless()
+        self.transport = None
+        self._successor = switch.take_over(transport)
 
     def _write(self, response: Response, head_only: bool, keep_alive: bool, linger: float = _LINGER_SECONDS) -> None:
         transport = self.transport

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from http import HTTPStatus
 
@@ -44,6 +45,18 @@ class Response:
         self.body = body
         self.headers = headers
         self.close = close
+
+
+class Switch(Response):
+    """The dispatcher's answer to an upgrade it accepts (a WebSocket session): `take_over` is
+    handed the connection's transport and returns the protocol that reads it from then on; that
+    protocol writes the `101 Switching Protocols` itself."""
+
+    __slots__ = ("take_over",)
+
+    def __init__(self, take_over: Callable[[asyncio.Transport], asyncio.Protocol]) -> None:
+        super().__init__(101, "", b"")
+        self.take_over = take_over
 
 
 Reply = Callable[[Response], None]

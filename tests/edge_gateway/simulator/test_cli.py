@@ -84,3 +84,12 @@ async def test_main_fails_when_no_device_joins(start_feg: StartFeg) -> None:
 )
 async def test_main_refuses_bad_settings(argv: tuple[str, ...]) -> None:
     assert await main_async(parse(*argv)) == 2
+
+
+def test_transport_and_abort_rate() -> None:
+    defaults = parse("--url", "http://h:4321", "--job", "J", "--devices", "3")
+    assert (defaults.transport, defaults.abort_rate) == ("http", 0.0)
+    args = parse("--url", "http://h:4321", "--job", "J", "--devices", "3", "--transport", "ws", "--abort-rate", "0.2")
+    assert (args.transport, args.abort_rate) == ("ws", 0.2)
+    with pytest.raises(SystemExit):
+        parse("--url", "http://h:4321", "--job", "J", "--devices", "3", "--transport", "grpc")
