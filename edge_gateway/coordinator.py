@@ -50,7 +50,7 @@ LEAF_STALE_AFTER = 3.0
 # holds rounds no longer.
 RESEND_WAIT_LIMIT = 30.0
 # What leaves count per job (LeafJobReport), summed over leaves and their processes in job status.
-LEAF_COUNTERS = ("tasks_issued", "refused", "late", "duplicates")
+LEAF_COUNTERS = ("tasks_issued", "refused", "late", "duplicates", "over_cap")
 # Simulator groups only list devices in the selection map; the cap keeps the map a sane size.
 MAX_GROUP_DEVICES = 100_000
 
@@ -419,6 +419,7 @@ class Coordinator:
             "refused": totals["refused"],
             "late": totals["late"],
             "duplicates": totals["duplicates"],
+            "over_cap": totals["over_cap"],
             "clipped": sum(h.get("clipped", 0) for h in job.history) + job.partial.clipped,
             "capped": sum(h.get("capped", 0) for h in job.history) + job.partial.capped,
             "rejected_models": sum("rejected" in h for h in job.history),

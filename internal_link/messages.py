@@ -72,6 +72,7 @@ class LeafJobReport(_Message):
     refused: int = 0
     late: int = 0
     duplicates: int = 0
+    over_cap: int = 0  # task requests refused: their client (credential or address) held its cap
 
 
 class SyncRequest(_Message):

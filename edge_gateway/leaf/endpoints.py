@@ -22,7 +22,7 @@ from device_protocol.feg import (
     response,
 )
 from device_protocol.tensors import decode_update
-from internal_link.calls import DeviceAnswer
+from internal_link.calls import ClientLimit, DeviceAnswer
 from internal_link.errors import ErrorCode, LinkUnavailable, RemoteError
 from internal_link.messages import JobStatus, RegisterGroup
 
@@ -90,33 +90,41 @@ class DeviceEndpoints:
         view = live[0]
         return response(Status.OK, job_id=view.job_id, job_name=view.job_name, job_data={"config": view.config})
 
-    def task(self, request: TaskRequest, as_msgpack: bool, wait: float) -> FegReply | Awaitable[FegReply]:
+    def task(
+        self, request: TaskRequest, as_msgpack: bool, wait: float, client: ClientLimit | None = None
+    ) -> FegReply | Awaitable[FegReply]:
+        """`client`: the credential the proxy saw and its lease cap (None: uncapped)."""
         job = self._jobs.get(request.job_id)
         if job is None:
             content_type, data = encode(response(Status.NO_JOB, message=f"unknown job {request.job_id!r}"), as_msgpack)
             return DeviceAnswer(200, content_type, data)
         loop = asyncio.get_running_loop()
-        decision, lease = self._decide(job, request, loop.time())
+        decision, lease = self._decide(job, request, loop.time(), client)
         # Held never past the time the proxy still waits: the device would hear RETRY instead.
         hold = min(self._quota_hold, wait - ANSWER_MARGIN)
         if decision is TaskDecision.NOT_SELECTED and job.view.free_slots > 0 and hold > 0:
-            return self._task_held(job, request, as_msgpack, loop.time() + hold)
+            return self._task_held(job, request, as_msgpack, loop.time() + hold, client)
         return self._task_answer(job, request, decision, lease, as_msgpack)
 
-    async def _task_held(self, job: LeafJob, request: TaskRequest, as_msgpack: bool, give_up: float) -> FegReply:
+    async def _task_held(
+        self, job: LeafJob, request: TaskRequest, as_msgpack: bool, give_up: float, client: ClientLimit | None
+    ) -> FegReply:
         # No slot here, but some are free: ask the server now and give it a moment rather
         # than sending the device away for retry_wait.
         loop = asyncio.get_running_loop()
         while True:
             await self._sync_soon(give_up - loop.time())
-            decision, lease = self._decide(job, request, loop.time())
+            decision, lease = self._decide(job, request, loop.time(), client)
             left = give_up - loop.time()
             if decision is not TaskDecision.NOT_SELECTED or left <= 0 or job.view.free_slots == 0:
                 return self._task_answer(job, request, decision, lease, as_msgpack)
 
-    def _decide(self, job: LeafJob, request: TaskRequest, now: float) -> tuple[TaskDecision, Lease | None]:
+    def _decide(
+        self, job: LeafJob, request: TaskRequest, now: float, client: ClientLimit | None
+    ) -> tuple[TaskDecision, Lease | None]:
         ready = self._payloads.ready(job.view)
-        return job.decide_task(request.identity.device_id, now, ready, request.identity.device_info.get("platform"))
+        identity = request.identity
+        return job.decide_task(identity.device_id, now, ready, identity.device_info.get("platform"), client)
 
     def _task_answer(
         self, job: LeafJob, request: TaskRequest, decision: TaskDecision, lease: Lease | None, as_msgpack: bool
@@ -133,6 +141,14 @@ class DeviceEndpoints:
             reply = response(Status.NO_JOB, job_id=view.job_id, message="job finished")
         elif decision is TaskDecision.NOT_READY:
             reply = response(Status.RETRY, job_id=view.job_id, retry_wait=view.retry_wait, message="Model not ready")
+        elif decision is TaskDecision.CLIENT_AT_CAP:
+            # RETRY, not an error: an honest client with many devices goes on once one reports.
+            reply = response(
+                Status.RETRY,
+                job_id=view.job_id,
+                retry_wait=view.retry_wait,
+                message="Device not selected: its credential holds all the unfinished tasks it may",
+            )
         else:
             reply = response(
                 Status.RETRY, job_id=view.job_id, retry_wait=view.retry_wait, message="Device not selected"

@@ -24,7 +24,17 @@ from device_protocol.feg import (
     response,
 )
 from device_protocol.tensors import max_result_body_bytes
-from internal_link.calls import FEG, PING, PONG, XAIN, DeviceAnswer, DeviceCall, device_call_handler, xain_call_handler
+from internal_link.calls import (
+    FEG,
+    PING,
+    PONG,
+    XAIN,
+    ClientLimit,
+    DeviceAnswer,
+    DeviceCall,
+    device_call_handler,
+    xain_call_handler,
+)
 from internal_link.client import LinkClient
 from internal_link.errors import CallRefused, ErrorCode, LinkUnavailable, RemoteError
 from internal_link.messages import JobView, SyncReply, SyncRequest
@@ -36,6 +46,7 @@ from ..result_log import ResultLog
 from ..uplink import ResultUplink, ServerLink
 from .endpoints import STARTING_RETRY_WAIT, DeviceEndpoints, FegReply
 from .job_state import LeafJob
+from .no_shows import NoShowScores
 from .payload_cache import PayloadCache
 from .xain_endpoints import XainEndpoints
 
@@ -75,6 +86,7 @@ class Leaf:
         results: AcknowledgedResults = ResultLog(config.result_log_dir()) if config.result_log else MemoryResults()
         self.uplink = ResultUplink(self.name, self._link, results, on_late=self._count_late)
         self.jobs: dict[str, LeafJob] = {}
+        self._no_shows = NoShowScores()  # a device's past, whatever job it was in
         self._payloads = PayloadCache(self._link, self._is_current)
         self._endpoints = DeviceEndpoints(
             self.jobs,
@@ -222,7 +234,7 @@ class Leaf:
         elif isinstance(request, JobRequest):
             reply = self._endpoints.job(request)
         elif isinstance(request, TaskRequest):
-            return self._endpoints.task(request, as_msgpack, wait)
+            return self._endpoints.task(request, as_msgpack, wait, ClientLimit.of(headers))
         elif isinstance(request, ResultRequest):
             return self._encoded(self._endpoints.result(request, offload=body_size > INLINE_DECODE_LIMIT), as_msgpack)
         else:
@@ -303,7 +315,9 @@ class Leaf:
     def _apply(self, view: JobView) -> None:
         job = self.jobs.get(view.job_id)
         if job is None:
-            job = self.jobs[view.job_id] = LeafJob(view=view, waiting_window=2.0 * view.retry_wait + 5.0)
+            job = self.jobs[view.job_id] = LeafJob(
+                view=view, waiting_window=2.0 * view.retry_wait + 5.0, no_shows=self._no_shows
+            )
             self._wake_sync.set()  # the server lists this leaf on the job once a report names it
             # A device whose OK was answered before this leaf restarted hears "counted once" again.
             job.taken_before(self.uplink.replayed(view.job_id))
