@@ -25,6 +25,7 @@ from .config import ProxyConfig
 from .forwarding import Forwarder
 from .http1 import HttpLimits, HttpServer, Response
 from .lcp_map import load_lcp_map
+from .lease_caps import LeaseCaps
 from .upstreams import Upstreams
 from .xain_routes import UPLOAD_PATH_PREFIX
 
@@ -66,6 +67,7 @@ class ProxyServer:
             upstream_timeout=config.upstream_timeout,
             device_auth=config.device_auth(),
             admission=config.admission(device_counts),
+            lease_caps=LeaseCaps(config.max_leases_per_token, config.max_leases_per_ip),
             tls=config.ssl_cert is not None,
         )
         self.http = HttpServer(forwarder, limits, busy=lambda: no_memory_for_body(config.refusal_retry_wait))
