@@ -21,6 +21,7 @@ class ErrorCode(IntEnum):
     NOT_CURRENT = 6  # the model version asked for is not the current one
     SHUTTING_DOWN = 7  # the peer is draining and takes no new work
     INTERNAL = 8  # the handler failed unexpectedly
+    TOO_MANY_GROUPS = 9  # a device group refused: the job lists as many groups as it may
 
 
 # Codes a response may carry: UNAVAILABLE never crosses the link.

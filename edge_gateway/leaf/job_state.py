@@ -77,6 +77,10 @@ class LeafJob:
     late: int = 0
     duplicates: int = 0
     over_cap: int = 0  # task requests refused: their client held its cap of unreported leases
+    groups_refused: int = 0  # simulator group announcements refused (bounds: device_groups.py)
+    # The job's simulator groups as last fetched, and their version (JobView.groups_version).
+    device_groups: dict[str, int] = field(default_factory=dict)
+    groups_version: int = 0
 
     # -- server view --------------------------------------------------------------------------
     @property
@@ -118,6 +122,7 @@ class LeafJob:
             late=self.late,
             duplicates=self.duplicates,
             over_cap=self.over_cap,
+            groups_refused=self.groups_refused,
         )
 
     def expire(self, now: float) -> None:
