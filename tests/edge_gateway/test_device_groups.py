@@ -43,14 +43,17 @@ def test_an_announcement_costs_the_same_however_many_groups_there_are():
     few, many = DeviceGroups({"g0": 1}, 1), DeviceGroups({f"g{i}": 1 for i in range(100_000)}, 100_000)
 
     def seconds(groups: DeviceGroups) -> float:
-        started = time.perf_counter()
-        for _ in range(200):
-            with pytest.raises(GroupRefused):
-                groups.register("g0", MAX_GROUP_DEVICES + 1)  # the old code summed every other group here
-        return time.perf_counter() - started
+        best = float("inf")
+        for _ in range(3):  # the best of three: a scheduling hiccup is not the code's cost
+            started = time.perf_counter()
+            for _ in range(200):
+                with pytest.raises(GroupRefused):
+                    groups.register("g0", MAX_GROUP_DEVICES + 1)  # the old code summed every other group here
+            best = min(best, time.perf_counter() - started)
+        return best
 
-    seconds(few)
-    assert seconds(many) < 20 * seconds(few) + 0.01
+    # Summing 100,000 groups 200 times takes over a second; a dict lookup, milliseconds.
+    assert seconds(many) < 50 * seconds(few) + 0.05
 
 
 def test_restored_groups_keep_their_devices_and_a_version_leaves_will_fetch():
