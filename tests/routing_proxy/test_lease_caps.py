@@ -1,6 +1,10 @@
 """Which client a task request counts against (routing_proxy/lease_caps.py)."""
 
+import pytest
+from pydantic import ValidationError
+
 from internal_link.calls import ClientLimit
+from routing_proxy.cli import load_config
 from routing_proxy.device_auth import DeviceAuthenticator
 from routing_proxy.lease_caps import LeaseCaps
 
@@ -24,3 +28,11 @@ def test_admission_names_the_token_by_a_digest_prefix():
     assert alpha.credential != beta.credential and alpha.credential == auth.admit("E", "auth_token=alpha").credential
     assert auth.admit("D", "auth_token=gamma") == ("invalid auth_token", None)
     assert DeviceAuthenticator([], ["D"]).admit("D", None) == (None, None)  # an allow-list binds no token
+
+
+def test_the_flags_set_the_caps_and_refuse_negative_ones():
+    assert (load_config([]).max_leases_per_token, load_config([]).max_leases_per_ip) == (16, 0)
+    config = load_config(["--max-leases-per-token", "3", "--max-leases-per-ip", "5"])
+    assert (config.max_leases_per_token, config.max_leases_per_ip) == (3, 5)
+    with pytest.raises(ValidationError):
+        load_config(["--max-leases-per-ip", "-1"])
