@@ -300,6 +300,8 @@ class Leaf:
             if self._server_boot is not None:
                 log.warning("server restarted (boot %s): sending again what it had not checkpointed", reply.boot)
                 await self.uplink.resend_taken(reply.boot)
+                for job in self.jobs.values():
+                    job.groups_version = -1  # the new process counts group versions afresh: fetch
             self._server_boot = reply.boot
             self._wake_sync.set()  # the server holds its rounds until this leaf says it has delivered
         seen = set()

@@ -96,3 +96,30 @@ async def test_a_prefix_too_long_is_refused_at_the_leaf_and_counted(server: Serv
     }
     assert leaves[0].jobs["j"].groups_refused == 1
     assert server.coordinator.job("j").device_groups.groups == {}
+
+
+async def test_after_a_server_restart_a_leaf_fetches_the_groups_again_whatever_their_version(
+    server: Server, leaves: list[Leaf], tmp_path: Path
+) -> None:
+    first, second = leaves
+    for name in ("g1", "g2"):
+        assert (await answer(first, selection(f"{name}?2")))["status"] == "OK"
+    assert set((await answer(first, selection("dummy")))["selection"]) == {"g1#0", "g1#1", "g2#0", "g2#1"}
+    assert first.jobs["j"].groups_version == 2
+    await server.stop()  # writes the groups; the new process restores them as version 1
+    config = server.config.model_copy(update={"link_port": server.link_port})
+    restarted = Server(config)
+    await restarted.start()
+    try:
+        async with asyncio.timeout(20):
+            while not all(leaf._server_boot == restarted.coordinator.boot for leaf in leaves):
+                await asyncio.sleep(0.05)
+        # The other leaf announces one more: version 2 again, as the first leaf last fetched.
+        assert (await answer(second, selection("g3?2")))["status"] == "OK"
+        assert restarted.coordinator.job("j").device_groups.version == 2
+        async with asyncio.timeout(10):
+            while first.jobs["j"].view.groups_version != 2:
+                await asyncio.sleep(0.02)
+        assert {"g3#0", "g3#1"} <= set((await answer(first, selection("dummy")))["selection"])
+    finally:
+        await restarted.stop()
