@@ -24,6 +24,7 @@ from internal_link.messages import (
     SyncRequest,
 )
 
+from .device_groups import DeviceGroups
 from .fair_share import fair_level
 from .fedavg import PartialSum
 from .fedbuff import FedBuffBuffer, repeated_ids
@@ -50,9 +51,7 @@ LEAF_STALE_AFTER = 3.0
 # holds rounds no longer.
 RESEND_WAIT_LIMIT = 30.0
 # What leaves count per job (LeafJobReport), summed over leaves and their processes in job status.
-LEAF_COUNTERS = ("tasks_issued", "refused", "late", "duplicates")
-# Simulator groups only list devices in the selection map; the cap keeps the map a sane size.
-MAX_GROUP_DEVICES = 100_000
+LEAF_COUNTERS = ("tasks_issued", "refused", "late", "duplicates", "over_cap", "groups_refused")
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,7 @@ class JobState:
     counted: set[str] = field(default_factory=set)
     leaves: dict[str, LeafSlots] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
-    device_groups: dict[str, int] = field(default_factory=dict)
+    device_groups: DeviceGroups = field(default_factory=DeviceGroups)
     # Counters of leaf processes that have ended (a leaf restarted under its name starts at 0).
     ended_leaf_totals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LEAF_COUNTERS, 0))
     fedbuff: FedBuffBuffer | None = None  # async jobs' results since their last version (fedbuff_jobs.py)
@@ -149,7 +148,7 @@ class Coordinator:
             selection_id=round_,
             selection_opened_at=now,
             history=list(history or []),
-            device_groups=dict(device_groups or {}),
+            device_groups=DeviceGroups.restored(device_groups),
         )
         if spec.mode == "async":
             job.fedbuff = new_buffer(job.shapes, spec.buffer_size, spec.max_staleness, version, fedbuff_state)
@@ -174,13 +173,11 @@ class Coordinator:
             raise ValueError(f"job {job_id!r} is running: only a finished job is retired")
         del self.jobs[job_id]
 
-    def register_group(self, job_id: str, prefix: str, count: int) -> None:
-        """Record a simulator's device group; refuses groups past the per-job cap."""
-        job = self.job(job_id)
-        others = sum(n for p, n in job.device_groups.items() if p != prefix)
-        if not 0 < count <= MAX_GROUP_DEVICES - others:
-            raise ValueError(f"a job lists at most {MAX_GROUP_DEVICES} simulated devices")
-        job.device_groups[prefix] = count
+    def register_group(self, job_id: str, prefix: str, count: int) -> bool:
+        """Record a simulator's device group; True when it changed the job's groups.
+
+        Raises `GroupRefused` past the bounds (device_groups.py)."""
+        return self.job(job_id).device_groups.register(prefix, count)
 
     # -- leaves -------------------------------------------------------------------------------
     def expect_resends(self, leaves: set[str], now: float) -> None:
@@ -258,7 +255,7 @@ class Coordinator:
             param_shapes={k: list(v) for k, v in job.shapes.items()},
             config=spec.app_config(),
             task_meta=spec.task_meta(),
-            device_groups=job.device_groups,
+            groups_version=job.device_groups.version,
             task_kind="APP_DEFINED" if spec.runtime == "executorch" else "WEIGHTS",
             platforms=spec.platforms,
             device_ids=spec.device_ids,
@@ -428,6 +425,9 @@ class Coordinator:
             "refused": totals["refused"],
             "late": totals["late"],
             "duplicates": totals["duplicates"],
+            "over_cap": totals["over_cap"],
+            "groups_refused": totals["groups_refused"],
+            "device_groups": len(job.device_groups.groups),
             "clipped": sum(h.get("clipped", 0) for h in job.history) + job.partial.clipped,
             "capped": sum(h.get("capped", 0) for h in job.history) + job.partial.capped,
             "rejected_models": sum("rejected" in h for h in job.history),

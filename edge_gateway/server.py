@@ -17,11 +17,20 @@ from pydantic import ValidationError
 
 from device_protocol.tensors import tensors_from_binary, tensors_to_binary
 from internal_link.errors import CallRefused, ErrorCode
-from internal_link.messages import JobStatus, ModelRequest, RegisterGroup, SubmitBatch, SyncRequest
+from internal_link.messages import (
+    GroupsReply,
+    GroupsRequest,
+    JobStatus,
+    ModelRequest,
+    RegisterGroup,
+    SubmitBatch,
+    SyncRequest,
+)
 from internal_link.server import LinkServer
 
 from .config import ServerConfig
 from .coordinator import LEAF_STALE_AFTER, RESEND_WAIT_LIMIT, Coordinator, JobNotFound, NewVersion
+from .device_groups import GroupRefused
 from .job_api import create_api
 from .job_api_auth import refuse_exposed_without_token
 from .jobs import JobNameTaken, JobSpec
@@ -61,6 +70,7 @@ class Server:
                 "model": _coded(self.handle_model),
                 "submit": _coded(self.handle_submit),
                 "register": _coded(self.handle_register),
+                "groups": _coded(self.handle_groups),
                 "watch": _coded(self.handle_watch),
             },
             config.secret_bytes(),
@@ -73,6 +83,7 @@ class Server:
         self._base_programs: dict[str, asyncio.Task[bytes]] = {}  # exported once per job
         self._version_programs: dict[tuple[str, int], asyncio.Task[bytes]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self._groups_unsaved: set[str] = set()  # jobs whose simulator groups changed since their checkpoint
         # Which leaves a restarted server waits for (Coordinator.expect_resends): on disk, every leaf
         # that may hold results this process took and has not checkpointed, and the live ones (so a
         # round's first batch from a known leaf needs no write).
@@ -118,6 +129,7 @@ class Server:
         """Stop taking work, finish checkpoints and evaluations, close."""
         if self._tick_task is not None:
             self._tick_task.cancel()
+        self._save_groups()
         await self._rpc.close()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
@@ -237,7 +249,7 @@ class Server:
             "round": job.round,
             "status": job.status,
             "history": [dict(h) for h in job.history],
-            "device_groups": dict(job.device_groups),
+            "device_groups": dict(job.device_groups.groups),
             "bounds": asdict(job.bounds),  # adaptive: they follow the rounds so far
         }
         if job.status is JobStatus.DONE:  # retirement counts from here, over restarts too
@@ -319,10 +331,16 @@ class Server:
         while True:
             await asyncio.sleep(self.config.tick_interval)
             try:
+                self._save_groups()
                 self._on_versions(self.coordinator.tick(time.monotonic()))
                 self._retire_due()
             except Exception:
                 log.exception("tick failed")
+
+    def _save_groups(self) -> None:
+        unsaved, self._groups_unsaved = self._groups_unsaved, set()
+        for job_id in unsaved:
+            self._checkpoint(job_id)
 
     def _announce(self) -> None:
         """Wake the leaves' watch calls: they sync at once instead of at their next tick."""
@@ -401,13 +419,19 @@ class Server:
 
     async def handle_register(self, payload: Any) -> None:
         request = RegisterGroup.model_validate(payload)
-        job = self.coordinator.job(request.job_id)
-        if job.device_groups.get(request.prefix) != request.count:
-            try:
-                self.coordinator.register_group(request.job_id, request.prefix, request.count)
-            except ValueError as exc:
-                raise CallRefused(ErrorCode.TOO_MANY_DEVICES, str(exc)) from None
-            self._checkpoint(request.job_id)
+        try:
+            changed = self.coordinator.register_group(request.job_id, request.prefix, request.count)
+        except GroupRefused as exc:
+            code = ErrorCode.TOO_MANY_GROUPS if exc.too_many_groups else ErrorCode.TOO_MANY_DEVICES
+            raise CallRefused(code, str(exc)) from None
+        if changed:
+            # On disk with the next tick's checkpoint, not now: a flood of announcements costs
+            # one state write per tick, not one (with its fsync, on this loop) per announcement.
+            self._groups_unsaved.add(request.job_id)
+
+    async def handle_groups(self, payload: Any) -> dict[str, Any]:
+        groups = self.coordinator.job(GroupsRequest.model_validate(payload).job_id).device_groups
+        return GroupsReply(version=groups.version, groups=groups.groups).model_dump()
 
     async def handle_submit(self, payload: Any) -> dict[str, Any]:
         batch = SubmitBatch.model_validate(payload)

@@ -22,6 +22,12 @@ ENDPOINTS: frozenset[str] = frozenset(("job", "task", "result", "selection"))
 # (scheme://host of the proxy as the participant reached it, for start_training).
 XAIN_ENDPOINTS: frozenset[str] = frozenset(("heartbeat", "start_training", "download", "upload"))
 
+# Set by the proxy on a device call (never taken from the device: it forwards only `x-flare-*`,
+# `content-type` and `accept`): whose credential the request came with, and how many unreported
+# tasks that credential may hold on one leaf (issue 11: Sybil slot capture).
+CLIENT_HEADER = "x-edgefl-client"
+CLIENT_LEASES_HEADER = "x-edgefl-client-leases"
+
 _new = tuple.__new__  # builds a checked tuple without the named tuple's Python-level __new__
 
 
@@ -74,6 +80,24 @@ class DeviceCall(NamedTuple):
             call = cls.check(["job", *payload[1:]])
             return call._replace(endpoint=payload[0])
         raise BadPayload(f"malformed xain call: {reprlib.repr(payload)}")
+
+
+class ClientLimit(NamedTuple):
+    """The credential a device call came with (`token:<digest>` or `ip:<address>`) and its lease cap."""
+
+    key: str
+    max_leases: int
+
+    def headers(self) -> dict[str, str]:
+        return {CLIENT_HEADER: self.key, CLIENT_LEASES_HEADER: str(self.max_leases)}
+
+    @classmethod
+    def of(cls, headers: dict[str, str]) -> ClientLimit | None:
+        """The limit a call's headers carry; None when the proxy set none (or set it malformed)."""
+        key, cap = headers.get(CLIENT_HEADER), headers.get(CLIENT_LEASES_HEADER, "")
+        if not key or not (cap.isascii() and cap.isdigit()) or int(cap) < 1:
+            return None
+        return cls(key, int(cap))
 
 
 class DeviceAnswer(NamedTuple):

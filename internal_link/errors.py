@@ -22,6 +22,7 @@ class ErrorCode(IntEnum):
     SHUTTING_DOWN = 7  # the peer is draining and takes no new work
     INTERNAL = 8  # the handler failed unexpectedly
     NAME_TAKEN = 9  # another live leaf syncs under this leaf's name
+    TOO_MANY_GROUPS = 10  # a device group refused: the job lists as many groups as it may
 
 
 # Codes a response may carry: UNAVAILABLE never crosses the link.

@@ -51,7 +51,9 @@ class JobView(_Message):
     config: dict[str, Any]
     task_meta: dict[str, Any]
     task_kind: Literal["WEIGHTS", "APP_DEFINED"] = "WEIGHTS"
-    device_groups: dict[str, int] = {}  # simulator groups: devices "<prefix>#0" .. "<prefix>#<n-1>"
+    # Moves when the job's simulator groups change; a leaf then asks for them (`GroupsReply`):
+    # they are not copied into every sync.
+    groups_version: int = 0
     # Who may train (None: anyone), e.g. keeping simulated devices off a real phone's task.
     platforms: list[str] | None = None
     device_ids: list[str] | None = None
@@ -74,6 +76,8 @@ class LeafJobReport(_Message):
     refused: int = 0
     late: int = 0
     duplicates: int = 0
+    over_cap: int = 0  # task requests refused: their client (credential or address) held its cap
+    groups_refused: int = 0  # simulator group announcements refused (docs/THREAT_MODEL.md)
 
 
 class SyncRequest(_Message):
@@ -104,6 +108,17 @@ class RegisterGroup(_Message):
     job_id: str
     prefix: str
     count: int
+
+
+class GroupsRequest(_Message):
+    job_id: str
+
+
+class GroupsReply(_Message):
+    """A job's simulator groups (devices "<prefix>#0" .. "<prefix>#<n-1>") as of `version`."""
+
+    version: int
+    groups: dict[str, int]
 
 
 class SubmitBatch(_Message):

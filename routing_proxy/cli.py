@@ -89,6 +89,16 @@ def _parser() -> argparse.ArgumentParser:
         help="accepted X-Flare-User-Info auth_token values, one per line (one more token: env EDGEFL_PROXY_AUTH_TOKEN)",
     )
     auth.add_argument("--allowed-devices-file", type=Path, help="device ids admitted, one per line")
+    auth.add_argument(
+        "--max-leases-per-token",
+        type=int,
+        help="unfinished tasks the devices of one auth_token may hold on one leaf (default 16, 0 = no cap)",
+    )
+    auth.add_argument(
+        "--max-leases-per-ip",
+        type=int,
+        help="without a token: unfinished tasks the devices of one IP address may hold on one leaf (default 0 = no cap)",
+    )
     limits = parser.add_argument_group("admission control, for the whole proxy (0 = off, the default)")
     limits.add_argument("--device-rate", type=int, help="requests one device may make per --device-window")
     limits.add_argument("--device-window", type=float, help="seconds of a device-rate window (default 60)")

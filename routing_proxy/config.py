@@ -66,6 +66,10 @@ class ProxyConfig(BaseSettings):
     # One more accepted token, from EDGEFL_PROXY_AUTH_TOKEN only: a flag would show it in `ps`.
     auth_token: SecretStr = SecretStr("")
     allowed_devices_file: Path | None = None  # device ids admitted, one per line
+    # Unfinished tasks one client may hold on one leaf (routing_proxy/lease_caps.py); 0 = no cap.
+    # A token vouches for the devices it is sent with; an address may be a NAT or a simulator.
+    max_leases_per_token: int = Field(16, ge=0)
+    max_leases_per_ip: int = Field(0, ge=0)
     # Admission control (routing_proxy/admission.py) for the whole proxy; 0 turns a limit off.
     # Workers share the device counts and split the in-flight and rate bounds evenly.
     device_rate: int = Field(0, ge=0)  # requests one device may make per device_window

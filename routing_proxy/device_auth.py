@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from device_protocol.errors import InvalidRequest
 from device_protocol.headers import parse_info
@@ -29,6 +30,14 @@ def parse_lines(text: str) -> list[str]:
         if entry and not entry.startswith("#"):
             entries.append(entry)
     return entries
+
+
+class Admission(NamedTuple):
+    """A request's fate: `reason` to refuse it (None: admitted), and the credential it was admitted
+    with, `token:<first 16 hex digits of the token's SHA-256>` (None: no token asked for)."""
+
+    reason: str | None
+    credential: str | None = None
 
 
 def _digest(token: str) -> bytes:
@@ -60,7 +69,11 @@ class DeviceAuthenticator:
         self._devices = None if allowed_devices is None else frozenset(allowed_devices)
 
     def check(self, device_id: str, user_info_header: str | None) -> str | None:
-        """None when the request is admitted, else the reason to send back with HTTP 403.
+        """None when the request is admitted, else the reason to send back with HTTP 403."""
+        return self.admit(device_id, user_info_header).reason
+
+    def admit(self, device_id: str, user_info_header: str | None) -> Admission:
+        """Whether the request is admitted, and with which credential (see `Admission`).
 
         Args:
             device_id: the X-Flare-Device-ID header (the proxy has checked it is non-empty).
@@ -69,16 +82,18 @@ class DeviceAuthenticator:
         """
         # The leaf strips the id too (device_protocol.headers.device_identity): compare the same id.
         if self._devices is not None and device_id.strip() not in self._devices:
-            return "device not allowed"
+            return Admission("device not allowed")
         if not self._digests:
-            return None
+            return Admission(None)
         try:
             info = parse_info(user_info_header or "", "X-Flare-User-Info")
         except InvalidRequest as exc:
-            return f"{TOKEN_KEY} missing: {exc.message}"
+            return Admission(f"{TOKEN_KEY} missing: {exc.message}")
         token = info.get(TOKEN_KEY)
         if token is None:
-            return f"{TOKEN_KEY} missing from X-Flare-User-Info"
-        if _digest(token) not in self._digests:
-            return f"invalid {TOKEN_KEY}"
-        return None
+            return Admission(f"{TOKEN_KEY} missing from X-Flare-User-Info")
+        digest = _digest(token)
+        if digest not in self._digests:
+            return Admission(f"invalid {TOKEN_KEY}")
+        # A prefix of the digest names the token on the link and in leaf memory, never the token.
+        return Admission(None, f"token:{digest.hex()[:16]}")

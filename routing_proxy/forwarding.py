@@ -23,6 +23,7 @@ from internal_link.versions import versions
 from .admission import DEVICE_RATE_REASON, AdmissionControl
 from .device_auth import DeviceAuthenticator
 from .http1 import Reply, Request, Response, invalid_request
+from .lease_caps import LeaseCaps
 from .sessions.hub import SessionHub
 from .stats import ProxyStats
 from .upstreams import Upstream, Upstreams
@@ -43,6 +44,7 @@ ENDPOINTS: dict[str, frozenset[str]] = {
     "selection": _POST,
 }
 _HEALTH_METHODS = frozenset({"GET", "HEAD"})
+NO_LEASE_CAPS = LeaseCaps(per_token=0, per_ip=0)
 
 # PROTOCOL.md §8: an unreachable upstream is RETRY with no retry_wait, never ERROR or an HTTP error.
 _RETRY_BODY = b'{"status":"RETRY"}'
@@ -66,6 +68,7 @@ class Forwarder:
         upstream_timeout: float,
         device_auth: DeviceAuthenticator | None = None,
         admission: AdmissionControl | None = None,
+        lease_caps: LeaseCaps = NO_LEASE_CAPS,
         tls: bool = False,
         stats: ProxyStats,
         sessions: SessionHub | None = None,
@@ -78,6 +81,7 @@ class Forwarder:
         self._auth = device_auth
         self._admission = admission
         self._ids_refused = 0  # requests refused for an over-long identifier (shown by /health)
+        self._lease_caps = lease_caps
 
     def __call__(self, request: Request, reply: Reply) -> None:
         path, query_string = request.path, request.query
@@ -111,9 +115,17 @@ class Forwarder:
             reply(invalid_request(400, problem))  # before its id fills any table here or at a leaf
             return
         # Before anything reaches a leaf: who may ask, and whether the gateway takes more now.
-        if self._auth is not None and (reason := self._auth.check(device_id, headers.get("x-flare-user-info"))):
-            self._refuse(reply, "unauthenticated", invalid_request(403, reason))
-            return
+        credential = None
+        if self._auth is not None:
+            verdict = self._auth.admit(device_id, headers.get("x-flare-user-info"))
+            if verdict.reason is not None:
+                self._refuse(reply, "unauthenticated", invalid_request(403, verdict.reason))
+                return
+            credential = verdict.credential
+        if endpoint == "task":  # the only request that takes a lease
+            limit = self._lease_caps.limit(credential, request.client)
+            if limit is not None:
+                headers.update(limit.headers())  # never from the device: only x-flare-* are passed
         if self._admission is not None:
             if self._admit(self._admission, endpoint, device_id, reply):
                 return

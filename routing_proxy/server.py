@@ -26,6 +26,7 @@ from .config import ProxyConfig
 from .forwarding import Forwarder
 from .http1 import HttpLimits, HttpServer, Response
 from .lcp_map import load_lcp_map
+from .lease_caps import LeaseCaps
 from .metrics import MetricsPage, proxy_registry
 from .sessions.hub import SessionHub
 from .stats import ProxyStats
@@ -81,6 +82,7 @@ class ProxyServer:
             upstream_timeout=config.upstream_timeout,
             device_auth=device_auth,
             admission=admission,
+            lease_caps=LeaseCaps(config.max_leases_per_token, config.max_leases_per_ip),
             tls=config.ssl_cert is not None,
             stats=stats,
             sessions=self.sessions,

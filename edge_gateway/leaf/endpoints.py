@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
+from pydantic import ValidationError
+
 from device_protocol.codecs import encode
 from device_protocol.cookies import CookieSigner
 from device_protocol.errors import CookieInvalid, UpdateRejected
@@ -22,11 +24,12 @@ from device_protocol.feg import (
     response,
 )
 from device_protocol.tensors import decode_update
-from internal_link.calls import DeviceAnswer
+from internal_link.calls import ClientLimit, DeviceAnswer
 from internal_link.errors import ErrorCode, LinkUnavailable, RemoteError
-from internal_link.messages import JobStatus, RegisterGroup
+from internal_link.messages import GroupsReply, GroupsRequest, JobStatus, RegisterGroup
 from internal_link.server import answer_room
 
+from ..device_groups import MAX_GROUPS, MAX_PREFIX_CHARS
 from ..result_log import ResultRecord
 from ..robustness import ScreenBounds, Screened, screen_update
 from ..uplink import ResultUplink, ServerLink
@@ -53,6 +56,18 @@ def _decode_and_screen(result: Any, shapes: dict[str, tuple[int, ...]], bounds: 
     if bounds is None:
         return Screened(update, weight, clipped=False, capped=False, clamped=False, norm=0.0)
     return screen_update(update, weight, bounds)
+
+
+# The server's reasons, in words for the device (the server's own text is logged).
+_GROUP_REFUSALS = {
+    ErrorCode.TOO_MANY_DEVICES: "too many devices for this job",
+    ErrorCode.TOO_MANY_GROUPS: f"more than {MAX_GROUPS} groups for this job",
+}
+
+
+def _group_refused(job: LeafJob, reason: str) -> dict[str, Any]:
+    job.groups_refused += 1
+    return response(Status.RETRY, retry_wait=job.view.retry_wait, message=f"simulated device group refused: {reason}")
 
 
 def _from_simulator(identity: Identity) -> bool:
@@ -84,6 +99,7 @@ class DeviceEndpoints:
         self._quota_hold = quota_hold
         # Asks the server for a sync now and waits (at most the given seconds) until one is done.
         self._sync_soon = sync_soon
+        self._group_fetches: dict[str, asyncio.Future[Any]] = {}  # by job id, while in flight
 
     def job(self, request: JobRequest) -> dict[str, Any]:
         # Jobs are looked up by exact name; a running one wins over a finished one of that name.
@@ -95,25 +111,37 @@ class DeviceEndpoints:
         return response(Status.OK, job_id=view.job_id, job_name=view.job_name, job_data={"config": view.config})
 
     def task(
-        self, request: TaskRequest, as_msgpack: bool, wait: float, fetch_hold: bool = True
+        self,
+        request: TaskRequest,
+        as_msgpack: bool,
+        wait: float,
+        client: ClientLimit | None = None,
+        fetch_hold: bool = True,
     ) -> FegReply | Awaitable[FegReply]:
+        """`client`: the credential the proxy saw and its lease cap (None: uncapped)."""
         job = self._jobs.get(request.job_id)
         if job is None:
             self._metrics.answers.labels("task", Status.NO_JOB.value).inc()
             content_type, data = encode(response(Status.NO_JOB, message=f"unknown job {request.job_id!r}"), as_msgpack)
             return DeviceAnswer(200, content_type, data)
         loop = asyncio.get_running_loop()
-        decision, lease = self._decide(job, request, loop.time())
+        decision, lease = self._decide(job, request, loop.time(), client)
         # Held never past the time the proxy still waits: the device would hear RETRY instead.
         hold = min(self._quota_hold, wait - ANSWER_MARGIN)
         if decision is TaskDecision.NOT_SELECTED and job.view.free_slots > 0 and hold > 0:
-            return self._task_held(job, request, as_msgpack, loop.time() + hold)
+            return self._task_held(job, request, as_msgpack, loop.time() + hold, client)
         if decision is TaskDecision.NOT_READY and hold > 0 and fetch_hold and self._payloads.fetching(job.view):
-            return self._task_once_fetched(job, request, as_msgpack, wait, hold)
+            return self._task_once_fetched(job, request, as_msgpack, wait, hold, client)
         return self._task_answer(job, request, decision, lease, as_msgpack)
 
     async def _task_once_fetched(
-        self, job: LeafJob, request: TaskRequest, as_msgpack: bool, wait: float, hold: float
+        self,
+        job: LeafJob,
+        request: TaskRequest,
+        as_msgpack: bool,
+        wait: float,
+        hold: float,
+        client: ClientLimit | None,
     ) -> FegReply:
         # The payload is on its way (a new version, or one fetched again after its eviction): a
         # moment's wait spares the device a whole retry_wait. Then decided afresh, once.
@@ -121,26 +149,31 @@ class DeviceEndpoints:
         started = loop.time()
         await self._payloads.fetched(job.view, hold)
         await answer_room()
-        outcome = self.task(request, as_msgpack, wait - (loop.time() - started), fetch_hold=False)
+        outcome = self.task(request, as_msgpack, wait - (loop.time() - started), client, fetch_hold=False)
         return await outcome if isinstance(outcome, Awaitable) else outcome
 
-    async def _task_held(self, job: LeafJob, request: TaskRequest, as_msgpack: bool, give_up: float) -> FegReply:
+    async def _task_held(
+        self, job: LeafJob, request: TaskRequest, as_msgpack: bool, give_up: float, client: ClientLimit | None
+    ) -> FegReply:
         # No slot here, but some are free: ask the server now and give it a moment rather
         # than sending the device away for retry_wait.
         loop = asyncio.get_running_loop()
         while True:
             await self._sync_soon(give_up - loop.time())
-            decision, lease = self._decide(job, request, loop.time())
+            decision, lease = self._decide(job, request, loop.time(), client)
             left = give_up - loop.time()
             if decision is not TaskDecision.NOT_SELECTED or left <= 0 or job.view.free_slots == 0:
                 if decision is TaskDecision.TASK:
                     await answer_room()  # the task is the model: built when the proxy's link can take it
                 return self._task_answer(job, request, decision, lease, as_msgpack)
 
-    def _decide(self, job: LeafJob, request: TaskRequest, now: float) -> tuple[TaskDecision, Lease | None]:
+    def _decide(
+        self, job: LeafJob, request: TaskRequest, now: float, client: ClientLimit | None
+    ) -> tuple[TaskDecision, Lease | None]:
         ready = self._payloads.servable(job.view)
+        identity = request.identity
         issued = job.tasks_issued
-        decided = job.decide_task(request.identity.device_id, now, ready, request.identity.device_info.get("platform"))
+        decided = job.decide_task(identity.device_id, now, ready, identity.device_info.get("platform"), client)
         self._metrics.tasks_issued.inc(job.tasks_issued - issued)
         return decided
 
@@ -160,6 +193,14 @@ class DeviceEndpoints:
             reply = response(Status.NO_JOB, job_id=view.job_id, message="job finished")
         elif decision is TaskDecision.NOT_READY:
             reply = response(Status.RETRY, job_id=view.job_id, retry_wait=view.retry_wait, message="Model not ready")
+        elif decision is TaskDecision.CLIENT_AT_CAP:
+            # RETRY, not an error: an honest client with many devices goes on once one reports.
+            reply = response(
+                Status.RETRY,
+                job_id=view.job_id,
+                retry_wait=view.retry_wait,
+                message="Device not selected: its credential holds all the unfinished tasks it may",
+            )
         else:
             reply = response(
                 Status.RETRY, job_id=view.job_id, retry_wait=view.retry_wait, message="Device not selected"
@@ -259,22 +300,45 @@ class DeviceEndpoints:
             return response(Status.NO_JOB, message=f"no running job {request.job_id!r}")
         group = SIMULATOR_GROUP.fullmatch(request.identity.device_id) if _from_simulator(request.identity) else None
         if group is not None:
-            register = RegisterGroup(job_id=job.view.job_id, prefix=group["prefix"], count=int(group["count"]))
-            try:
-                await self._link.call("register", register.model_dump(), 5.0)
-            except LinkUnavailable:
-                return response(Status.RETRY, retry_wait=STARTING_RETRY_WAIT, message="server unavailable")
-            except RemoteError as exc:
-                log.warning("simulated device group %s?%d refused: %s", register.prefix, register.count, exc)
-                reason = "too many devices for this job" if exc.code is ErrorCode.TOO_MANY_DEVICES else exc.code.name
-                return response(
-                    Status.RETRY, retry_wait=job.view.retry_wait, message=f"simulated device group refused: {reason}"
-                )
-            job.view = job.view.model_copy(
-                update={"device_groups": {**job.view.device_groups, register.prefix: register.count}}
-            )
+            refused = await self._register(job, group["prefix"], int(group["count"]))
+            if refused is not None:
+                return refused
         selection = job.selection()
         # Every simulated device may ask; the leaves' slots decide who trains (PROTOCOL.md §4).
-        for prefix, count in job.view.device_groups.items():
+        for prefix, count in (await self._groups(job)).items():
             selection.update((f"{prefix}#{i}", job.view.selection_id) for i in range(count))
         return response(Status.OK, job_id=job.view.job_id, selection=selection)
+
+    async def _register(self, job: LeafJob, prefix: str, count: int) -> dict[str, Any] | None:
+        """Announce a group to the server: None once it is recorded, else the answer to send."""
+        if len(prefix) > MAX_PREFIX_CHARS:  # refused here: the server never sees it
+            return _group_refused(job, f"prefix longer than {MAX_PREFIX_CHARS} characters")
+        register = RegisterGroup(job_id=job.view.job_id, prefix=prefix, count=count)
+        try:
+            await self._link.call("register", register.model_dump(), 5.0)
+        except LinkUnavailable:
+            return response(Status.RETRY, retry_wait=STARTING_RETRY_WAIT, message="server unavailable")
+        except RemoteError as exc:
+            log.info("simulated device group %s?%d refused: %s", prefix, count, exc)
+            return _group_refused(job, _GROUP_REFUSALS.get(exc.code, exc.code.name))
+        job.groups_version = -1  # ours is newer than what the last sync said: fetch them
+        return None
+
+    async def _groups(self, job: LeafJob) -> dict[str, int]:
+        """The job's simulator groups, fetched from the server when their version moved (once,
+        however many devices ask meanwhile); the last ones known when the server is out of reach."""
+        job_id = job.view.job_id
+        if job.groups_version == job.view.groups_version:
+            return job.device_groups
+        fetch = self._group_fetches.get(job_id)
+        if fetch is None:
+            fetch = asyncio.ensure_future(self._link.call("groups", GroupsRequest(job_id=job_id).model_dump(), 5.0))
+            self._group_fetches[job_id] = fetch
+            fetch.add_done_callback(lambda _: self._group_fetches.pop(job_id, None))
+        try:
+            reply = GroupsReply.model_validate(await asyncio.shield(fetch))
+        except (LinkUnavailable, RemoteError, ValidationError) as exc:
+            log.warning("simulated device groups of job %s not fetched: %s", job_id, exc)
+            return job.device_groups
+        job.device_groups, job.groups_version = reply.groups, reply.version
+        return job.device_groups

@@ -7,6 +7,11 @@ Async (FedBuff) jobs differ in four rules: a lease holds its slot only while tra
 result frees it, and the device may get a new task at once: no ALREADY_TRAINED); a new version
 clears no leases; a result counts while its trained-on version is within `max_staleness` of the
 current one; and the books of taken and expired tasks are kept for that whole window.
+
+Two rules keep slots from being captured (issue 11): a client (one credential, or one address
+when device authentication is off; the proxy says which) holds at most its cap of unreported
+leases, and a device that lets leases run out gets a free slot only when no reliable device is
+waiting for one (no_shows.py).
 """
 
 from __future__ import annotations
@@ -17,10 +22,13 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
 
+from internal_link.calls import ClientLimit
 from internal_link.messages import JobStatus, JobView, LeafJobReport
 
 from ..fedbuff import is_late
+from .no_shows import NoShowScores
 from .result_verdicts import RESULT_ANSWERS, ResultFacts, ResultVerdict, Tally
+from .unreported import UnreportedLeases
 
 
 class TaskDecision(Enum):
@@ -29,6 +37,7 @@ class TaskDecision(Enum):
     NOT_SELECTED = "not_selected"  # no free slot: may be worth waiting a moment for one
     ALREADY_TRAINED = "already_trained"  # trained in this selection: wait for the next
     NOT_ELIGIBLE = "not_eligible"  # the job's allow-lists leave this device out
+    CLIENT_AT_CAP = "client_at_cap"  # its client holds as many unreported leases as it may
     TASK = "task"
 
 
@@ -41,6 +50,7 @@ class Lease:
     issued_at: float  # for the turnaround metric
     expires_at: float
     reported: bool = False
+    client: str | None = None  # the credential it was taken with (ClientLimit.key), if capped
 
 
 @dataclass
@@ -55,10 +65,11 @@ class LeafJob:
     # "counted once", not "late: not counted".
     reported_before: set[str] = field(default_factory=set)
     # Both in deadline order, so expiry and pruning stop at the first live entry: a scan of every
-    # lease or device per request or sync cost milliseconds with thousands of them. OrderedDict,
-    # not dict: taking a plain dict's first item walks every slot deleted before it (quadratic).
-    unreported: OrderedDict[str, Lease] = field(default_factory=OrderedDict)  # task id -> lease, by creation
+    # lease or device per request or sync cost milliseconds with thousands of them.
+    unreported: UnreportedLeases[Lease] = field(default_factory=UnreportedLeases)
     waiting: OrderedDict[str, float] = field(default_factory=OrderedDict)  # device id -> last ask, oldest first
+    waiting_flagged: set[str] = field(default_factory=set)  # of `waiting`, the devices no_shows flags
+    no_shows: NoShowScores = field(default_factory=NoShowScores)  # the leaf's, shared by its jobs
     # Async: the trained-on version of each task in reported_tasks or expired_tasks, to forget
     # them once late (sync forgets them at each new version).
     task_versions: dict[str, int] = field(default_factory=dict)
@@ -67,6 +78,11 @@ class LeafJob:
     refused: int = 0
     late: int = 0
     duplicates: int = 0
+    over_cap: int = 0  # task requests refused: their client held its cap of unreported leases
+    groups_refused: int = 0  # simulator group announcements refused (bounds: device_groups.py)
+    # The job's simulator groups as last fetched, and their version (JobView.groups_version).
+    device_groups: dict[str, int] = field(default_factory=dict)
+    groups_version: int = 0
 
     # -- server view --------------------------------------------------------------------------
     @property
@@ -98,6 +114,7 @@ class LeafJob:
                 self.waiting[device] = seen
                 self.waiting.move_to_end(device, last=False)
                 break
+            self.waiting_flagged.discard(device)
         return LeafJobReport(
             selection_id=self.view.selection_id,
             waiting=len(self.waiting) + self.sessions_waiting,
@@ -106,20 +123,20 @@ class LeafJob:
             refused=self.refused,
             late=self.late,
             duplicates=self.duplicates,
+            over_cap=self.over_cap,
+            groups_refused=self.groups_refused,
         )
 
     def expire(self, now: float) -> None:
-        """Leases past their deadline free their slot; their results will count as late."""
-        while self.unreported:
-            task_id, lease = self.unreported.popitem(last=False)
-            if lease.expires_at > now:
-                self.unreported[task_id] = lease  # every later lease was created later, same timeout
-                self.unreported.move_to_end(task_id, last=False)
-                break
+        """Leases past their deadline free their slot; their results will count as late, and their
+        devices are scored as no-shows."""
+        while (lease := self.unreported.oldest()) is not None and lease.expires_at <= now:
+            # Every later lease was created later, with the same timeout: all still live.
+            self.no_shows.missed(lease.device_id, now)
             self._expire_lease(lease)
 
     def _expire_lease(self, lease: Lease) -> None:
-        self.unreported.pop(lease.task_id, None)
+        self.unreported.pop(lease.task_id)
         self.by_task.pop(lease.task_id, None)
         if self.leases.get(lease.device_id) is lease:
             del self.leases[lease.device_id]
@@ -129,7 +146,7 @@ class LeafJob:
 
     def _forget_late_tasks(self) -> None:
         current, window = self.view.model_version, self.view.max_staleness
-        for lease in [x for x in self.unreported.values() if is_late(x.version, current, window)]:
+        for lease in [x for x in self.unreported.leases() if is_late(x.version, current, window)]:
             self._expire_lease(lease)  # its result could no longer count: the slot is free now
         for task_id in [t for t, v in self.task_versions.items() if is_late(v, current, window)]:
             del self.task_versions[task_id]
@@ -145,7 +162,12 @@ class LeafJob:
         return view.platforms is None or (platform or "").lower() in view.platforms
 
     def decide_task(
-        self, device_id: str, now: float, model_ready: bool, platform: str | None = None
+        self,
+        device_id: str,
+        now: float,
+        model_ready: bool,
+        platform: str | None = None,
+        client: ClientLimit | None = None,
     ) -> tuple[TaskDecision, Lease | None]:
         view = self.view
         if view.status is JobStatus.DONE:
@@ -157,6 +179,7 @@ class LeafJob:
         self.expire(now)
         lease = self.leases.get(device_id)
         if lease is not None and lease.expires_at <= now and not lease.reported:
+            self.no_shows.missed(device_id, now)
             self._expire_lease(lease)  # e.g. a result that could not be made durable, then silence
             lease = None
         if lease is not None and self.is_async and lease.version != view.model_version:
@@ -168,11 +191,21 @@ class LeafJob:
             if lease.reported:
                 return TaskDecision.ALREADY_TRAINED, None
             return TaskDecision.TASK, lease  # the same task again: its answer may have been lost
-        if len(self.leases) >= view.quota:
+        if client is not None and self.unreported.held_by(client.key) >= client.max_leases:
+            self.over_cap += 1  # not waiting either: its demand would win the leaf more slots
+            return TaskDecision.CLIENT_AT_CAP, None
+        flagged = self.no_shows.flagged(device_id, now)
+        free = view.quota - len(self.leases)
+        if free <= 0 or (flagged and free <= len(self.waiting) - len(self.waiting_flagged)):
             self.waiting[device_id] = now
             self.waiting.move_to_end(device_id)  # the dict stays in order of last ask
+            if flagged:
+                self.waiting_flagged.add(device_id)
+            else:
+                self.waiting_flagged.discard(device_id)
             return TaskDecision.NOT_SELECTED, None
         self.waiting.pop(device_id, None)
+        self.waiting_flagged.discard(device_id)
         lease = Lease(
             task_id=uuid.uuid4().hex,
             device_id=device_id,
@@ -180,10 +213,11 @@ class LeafJob:
             selection_id=view.selection_id,
             issued_at=now,
             expires_at=now + view.task_timeout,
+            client=None if client is None else client.key,
         )
         self.leases[device_id] = lease
         self.by_task[lease.task_id] = lease
-        self.unreported[lease.task_id] = lease
+        self.unreported.add(lease)
         self.tasks_issued += 1
         return TaskDecision.TASK, lease
 
@@ -228,12 +262,12 @@ class LeafJob:
             self._end_async_lease(lease)
         elif lease is not None:
             lease.reported = True
-            self.unreported.pop(task_id, None)
+            self.unreported.pop(task_id)
 
     def _end_async_lease(self, lease: Lease) -> None:
         # Its slot is free and its device may get a new task; a retry of the result after an
         # unavailable server counts (settle forgets the report) without the lease.
-        self.unreported.pop(lease.task_id, None)
+        self.unreported.pop(lease.task_id)
         self.by_task.pop(lease.task_id, None)
         if self.leases.get(lease.device_id) is lease:
             del self.leases[lease.device_id]
@@ -273,7 +307,7 @@ class LeafJob:
         if lease is not None:
             lease.reported = False
             # Back at the end: it may expire a little after its deadline, never before.
-            self.unreported[task_id] = lease
+            self.unreported.add(lease)
 
     def selection(self) -> dict[str, int]:
         return {device: lease.selection_id for device, lease in self.leases.items()}

@@ -25,7 +25,17 @@ from device_protocol.feg import (
     response,
 )
 from device_protocol.tensors import max_result_body_bytes
-from internal_link.calls import FEG, PING, PONG, XAIN, DeviceAnswer, DeviceCall, device_call_handler, xain_call_handler
+from internal_link.calls import (
+    FEG,
+    PING,
+    PONG,
+    XAIN,
+    ClientLimit,
+    DeviceAnswer,
+    DeviceCall,
+    device_call_handler,
+    xain_call_handler,
+)
 from internal_link.client import LinkClient
 from internal_link.errors import CallRefused, ErrorCode, LinkUnavailable, RemoteError
 from internal_link.messages import JobView, SyncReply, SyncRequest
@@ -41,6 +51,7 @@ from ..user_errors import UserError
 from .endpoints import STARTING_RETRY_WAIT, DeviceEndpoints, FegReply
 from .job_state import LeafJob
 from .metrics import LeafMetrics, endpoint_label, error_kind
+from .no_shows import NoShowScores
 from .payload_cache import PayloadCache
 from .session_service import SERVICE_RESTART, SessionService
 from .xain_endpoints import XainEndpoints
@@ -93,6 +104,7 @@ class Leaf:
         self.metrics = LeafMetrics()
         self.metrics.watch(results, self.uplink.undelivered, self._server_connected)
         self.jobs: dict[str, LeafJob] = {}
+        self._no_shows = NoShowScores()  # a device's past, whatever job it was in
         self._payloads = PayloadCache(self._link, self._is_current, config.payload_cache_bytes)
         self._endpoints = DeviceEndpoints(
             self.jobs,
@@ -319,7 +331,7 @@ class Leaf:
         elif isinstance(request, JobRequest):
             reply = self._endpoints.job(request)
         elif isinstance(request, TaskRequest):
-            return self._endpoints.task(request, as_msgpack, wait)
+            return self._endpoints.task(request, as_msgpack, wait, ClientLimit.of(headers))
         elif isinstance(request, ResultRequest):
             offload = body_size > INLINE_DECODE_LIMIT
             return self._encoded("result", self._endpoints.result(request, offload=offload), as_msgpack)
@@ -411,6 +423,8 @@ class Leaf:
             if self._server_boot is not None:
                 log.warning("server restarted (boot %s): sending again what it had not checkpointed", reply.boot)
                 await self.uplink.resend_taken(reply.boot)
+                for job in self.jobs.values():
+                    job.groups_version = -1  # the new process counts group versions afresh: fetch
             self._server_boot = reply.boot
             self._wake_sync.set()  # the server holds its rounds until this leaf says it has delivered
         seen = set()
@@ -429,7 +443,9 @@ class Leaf:
     def _apply(self, view: JobView) -> None:
         job = self.jobs.get(view.job_id)
         if job is None:
-            job = self.jobs[view.job_id] = LeafJob(view=view, waiting_window=2.0 * view.retry_wait + 5.0)
+            job = self.jobs[view.job_id] = LeafJob(
+                view=view, waiting_window=2.0 * view.retry_wait + 5.0, no_shows=self._no_shows
+            )
             self._wake_sync.set()  # the server lists this leaf on the job once a report names it
             # A device whose OK was answered before this leaf restarted hears "counted once" again.
             job.taken_before(self.uplink.replayed(view.job_id))

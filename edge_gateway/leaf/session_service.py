@@ -290,7 +290,7 @@ class SessionService:
         if job is None or job.view.status is not JobStatus.RUNNING:
             return
         now = asyncio.get_running_loop().time()
-        ready = self._payloads.ready(job.view)
+        ready = self._payloads.servable(job.view)
         requires = frozenset(job.view.requires)
         for session in self.table.standby(job_id):
             if not eligible(session.state, requires):

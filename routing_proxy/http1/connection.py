@@ -67,11 +67,14 @@ class HttpConnection(asyncio.Protocol):
         self._began_here = False
         self._peer_done = False  # the client half-closed: answer what it sent, then close
         self._successor: asyncio.Protocol | None = None  # what took the connection over (Switch)
+        self._client = ""  # the peer's address, from connection_made on
 
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        peer = transport.get_extra_info("peername")
+        self._client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         self._flow = FlowControl(self.transport)
         self.server.connections.add(self)
         # A connection that never sends a request is closed like an idle one, only sooner.
@@ -213,7 +216,12 @@ class HttpConnection(asyncio.Protocol):
         incoming = self._parsing()
         body = incoming.body[0] if len(incoming.body) == 1 else b"".join(incoming.body)
         request = Request(
-            self._parser.get_method().decode("ascii"), incoming.path, incoming.query, incoming.headers, body
+            self._parser.get_method().decode("ascii"),
+            incoming.path,
+            incoming.query,
+            incoming.headers,
+            body,
+            self._client,
         )
         self._incoming = None
         # Its share of the budget goes with it, until its answer is written.

@@ -15,16 +15,20 @@ INVALID_REQUEST = "INVALID_REQUEST"
 
 class Request:
     """One parsed request: its target split into path and query (an absolute-form target reduced to
-    them). Header names are lower-cased; the first of repeated headers wins."""
+    them). Header names are lower-cased; the first of repeated headers wins. `client` is the peer's
+    IP address ("" when the transport has none)."""
 
-    __slots__ = ("body", "headers", "method", "path", "query")
+    __slots__ = ("body", "client", "headers", "method", "path", "query")
 
-    def __init__(self, method: str, path: bytes, query: bytes, headers: dict[bytes, bytes], body: bytes) -> None:
+    def __init__(
+        self, method: str, path: bytes, query: bytes, headers: dict[bytes, bytes], body: bytes, client: str = ""
+    ) -> None:
         self.method = method
         self.path = path
         self.query = query
         self.headers = headers
         self.body = body
+        self.client = client
 
 
 class Response:

@@ -53,6 +53,8 @@ from internal_link import frames
 from internal_link.errors import WIRE_CODES, LinkProtocolError
 from internal_link.frames import FrameDecoder, message_kind
 from internal_link.messages import (
+    GroupsReply,
+    GroupsRequest,
     JobStatus,
     JobView,
     LeafJobReport,
@@ -571,6 +573,8 @@ reports = st.builds(
     refused=counts,
     late=counts,
     duplicates=counts,
+    over_cap=counts,
+    groups_refused=counts,
 )
 job_views = st.builds(
     JobView,
@@ -588,7 +592,7 @@ job_views = st.builds(
     config=json_objects,
     task_meta=json_objects,
     task_kind=st.sampled_from(["WEIGHTS", "APP_DEFINED"]),
-    device_groups=st.dictionaries(names, counts, max_size=3),
+    groups_version=counts,
     platforms=st.none() | st.lists(names, max_size=2),
     device_ids=st.none() | st.lists(names, max_size=2),
 )
@@ -602,6 +606,8 @@ link_models: st.SearchStrategy[BaseModel] = st.one_of(
     st.builds(SyncReply, boot=names, jobs=st.lists(job_views, max_size=2)),
     st.builds(ModelRequest, job_id=names, version=st.integers(-1, 2**31)),
     st.builds(RegisterGroup, job_id=names, prefix=names, count=counts),
+    st.builds(GroupsRequest, job_id=names),
+    st.builds(GroupsReply, version=counts, groups=st.dictionaries(names, counts, max_size=3)),
     st.builds(
         SubmitBatch,
         leaf=names,

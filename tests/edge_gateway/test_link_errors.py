@@ -98,10 +98,10 @@ async def test_leaf_says_too_many_devices_only_when_that_is_the_reason(
         assert too_many["status"] == "RETRY"
         assert too_many["message"] == "simulated device group refused: too many devices for this job"
 
-        def disk_full(job_id: str) -> None:
+        def broken(job_id: str, prefix: str, count: int) -> bool:
             raise OSError("No space left on device")
 
-        monkeypatch.setattr(server, "_checkpoint", disk_full)  # the server fails for another reason
+        monkeypatch.setattr(server.coordinator, "register_group", broken)  # the server fails for another reason
         failed = await answer(leaf, selection("other?4"))
         assert failed["status"] == "RETRY"
         assert "too many devices" not in failed["message"], failed

@@ -118,12 +118,12 @@ async def restart_leaf(stack: Stack, run_dir: Path, name: str) -> Child:
     return new
 
 
-async def restart_proxy(stack: Stack, run_dir: Path) -> Child:
-    """A new proxy on the old port, started the way the launcher starts it."""
+async def restart_proxy(stack: Stack, run_dir: Path, *flags: str) -> Child:
+    """A new proxy on the old port, started the way the launcher starts it, plus `flags`."""
     port = stack.proxy_url.rsplit(":", 1)[1]
     new = await spawn(
         "proxy-restarted",
-        ["routing_proxy", port, str(stack.lcp_map), "--host", "127.0.0.1"],
+        ["routing_proxy", port, str(stack.lcp_map), "--host", "127.0.0.1", *flags],
         run_dir / "logs",
         stack.env,
     )

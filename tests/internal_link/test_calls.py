@@ -72,3 +72,14 @@ def test_handler_gets_the_checked_call_and_refuses_the_rest() -> None:
     with pytest.raises(BadPayload):
         handler(["task", {}, {}, b""])  # the old four-field call
     assert len(seen) == 1
+
+
+def test_client_limit_round_trips_through_headers_and_refuses_malformed_ones():
+    from internal_link.calls import CLIENT_HEADER, CLIENT_LEASES_HEADER, ClientLimit
+
+    limit = ClientLimit("ip:127.0.0.2", 3)
+    assert ClientLimit.of({"x-flare-device-id": "d", **limit.headers()}) == limit
+    assert ClientLimit.of({}) is None
+    for cap in ("0", "-1", "x", "²", ""):
+        assert ClientLimit.of({CLIENT_HEADER: "ip:a", CLIENT_LEASES_HEADER: cap}) is None
+    assert ClientLimit.of({CLIENT_LEASES_HEADER: "3"}) is None

@@ -129,3 +129,35 @@ async def test_xain_participants_are_refused_when_devices_must_authenticate(
             assert reply.status == 403, path
             assert "XAIN" in orjson.loads(await reply.read())["message"]
     assert leaf.received == []
+
+
+async def test_the_leaf_hears_whose_credential_a_task_request_came_with(
+    leaves: MakeLeaf, proxy: MakeProxy, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Issue 11 (Sybil): the token's digest (never the token) and its lease cap go with `/task`,
+    whatever the device claims in headers of the same names."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{TOKEN}\n")
+    leaf = await leaves("C11")
+    px = await proxy([leaf], auth_tokens_file=tokens, max_leases_per_token=3, max_leases_per_ip=7)
+    forged = {"X_Edgefl_Client": "token:someone-else", "X_Edgefl_Client_Leases": "1000"}
+    for endpoint in ("task", "job"):
+        assert (await ask(http, px, "D1", endpoint, X_Flare_User_Info=f"auth_token={TOKEN}", **forged))[0] == 200
+    (_, _, on_task, _), (_, _, on_job, _) = leaf.received
+    client = on_task["x-edgefl-client"]
+    assert client.startswith("token:") and len(client) == len("token:") + 16 and TOKEN not in client
+    assert on_task["x-edgefl-client-leases"] == "3"  # per token, not per address
+    assert not any(name.startswith("x-edgefl") for name in on_job)  # only a task takes a lease
+
+
+async def test_without_device_auth_a_task_counts_against_its_address_when_capped(
+    leaves: MakeLeaf, proxy: MakeProxy, http: aiohttp.ClientSession
+) -> None:
+    leaf = await leaves("C11")
+    uncapped = await proxy([leaf])
+    capped = await proxy([leaf], max_leases_per_ip=2)
+    assert (await ask(http, uncapped, "D1"))[0] == 200
+    assert (await ask(http, capped, "D1"))[0] == 200
+    (_, _, first, _), (_, _, second, _) = leaf.received
+    assert "x-edgefl-client" not in first
+    assert (second["x-edgefl-client"], second["x-edgefl-client-leases"]) == ("ip:127.0.0.1", "2")
