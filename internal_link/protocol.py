@@ -84,7 +84,7 @@ _new = tuple.__new__
 
 
 class _Connection:
-    __slots__ = ("_binding", "_decoder", "_max_frame", "_outbox", "_sealer", "_secret", "state")
+    __slots__ = ("_binding", "_decoder", "_max_frame", "_outbox", "_sealer", "_secret", "queued_bytes", "state")
 
     def __init__(self, state: State, secret: bytes, binding: bytes, max_frame: int) -> None:
         self.state = state
@@ -93,6 +93,7 @@ class _Connection:
         self._max_frame = max_frame
         self._decoder = FrameDecoder(HANDSHAKE_MAX_FRAME)
         self._outbox: list[bytes] = []
+        self.queued_bytes = 0  # of frame bodies in the outbox: counted as queued, not summed when asked
         self._sealer: Sealer | None = None
 
     @property
@@ -105,19 +106,17 @@ class _Connection:
         """Whether the handshake has succeeded."""
         return self.state is State.OPEN
 
-    @property
-    def queued_bytes(self) -> int:
-        """Bytes queued and not yet taken by `data_to_send`."""
-        return sum(map(len, self._outbox))
-
     def data_to_send(self) -> list[bytes]:
         """Every byte string queued since the last call, in order (header and body apart)."""
         outbox, self._outbox = self._outbox, []
+        self.queued_bytes = 0
         return outbox
 
     def _queue(self, message: list[Any]) -> None:
         # Encoded before anything is queued: a message that cannot be packed leaves no trace.
-        self._outbox.extend(encode_frame(message, self._sealer))
+        frame = encode_frame(message, self._sealer)
+        self._outbox.extend(frame)
+        self.queued_bytes += len(frame[1])
 
     def _read_handshake(self, data: bytes) -> bool:
         """Handshake messages one at a time, the rest held back (the step that opens changes how
@@ -182,7 +181,7 @@ class ServerConnection(_Connection):
     def send_result(self, call_id: int, result: Any) -> None:
         """Answer a call. Raises `TypeError`/`ValueError` (and queues nothing) if `result` cannot
         be packed; answer with `send_error` then."""
-        self._outbox.extend(encode_frame([RESPONSE, call_id, None, result], self._sealer))
+        self._queue([RESPONSE, call_id, None, result])
 
     def send_error(self, call_id: int, code: ErrorCode, text: str) -> None:
         """Answer a call with an error code (never `UNAVAILABLE`, which is local)."""
@@ -247,7 +246,7 @@ class ClientConnection(_Connection, Generic[Waiter]):
         """Queue a call and return its id. Raises `TypeError`/`ValueError` (and queues nothing)
         if `payload` cannot be packed."""
         call_id = self._next_id
-        self._outbox.extend(encode_frame([REQUEST, call_id, method, payload], self._sealer))
+        self._queue([REQUEST, call_id, method, payload])
         self._next_id = call_id + 1
         self.pending[call_id] = waiter
         return call_id

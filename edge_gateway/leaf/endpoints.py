@@ -121,7 +121,7 @@ class DeviceEndpoints:
         """`client`: the credential the proxy saw and its lease cap (None: uncapped)."""
         job = self._jobs.get(request.job_id)
         if job is None:
-            self._metrics.answers.labels("task", Status.NO_JOB.value).inc()
+            self._metrics.answers["task", Status.NO_JOB.value] += 1
             content_type, data = encode(response(Status.NO_JOB, message=f"unknown job {request.job_id!r}"), as_msgpack)
             return DeviceAnswer(200, content_type, data)
         loop = asyncio.get_running_loop()
@@ -174,7 +174,7 @@ class DeviceEndpoints:
         identity = request.identity
         issued = job.tasks_issued
         decided = job.decide_task(identity.device_id, now, ready, identity.device_info.get("platform"), client)
-        self._metrics.tasks_issued.inc(job.tasks_issued - issued)
+        self._metrics.tasks_issued += job.tasks_issued - issued
         return decided
 
     def _task_answer(
@@ -187,7 +187,7 @@ class DeviceEndpoints:
                 view.job_id, request.identity.device_id, lease.task_id, lease.version, lease.selection_id
             )
             content_type, data = payload.render(lease.task_id, cookie, as_msgpack)
-            self._metrics.answers.labels("task", Status.OK.value).inc()
+            self._metrics.answers["task", Status.OK.value] += 1
             return DeviceAnswer(200, content_type, data)
         if decision is TaskDecision.NO_JOB:
             reply = response(Status.NO_JOB, job_id=view.job_id, message="job finished")
@@ -205,7 +205,7 @@ class DeviceEndpoints:
             reply = response(
                 Status.RETRY, job_id=view.job_id, retry_wait=view.retry_wait, message="Device not selected"
             )
-        self._metrics.answers.labels("task", reply["status"]).inc()
+        self._metrics.answers["task", reply["status"]] += 1
         content_type, data = encode(reply, as_msgpack)
         return DeviceAnswer(200, content_type, data)
 
@@ -278,9 +278,9 @@ class DeviceEndpoints:
         )
 
     def _count_result(self, verdict: ResultVerdict, lease: Lease | None) -> None:
-        self._metrics.results.labels(verdict.value).inc()
+        self._metrics.results[verdict.value] += 1
         if RESULT_ANSWERS[verdict].tally is Tally.REFUSED:
-            self._metrics.refusals.labels(verdict.value).inc()
+            self._metrics.refusals[verdict.value] += 1
         if verdict is ResultVerdict.COUNTED and lease is not None:
             self._metrics.turnaround.observe(asyncio.get_running_loop().time() - lease.issued_at)
 

@@ -8,10 +8,11 @@ or job id.
 
 from __future__ import annotations
 
+import collections
 import re
 from collections.abc import Callable, Iterator
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -39,47 +40,70 @@ def error_kind(exc: ProtocolError) -> str:
 
 
 class LeafMetrics:
-    """One leaf's registry and the instruments its answer paths move."""
+    """One leaf's registry and the counts its answer paths move.
+
+    Plain ints and `collections.Counter`s, read by a collector at scrape time: a
+    `prometheus_client` counter takes a lock and a label lookup per increment, several per device
+    request (the leaf's hot path). Only the turnaround histogram, moved once per counted result, is
+    a `prometheus_client` instrument.
+    """
 
     def __init__(self) -> None:
         self.registry = process_registry()
-        self.answers = Counter(
-            "edgefl_leaf_answers",
-            "Answers to devices, by endpoint and protocol status",
-            ["endpoint", "status"],
-            registry=self.registry,
-        )
-        self.tasks_issued = Counter(
-            "edgefl_leaf_tasks_issued", "Tasks handed to devices (new leases)", registry=self.registry
-        )
-        self.results = Counter(
-            "edgefl_leaf_results",
-            "Results judged, by verdict (result_verdicts.py)",
-            ["verdict"],
-            registry=self.registry,
-        )
-        self.refusals = Counter(
-            "edgefl_leaf_refusals",
-            "Device requests refused: malformed ones by error kind, results by why they did not count",
-            ["reason"],
-            registry=self.registry,
-        )
+        self.answers: collections.Counter[tuple[str, str]] = collections.Counter()  # (endpoint, status)
+        self.tasks_issued = 0
+        self.results: collections.Counter[str] = collections.Counter()  # by verdict
+        self.refusals: collections.Counter[str] = collections.Counter()  # by reason
+        self.received_bytes = 0
+        self.sent_bytes = 0
         self.turnaround = Histogram(
             "edgefl_leaf_task_turnaround_seconds",
             "From a task handed out to its result counted",
             buckets=TURNAROUND_BUCKETS,
             registry=self.registry,
         )
-        self.received_bytes = Counter(
-            "edgefl_leaf_received_bytes", "Bytes of device request bodies", registry=self.registry
-        )
-        self.sent_bytes = Counter("edgefl_leaf_sent_bytes", "Bytes of answers to devices", registry=self.registry)
+        self.registry.register(_LeafCounts(self))
 
     def watch(
         self, results: AcknowledgedResults, undelivered: Callable[[], int], server_connected: Callable[[], bool]
     ) -> None:
         """Read these at every scrape: the result log, the results not delivered, the server link."""
         self.registry.register(_LeafState(results, undelivered, server_connected))
+
+
+class _LeafCounts(Collector):
+    def __init__(self, metrics: LeafMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._metrics
+        answers = CounterMetricFamily(
+            "edgefl_leaf_answers", "Answers to devices, by endpoint and protocol status", labels=["endpoint", "status"]
+        )
+        for (endpoint, status), count in list(m.answers.items()):
+            answers.add_metric([endpoint, status], count)
+        yield answers
+        yield CounterMetricFamily(
+            "edgefl_leaf_tasks_issued", "Tasks handed to devices (new leases)", value=m.tasks_issued
+        )
+        results = CounterMetricFamily(
+            "edgefl_leaf_results", "Results judged, by verdict (result_verdicts.py)", labels=["verdict"]
+        )
+        for verdict, count in list(m.results.items()):
+            results.add_metric([verdict], count)
+        yield results
+        refusals = CounterMetricFamily(
+            "edgefl_leaf_refusals",
+            "Device requests refused: malformed ones by error kind, results by why they did not count",
+            labels=["reason"],
+        )
+        for reason, count in list(m.refusals.items()):
+            refusals.add_metric([reason], count)
+        yield refusals
+        yield CounterMetricFamily(
+            "edgefl_leaf_received_bytes", "Bytes of device request bodies", value=m.received_bytes
+        )
+        yield CounterMetricFamily("edgefl_leaf_sent_bytes", "Bytes of answers to devices", value=m.sent_bytes)
 
 
 class _LeafState(Collector):

@@ -224,7 +224,7 @@ class Leaf:
     def handle_feg(self, call: DeviceCall) -> FegReply | Awaitable[FegReply]:
         """The answer now when it needs no waiting (most /job and /task), else an awaitable."""
         self._last_request = asyncio.get_running_loop().time()
-        self.metrics.received_bytes.inc(len(call.body))
+        self.metrics.received_bytes += len(call.body)
         if self._draining and call.endpoint != "result":
             # A result is still answered (Android ends its session on anything but OK); new work
             # is for the leaves that stay.
@@ -234,7 +234,7 @@ class Leaf:
         if isinstance(outcome, Awaitable):
             self._busy += 1
             return self._counted(outcome)
-        self.metrics.sent_bytes.inc(len(outcome.body))
+        self.metrics.sent_bytes += len(outcome.body)
         return outcome
 
     def _session_call(self, handle: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -261,7 +261,7 @@ class Leaf:
     def handle_xain(self, call: DeviceCall) -> FegReply | Awaitable[FegReply]:
         """A xain-sdk participant's call (xain_endpoints.py); while draining or starting, `stand_by`."""
         self._last_request = asyncio.get_running_loop().time()
-        self.metrics.received_bytes.inc(len(call.body))
+        self.metrics.received_bytes += len(call.body)
         if (self._draining and call.endpoint == "heartbeat") or not self._synced_once():
             outcome: FegReply | Awaitable[FegReply] = DeviceAnswer(200, JSON, _XAIN_STAND_BY)
         else:
@@ -269,7 +269,7 @@ class Leaf:
         if isinstance(outcome, Awaitable):
             self._busy += 1
             return self._counted(outcome)
-        self.metrics.sent_bytes.inc(len(outcome.body))
+        self.metrics.sent_bytes += len(outcome.body)
         return outcome
 
     async def _counted(self, outcome: Awaitable[FegReply]) -> FegReply:
@@ -278,7 +278,7 @@ class Leaf:
         finally:
             self._busy -= 1
         if isinstance(answer, DeviceAnswer):  # a session reply carries messages, not a device answer
-            self.metrics.sent_bytes.inc(len(answer.body))
+            self.metrics.sent_bytes += len(answer.body)
         return answer
 
     def _answer_feg(self, call: DeviceCall) -> FegReply | Awaitable[FegReply]:
@@ -318,8 +318,8 @@ class Leaf:
 
     def _refused(self, endpoint: str, exc: ProtocolError) -> FegReply:
         log.info("refused %s request: %s", endpoint, exc.message)
-        self.metrics.answers.labels(endpoint_label(endpoint), exc.status).inc()
-        self.metrics.refusals.labels(error_kind(exc)).inc()
+        self.metrics.answers[endpoint_label(endpoint), exc.status] += 1
+        self.metrics.refusals[error_kind(exc)] += 1
         return DeviceAnswer(exc.http_status, JSON, orjson.dumps(error_response(exc.status, exc.message, exc.errors)))
 
     def _feg(
@@ -344,7 +344,7 @@ class Leaf:
 
     def _answer(self, endpoint: str, reply: dict[str, Any], as_msgpack: bool) -> FegReply:
         """`reply` encoded for the device, and counted in the funnel by its status."""
-        self.metrics.answers.labels(endpoint_label(endpoint), reply["status"]).inc()
+        self.metrics.answers[endpoint_label(endpoint), reply["status"]] += 1
         content_type, data = encode(reply, as_msgpack)
         return DeviceAnswer(200, content_type, data)
 
