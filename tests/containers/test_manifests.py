@@ -99,10 +99,19 @@ def test_containers_declare_the_ports_their_processes_listen_on() -> None:
         int(flag(server["args"], "--link-port")),
     }
     leaf = container(k8s("StatefulSet", "leaf"))
-    assert [p["containerPort"] for p in leaf["ports"]] == [int(flag(leaf["args"], "--port"))]
+    leaf_ports = [int(flag(leaf["args"], "--port")), int(flag(leaf["args"], "--metrics-port"))]
+    assert [p["containerPort"] for p in leaf["ports"]] == leaf_ports
     proxy = container(k8s("Deployment", "proxy"))
     assert proxy["args"][:3] == ["python", "-m", "routing_proxy"]
-    assert [p["containerPort"] for p in proxy["ports"]] == [int(proxy["args"][3])]
+    proxy_ports = [int(proxy["args"][3]), int(flag(proxy["args"], "--metrics-port"))]
+    assert [p["containerPort"] for p in proxy["ports"]] == proxy_ports
+
+
+def test_every_process_serves_its_metrics() -> None:
+    # The server on its job API port (always); the leaves and the proxy on a port of their own.
+    services = compose_services()
+    for name in ("leaf-0", "leaf-1", "proxy"):
+        assert flag(services[name]["command"], "--metrics-port") == "9100", name
 
 
 def test_leaves_reach_the_server_link_and_the_proxy_reaches_every_leaf() -> None:
