@@ -2,9 +2,10 @@
 
 Any client naming no platform may announce `<prefix>?N` as NVFlare's simulator does. Before the
 bounds, 1,000 announcements with 30 kB prefixes made every leaf heartbeat 30 MB and rewrote the
-server's `state.json` (with an fsync, on its event loop) 1,000 times. Now a prefix over 64
-characters is refused by the leaf, a job takes at most 32 groups, the sync carries a version
-number instead of the groups, and honest devices are served throughout.
+server's `state.json` (with an fsync, on its event loop) 1,000 times. Now a device id over 256
+characters is refused by the proxy before any leaf sees it, a prefix over 64 characters by the
+leaf, a job takes at most 32 groups, the sync carries a version number instead of the groups, and
+honest devices are served throughout.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ from .test_late_and_duplicate_results import join, result_body, result_query, ta
 
 FLOOD = 1_000
 PREFIX_BYTES = 30_000
+LONG_PREFIX = 200  # within the proxy's id bound (256), past the groups' (64)
 CONCURRENCY = 20
 FLOOD_BOUND = 300.0  # seconds for the whole flood: the loop is bounded in count and in time
+PROBE_BOOT = uuid.uuid4().hex  # one process as far as the server knows: it refuses a name's second boot
 SIMULATOR_INFO = "app_name=flare_mobile&app_version=1.0&platform=None&platform_version=None"
 
 
@@ -47,10 +50,15 @@ def simulator(device_id: str) -> dict[str, str]:
     }
 
 
-async def selection(http: aiohttp.ClientSession, proxy: str, job_id: str, device_id: str) -> dict[str, Any]:
+async def answer(http: aiohttp.ClientSession, proxy: str, job_id: str, device_id: str) -> tuple[int, dict[str, Any]]:
     async with http.post(f"{proxy}/selection?job_id={quote(job_id)}", data=b"{}", headers=simulator(device_id)) as r:
-        assert r.status == 200, await r.text()
-        return dict(orjson.loads(await r.read()))
+        return r.status, dict(orjson.loads(await r.read()))
+
+
+async def selection(http: aiohttp.ClientSession, proxy: str, job_id: str, device_id: str) -> dict[str, Any]:
+    status, body = await answer(http, proxy, job_id, device_id)
+    assert status == 200, body
+    return body
 
 
 async def sync_reply_bytes(stack: Stack, run_dir: Path) -> int:
@@ -59,19 +67,21 @@ async def sync_reply_bytes(stack: Stack, run_dir: Path) -> int:
     await client.start()
     try:
         assert await client.wait_connected(10.0)
-        reply = await client.call("sync", SyncRequest(leaf="probe", boot=uuid.uuid4().hex).model_dump(), 30.0)
+        reply = await client.call("sync", SyncRequest(leaf="probe", boot=PROBE_BOOT).model_dump(), 30.0)
     finally:
         await client.close()
     return len(orjson.dumps(reply))
 
 
-async def flood(http: aiohttp.ClientSession, proxy: str, job_id: str, device_ids: list[str]) -> list[dict[str, Any]]:
+async def flood(
+    http: aiohttp.ClientSession, proxy: str, job_id: str, device_ids: list[str]
+) -> list[tuple[int, dict[str, Any]]]:
     """Every id announced once, CONCURRENCY at a time, within FLOOD_BOUND seconds."""
     gate = asyncio.Semaphore(CONCURRENCY)
 
-    async def one(device_id: str) -> dict[str, Any]:
+    async def one(device_id: str) -> tuple[int, dict[str, Any]]:
         async with gate:
-            return await selection(http, proxy, job_id, device_id)
+            return await answer(http, proxy, job_id, device_id)
 
     return await asyncio.wait_for(asyncio.gather(*(one(d) for d in device_ids)), FLOOD_BOUND)
 
@@ -113,19 +123,24 @@ async def test_a_flood_of_group_announcements_leaves_heartbeats_small_and_device
     stop = asyncio.Event()
     polling = asyncio.create_task(honest_polls(phone, stop))
     try:
-        long_ones = await flood(http, proxy, job_id, [f"{i:05d}" + "x" * PREFIX_BYTES + "?100" for i in range(FLOOD)])
+        huge_ones = await flood(http, proxy, job_id, [f"{i:05d}" + "x" * PREFIX_BYTES + "?100" for i in range(FLOOD)])
+        long_ones = await flood(http, proxy, job_id, [f"{i:05d}" + "x" * LONG_PREFIX + "?100" for i in range(FLOOD)])
         short_ones = await flood(http, proxy, job_id, [f"flood-{i}?100" for i in range(FLOOD)])
     finally:
         stop.set()
         poll_seconds = await polling
 
+    too_long = {"status": "INVALID_REQUEST", "message": "Device ID longer than 256 characters"}
+    assert all(r == (400, too_long) for r in huge_ones), [r for r in huge_ones if r != (400, too_long)][:1]
     assert all(
-        r["status"] == "RETRY" and r["message"] == "simulated device group refused: prefix longer than 64 characters"
-        for r in long_ones
-    ), [r for r in long_ones if r["status"] != "RETRY"][:1]
-    accepted = [r for r in short_ones if r["status"] == "OK"]
+        status == 200
+        and r["status"] == "RETRY"
+        and r["message"] == "simulated device group refused: prefix longer than 64 characters"
+        for status, r in long_ones
+    ), [r for r in long_ones if r[1]["status"] != "RETRY"][:1]
+    accepted = [r for status, r in short_ones if r["status"] == "OK"]
     assert len(accepted) == MAX_GROUPS - 1  # "legit" holds one
-    refused = {r.get("message") for r in short_ones if r["status"] != "OK"}
+    refused = {r.get("message") for status, r in short_ones if r["status"] != "OK"}
     assert refused == {f"simulated device group refused: more than {MAX_GROUPS} groups for this job"}
 
     # Heartbeats carry a version, not the groups: the same size, give or take its digits.
