@@ -208,24 +208,25 @@ async def test_an_impostor_leaf_gets_no_device_request_from_a_real_proxy(tmp_pat
 class Relayed:
     """One leaf connection through the relay: what the server sent after the handshake."""
 
-    attacking: bool
     after_handshake: list[bytes] = field(default_factory=list)
     attacked: bool = False
     closed: bool = False
 
 
 class Relay:
-    """Poses as the server to a leaf and forwards frame by frame to the real one; on the first
-    connection it `inject`s a call of its own right after the handshake, or `tamper`s with the
-    leaf's first call (one letter of its method)."""
+    """Poses as the server to a leaf and forwards frame by frame to the real one; once, on the first
+    connection that gets that far, it `inject`s a call of its own right after the handshake, or
+    `tamper`s with the leaf's first call (one letter of its method). A leaf opens two connections
+    (sync and watch on one, results and models on the other): either may be the one attacked."""
 
     def __init__(self, server_port: int, mode: str) -> None:
         self.server_port = server_port
         self.mode = mode
         self.connections: list[Relayed] = []
+        self.done = False  # the one attack was made
 
     async def handle(self, leaf_reader: asyncio.StreamReader, leaf_writer: asyncio.StreamWriter) -> None:
-        relayed = Relayed(attacking=not self.connections)
+        relayed = Relayed()
         self.connections.append(relayed)
         server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self.server_port)
         try:
@@ -249,23 +250,23 @@ class Relay:
             leaf.write(frame)
             if count > 2:  # after the hello and the acceptance
                 relayed.after_handshake.append(frame)
-            elif count == 2 and relayed.attacking and self.mode == "inject":
+            elif count == 2 and not self.done and self.mode == "inject":
                 forged = [REQUEST, FORGED_ID, "model", {"job_id": "any", "version": 0}]
                 upstream.write(b"".join(encode_frame(forged)))  # before any frame of the leaf's
-                relayed.attacked = True
+                relayed.attacked = self.done = True
 
     async def _up(self, relayed: Relayed, leaf: asyncio.StreamReader, server: asyncio.StreamWriter) -> None:
         count = 0
         while True:
             frame = await read_frame(leaf)
             count += 1
-            if count == 2 and relayed.attacking and self.mode == "tamper":  # the first call, after the proof
+            if count == 2 and not self.done and self.mode == "tamper":  # the first call, after the proof
                 method = message(frame)[2]
                 assert isinstance(method, str)
                 packed = msgpack.packb(method)
                 at = frame.index(packed, 4) + len(packed) - 1
                 frame = frame[:at] + bytes([frame[at] ^ 0x20]) + frame[at + 1 :]  # "sync" -> "synC"
-                relayed.attacked = True
+                relayed.attacked = self.done = True
             server.write(frame)
 
 
@@ -277,13 +278,14 @@ async def test_a_relay_between_real_leaf_and_server_gets_nothing_acted_upon(
     listener = await listening(relay.handle)
     leaf = await start_leaf(tmp_path, port_of(listener))
     try:
-        await until(lambda: bool(relay.connections) and relay.connections[0].attacked)
-        attacked = relay.connections[0]
+        await until(lambda: relay.done)
+        attacked = next(c for c in relay.connections if c.attacked)
         await until(lambda: attacked.closed or bool(attacked.after_handshake))
         assert attacked.after_handshake == []  # not answered: neither the attacked call nor anything after
         assert await link_refusals(server["http_port"]) == {"tampered_frame": 1}
         # The server dropped that connection; the leaf reconnects through the relay, honest now, and is served.
-        await until(lambda: len(relay.connections) >= 2 and bool(relay.connections[1].after_handshake))
+        later = relay.connections.index(attacked) + 1
+        await until(lambda: any(c.after_handshake for c in relay.connections[later:]))
     finally:
         await leaf.stop()
         listener.close()

@@ -101,8 +101,10 @@ async def test_sigterm_stops_every_process(tmp_path: Path) -> None:
         assert proc.stdout is not None
         banner = await asyncio.wait_for(proc.stdout.readline(), 60)  # printed once the stack serves
         assert banner.startswith(b"proxy http://"), banner
-        # The second line says where to scrape every process; each answers there.
-        scrape = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
+        # The lines after it say where the status page is and where to scrape every process.
+        lines = [(await asyncio.wait_for(proc.stdout.readline(), 10)).decode() for _ in range(2)]
+        assert lines[0].startswith("status page http://"), lines
+        scrape = lines[1]
         assert scrape.startswith("metrics (Prometheus): "), scrape
         urls = dict(re.findall(r"(\S+) (http://\S+/metrics)", scrape))
         assert sorted(urls) == ["leaf-0", "leaf-1", "proxy", "server"], scrape
