@@ -195,7 +195,7 @@ async def _program(request: web.Request) -> web.Response:
     if job.spec.runtime != "executorch":
         return _error(404, f"job {job.job_id!r} trains with {job.spec.runtime}: it has no .pte; get /model")
     version = job.version
-    program = await asyncio.shield(server._program(job.job_id, version))
+    program = await asyncio.shield(server.content.program(job))
     return web.Response(
         body=program,
         content_type="application/octet-stream",

@@ -15,7 +15,7 @@ import numpy as np
 from aiohttp import web
 from pydantic import ValidationError
 
-from device_protocol.tensors import tensors_from_binary, tensors_to_binary
+from device_protocol.tensors import tensors_from_binary
 from internal_link.errors import CallRefused, ErrorCode
 from internal_link.messages import (
     GroupsReply,
@@ -36,7 +36,7 @@ from .job_api_auth import refuse_exposed_without_token
 from .jobs import JobNameTaken, JobSpec
 from .leaf_names import LeafNames
 from .metrics_http import serve_metrics
-from .programs import ProgramBuilder
+from .model_content import ModelContent
 from .retirement import JobRunning, Retirement
 from .robustness import ScreenBounds
 from .server_metrics import ServerMetrics
@@ -77,11 +77,8 @@ class Server:
             ssl=config.link_tls(),
         )
         self.link_refusals = self._rpc.refusals
-        self._model_cache: dict[tuple[str, int], dict[str, Any]] = {}
         self.leaf_payloads: dict[str, tuple[int, float]] = {}  # leaf -> (payload bytes it holds, when said)
-        self._programs = ProgramBuilder()
-        self._base_programs: dict[str, asyncio.Task[bytes]] = {}  # exported once per job
-        self._version_programs: dict[tuple[str, int], asyncio.Task[bytes]] = {}
+        self.content = ModelContent()  # what leaves fetch: weights or phone programs
         self._background: set[asyncio.Task[Any]] = set()
         self._groups_unsaved: set[str] = set()  # jobs whose simulator groups changed since their checkpoint
         # Which leaves a restarted server waits for (Coordinator.expect_resends): on disk, every leaf
@@ -137,9 +134,7 @@ class Server:
             await self._runner.cleanup()
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
-        for task in [*self._base_programs.values(), *self._version_programs.values()]:
-            task.cancel()
-        self._programs.close()
+        self.content.close()
 
     def _restore(self) -> None:
         now, wall = time.monotonic(), time.time()
@@ -195,7 +190,9 @@ class Server:
         self._announce()
         self._evaluate_later(job_id, 0)
         if spec.runtime == "executorch":
-            self._program(job_id, 0)  # exported now, off the request path, while devices hear "Model not ready"
+            self.content.program(
+                self.coordinator.job(job_id)
+            )  # exported now, off the request path, while devices hear "Model not ready"
         log.info(
             "job %s (%s) submitted: %d rounds, %d devices per round",
             job_id,
@@ -232,11 +229,7 @@ class Server:
         """Drop a finished job from memory and from the leaves' syncs; its checkpoint stays."""
         self.coordinator.retire(job_id)
         self.retirement.forget(job_id)
-        self._model_cache = {k: v for k, v in self._model_cache.items() if k[0] != job_id}
-        for key in [k for k in self._version_programs if k[0] == job_id]:
-            self._version_programs.pop(key).cancel()
-        if (base := self._base_programs.pop(job_id, None)) is not None:
-            base.cancel()
+        self.content.forget(job_id)
         for jobs in self._unsaved_by_leaf.values():
             jobs.discard(job_id)
         self._announce()  # the leaves drop it at their next sync
@@ -325,7 +318,7 @@ class Server:
             self._announce()
             self._evaluate_later(event.job_id, event.version)
             if job.spec.runtime == "executorch" and job.status is JobStatus.RUNNING:
-                self._program(event.job_id, event.version)  # ready before the leaves ask
+                self.content.program(job)  # ready before the leaves ask
 
     async def _tick_loop(self) -> None:
         while True:
@@ -383,39 +376,7 @@ class Server:
         job = self.coordinator.job(request.job_id)
         if request.version != job.version:
             raise CallRefused(ErrorCode.NOT_CURRENT, f"model version {request.version} is not current ({job.version})")
-        key = (request.job_id, request.version)
-        cached = self._model_cache.get(key)
-        if cached is None:
-            if job.spec.runtime == "executorch":
-                program = await asyncio.shield(self._program(job.job_id, job.version))
-                cached = {"version": request.version, "program": program}
-            else:
-                cached = {"version": request.version, "weights": tensors_to_binary(job.weights)}
-            if self.coordinator.job(request.job_id).version == request.version:
-                self._model_cache = {k: v for k, v in self._model_cache.items() if k[0] != request.job_id}
-                self._model_cache[key] = cached
-        return cached
-
-    def _program(self, job_id: str, version: int) -> asyncio.Task[bytes]:
-        """The training program of one model version, built once however many leaves ask."""
-        key = (job_id, version)
-        task = self._version_programs.get(key)
-        if task is None or _failed(task):
-            job = self.coordinator.job(job_id)
-            base = self._base_programs.get(job_id)
-            if base is None or _failed(base):
-                # Exported once per job (with whatever weights are current: they are overwritten).
-                base = asyncio.ensure_future(
-                    self._programs.export(job.spec.model, dict(job.weights), job.spec.batch_size)
-                )
-                self._base_programs[job_id] = base
-            task = asyncio.ensure_future(self._with_weights(base, dict(job.weights)))
-            self._version_programs = {k: v for k, v in self._version_programs.items() if k[0] != job_id}
-            self._version_programs[key] = task
-        return task
-
-    async def _with_weights(self, base: asyncio.Future[bytes], weights: dict[str, np.ndarray]) -> bytes:
-        return await self._programs.with_weights(await base, weights)
+        return await self.content.of(job)
 
     async def handle_register(self, payload: Any) -> None:
         request = RegisterGroup.model_validate(payload)
@@ -469,10 +430,6 @@ def _coded(handler: Callable[[Any], Awaitable[T]]) -> Callable[[Any], Awaitable[
             raise CallRefused(ErrorCode.BAD_PAYLOAD, str(exc)) from None
 
     return coded
-
-
-def _failed(task: asyncio.Future[Any]) -> bool:
-    return task.done() and (task.cancelled() or task.exception() is not None)
 
 
 # -- HTTP API ---------------------------------------------------------------------------------

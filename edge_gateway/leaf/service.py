@@ -1,4 +1,9 @@
-"""The leaf process: lifecycle and drain, the proxy-facing handlers, and keeping in sync with the server."""
+"""The leaf process: lifecycle and drain, the proxy-facing handlers, and keeping in sync with the server.
+
+Past 400 lines because the three share the process's state (jobs, uplink, payloads, sessions,
+drain): the device endpoints, sessions and XAIN doors already live apart (endpoints.py,
+session_service.py, xain_endpoints.py); the server sync is the next part to move out.
+"""
 
 from __future__ import annotations
 
