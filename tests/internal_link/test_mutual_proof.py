@@ -14,7 +14,7 @@ from internal_link.errors import FrameTampered, LinkProtocolError, WrongSecret
 from internal_link.frames import REQUEST, RESPONSE, FrameDecoder, encode_frame
 from internal_link.proofs import SERVER, proof, transcript
 from internal_link.protocol import ACCEPTED, CallReceived, ClientConnection, ServerConnection
-from internal_link.sealing import Sealer
+from internal_link.sealing import LARGE_FRAME, Sealer
 
 SERVER_NONCE = bytes(range(16))
 CLIENT_NONCE = bytes(range(16, 32))
@@ -167,3 +167,17 @@ def test_a_sealed_stream_with_any_byte_changed_gives_only_original_messages(
     # Never a changed call: at most the ones before the change (a header changed to a longer
     # frame waits for bytes that never come).
     assert [call.payload for call in calls if isinstance(call, CallReceived)] == payloads[: len(calls)]
+
+
+@pytest.mark.parametrize("size", [100, LARGE_FRAME - 200, LARGE_FRAME, 3 * LARGE_FRAME])
+def test_a_changed_byte_is_refused_whichever_mac_seals_the_frame(size: int) -> None:
+    # Below LARGE_FRAME frames carry a keyed BLAKE2b tag, from it an HMAC-SHA256 one.
+    server, client = sealed_pair()
+    client.send_call("submit", bytes(size), "w")
+    untouched = sent(client)
+    changed = bytearray(untouched)
+    changed[len(changed) // 2] ^= 1
+    other, _ = sealed_pair()
+    with pytest.raises(FrameTampered):
+        server.receive_data(bytes(changed))
+    assert [type(e) for e in other.receive_data(untouched)] == [CallReceived]
