@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ ! -x /usr/bin/chromium ]]; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  # fonts-dejavu-core: the fonts the page and its screenshot were checked with here
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
 fi
 scripts/install.sh train,test,browser
 EDGEFL_BROWSER_TESTS=1 .venv/bin/python -m pytest -p no:cacheprovider -m browser tests/browser -v "$@"
