@@ -11,7 +11,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
@@ -62,6 +62,7 @@ from .session_service import SERVICE_RESTART, SessionService
 from .xain_endpoints import XainEndpoints
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Bodies larger than this are decoded in a worker thread so other devices are not held up.
 INLINE_DECODE_LIMIT = 64 * 1024
@@ -237,8 +238,7 @@ class Leaf:
             return self._answer(call.endpoint, reply, wants_msgpack(call.headers.get("accept", "")))
         outcome = self._answer_feg(call)
         if isinstance(outcome, Awaitable):
-            self._busy += 1
-            return self._counted(outcome)
+            return self._in_flight(self._sent(outcome))
         self.metrics.sent_bytes += len(outcome.body)
         return outcome
 
@@ -248,10 +248,7 @@ class Leaf:
         def handler(payload: Any) -> Any:
             self._last_request = asyncio.get_running_loop().time()
             outcome = handle(payload)
-            if isinstance(outcome, Awaitable):
-                self._busy += 1
-                return self._counted(outcome)
-            return outcome
+            return self._in_flight(outcome) if isinstance(outcome, Awaitable) else outcome
 
         return handler
 
@@ -272,18 +269,24 @@ class Leaf:
         else:
             outcome = self._xain.answer(call)
         if isinstance(outcome, Awaitable):
-            self._busy += 1
-            return self._counted(outcome)
+            return self._in_flight(self._sent(outcome))
         self.metrics.sent_bytes += len(outcome.body)
         return outcome
 
-    async def _counted(self, outcome: Awaitable[FegReply]) -> FegReply:
+    def _in_flight(self, outcome: Awaitable[T]) -> Awaitable[T]:
+        """`outcome`, counted as in flight (a draining leaf answers those first) until it is done."""
+        self._busy += 1
+        return self._until_done(outcome)
+
+    async def _until_done(self, outcome: Awaitable[T]) -> T:
         try:
-            answer = await outcome
+            return await outcome
         finally:
             self._busy -= 1
-        if isinstance(answer, DeviceAnswer):  # a session reply carries messages, not a device answer
-            self.metrics.sent_bytes += len(answer.body)
+
+    async def _sent(self, outcome: Awaitable[FegReply]) -> FegReply:
+        answer = await outcome
+        self.metrics.sent_bytes += len(answer.body)
         return answer
 
     def _answer_feg(self, call: DeviceCall) -> FegReply | Awaitable[FegReply]:
