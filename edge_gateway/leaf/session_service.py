@@ -45,7 +45,7 @@ from .endpoints import DeviceEndpoints
 from .job_state import LeafJob, TaskDecision
 from .payload_cache import PayloadCache
 from .push_outbox import PushOutbox
-from .session_table import MAX_STRIKES, Phase, Session, SessionTable, eligible, takes
+from .session_table import MAX_STRIKES, Phase, Session, SessionKey, SessionTable, eligible, takes
 from .task_payload import TASK_NAME
 from .uploads import PartialUploads, PartOutcome
 
@@ -58,6 +58,7 @@ SERVICE_RESTART = 1012  # this leaf is stopping: reconnect (the proxy routes to 
 TRY_AGAIN_LATER = 1013  # shed: `later` said when
 LATER_WAIT = 5  # seconds a device waits after `later` for a job that is not there yet
 MAX_COOKIES = 200_000  # tasks whose results a session may still send (oldest forgotten first)
+MAX_CLOSING = 100_000  # sessions closed by a push whose sockets the proxy has not reported gone
 MAX_PARTIAL_BYTES = 512 * 1024 * 1024  # parts of split results held in all, until their last part
 PARTIAL_IDLE_LIMIT = 600.0  # seconds an unfinished split result is kept for its device to resume
 
@@ -93,6 +94,9 @@ class SessionService:
         self._cookies: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.uploads = PartialUploads(MAX_PARTIAL_BYTES, PARTIAL_IDLE_LIMIT)
         self.outbox = PushOutbox()
+        # Closed here by a push (`finished`, then the close): a message the device sent meanwhile
+        # is answered without a close of its own, which could overtake the push on the link.
+        self._closing: OrderedDict[SessionKey, None] = OrderedDict()
         self.serving = False  # False until the leaf has synced with the server once
         self.bad_messages = 0  # malformed or out-of-order messages answered with `error`
         self.silent = 0  # sessions closed for silence
@@ -119,7 +123,9 @@ class SessionService:
         call = SessionMessage.check(payload)
         session = self.table.sessions.get((call.hub, call.session))
         if session is None:
-            return SessionReply([], GOING_AWAY)  # closed here already (silent, replaced)
+            if (call.hub, call.session) in self._closing:
+                return SessionReply([])  # its push carries the close, after what it says
+            return SessionReply([], GOING_AWAY)  # unknown here (this leaf restarted)
         self.table.seen(session, asyncio.get_running_loop().time())
         try:
             received = decode_message(call.data, session.codec)
@@ -134,6 +140,7 @@ class SessionService:
     def closed(self, payload: Any) -> None:
         call = SessionClosed.check(payload)
         self.outbox.drop(call.hub, call.session)
+        self._closing.pop((call.hub, call.session), None)
         session = self.table.close((call.hub, call.session))
         if session is not None:
             self._gone(session)
@@ -361,6 +368,10 @@ class SessionService:
     # -- output -------------------------------------------------------------------------------
     def _push(self, session: Session, messages: list[bytes], close: int = KEEP_OPEN) -> None:
         self.outbox.put(*session.key, messages, close)
+        if close != KEEP_OPEN:
+            self._closing[session.key] = None
+            while len(self._closing) > MAX_CLOSING:
+                self._closing.popitem(last=False)
 
     def _later(self, session: Session, retry_wait: int, reason: str) -> bytes:
         return self._encode(session, GatewayMessage.LATER, retry_wait=retry_wait, reason=reason)

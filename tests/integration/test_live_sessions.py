@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import msgpack
 import orjson
 import pytest
@@ -14,6 +15,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from edge_gateway.launcher import Stack
+from internal_link.client import LinkClient
+from internal_link.sessions import KEEP_OPEN, SESSION_MESSAGE, SESSION_OPEN, SESSION_PUSHES, Push, SessionReply
 from routing_proxy.routing import Router
 
 from .helpers import job_status, submit_job, wait_for, wait_leaves_synced
@@ -233,6 +236,42 @@ async def test_a_result_in_parts_resumes_after_a_reconnect_from_the_last_part_co
     status = await wait_for(stack.api_url, job_id, lambda s: s["model_version"] == 1, timeout=30)
     assert status["history"][0]["results"] == 1
     await again.close()
+
+
+@pytest.mark.timeout(120)
+async def test_a_message_crossing_the_finished_push_does_not_close_the_session_before_it(stack: Stack) -> None:
+    """A job's end reaches its sessions as a push (`finished`, then 1000). A heartbeat the device
+    sent meanwhile is answered on the call path, which can overtake the push: answered with a close
+    (1001), the device never heard `finished` and waited for a job that was over (seen in CI). The
+    proxy's side of the link is played here by hand, reading no pushes until the job has ended."""
+    job_id = await one_round_job(stack, "ws_crossing", devices=1)
+    where = orjson.loads(stack.lcp_map.read_bytes())["leaf-0"]
+    link = LinkClient(where["host"], where["port"], stack.env["EDGEFL_LINK_SECRET"].encode(), name="test->leaf-0")
+    await link.start()
+    try:
+        assert await link.wait_connected(10.0)
+        headers = {"x-flare-device-id": "crossing-1", "x-flare-device-info": "platform=sim"}
+        assert SessionReply.check(await link.call(SESSION_OPEN, ["test-hub", 1, headers, "json"], 10.0)).close == 0
+
+        async def send(message: dict[str, Any]) -> SessionReply:
+            return SessionReply.check(await link.call(SESSION_MESSAGE, ["test-hub", 1, orjson.dumps(message)], 10.0))
+
+        accept = await send({"type": "rendezvous", "job_name": "ws_crossing", "state": {}})
+        assert orjson.loads(accept.messages[0])["type"] == "accept", accept
+        async with aiohttp.ClientSession() as http, http.post(f"{stack.api_url}/api/jobs/{job_id}/end") as ended:
+            assert ended.status == 200
+        # Heartbeats until the leaf has closed the session on its side (its answer is no longer a status).
+        async with asyncio.timeout(20):
+            while (reply := await send({"type": "heartbeat"})).messages:
+                assert orjson.loads(reply.messages[0])["type"] in ("standby", "round"), reply
+                await asyncio.sleep(0.05)
+        assert reply.close == KEEP_OPEN, "the session closed before its `finished` push"
+        pushes = Push.check_all(await link.call(SESSION_PUSHES, ["test-hub", 0], 10.0))
+        last = [p for p in pushes if p.session == 1][-1]
+        assert orjson.loads(last.messages[-1]) == {"type": "finished", "job_id": job_id}, last
+        assert last.close == 1000, last
+    finally:
+        await link.close()
 
 
 @pytest.mark.timeout(150)
