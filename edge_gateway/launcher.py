@@ -80,6 +80,15 @@ def add_local_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--slow-factor", type=float, default=1.0, help="a slow device takes this many times its training time"
     )
+    parser.add_argument(
+        "--transport",
+        choices=("http", "ws"),
+        default="http",
+        help="simulated devices: http polling, or ws live sessions (GET /ws, pushed rounds)",
+    )
+    parser.add_argument(
+        "--abort-rate", type=float, default=0.0, help="share of tasks simulated devices give up part-way"
+    )
     parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet α of the non-IID split")
     parser.add_argument("--epochs", type=int, default=None, help="default: the model's (digits: 10)")
     parser.add_argument("--lr", type=float, default=None, help="default: the model's (digits: 0.5)")
@@ -423,4 +432,6 @@ async def _simulate(args: argparse.Namespace, url: str, spec: dict[str, Any]) ->
         seed=args.seed,
         slow_fraction=args.slow_fraction,
         slow_factor=args.slow_factor,
+        transport=args.transport,
+        abort_rate=args.abort_rate,
     )

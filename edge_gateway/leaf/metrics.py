@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import re
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -21,6 +22,9 @@ from device_protocol.errors import ProtocolError
 from ..acknowledged import AcknowledgedResults
 from ..metrics_http import process_registry
 from ..result_log import ResultLog
+
+if TYPE_CHECKING:
+    from .session_service import SessionService
 
 # From a few seconds of training on a phone to a task's whole lease (minutes).
 TURNAROUND_BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
@@ -69,6 +73,10 @@ class LeafMetrics:
     ) -> None:
         """Read these at every scrape: the result log, the results not delivered, the server link."""
         self.registry.register(_LeafState(results, undelivered, server_connected))
+
+    def watch_sessions(self, sessions: SessionService) -> None:
+        """Read the live sessions at every scrape: how many in each phase, and what closed them."""
+        self.registry.register(_LeafSessions(sessions))
 
 
 class _LeafCounts(Collector):
@@ -138,3 +146,30 @@ class _LeafState(Collector):
             yield CounterMetricFamily(
                 "edgefl_leaf_result_log_appended", "Records made durable in the log", value=log.appended
             )
+
+
+class _LeafSessions(Collector):
+    def __init__(self, sessions: SessionService) -> None:
+        self._sessions = sessions
+
+    def collect(self) -> Iterator[Metric]:
+        service = self._sessions
+        phases = GaugeMetricFamily(
+            "edgefl_leaf_sessions", "Live sessions (PROTOCOL.md §9) held by this leaf, by phase", labels=["phase"]
+        )
+        for phase, count in service.table.phase_counts().items():
+            phases.add_metric([phase.value], count)
+        yield phases
+        yield CounterMetricFamily(
+            "edgefl_leaf_sessions_silent", "Sessions closed for missing heartbeats", value=service.silent
+        )
+        yield CounterMetricFamily(
+            "edgefl_leaf_session_bad_messages",
+            "Malformed or out-of-order session messages, answered with `error`",
+            value=service.bad_messages,
+        )
+        yield CounterMetricFamily(
+            "edgefl_leaf_session_rounds_pushed",
+            "`round` pushed to a session the moment it was selected",
+            value=service.rounds_pushed,
+        )

@@ -130,6 +130,7 @@ class Leaf:
             config.session_heartbeat,
             config.max_sessions,
         )
+        self.metrics.watch_sessions(self.sessions)
         self._xain = XainEndpoints(
             self.jobs, self._payloads, CookieSigner(config.cookie_key()), self.uplink, self._sync_soon
         )

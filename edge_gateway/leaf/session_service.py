@@ -100,6 +100,7 @@ class SessionService:
         self.serving = False  # False until the leaf has synced with the server once
         self.bad_messages = 0  # malformed or out-of-order messages answered with `error`
         self.silent = 0  # sessions closed for silence
+        self.rounds_pushed = 0  # `round` pushed on selection
 
     # -- the proxy's calls --------------------------------------------------------------------
     def open(self, payload: Any) -> SessionReply:
@@ -307,6 +308,7 @@ class SessionService:
             if decision is TaskDecision.TASK and lease is not None:
                 self.table.to_selected(session, lease.task_id)
                 self._push(session, [self._round(session, job)])
+                self.rounds_pushed += 1
             elif decision is TaskDecision.NOT_SELECTED or decision is TaskDecision.NOT_READY:
                 job.waiting.pop(session.device_id, None)  # counted as a standby session already
                 break

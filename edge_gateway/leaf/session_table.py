@@ -162,6 +162,13 @@ class SessionTable:
         """Sessions holding a slot (SELECTED or TRAINING)."""
         return list(self._holders.values())
 
+    def phase_counts(self) -> dict[Phase, int]:
+        """Sessions in each phase, every phase named (0 when none)."""
+        counts = dict.fromkeys(Phase, 0)
+        for session in self.sessions.values():
+            counts[session.phase] += 1
+        return counts
+
     def in_job(self, job_id: str) -> list[Session]:
         return [s for s in self.sessions.values() if s.job_id == job_id]
 

@@ -65,3 +65,16 @@ def test_a_full_battery_on_the_charger_counts_as_charging() -> None:
     assert eligible({"battery_full": True, "unmetered": True}, frozenset({"charging", "unmetered"}))
     assert not eligible({"charging": True}, frozenset({"charging", "unmetered"}))
     assert eligible({}, frozenset())
+
+
+def test_phase_counts_name_every_phase() -> None:
+    table = SessionTable(heartbeat_interval=10.0)
+    first, second, third = (session(n, f"d{n}") for n in (1, 2, 3))
+    for s in (first, second, third):
+        table.open(s)
+    table.to_standby(first, "job")
+    table.to_standby(second, "job")
+    table.to_selected(second, "task-2")
+    assert table.phase_counts() == {Phase.CONNECTED: 1, Phase.STANDBY: 1, Phase.SELECTED: 1, Phase.TRAINING: 0}
+    table.close(third.key)
+    assert table.phase_counts()[Phase.CONNECTED] == 0

@@ -10,8 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from edge_gateway.launcher import Stack
 from internal_link.messages import JobStatus
@@ -109,3 +111,50 @@ def test_local_launcher_runs_an_async_job(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "async, 4 versions (concurrency 4, buffer_size 2, max_staleness 2)" in done.stdout, done.stdout
     assert "job done" in done.stdout and "refused 0" in done.stdout, done.stdout
+
+
+@pytest.mark.timeout(120)
+async def test_local_launcher_runs_an_async_job_over_live_sessions(tmp_path: Path) -> None:
+    args = ["local", "--exit-when-done", "--port", "0", "--leaves", "2", "--job", "xor", "--transport", "ws"]
+    args += ["--mode", "async", "--rounds", "8", "--concurrency", "3", "--buffer-size", "2", "--simulated", "6"]
+    args += ["--abort-rate", "0.2", "--retry-wait", "1", "--data-dir", str(tmp_path)]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edge_gateway", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    assert proc.stdout is not None
+    out: list[str] = []
+    pushed = 0.0
+    try:
+        async with asyncio.timeout(100):
+            while line := (await proc.stdout.readline()).decode():
+                out.append(line)
+                if line.startswith("metrics (Prometheus):"):
+                    urls = dict(zip(line.split()[2::2], line.split()[3::2], strict=True))
+                    leaves = [url for name, url in urls.items() if name.startswith("leaf")]
+                    pushed = await rounds_pushed(leaves)  # the devices' rounds came as session pushes
+            await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    text = "".join(out)
+    assert proc.returncode == 0, text[-3000:]
+    assert "job done" in text and "refused 0" in text, text
+    assert pushed > 0, text
+
+
+async def rounds_pushed(leaf_metrics: list[str]) -> float:
+    """`round` pushes the leaves have made, once there are any (bounded: the job is short)."""
+    async with aiohttp.ClientSession() as http:
+        for _ in range(100):
+            total = 0.0
+            for url in leaf_metrics:
+                async with http.get(url) as reply:
+                    for family in text_string_to_metric_families(await reply.text()):
+                        total += sum(
+                            s.value for s in family.samples if s.name == "edgefl_leaf_session_rounds_pushed_total"
+                        )
+            if total > 0:
+                return total
+            await asyncio.sleep(0.05)
+    return 0.0

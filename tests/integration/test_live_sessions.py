@@ -11,6 +11,7 @@ import aiohttp
 import msgpack
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -43,6 +44,26 @@ async def one_round_job(stack: Stack, name: str, devices: int, rounds: int = 1, 
     )
     await wait_leaves_synced(stack.api_url, job_id, 2)
     return job_id
+
+
+async def leaf_session_metrics(stack: Stack) -> dict[str, float]:
+    """The leaves' session counters, summed, and their sessions by phase."""
+    found: dict[str, float] = {}
+    async with aiohttp.ClientSession() as http:
+        for name, url in stack.metrics.items():
+            if not name.startswith("leaf"):
+                continue
+            async with http.get(url) as reply:
+                for family in text_string_to_metric_families(await reply.text()):
+                    for sample in family.samples:
+                        if sample.name == "edgefl_leaf_sessions":
+                            key = sample.labels["phase"]
+                        elif sample.name.startswith("edgefl_leaf_session"):
+                            key = sample.name
+                        else:
+                            continue
+                        found[key] = found.get(key, 0.0) + sample.value
+    return found
 
 
 async def first_round(devices: list[SessionDevice], timeout: float = PUSH_WITHIN) -> SessionDevice:
@@ -117,6 +138,7 @@ async def test_abort_and_a_vanished_socket_each_give_the_slot_to_another_session
 @pytest.mark.timeout(120)
 async def test_bad_messages_get_an_error_and_the_session_stays(stack: Stack) -> None:
     await one_round_job(stack, "ws_errors", devices=1)
+    before = await leaf_session_metrics(stack)
     device = await SessionDevice.connect(stack.proxy_url, "ws-errors-1", binary=True)
     await device.ws.send(b"\xc1 not msgpack")
     assert (await device.expect("error"))["code"] == "malformed"
@@ -133,6 +155,11 @@ async def test_bad_messages_get_an_error_and_the_session_stays(stack: Stack) -> 
     assert (await device.expect("error"))["code"] == "invalid"
     await device.send({"type": "heartbeat", "state": {"charging": False}})
     assert (await device.expect("round"))["model_version"] == 0  # still selected
+    # Each leaf's /metrics counted the five refusals and the push, and holds the selected session.
+    after = await leaf_session_metrics(stack)
+    assert after["edgefl_leaf_session_bad_messages_total"] - before["edgefl_leaf_session_bad_messages_total"] == 5
+    assert after["edgefl_leaf_session_rounds_pushed_total"] - before["edgefl_leaf_session_rounds_pushed_total"] == 1
+    assert after["selected"] == 1, after
     await device.close()
 
 
