@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -139,11 +138,10 @@ class Device:
     async def _train(self, job_id: str, task: Mapping[str, Any]) -> _Request:
         """Train on the task and build its `/result` request, echoing the task's cookie verbatim."""
         codec, cookie = self._settings.codec, task.get("cookie")
-        started = time.perf_counter()
         try:
             diff, num_samples = await self._trainer.train(task["task_data"])
             if self._slowdown > 1.0:
-                await self._sleep((self._slowdown - 1.0) * (time.perf_counter() - started))
+                await self._sleep((self._slowdown - 1.0) * self._trainer.compute_s)
         except Exception as exc:  # a trainer failure is reported like iOS, never ends the run
             self._stats.training_errors += 1
             log.warning("device %s could not train on task %s: %s", self.device_id, task.get("task_id"), exc)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from typing import Any
 
 import msgpack
@@ -129,7 +128,6 @@ class SessionDevice:
             await self._send(ws, {"type": "heartbeat", "state": STATE})
 
     async def _train(self, ws: ClientConnection, task: dict[str, Any]) -> None:
-        started = time.perf_counter()
         try:
             diff, num_samples = await self._trainer.train(task["task_data"])
         except Exception as exc:  # a trainer failure gives the task up, never ends the run
@@ -137,9 +135,8 @@ class SessionDevice:
             log.warning("device %s could not train on task %s: %s", self.device_id, task.get("task_id"), exc)
             await self._send(ws, {"type": "abort", "task_id": task["task_id"], "reason": "training_failed"})
             return
-        took = time.perf_counter() - started
         if self._slowdown > 1.0:
-            await self._sleep((self._slowdown - 1.0) * took)
+            await self._sleep((self._slowdown - 1.0) * self._trainer.compute_s)
         if self._abort_rate and self._rng.random() < self._abort_rate:
             self._stats.add((Outcome.ABORTED,))
             await self._send(ws, {"type": "abort", "task_id": task["task_id"], "reason": "expired"})
