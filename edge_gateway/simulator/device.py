@@ -18,7 +18,7 @@ from device_protocol.codecs import MSGPACK
 from . import wire
 from .decisions import Outcome, Phase, Step, classify, decide
 from .stats import Stats
-from .trainers import Trainer
+from .trainers import Trainer, training_wait
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,13 @@ class Device:
         rng: random.Random,
         sleep: Sleep = asyncio.sleep,
         slowdown: float = 1.0,
+        train_seconds: float = 0.0,
         abort_rate: float = 0.0,
     ) -> None:
         self.device_id = device_id
         self._abort_rate = abort_rate  # the share of tasks dropped unreported (the OS killed the app)
         self._slowdown = slowdown  # a slow device takes this many times its training time
+        self._train_seconds = train_seconds  # the least a training takes (before the slowdown)
         self._trainer = trainer
         self._settings = settings
         self._session = session
@@ -140,8 +142,9 @@ class Device:
         codec, cookie = self._settings.codec, task.get("cookie")
         try:
             diff, num_samples = await self._trainer.train(task["task_data"])
-            if self._slowdown > 1.0:
-                await self._sleep((self._slowdown - 1.0) * self._trainer.compute_s)
+            wait = training_wait(self._trainer.compute_s, self._train_seconds, self._slowdown)
+            if wait > 0.0:
+                await self._sleep(wait)
         except Exception as exc:  # a trainer failure is reported like iOS, never ends the run
             self._stats.training_errors += 1
             log.warning("device %s could not train on task %s: %s", self.device_id, task.get("task_id"), exc)

@@ -34,6 +34,13 @@ class Trainer(Protocol):
         ...
 
 
+def training_wait(compute_s: float, train_seconds: float, slowdown: float) -> float:
+    """Seconds a device waits after computing: its training takes max(compute, `train_seconds`)
+    times `slowdown`. A phone trains for seconds where the simulated digits task computes in ~2 ms,
+    so without a floor a 10× device would still be done long before a round's own latency."""
+    return max(0.0, slowdown * max(compute_s, train_seconds) - compute_s)
+
+
 class SyntheticTrainer:
     """Random small diffs of the task's shapes, for load: no torch, almost no CPU."""
 
