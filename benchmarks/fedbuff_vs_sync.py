@@ -1,7 +1,7 @@
 """Async FedBuff vs sync rounds: wall time to a test accuracy, stragglers in the population (issue 12).
 
-    python benchmarks/fedbuff_vs_sync.py [--repeat 1] [--concurrency 20] [--buffer-size 10]
-        [--transport http] [--target 0.93] [--cap-s 300]
+    python benchmarks/fedbuff_vs_sync.py [--repeat 1] [--train-seconds 0] [--concurrency 20]
+        [--buffer-size 10] [--transport http] [--target 0.93] [--cap-s 300] [--modes sync async]
 
 One stack (server + 2 leaves + proxy, unpinned) and, per mode, one `python -m edge_gateway simulate`
 process: --devices simulated devices training digits for real (PyTorch, the package's own data,
@@ -17,6 +17,11 @@ stops at the **creation** of the first version whose test accuracy reaches --tar
 its evaluation finished: the server evaluates each version on the model's test split in a thread,
 after the fact. A mode ends at the target, at --max-versions, or at --cap-s; its simulator is then
 stopped by PID and its job ended. Modes alternate (sync first on even repeats, async first on odd).
+
+digits computes a task in ~2 ms, so a 10× device is only 20 ms slower; --train-seconds S makes
+every training take at least S (a phone's seconds) before the slow factor. Each job's last model is
+evaluated here on the test and the train split beside the server's recorded accuracy, to show
+which split the figures come from. docs/BENCHMARKS.md §10 has the runs and what they showed.
 """
 
 from __future__ import annotations
