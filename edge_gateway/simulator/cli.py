@@ -55,6 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--slow-factor", type=float, default=1.0, help="a slow device takes this many times its training time"
     )
     parser.add_argument(
+        "--train-seconds",
+        type=float,
+        default=0.0,
+        help="the least a training takes, before --slow-factor (phones take seconds; digits computes in ms)",
+    )
+    parser.add_argument(
         "--transport",
         choices=("http", "ws"),
         default="http",
@@ -86,6 +92,7 @@ async def main_async(args: argparse.Namespace) -> int:
             keep_polling=args.keep_polling,
             slow_fraction=args.slow_fraction,
             slow_factor=args.slow_factor,
+            train_seconds=args.train_seconds,
             transport=args.transport,
             abort_rate=args.abort_rate,
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from device_protocol.codecs import MSGPACK
 from . import wire
 from .decisions import Outcome, Phase, Step, classify, decide
 from .stats import Stats
-from .trainers import Trainer
+from .trainers import Trainer, training_wait
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +63,13 @@ class Device:
         rng: random.Random,
         sleep: Sleep = asyncio.sleep,
         slowdown: float = 1.0,
+        train_seconds: float = 0.0,
         abort_rate: float = 0.0,
     ) -> None:
         self.device_id = device_id
         self._abort_rate = abort_rate  # the share of tasks dropped unreported (the OS killed the app)
         self._slowdown = slowdown  # a slow device takes this many times its training time
+        self._train_seconds = train_seconds  # the least a training takes (before the slowdown)
         self._trainer = trainer
         self._settings = settings
         self._session = session
@@ -139,11 +140,11 @@ class Device:
     async def _train(self, job_id: str, task: Mapping[str, Any]) -> _Request:
         """Train on the task and build its `/result` request, echoing the task's cookie verbatim."""
         codec, cookie = self._settings.codec, task.get("cookie")
-        started = time.perf_counter()
         try:
             diff, num_samples = await self._trainer.train(task["task_data"])
-            if self._slowdown > 1.0:
-                await self._sleep((self._slowdown - 1.0) * (time.perf_counter() - started))
+            wait = training_wait(self._trainer.compute_s, self._train_seconds, self._slowdown)
+            if wait > 0.0:
+                await self._sleep(wait)
         except Exception as exc:  # a trainer failure is reported like iOS, never ends the run
             self._stats.training_errors += 1
             log.warning("device %s could not train on task %s: %s", self.device_id, task.get("task_id"), exc)

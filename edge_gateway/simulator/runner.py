@@ -53,6 +53,9 @@ class SimulationConfig(BaseModel):
     request_timeout: float = Field(default=60.0, gt=0.0, description="seconds per request (iOS: 60 s resource timeout)")
     slow_fraction: float = Field(default=0.0, ge=0.0, le=1.0, description="this fraction of the devices is slow")
     slow_factor: float = Field(default=1.0, ge=1.0, description="a slow device takes this many times its training time")
+    train_seconds: float = Field(
+        default=0.0, ge=0.0, description="the least a training takes (a phone's seconds), before the slow factor"
+    )
     transport: Literal["http", "ws"] = Field(
         default="http", description="http: FEG polling (PROTOCOL.md §1-§6); ws: live sessions (§9)"
     )
@@ -123,6 +126,7 @@ async def run_simulation(
                     rng=random.Random(rng.getrandbits(64)),
                     sleep=sleep,
                     slowdown=config.slow_factor if i < slow else 1.0,
+                    train_seconds=config.train_seconds,
                     abort_rate=config.abort_rate,
                 )
                 if config.transport == "http"
@@ -134,6 +138,7 @@ async def run_simulation(
                     rng=random.Random(rng.getrandbits(64)),
                     sleep=sleep,
                     slowdown=config.slow_factor if i < slow else 1.0,
+                    train_seconds=config.train_seconds,
                     abort_rate=config.abort_rate,
                 )
                 for i, trainer in enumerate(trainers)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from typing import Any
 
 import msgpack
@@ -24,7 +23,7 @@ from . import wire
 from .decisions import Outcome
 from .device import DeviceSettings, Sleep
 from .stats import Stats
-from .trainers import Trainer
+from .trainers import Trainer, training_wait
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +50,7 @@ class SessionDevice:
         rng: random.Random,
         sleep: Sleep = asyncio.sleep,
         slowdown: float = 1.0,
+        train_seconds: float = 0.0,
         abort_rate: float = 0.0,
     ) -> None:
         self.device_id = device_id
@@ -61,6 +61,7 @@ class SessionDevice:
         self._rng = rng
         self._sleep = sleep
         self._slowdown = slowdown
+        self._train_seconds = train_seconds
         self._abort_rate = abort_rate
         url = settings.base_url.with_scheme("wss" if settings.base_url.scheme == "https" else "ws")
         self._url = str(url.with_path("/ws"))
@@ -129,7 +130,6 @@ class SessionDevice:
             await self._send(ws, {"type": "heartbeat", "state": STATE})
 
     async def _train(self, ws: ClientConnection, task: dict[str, Any]) -> None:
-        started = time.perf_counter()
         try:
             diff, num_samples = await self._trainer.train(task["task_data"])
         except Exception as exc:  # a trainer failure gives the task up, never ends the run
@@ -137,9 +137,9 @@ class SessionDevice:
             log.warning("device %s could not train on task %s: %s", self.device_id, task.get("task_id"), exc)
             await self._send(ws, {"type": "abort", "task_id": task["task_id"], "reason": "training_failed"})
             return
-        took = time.perf_counter() - started
-        if self._slowdown > 1.0:
-            await self._sleep((self._slowdown - 1.0) * took)
+        wait = training_wait(self._trainer.compute_s, self._train_seconds, self._slowdown)
+        if wait > 0.0:
+            await self._sleep(wait)
         if self._abort_rate and self._rng.random() < self._abort_rate:
             self._stats.add((Outcome.ABORTED,))
             await self._send(ws, {"type": "abort", "task_id": task["task_id"], "reason": "expired"})

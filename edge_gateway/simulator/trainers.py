@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, Literal, Protocol
@@ -24,9 +25,20 @@ Diff = dict[str, np.ndarray]
 
 
 class Trainer(Protocol):
+    # Seconds the last `train` spent computing. A slow device's extra time is a multiple of this,
+    # so the one-time data load and the wait for a free worker thread must not be in it.
+    compute_s: float
+
     async def train(self, task_data: Mapping[str, Any]) -> tuple[Diff, int]:
         """(float32 diff per parameter, number of samples) for one task; raises on bad task data."""
         ...
+
+
+def training_wait(compute_s: float, train_seconds: float, slowdown: float) -> float:
+    """Seconds a device waits after computing: its training takes max(compute, `train_seconds`)
+    times `slowdown`. A phone trains for seconds where the simulated digits task computes in ~2 ms,
+    so without a floor a 10× device would still be done long before a round's own latency."""
+    return max(0.0, slowdown * max(compute_s, train_seconds) - compute_s)
 
 
 class SyntheticTrainer:
@@ -34,13 +46,16 @@ class SyntheticTrainer:
 
     def __init__(self, rng: np.random.Generator) -> None:
         self._rng = rng
+        self.compute_s = 0.0
 
     async def train(self, task_data: Mapping[str, Any]) -> tuple[Diff, int]:
+        started = time.perf_counter()
         diff: Diff = {}
         for name, shape in task_shapes(task_data).items():
             # Magnitudes bounded away from zero: the gateway refuses all-zero diffs.
             magnitude = self._rng.uniform(1e-4, 1e-3, shape).astype(np.float32)
             diff[name] = np.where(self._rng.random(shape) < 0.5, -magnitude, magnitude)
+        self.compute_s = time.perf_counter() - started
         return diff, int(self._rng.integers(1, 101))
 
 
@@ -80,6 +95,7 @@ class PytorchTrainer:
         self._index = index
         self._seed = seed
         self._pool = pool
+        self.compute_s = 0.0
 
     async def train(self, task_data: Mapping[str, Any]) -> tuple[Diff, int]:
         meta = task_meta(task_data)
@@ -95,6 +111,7 @@ class PytorchTrainer:
     ) -> tuple[Diff, int]:
         from edge_gateway.models import train_local
 
+        started = time.perf_counter()  # in the worker: the import above and the queue left out
         weights = task_weights(task_data)  # decoded here: a large model's lists are slow to parse
         diff, num_samples, _ = train_local(
             model,
@@ -106,6 +123,7 @@ class PytorchTrainer:
             batch_size=int(meta.get("batch_size", 4)),
             seed=_shuffle_seed(self._seed, self._index, meta),
         )
+        self.compute_s = time.perf_counter() - started
         return diff, num_samples
 
 
@@ -121,6 +139,7 @@ class ExecutorchTrainer:
         self._index = index
         self._seed = seed
         self._pool = pool
+        self.compute_s = 0.0
 
     async def train(self, task_data: Mapping[str, Any]) -> tuple[Diff, int]:
         text, meta = program_task(task_data)
@@ -137,6 +156,7 @@ class ExecutorchTrainer:
     ) -> tuple[Diff, int]:
         from edge_gateway.models.executorch_runtime import train_program
 
+        started = time.perf_counter()  # in the worker: the import above and the queue left out
         # `program` stays referenced until train_program returns: the runtime reads it in place.
         program = decode_program(text)
         diff, num_samples, _ = train_program(
@@ -148,6 +168,7 @@ class ExecutorchTrainer:
             batch_size=batch_size,
             seed=_shuffle_seed(self._seed, self._index, meta),
         )
+        self.compute_s = time.perf_counter() - started
         return EtTensorDiff(diff, {"epochs": epochs, "learning_rate": lr, "batch_size": batch_size}), num_samples
 
 

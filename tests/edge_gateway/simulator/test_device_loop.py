@@ -293,3 +293,19 @@ async def test_slow_devices_take_slow_factor_times_their_training_time(start_feg
     # The first half are slow: one extra wait between their task and their result, none for the rest.
     assert [len(waits_while_training(f"dev-{i}")) for i in range(4)] == [1, 1, 0, 0]
     assert all(w.startswith("sleep:") for i in (0, 1) for w in waits_while_training(f"dev-{i}"))
+
+
+async def test_a_training_takes_at_least_train_seconds_before_the_slow_factor(start_feg: StartFeg) -> None:
+    feg, url = await start_feg(tasks_per_device=1)
+    settings = config(url, devices=4, slow_fraction=0.5, slow_factor=3.0, train_seconds=0.5)
+    report = await run_simulation(settings, sleep=recording_sleep(feg, real=False))
+    assert report.results_accepted == 4
+
+    def training_wait(device: str) -> float:
+        events = feg.events[device]
+        (wait,) = events[events.index("task:OK") + 1 : events.index("result:OK")]
+        return float(wait.removeprefix("sleep:"))
+
+    # Synthetic diffs compute in well under 0.1 s: the floor, then 3× it for the slow half.
+    assert all(1.4 < training_wait(f"dev-{i}") <= 1.5 for i in (0, 1))
+    assert all(0.4 < training_wait(f"dev-{i}") <= 0.5 for i in (2, 3))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -68,3 +69,19 @@ async def test_pytorch_diff_lowers_the_loss_on_the_device_shard(codec: str) -> N
     _, before = models.evaluate("digits", weights, x[part], y[part])
     _, after = models.evaluate("digits", trained, x[part], y[part])
     assert after < before
+
+
+async def test_compute_time_leaves_out_the_wait_for_a_worker_and_the_data_load() -> None:
+    # A slow device's extra time is a multiple of `compute_s`: the queue for the 2-core pool and the
+    # first task's data load must not be multiplied with it (they made 10× devices wait ~40 s).
+    weights = models.initial_weights("digits", seed=1)
+    task = {"kind": "WEIGHTS", "data": tensors_to_binary(weights), "meta": {"model": "digits", "epochs": 1}}
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        shards = ShardedData(num_devices=4, alpha=0.5, seed=3, pool=pool)
+        trainer = PytorchTrainer(shards, index=2, seed=3, pool=pool)
+        pool.submit(time.sleep, 2.0)  # the only worker is busy: this task queues behind it
+        started = time.perf_counter()
+        await trainer.train(task)
+        took = time.perf_counter() - started
+    assert took >= 2.0
+    assert 0.0 < trainer.compute_s < 1.0
