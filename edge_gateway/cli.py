@@ -34,7 +34,7 @@ def _host_port(text: str) -> tuple[str, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .launcher import add_local_arguments
+    from .local_arguments import add_local_arguments
     from .simulator.cli import add_arguments as add_simulate_arguments
 
     parser = OneLineParser(prog=PROG, description=__doc__)

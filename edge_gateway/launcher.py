@@ -27,9 +27,8 @@ from internal_link import process
 from internal_link.messages import JobStatus
 
 from .job_api_auth import authorization, environment_token
-from .local_checks import check_job, check_port_free, non_negative_int, phone_url, port_number, positive_int
+from .local_checks import check_job, check_port_free, phone_url
 from .models.demo import training_defaults
-from .models.specs import MODEL_NAMES
 from .processes import Child, ChildFailed, free_port, spawn, wait_ready_file
 from .user_errors import UserError
 
@@ -37,72 +36,6 @@ log = logging.getLogger(__name__)
 
 # Seconds a finished job's last versions may take to be evaluated before they print without numbers.
 EVALUATION_GRACE = 30.0
-
-
-def add_local_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--port", type=port_number, default=4321, help="the proxy's port for devices (0 picks one)")
-    parser.add_argument("--host", default="127.0.0.1", help="the proxy's address (0.0.0.0 for phones on the LAN)")
-    parser.add_argument("--leaves", type=positive_int, default=2)
-    parser.add_argument("--job", default="digits", help="job name devices ask for")
-    parser.add_argument(
-        "--model", default=None, choices=MODEL_NAMES, help="default: from the job name (xor, cifar10), else digits"
-    )
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--devices-per-round", type=int, default=10)
-    parser.add_argument(
-        "--mode", default="sync", choices=("sync", "async"), help="sync rounds, or async FedBuff (--rounds versions)"
-    )
-    parser.add_argument("--concurrency", type=int, default=None, help="async: devices training at once")
-    parser.add_argument("--buffer-size", type=int, default=None, help="async: results that make a new version")
-    parser.add_argument("--max-staleness", type=int, default=None, help="async: versions a result may lag")
-    parser.add_argument(
-        "--simulated", type=non_negative_int, default=20, help="simulated devices to run (0: wait for phones)"
-    )
-    parser.add_argument(
-        "--exit-when-done",
-        action="store_true",
-        help="stop the whole stack when the job ends (default: keep serving until Ctrl-C/SIGTERM)",
-    )
-    parser.add_argument(
-        "--runtime",
-        default=None,
-        choices=("pytorch", "executorch"),
-        help="what devices train (default: executorch for job names ending in _et, like the phone apps')",
-    )
-    parser.add_argument(
-        "--trainer",
-        default=None,
-        choices=("pytorch", "synthetic", "executorch"),
-        help="simulated devices' trainer (default: executorch for executorch jobs, else pytorch)",
-    )
-    parser.add_argument("--codec", default="json", choices=("json", "msgpack"))
-    parser.add_argument("--slow-fraction", type=float, default=0.0, help="this fraction of simulated devices is slow")
-    parser.add_argument(
-        "--slow-factor", type=float, default=1.0, help="a slow device takes this many times its training time"
-    )
-    parser.add_argument(
-        "--transport",
-        choices=("http", "ws"),
-        default="http",
-        help="simulated devices: http polling, or ws live sessions (GET /ws, pushed rounds)",
-    )
-    parser.add_argument(
-        "--abort-rate", type=float, default=0.0, help="share of tasks simulated devices give up part-way"
-    )
-    parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet α of the non-IID split")
-    parser.add_argument("--epochs", type=int, default=None, help="default: the model's (digits: 10)")
-    parser.add_argument("--lr", type=float, default=None, help="default: the model's (digits: 0.5)")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: the model's (digits: 8)")
-    parser.add_argument("--retry-wait", type=int, default=None, help="seconds devices wait between polls")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--xain-grpc-port", type=port_number, default=None, help="xain-sdk 0.6 gRPC coordinator port")
-    parser.add_argument("--xain-object-port", type=port_number, default=None, help="and its object endpoint's port")
-    parser.add_argument("--data-dir", type=Path, default=None, help="where logs and checkpoints go")
-    parser.add_argument(
-        "--demo",
-        action="store_true",
-        help="digits, 100 non-IID devices, 2 leaves, to completion (then exits), printing accuracy per round",
-    )
 
 
 @dataclass
@@ -434,4 +367,5 @@ async def _simulate(args: argparse.Namespace, url: str, spec: dict[str, Any]) ->
         slow_factor=args.slow_factor,
         transport=args.transport,
         abort_rate=args.abort_rate,
+        train_seconds=args.train_seconds,
     )
