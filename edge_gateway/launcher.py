@@ -69,6 +69,8 @@ async def start_stack(
     port = proxy_port or free_port(proxy_host)
     connect_host = "127.0.0.1" if proxy_host in ("0.0.0.0", "::") else proxy_host
     proxy_url = f"http://{connect_host}:{port}"
+    # Chosen here too, so that the leaves start beside the server instead of after it.
+    link_port = free_port()
     try:
         server = await spawn(
             "server",
@@ -78,7 +80,7 @@ async def start_stack(
                 "--http-port",
                 "0",
                 "--link-port",
-                "0",
+                str(link_port),
                 "--data-dir",
                 str(run_dir / "server"),
                 "--ready-file",
@@ -90,9 +92,6 @@ async def start_stack(
             env,
         )
         children.append(server)
-        ready = await wait_ready_file(server, run_dir / "server.ready")
-        lcp: dict[str, dict[str, Any]] = {}
-        metrics = {"server": f"http://127.0.0.1:{ready['http_port']}/metrics"}
         for i in range(leaves):
             name = f"leaf-{i}"
             xain = [] if i or xain06_ports is None else ["--xain-host", proxy_host]
@@ -110,7 +109,7 @@ async def start_stack(
                     "--metrics-port",
                     "0",
                     "--server",
-                    f"127.0.0.1:{ready['link_port']}",
+                    f"127.0.0.1:{link_port}",
                     "--data-dir",
                     str(run_dir / name),
                     "--ready-file",
@@ -121,6 +120,9 @@ async def start_stack(
                 env,
             )
             children.append(child)
+        ready = await wait_ready_file(server, run_dir / "server.ready")
+        lcp: dict[str, dict[str, Any]] = {}
+        metrics = {"server": f"http://127.0.0.1:{ready['http_port']}/metrics"}
         xain06 = None
         for child in children[1:]:
             info = await wait_ready_file(child, run_dir / f"{child.name}.ready")
