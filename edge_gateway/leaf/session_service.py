@@ -297,6 +297,10 @@ class SessionService:
         if job is None or job.view.status is not JobStatus.RUNNING:
             return
         now = asyncio.get_running_loop().time()
+        if not job.has_free_slot(now):
+            # Every rendezvous and sync asks: without a slot, reading the standby sessions (tens of
+            # thousands) for nobody made opening N sessions cost N² and stalled the leaf's loop.
+            return
         ready = self._payloads.servable(job.view)
         requires = frozenset(job.view.requires)
         for session in self.table.standby(job_id):
@@ -327,7 +331,7 @@ class SessionService:
                 self.table.to_standby(session, session.job_id)
                 self._push(session, [self._encode(session, GatewayMessage.STANDBY)])
         for job_id, job in self._jobs.items():
-            job.sessions_waiting = len(self.table.standby(job_id))
+            job.sessions_waiting = self.table.standby_count(job_id)
             self.select(job_id)
 
     def sweep(self) -> None:

@@ -155,6 +155,9 @@ class SessionTable:
         waiting = self._standby.get(job_id)
         return [] if not waiting else [self.sessions[key] for key in waiting]
 
+    def standby_count(self, job_id: str) -> int:
+        return len(self._standby.get(job_id, ()))
+
     def standby_jobs(self) -> list[str]:
         return list(self._standby)
 
