@@ -2,7 +2,7 @@
 
     python benchmarks/sessions.py [--phase idle|push|both] [--sessions 50000] [--push-devices 10000]
                                   [--http-devices N] [--clients 4] [--sources 8] [--open-rate 1000]
-                                  [--window 60] [--retry-wait 5] [--workers N]
+                                  [--window 60] [--retry-wait 5] [--over-selection 0.2] [--workers N]
 
 Proxy + 2 leaves + server, each its own process (benchmarks/_harness.py), unpinned; the devices are
 `--clients` processes of benchmarks/_session_load.py (raw asyncio sockets, pre-encoded frames), their
@@ -37,9 +37,6 @@ from typing import Any
 import _harness as h
 
 HEARTBEAT = 30.0
-# Slots beyond devices_per_round: with exactly as many slots as sessions, a few of them are never
-# selected (docs/BENCHMARKS.md §9), and round 1 would never close.
-OVER_SELECTION = 0.2
 FD_SPARE = 2000  # descriptors a process keeps for everything but device sockets
 
 
@@ -191,7 +188,7 @@ def idle_phase(procs: h.Procs, run_dir: Path, stack: h.Stack, args: Any) -> dict
 
 def push_side(procs: h.Procs, run_dir: Path, stack: h.Stack, args: Any, role: str) -> dict[str, Any]:
     n = args.push_devices if role == "push" else args.http_devices
-    job_id = submit_synced(stack, job_spec(f"push-{role}", n, 2, args.retry_wait, OVER_SELECTION))
+    job_id = submit_synced(stack, job_spec(f"push-{role}", n, 2, args.retry_wait, args.over_selection))
     devices = Devices(procs, run_dir, role, stack, f"push-{role}" if role == "push" else job_id, args)
     setup = n / args.open_rate * 4 + 180
     try:
@@ -222,6 +219,12 @@ def main() -> None:
     parser.add_argument("--open-rate", type=float, default=1000.0, help="connections opened per second, in all")
     parser.add_argument("--window", type=float, default=60.0, help="seconds of CPU measured (≥ one heartbeat)")
     parser.add_argument("--retry-wait", type=int, default=5, help="the polling devices' retry_wait (s)")
+    parser.add_argument(
+        "--over-selection",
+        type=float,
+        default=0.2,
+        help="push jobs' over_selection; at 0 a few sessions may never be selected (docs/BENCHMARKS.md §9)",
+    )
     parser.add_argument("--workers", type=int, default=None, help="proxy workers (default: by RLIMIT_NOFILE)")
     args = parser.parse_args()
     args.http_devices = args.push_devices if args.http_devices is None else args.http_devices
