@@ -79,6 +79,9 @@ async def test_sessions_that_trained_in_this_selection_are_read_once_until_the_n
     # Reading all of them each time: about 3 s here; once, then never again: milliseconds.
     assert elapsed < 1.0, f"{TRAINED_SELECTIONS} selections over {TRAINED} trained sessions took {elapsed:.2f} s"
     assert service.table.standby_count("j") == 0 and not service.table.holders()
+    # No demand for this selection either: reported as waiting, they kept slots from the other leaf.
+    service.after_sync()
+    assert job.sessions_waiting == 0
     # The next selection: they wait again, in their order, and count as demand in the report.
     job.view = job_view(quota=0, model_version=0, selection_id=1)
     service.after_sync()
