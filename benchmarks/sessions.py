@@ -223,7 +223,7 @@ def main() -> None:
         "--over-selection",
         type=float,
         default=0.2,
-        help="push jobs' over_selection; at 0 a few sessions may never be selected (docs/BENCHMARKS.md §9)",
+        help="the push jobs' over_selection (the jobs' default)",
     )
     parser.add_argument("--workers", type=int, default=None, help="proxy workers (default: by RLIMIT_NOFILE)")
     args = parser.parse_args()
