@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="task payloads held, all jobs together (default 1 GiB); the least recently served are evicted",
     )
+    leaf.add_argument(
+        "--session-heartbeat",
+        type=float,
+        default=None,
+        help="seconds between a live session's messages, told at `accept` (default 30; silent 3x: gone)",
+    )
     leaf.add_argument("--ready-file", type=Path, default=None)
     leaf.add_argument("--xain-host", default=None, help="address of the xain-sdk 0.6 ports (default: --host)")
     leaf.add_argument("--xain-grpc-port", type=int, default=None, help="open the xain-sdk 0.6 gRPC coordinator here")
@@ -198,9 +204,8 @@ async def _serve_server(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve_leaf(args: argparse.Namespace) -> int:
-    from .leaf import Leaf
-
+def leaf_config(args: argparse.Namespace) -> LeafConfig:
+    """The leaf's configuration: flags, then EDGEFL_LEAF_* env vars, then defaults."""
     names = {
         "name": "name",
         "host": "host",
@@ -210,6 +215,7 @@ async def _serve_leaf(args: argparse.Namespace) -> int:
         "data_dir": "data_dir",
         "payload_cache_bytes": "payload_cache_bytes",
         "server_ca": "server_ca",
+        "session_heartbeat": "session_heartbeat",
     }
     fields = _overrides(args, names | {"link_cert": "link_cert", "link_key": "link_key"})
     fields |= _overrides(
@@ -217,7 +223,13 @@ async def _serve_leaf(args: argparse.Namespace) -> int:
     )
     if args.server is not None:
         fields["server_host"], fields["server_port"] = args.server
-    config = LeafConfig(**fields)
+    return LeafConfig(**fields)
+
+
+async def _serve_leaf(args: argparse.Namespace) -> int:
+    from .leaf import Leaf
+
+    config = leaf_config(args)
     _check_link_settings(config, [config.host, config.server_host])
     with process.stop_signals() as stop:
         leaf = Leaf(config)

@@ -127,6 +127,11 @@ class LeafJob:
             groups_refused=self.groups_refused,
         )
 
+    def has_free_slot(self, now: float) -> bool:
+        """Whether a new device could get a task now (expired leases freed first)."""
+        self.expire(now)
+        return self.view.quota > len(self.leases)
+
     def expire(self, now: float) -> None:
         """Leases past their deadline free their slot; their results will count as late, and their
         devices are scored as no-shows."""

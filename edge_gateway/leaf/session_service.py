@@ -97,6 +97,7 @@ class SessionService:
         # Closed here by a push (`finished`, then the close): a message the device sent meanwhile
         # is answered without a close of its own, which could overtake the push on the link.
         self._closing: OrderedDict[SessionKey, None] = OrderedDict()
+        self._parked_for: dict[str, tuple[int, int]] = {}  # by job: the selection sessions were parked in
         self.serving = False  # False until the leaf has synced with the server once
         self.bad_messages = 0  # malformed or out-of-order messages answered with `error`
         self.silent = 0  # sessions closed for silence
@@ -298,6 +299,11 @@ class SessionService:
         if job is None or job.view.status is not JobStatus.RUNNING:
             return
         now = asyncio.get_running_loop().time()
+        self._unpark_after_new_selection(job)
+        if not job.has_free_slot(now):
+            # Every rendezvous and sync asks: without a slot, reading the standby sessions (tens of
+            # thousands) for nobody made opening N sessions cost N² and stalled the leaf's loop.
+            return
         ready = self._payloads.servable(job.view)
         requires = frozenset(job.view.requires)
         for session in self.table.standby(job_id):
@@ -309,6 +315,8 @@ class SessionService:
                 self.table.to_selected(session, lease.task_id)
                 self._push(session, [self._round(session, job)])
                 self.rounds_pushed += 1
+            elif decision is TaskDecision.ALREADY_TRAINED:
+                self.table.park(session)
             elif decision is TaskDecision.NOT_SELECTED or decision is TaskDecision.NOT_READY:
                 job.waiting.pop(session.device_id, None)  # counted as a standby session already
                 break
@@ -328,9 +336,18 @@ class SessionService:
             if lease is None:
                 self.table.to_standby(session, session.job_id)
                 self._push(session, [self._encode(session, GatewayMessage.STANDBY)])
+        for gone in self._parked_for.keys() - self._jobs.keys():
+            del self._parked_for[gone]
         for job_id, job in self._jobs.items():
-            job.sessions_waiting = len(self.table.standby(job_id))
+            self._unpark_after_new_selection(job)
+            job.sessions_waiting = self.table.standby_count(job_id)
             self.select(job_id)
+
+    def _unpark_after_new_selection(self, job: LeafJob) -> None:
+        mark = (job.view.selection_id, job.view.model_version)  # what a lease's `reported` is valid for
+        if self._parked_for.get(job.view.job_id) != mark:
+            self._parked_for[job.view.job_id] = mark
+            self.table.unpark(job.view.job_id)
 
     def sweep(self) -> None:
         """Close silent sessions (their slots go to others now) and forget proxies that are gone."""

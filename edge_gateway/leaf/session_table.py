@@ -93,6 +93,9 @@ class SessionTable:
         self._by_last_seen: OrderedDict[SessionKey, None] = OrderedDict()
         self._standby: dict[str, OrderedDict[SessionKey, None]] = {}
         self._holders: dict[SessionKey, Session] = {}  # SELECTED or TRAINING
+        # STANDBY sessions whose device trained in the job's current selection: out of the queue
+        # (each selection would otherwise read them all again) until the next selection.
+        self._parked: dict[str, OrderedDict[SessionKey, None]] = {}
 
     def open(self, session: Session) -> Session | None:
         """Add a session; returns the one it replaces (same device id), already removed."""
@@ -147,6 +150,16 @@ class SessionTable:
         session.phase = Phase.SELECTED
         session.task_id = task_id
 
+    def park(self, session: Session) -> None:
+        """A standby session that already trained in this selection leaves the queue."""
+        self._leave_standby(session)
+        self._parked.setdefault(session.job_id, OrderedDict())[session.key] = None
+
+    def unpark(self, job_id: str) -> None:
+        """A new selection: parked sessions wait again, behind those already waiting."""
+        for key in self._parked.pop(job_id, ()):
+            self.to_standby(self.sessions[key], job_id)
+
     def to_training(self, session: Session) -> None:
         session.phase = Phase.TRAINING
 
@@ -155,8 +168,12 @@ class SessionTable:
         waiting = self._standby.get(job_id)
         return [] if not waiting else [self.sessions[key] for key in waiting]
 
+    def standby_count(self, job_id: str) -> int:
+        return len(self._standby.get(job_id, ()))
+
     def standby_jobs(self) -> list[str]:
-        return list(self._standby)
+        """Jobs with sessions in STANDBY, parked ones included (a job's end must reach them too)."""
+        return list(self._standby.keys() | self._parked.keys())
 
     def holders(self) -> list[Session]:
         """Sessions holding a slot (SELECTED or TRAINING)."""
@@ -173,8 +190,9 @@ class SessionTable:
         return [s for s in self.sessions.values() if s.job_id == job_id]
 
     def _leave_standby(self, session: Session) -> None:
-        waiting = self._standby.get(session.job_id)
-        if waiting is not None:
-            waiting.pop(session.key, None)
-            if not waiting:
-                del self._standby[session.job_id]
+        for queues in (self._standby, self._parked):
+            waiting = queues.get(session.job_id)
+            if waiting is not None:
+                waiting.pop(session.key, None)
+                if not waiting:
+                    del queues[session.job_id]

@@ -25,9 +25,11 @@ Diff = dict[str, np.ndarray]
 
 
 class Trainer(Protocol):
-    # Seconds the last `train` spent computing. A slow device's extra time is a multiple of this,
-    # so the one-time data load and the wait for a free worker thread must not be in it.
-    compute_s: float
+    @property
+    def compute_s(self) -> float:
+        """Seconds the last `train` spent computing. A slow device's extra time is a multiple of
+        this, so the one-time data load and the wait for a free worker thread must not be in it."""
+        ...
 
     async def train(self, task_data: Mapping[str, Any]) -> tuple[Diff, int]:
         """(float32 diff per parameter, number of samples) for one task; raises on bad task data."""

@@ -78,3 +78,15 @@ def test_phase_counts_name_every_phase() -> None:
     assert table.phase_counts() == {Phase.CONNECTED: 1, Phase.STANDBY: 1, Phase.SELECTED: 1, Phase.TRAINING: 0}
     table.close(third.key)
     assert table.phase_counts()[Phase.CONNECTED] == 0
+
+
+def test_a_job_whose_standby_sessions_are_all_parked_is_still_listed() -> None:
+    # Its end must reach them: the leaf finds a finished job's sessions through these jobs.
+    table = SessionTable(heartbeat_interval=10.0)
+    trained = session(1, "d1")
+    table.open(trained)
+    table.to_standby(trained, "job")
+    table.park(trained)
+    assert table.standby("job") == [] and table.standby_jobs() == ["job"]
+    table.close(trained.key)
+    assert table.standby_jobs() == []

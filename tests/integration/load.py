@@ -38,6 +38,10 @@ class PacedTrainer:
         self._inner = SyntheticTrainer(rng)
         self._seconds = seconds
 
+    @property
+    def compute_s(self) -> float:
+        return self._inner.compute_s
+
     async def train(self, task_data: Mapping[str, Any]) -> tuple[Diff, int]:
         await asyncio.sleep(self._seconds)
         return await self._inner.train(task_data)

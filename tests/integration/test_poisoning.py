@@ -57,6 +57,10 @@ class Hostile:
         self._honest = honest
         self._attack = attack
 
+    @property
+    def compute_s(self) -> float:
+        return self._honest.compute_s
+
     async def train(self, task_data: Mapping[str, Any]) -> tuple[Diff, int]:
         diff, samples = await self._honest.train(task_data)
         if self._attack == "boost":  # the most weight the protocol allows, the largest float32 values
