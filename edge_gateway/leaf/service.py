@@ -191,7 +191,10 @@ class Leaf:
         loop = asyncio.get_running_loop()
         started, in_flight = loop.time(), self._busy
         deadline = started + self.config.drain_timeout
-        while loop.time() < deadline and (self._busy or loop.time() - self._last_request < DRAIN_QUIET):
+        # Streamed downloads too: cut, their devices would fetch the whole model again elsewhere.
+        while loop.time() < deadline and (
+            self._busy or self._rpc.open_streams or loop.time() - self._last_request < DRAIN_QUIET
+        ):
             await asyncio.sleep(0.05)
         if self._busy:
             log.warning(

@@ -20,7 +20,7 @@ import pytest
 from edge_gateway.launcher import Stack, start_stack
 
 from .helpers import UNSCREENED, submit_job, wait_leaves_synced
-from .stack_control import child
+from .stack_control import child, terminate
 
 pytestmark = pytest.mark.integration
 
@@ -147,3 +147,20 @@ async def test_a_download_cut_midway_frees_its_stream_at_the_leaf(one_leaf: Stac
             await asyncio.sleep(0.2)
     assert counts.get('edgefl_leaf_download_streams_total{outcome="cancelled"}') == 1, counts
     assert counts.get("edgefl_leaf_download_streams_open") == 0, counts
+
+
+async def test_a_leaf_stopping_finishes_the_downloads_it_is_streaming(one_leaf: Stack) -> None:
+    job_id = await _job(one_leaf, 8)
+    port = int(one_leaf.proxy_url.rsplit(":", 1)[1])
+    async with aiohttp.ClientSession() as http:
+        await _model_ready(http, one_leaf.proxy_url, job_id)
+        reader, writer, length = await _ask_task(port, job_id, "reader")
+        first = await reader.readexactly(100_000)
+        leaf = child(one_leaf, "leaf-0")
+        stopping = asyncio.ensure_future(terminate(leaf, bound=30))
+        # The device reads on only after the leaf's quiet second of draining has passed.
+        await asyncio.sleep(2.5)
+        rest = await asyncio.wait_for(reader.readexactly(length - len(first)), 20)
+        writer.close()
+        await stopping
+    assert msgpack.unpackb(first + rest)["status"] == "OK"
