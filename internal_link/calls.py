@@ -132,7 +132,8 @@ def device_answer(http_status: int, content_type: str, parts: tuple[bytes, ...])
     a stream (`streams.py`) whose head carries status and content type, the parts sent unjoined."""
     if sum(len(part) for part in parts) > STREAM_THRESHOLD:
         return Streamed([http_status, content_type], parts)
-    return _new(DeviceAnswer, (http_status, content_type, b"".join(parts)))
+    body = parts[0] if len(parts) == 1 else b"".join(parts)
+    return _new(DeviceAnswer, (http_status, content_type, body))
 
 
 def answer_bytes(answer: DeviceAnswer | Streamed) -> int:
