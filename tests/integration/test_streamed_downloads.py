@@ -2,7 +2,8 @@
 
 Twenty devices ask for a 6.3 MB task (`cifar10_wide`) at once and then stop reading: the proxy
 must hold about a window per download, not the whole answer, and still answer a small request at
-once. A device that leaves mid-download frees its stream at the leaf.
+once; the leaf sends every download from its one cached payload. A device that leaves mid-download
+frees its stream at the leaf, and a leaf stopping finishes the downloads it is streaming.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ DEVICE_RCVBUF = 64 * 1024
 # The proxy's peak RSS while 20 downloads stall: 171 MiB when it held whole answers (20 x 6.3 MB,
 # measured before streaming), 51 MiB with a window per download.
 PROXY_PEAK_RSS_MIB = 90
+# The leaf's, in the same run: 178 MiB when each download had its own joined copy of the answer,
+# 132 MiB when every stream slices the one cached payload.
+LEAF_PEAK_RSS_MIB = 155
 _JOB_REQUEST = {"job_name": "wide", "capabilities": {"methods": ["cnn"]}}
 
 
@@ -119,14 +123,16 @@ async def test_stalled_large_downloads_hold_a_window_each_at_the_proxy(one_leaf:
             small = await response.json()
         small_seconds = time.monotonic() - started
         peak = _peak_rss_mib(child(one_leaf, "proxy").process.pid)
+        leaf_peak = _peak_rss_mib(child(one_leaf, "leaf-0").process.pid)
         assert small["status"] == "OK", small
         for reader, writer, length in devices:
             body = await asyncio.wait_for(reader.readexactly(length), 60)
             assert msgpack.unpackb(body)["status"] == "OK"
             writer.close()
-    print(f"proxy peak RSS {peak:.0f} MiB; /job answered in {small_seconds:.3f} s")
+    print(f"proxy peak RSS {peak:.0f} MiB, leaf {leaf_peak:.0f} MiB; /job answered in {small_seconds:.3f} s")
     assert small_seconds < 2.0
     assert peak < PROXY_PEAK_RSS_MIB, peak
+    assert leaf_peak < LEAF_PEAK_RSS_MIB, leaf_peak
 
 
 async def test_a_download_cut_midway_frees_its_stream_at_the_leaf(one_leaf: Stack) -> None:
