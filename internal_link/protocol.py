@@ -260,11 +260,6 @@ class ServerConnection(_Connection):
         if not stream.left:
             del self.streams[call_id]
 
-    def end_stream(self, call_id: int) -> None:
-        """Cut a stream short (an empty chunk): its receiver learns the answer is incomplete."""
-        if self.streams.pop(call_id, None) is not None:
-            self._queue([STREAM_DATA, call_id, b""])
-
 
 class ClientConnection(_Connection, Generic[Waiter]):
     """The connecting end: proves `secret` when greeted (with its own `nonce`), checks the server's

@@ -99,7 +99,7 @@ def test_cancel_stops_the_sender_and_drops_what_was_on_its_way() -> None:
 def test_a_stream_cut_short_by_its_sender_ends_incomplete() -> None:
     server, client = _streaming()
     server.send_chunk(1, b"a" * 10)
-    server.end_stream(1)
+    server._queue([STREAM_DATA, 1, b""])  # a sender that could not finish
     assert client.receive_data(sent(server)) == [StreamChunk(1, b"a" * 10), StreamEnded(1, False)]
 
 
