@@ -8,6 +8,7 @@ Both services import it; it imports nothing of ours but `device_protocol`'s kind
                     sealing.py    per-frame integrity tags for links without TLS
                     protocol.py   one connection's handshake and call multiplexing: bytes in,
                                   events and bytes out (ServerConnection, ClientConnection)
+                    streams.py    answers too large for one frame: chunks within granted credit
                     calls.py      the proxy <-> leaf contract (DeviceCall, DeviceAnswer)
                     sessions.py   the proxy <-> leaf calls of live WebSocket sessions, pushes included
                     messages.py   the leaf <-> server messages (pydantic)
@@ -15,6 +16,7 @@ Both services import it; it imports nothing of ours but `device_protocol`'s kind
     asyncio shell   connection.py the transport, one write per loop turn, write flow control
                     server.py     LinkServer: serves handlers on a port
                     client.py     LinkClient: one link kept up, calls with deadlines
+                    answer_stream.py  a streamed answer as its caller consumes and paces it
     process set-up  process.py    event loop, logging, stop signals, gc, the link secret
                     tls.py        the TLS contexts of a serving and a connecting end
 

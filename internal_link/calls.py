@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .errors import CallRefused, ErrorCode
+from .streams import STREAM_THRESHOLD, Streamed
 
 FEG = "feg"  # method of a device request
 PING = "ping"  # method of the proxy's health check, payload None
@@ -124,6 +125,33 @@ class DeviceAnswer(NamedTuple):
             answer: DeviceAnswer = _new(cls, payload)
             return answer
         raise BadPayload(f"malformed device answer: {reprlib.repr(payload)}")
+
+
+def device_answer(http_status: int, content_type: str, parts: tuple[bytes, ...]) -> DeviceAnswer | Streamed:
+    """The answer whose body is `parts` joined: one frame up to `STREAM_THRESHOLD` bytes, above it
+    a stream (`streams.py`) whose head carries status and content type, the parts sent unjoined."""
+    if sum(len(part) for part in parts) > STREAM_THRESHOLD:
+        return Streamed([http_status, content_type], parts)
+    body = parts[0] if len(parts) == 1 else b"".join(parts)
+    return _new(DeviceAnswer, (http_status, content_type, body))
+
+
+def answer_bytes(answer: DeviceAnswer | Streamed) -> int:
+    """The body bytes of a device answer, whichever way it goes."""
+    return answer.nbytes if isinstance(answer, Streamed) else len(answer.body)
+
+
+def streamed_answer_head(meta: Any) -> tuple[int, str]:
+    """A streamed device answer's status and content type; raises `BadPayload` if malformed."""
+    if (
+        type(meta) is list
+        and len(meta) == 2
+        and type(meta[0]) is int
+        and 200 <= meta[0] <= 599
+        and type(meta[1]) is str
+    ):
+        return meta[0], meta[1]
+    raise BadPayload(f"malformed streamed answer head: {reprlib.repr(meta)}")
 
 
 def device_call_handler(handle: Callable[[DeviceCall], Any]) -> Callable[[Any], Any]:

@@ -9,10 +9,11 @@ import ssl as ssl_module
 from collections import Counter
 from typing import Any
 
+from .answer_stream import AnswerStream
 from .connection import LinkProtocol, channel_binding
 from .errors import LinkProtocolError, LinkUnavailable
 from .frames import DEFAULT_MAX_FRAME, NONCE_SIZE
-from .protocol import Answered, ClientConnection, Failed
+from .protocol import Answered, ClientConnection, Failed, StreamChunk, StreamEnded, StreamStarted
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ class _ClientProtocol(LinkProtocol):
         super().__init__(client.refusals)
         self.client = client
         self.ready: asyncio.Future[None] = self.loop.create_future()
+        self.streams: dict[int, AnswerStream] = {}  # answers arriving as streams, by call id
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -43,6 +45,9 @@ class _ClientProtocol(LinkProtocol):
         if not self.ready.done():
             self.ready.set_exception(LinkUnavailable(f"{name}: closed during handshake (wrong link secret?)"))
         waiting = self.core.abandon_all()
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            stream.ended(False)
         if waiting:
             error = LinkUnavailable(f"{name}: connection lost")
             for future in waiting:
@@ -64,8 +69,27 @@ class _ClientProtocol(LinkProtocol):
             elif type(event) is Failed:
                 if not event.waiter.done():
                     event.waiter.set_exception(event.error)
+            elif type(event) is StreamChunk:
+                if (stream := self.streams.get(event.call_id)) is not None:  # None: cancelled this turn
+                    stream.chunk_arrived(event.chunk)
+            elif type(event) is StreamEnded:
+                if (stream := self.streams.pop(event.call_id, None)) is not None:  # None: cancelled
+                    stream.ended(event.complete)
+            elif type(event) is StreamStarted:
+                self._stream_started(event)
             elif not self.ready.done():  # Accepted
                 self.ready.set_result(None)
+
+    def _stream_started(self, event: StreamStarted[CallFuture]) -> None:
+        stream = AnswerStream(self.core, self.queued, self._forget_stream, event.call_id, event.meta, event.total)
+        self.streams[event.call_id] = stream
+        if event.waiter.done():  # its deadline passed this very turn
+            stream.cancel()
+        else:
+            event.waiter.set_result(stream)
+
+    def _forget_stream(self, call_id: int) -> None:
+        self.streams.pop(call_id, None)
 
 
 def _settled(pending: dict[int, CallFuture], call_id: int, timer: asyncio.TimerHandle) -> None:

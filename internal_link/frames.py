@@ -9,6 +9,13 @@ unsigned length `N` followed by `N` bytes of msgpack. Messages are msgpack array
     hello     [2, server_nonce]                   server -> client, first thing on a connection
     auth      [3, client_nonce, client_proof]     client -> server
     accept    [1, 0, None, server_proof]          server -> client: a response to `HANDSHAKE_ID` (0)
+    head      [4, call_id, meta, total]           server -> client: the answer follows as `total` bytes
+    data      [5, call_id, chunk]                 server -> client: the next bytes of a streamed answer
+    credit    [6, call_id, nbytes]                client -> server: send up to `nbytes` more of it
+    cancel    [7, call_id]                        client -> server: stop sending it
+
+A streamed answer (`streams.py`) is for answers too large to hold whole per request; an empty
+`data` chunk ends one early (acknowledging a cancel, or a sender that could not finish).
 
 The proofs are in `proofs.py`; calls use ids from 1 up. After the handshake of a link without TLS,
 every frame's body is followed by a `sealing.TAG_SIZE`-byte tag (counted in its length).
@@ -30,6 +37,10 @@ REQUEST = 0
 RESPONSE = 1
 HELLO = 2
 AUTH = 3
+STREAM_HEAD = 4
+STREAM_DATA = 5
+STREAM_CREDIT = 6
+STREAM_CANCEL = 7
 
 HANDSHAKE_ID = 0
 DEFAULT_MAX_FRAME = 256 * 1024 * 1024
@@ -134,7 +145,7 @@ def _unpack(chunk: memoryview) -> Any:
 
 
 def message_kind(msg: Any) -> int:
-    """Check a decoded message's shape and return its kind (REQUEST, RESPONSE, HELLO, AUTH).
+    """Check a decoded message's shape and return its kind (REQUEST, RESPONSE, HELLO, AUTH, STREAM_*).
 
     Callers then unpack the list themselves, so a call costs no allocation beyond the message.
     """
@@ -153,5 +164,16 @@ def message_kind(msg: Any) -> int:
             return HELLO
         elif kind == AUTH and n == 3 and type(msg[1]) is bytes and type(msg[2]) is bytes:
             return AUTH
+        elif kind == STREAM_DATA:
+            if n == 3 and type(msg[1]) is int and type(msg[2]) is bytes:
+                return STREAM_DATA
+        elif kind == STREAM_HEAD:
+            if n == 4 and type(msg[1]) is int and type(msg[3]) is int and msg[3] >= 0:
+                return STREAM_HEAD
+        elif kind == STREAM_CREDIT:
+            if n == 3 and type(msg[1]) is int and type(msg[2]) is int and msg[2] >= 1:
+                return STREAM_CREDIT
+        elif kind == STREAM_CANCEL and n == 2 and type(msg[1]) is int:
+            return STREAM_CANCEL
     # reprlib: bounded in length and nesting (a plain repr of a 1,000-deep list raises).
     raise LinkProtocolError(f"malformed message: {reprlib.repr(msg)}")

@@ -16,6 +16,10 @@ handshake is sealed (`sealing.py`). Before OPEN a frame may be at most `HANDSHAK
 so a stranger cannot make a server buffer anything, and frames are read one at a time, so none
 sent behind the handshake's last one escapes the seal; a wrong proof is `WrongSecret`, any other
 message a protocol error.
+
+Once open, a server may answer a call with a stream instead of one response (`streams.py`): a head,
+then chunks within the credit the client grants. A chunk beyond its credit or on a stream never
+headed, a credit past a stream's end or for no stream, is a protocol error.
 """
 
 from __future__ import annotations
@@ -31,12 +35,17 @@ from .frames import (
     HELLO,
     REQUEST,
     RESPONSE,
+    STREAM_CANCEL,
+    STREAM_CREDIT,
+    STREAM_DATA,
+    STREAM_HEAD,
     FrameDecoder,
     encode_frame,
     message_kind,
 )
 from .proofs import CLIENT, SERVER, frame_key, proof, transcript, verify_proof
 from .sealing import Opener, Sealer
+from .streams import Incoming, Outgoing
 
 HANDSHAKE_MAX_FRAME = 256
 # Seconds a server gives a new connection to authenticate (the shell keeps the time).
@@ -76,6 +85,42 @@ class Failed(NamedTuple, Generic[Waiter]):
 
     waiter: Waiter
     error: RemoteError
+
+
+class CreditGranted(NamedTuple):
+    """The client may take `nbytes` more of stream `call_id`: send them when the link has room."""
+
+    call_id: int
+    nbytes: int
+
+
+class StreamCancelled(NamedTuple):
+    """The client wants no more of stream `call_id` (its device left): send none."""
+
+    call_id: int
+
+
+class StreamStarted(NamedTuple, Generic[Waiter]):
+    """The call `waiter` was sent with is answered by a stream of `total` bytes under `call_id`."""
+
+    waiter: Waiter
+    call_id: int
+    meta: Any
+    total: int
+
+
+class StreamChunk(NamedTuple):
+    """The next bytes of stream `call_id`."""
+
+    call_id: int
+    chunk: bytes
+
+
+class StreamEnded(NamedTuple):
+    """Stream `call_id` is over: `complete`, or cut short by its sender (the answer is truncated)."""
+
+    call_id: int
+    complete: bool
 
 
 ACCEPTED = Accepted()
@@ -145,25 +190,38 @@ class ServerConnection(_Connection):
     """The accepting end: greets with `nonce`, takes calls once the client has proved `secret`
     over this connection (`binding`: the TLS channel binding, empty without TLS), and proves it back."""
 
-    __slots__ = ("_nonce",)
+    __slots__ = ("_nonce", "streams")
 
     def __init__(self, secret: bytes, nonce: bytes, max_frame: int = DEFAULT_MAX_FRAME, binding: bytes = b"") -> None:
         super().__init__(State.AWAITING_AUTH, secret, binding, max_frame)
         self._nonce = nonce
+        self.streams: dict[int, Outgoing] = {}  # by call id, while bytes are left to send
         self._queue([HELLO, nonce])
 
-    def receive_data(self, data: bytes) -> list[CallReceived | Accepted]:
+    def receive_data(self, data: bytes) -> list[CallReceived | Accepted | CreditGranted | StreamCancelled]:
         """The events `data` completes, in order. Raises `LinkProtocolError` on bad bytes."""
-        events: list[CallReceived | Accepted] = []
+        events: list[CallReceived | Accepted | CreditGranted | StreamCancelled] = []
         if self.state is not State.OPEN:
             if not self._read_handshake(data):
                 return events
             events.append(ACCEPTED)
             data = b""
         for msg in self._decoder.feed(data):
-            if message_kind(msg) != REQUEST:
+            kind = message_kind(msg)
+            if kind == REQUEST:
+                events.append(_new(CallReceived, (msg[1], msg[2], msg[3])))
+            elif kind == STREAM_CREDIT:
+                stream = self.streams.get(msg[1])
+                if stream is None or not stream.grant(msg[2]):
+                    raise LinkProtocolError(f"credit of {msg[2]} bytes for stream {msg[1]} past its end or unknown")
+                events.append(CreditGranted(msg[1], msg[2]))
+            elif kind == STREAM_CANCEL:
+                # Unknown: it ended before the cancel crossed it. Else its end is acknowledged.
+                if self.streams.pop(msg[1], None) is not None:
+                    self._queue([STREAM_DATA, msg[1], b""])
+                    events.append(StreamCancelled(msg[1]))
+            else:
                 raise LinkProtocolError(f"unexpected message kind {msg[0]} in state {self.state.value}")
-            events.append(_new(CallReceived, (msg[1], msg[2], msg[3])))
         return events
 
     def _handshake_step(self, msg: Any) -> bool:
@@ -187,6 +245,21 @@ class ServerConnection(_Connection):
         """Answer a call with an error code (never `UNAVAILABLE`, which is local)."""
         self._queue([RESPONSE, call_id, int(code), text])
 
+    def start_stream(self, call_id: int, meta: Any, total: int) -> None:
+        """Answer a call with a stream of `total` bytes: its head now, its chunks with `send_chunk`.
+        Raises `TypeError`/`ValueError` (and queues nothing) if `meta` cannot be packed."""
+        self._queue([STREAM_HEAD, call_id, meta, total])
+        if total:
+            self.streams[call_id] = Outgoing(total)
+
+    def send_chunk(self, call_id: int, chunk: bytes | memoryview) -> None:
+        """Queue the next chunk of a stream (at most its credit: `ValueError` otherwise)."""
+        stream = self.streams[call_id]
+        stream.sent(len(chunk))
+        self._queue([STREAM_DATA, call_id, chunk])
+        if not stream.left:
+            del self.streams[call_id]
+
 
 class ClientConnection(_Connection, Generic[Waiter]):
     """The connecting end: proves `secret` when greeted (with its own `nonce`), checks the server's
@@ -196,7 +269,7 @@ class ClientConnection(_Connection, Generic[Waiter]):
     a call abandoned (deadline passed) is forgotten, and its late answer dropped.
     """
 
-    __slots__ = ("_covered", "_next_id", "_nonce", "pending")
+    __slots__ = ("_covered", "_next_id", "_nonce", "pending", "streams")
 
     def __init__(self, secret: bytes, nonce: bytes, max_frame: int = DEFAULT_MAX_FRAME, binding: bytes = b"") -> None:
         super().__init__(State.AWAITING_HELLO, secret, binding, max_frame)
@@ -204,18 +277,26 @@ class ClientConnection(_Connection, Generic[Waiter]):
         self._covered = b""
         self._next_id = HANDSHAKE_ID + 1
         self.pending: dict[int, Waiter] = {}
+        self.streams: dict[int, Incoming] = {}  # by call id, until their last chunk
 
-    def receive_data(self, data: bytes) -> list[Answered[Waiter] | Failed[Waiter] | Accepted]:
+    def receive_data(self, data: bytes) -> list[ClientEvent[Waiter]]:
         """The events `data` completes, in order. Raises `LinkProtocolError` on bad bytes."""
-        events: list[Answered[Waiter] | Failed[Waiter] | Accepted] = []
+        events: list[ClientEvent[Waiter]] = []
         if self.state is not State.OPEN:
             if not self._read_handshake(data):
                 return events
             events.append(ACCEPTED)
             data = b""
         for msg in self._decoder.feed(data):
-            if message_kind(msg) != RESPONSE:
-                raise LinkProtocolError(f"unexpected message kind {msg[0]} in state {self.state.value}")
+            kind = message_kind(msg)
+            if kind != RESPONSE:
+                if kind == STREAM_DATA:
+                    self._stream_data(msg[1], msg[2], events)
+                elif kind == STREAM_HEAD:
+                    self._stream_head(msg[1], msg[2], msg[3], events)
+                else:
+                    raise LinkProtocolError(f"unexpected message kind {msg[0]} in state {self.state.value}")
+                continue
             _, call_id, code, result = msg
             waiter = self.pending.pop(call_id, None)
             if waiter is None:
@@ -259,4 +340,54 @@ class ClientConnection(_Connection, Generic[Waiter]):
         """Forget every call waiting for an answer and return their waiters (connection lost)."""
         waiters = list(self.pending.values())
         self.pending.clear()
+        self.streams.clear()
         return waiters
+
+    def grant(self, call_id: int, nbytes: int) -> None:
+        """Let the server send up to `nbytes` more of a stream (never past its end)."""
+        stream = self.streams.get(call_id)
+        if stream is not None and (nbytes := stream.grantable(nbytes)):
+            self._queue([STREAM_CREDIT, call_id, nbytes])
+
+    def cancel(self, call_id: int) -> None:
+        """Want no more of a stream: the server stops; chunks already on their way are dropped."""
+        stream = self.streams.get(call_id)
+        if stream is not None and not stream.cancelled:
+            stream.cancelled = True
+            self._queue([STREAM_CANCEL, call_id])
+
+    def _stream_head(self, call_id: int, meta: Any, total: int, events: list[ClientEvent[Waiter]]) -> None:
+        if call_id in self.streams or not HANDSHAKE_ID < call_id < self._next_id:
+            raise LinkProtocolError(f"stream head for call {call_id}, which is not waiting for one")
+        waiter = self.pending.pop(call_id, None)
+        if waiter is None:  # its caller gave up: stop the stream, drop what is already on its way
+            if total:
+                self.streams[call_id] = Incoming(total, cancelled=True)
+                self._queue([STREAM_CANCEL, call_id])
+            return
+        events.append(StreamStarted(waiter, call_id, meta, total))
+        if total:
+            self.streams[call_id] = Incoming(total)
+        else:
+            events.append(StreamEnded(call_id, True))
+
+    def _stream_data(self, call_id: int, chunk: bytes, events: list[ClientEvent[Waiter]]) -> None:
+        stream = self.streams.get(call_id)
+        if stream is None:
+            raise LinkProtocolError(f"stream data for call {call_id}, which has no open stream")
+        if not chunk:  # cut short by the server (or the end of a cancel)
+            del self.streams[call_id]
+            if not stream.cancelled:
+                events.append(StreamEnded(call_id, False))
+            return
+        if not stream.take(len(chunk)):
+            raise LinkProtocolError(f"stream {call_id} sent past its credit")
+        if not stream.cancelled:
+            events.append(StreamChunk(call_id, chunk))
+        if stream.complete:
+            del self.streams[call_id]
+            if not stream.cancelled:
+                events.append(StreamEnded(call_id, True))
+
+
+ClientEvent = Answered[Waiter] | Failed[Waiter] | Accepted | StreamStarted[Waiter] | StreamChunk | StreamEnded

@@ -15,7 +15,8 @@ from typing import Any
 from .connection import LinkProtocol, channel_binding
 from .errors import CallRefused, ErrorCode, LinkProtocolError
 from .frames import DEFAULT_MAX_FRAME, NONCE_SIZE
-from .protocol import HANDSHAKE_TIMEOUT, CallReceived, ServerConnection
+from .protocol import HANDSHAKE_TIMEOUT, CallReceived, CreditGranted, ServerConnection, StreamCancelled
+from .streams import STREAM_CHUNK, Streamed, chunk_at
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ class _ServerProtocol(LinkProtocol):
         # Calls taken while the peer does not read our answers: handled in order as it does. Each is
         # a few hundred bytes, where its answer may be a 6 MB model: memory stays with the calls.
         self._held: collections.deque[CallReceived] = collections.deque()
+        # Streamed answers with bytes left to send, by call id: their parts and the next byte's offset.
+        self._sending: dict[int, tuple[Streamed, list[int]]] = {}
 
     @property
     def authenticated(self) -> bool:
@@ -69,6 +72,8 @@ class _ServerProtocol(LinkProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self.server.links.discard(self)
+        self.server.streams["lost"] += len(self._sending)
+        self._sending.clear()
         if self._auth_timer is not None:
             self._auth_timer.cancel()
 
@@ -78,21 +83,53 @@ class _ServerProtocol(LinkProtocol):
         except LinkProtocolError as exc:
             self.refuse(exc)
             return
+        credit = False
         for event in events:
             if type(event) is CallReceived:
                 if self._held or self.flow.write_paused:
                     self._held.append(event)
                 else:
                     self._take(event)
+            elif type(event) is CreditGranted:
+                credit = True
+            elif type(event) is StreamCancelled:
+                # The device left mid-download: its bytes stop here (the core acknowledged).
+                if self._sending.pop(event.call_id, None) is not None:
+                    self.server.streams["cancelled"] += 1
+                self.queued()
             else:  # Accepted: the client proved the secret
                 if self._auth_timer is not None:
                     self._auth_timer.cancel()
                 self.queued()
+        if credit:
+            self._pump()
 
     def resume_writing(self) -> None:
         super().resume_writing()
+        # Calls first: a control call or a small answer never waits behind a stream's chunks.
         while self._held and not self.flow.write_paused and self.transport is not None:
             self._take(self._held.popleft())
+        self._pump()
+
+    def _pump(self) -> None:
+        """Send streams' chunks, one per stream in turn, within their credit, while the link has room."""
+        core = self.core
+        while self._sending and not self.flow.write_paused and self.transport is not None:
+            sent = False
+            for call_id, (answer, offset) in list(self._sending.items()):
+                credit = core.streams[call_id].credit
+                if credit <= 0:
+                    continue
+                chunk = chunk_at(answer.parts, offset[0], min(credit, STREAM_CHUNK))
+                core.send_chunk(call_id, chunk)
+                offset[0] += len(chunk)
+                sent = True
+                if call_id not in core.streams:
+                    del self._sending[call_id]
+                    self.server.streams["completed"] += 1
+            if not sent:
+                return  # every stream waits for credit
+            self.flush()  # may pause writing: the rest waits for the peer to read
 
     def _take(self, call: CallReceived) -> None:
         self._call_received(call)
@@ -119,6 +156,9 @@ class _ServerProtocol(LinkProtocol):
             return
         finally:
             _ANSWER_ROOM.reset(room)
+        if type(outcome) is Streamed:
+            self._start_stream(call, outcome)
+            return
         # Answered without waiting: no task, the frame leaves with this turn's others.
         try:
             self.core.send_result(call.call_id, outcome)
@@ -142,6 +182,9 @@ class _ServerProtocol(LinkProtocol):
             self._send_failure(call, failed)
 
     def _send_result(self, call: CallReceived, result: Any) -> None:
+        if type(result) is Streamed:
+            self._start_stream(call, result)
+            return
         try:
             self.core.send_result(call.call_id, result)
         except Exception as exc:  # not packable
@@ -151,6 +194,20 @@ class _ServerProtocol(LinkProtocol):
             self.flush()
         else:
             self.queued()
+
+    def _start_stream(self, call: CallReceived, answer: Streamed) -> None:
+        try:
+            self.core.start_stream(call.call_id, answer.meta, answer.nbytes)
+        except Exception as exc:  # meta not packable
+            self._send_failure(call, exc)
+            return
+        self.server.streams["started"] += 1
+        if call.call_id in self.core.streams:
+            self._sending[call.call_id] = (answer, [0])
+        else:
+            self.server.streams["completed"] += 1  # no bytes to send
+        self.queued()
+        self._pump()
 
     def _send_failure(self, call: CallReceived, exc: Exception) -> None:
         # A handler error is an answer, never a dropped link.
@@ -171,7 +228,8 @@ class LinkServer:
     A handler returning an awaitable is awaited in a task of its own; a plain value is the answer.
     A handler raising `CallRefused` answers with its code; any other exception with `INTERNAL`.
     `refusals` counts the connections dropped for breaking the protocol, by reason (`wrong_secret`,
-    `tampered_frame`, `protocol_error`).
+    `tampered_frame`, `protocol_error`). A handler answering `Streamed` sends a stream
+    (`streams.py`); `streams` counts them: started, then completed, cancelled or lost (link gone).
     """
 
     def __init__(
@@ -187,10 +245,16 @@ class LinkServer:
         self.max_frame = max_frame
         self.links: set[_ServerProtocol] = set()
         self.refusals: Counter[str] = Counter()
+        self.streams: Counter[str] = Counter()
         self.tasks: set[asyncio.Task[None]] = set()
         self.closing = False
         self._ssl = ssl
         self._server: asyncio.Server | None = None
+
+    @property
+    def open_streams(self) -> int:
+        """Streamed answers with bytes left to send, over every link."""
+        return sum(len(link._sending) for link in self.links)
 
     async def start(self, host: str, port: int) -> int:
         """Listen on (host, port) and return the bound port; port 0 picks a free one."""

@@ -16,13 +16,14 @@ import orjson
 
 from device_protocol.codecs import JSON, MSGPACK, media_type
 from device_protocol.identifiers import ID_FIELDS, length_problem
-from internal_link.calls import FEG, XAIN, BadPayload, DeviceAnswer, DeviceCall
+from internal_link.answer_stream import AnswerStream
+from internal_link.calls import FEG, XAIN, BadPayload, DeviceAnswer, DeviceCall, streamed_answer_head
 from internal_link.errors import LinkUnavailable, RemoteError
 from internal_link.versions import versions
 
 from .admission import DEVICE_RATE_REASON, AdmissionControl
 from .device_auth import DeviceAuthenticator
-from .http1 import Reply, Request, Response, invalid_request
+from .http1 import Reply, Request, Response, StreamedResponse, invalid_request
 from .lease_caps import LeaseCaps
 from .sessions.hub import SessionHub
 from .stats import ProxyStats
@@ -300,7 +301,11 @@ class _Call:
     def _answered(self, future: asyncio.Future[Any]) -> None:
         name = self.upstream.leaf.name if self.upstream is not None else "?"
         try:
-            answer = DeviceAnswer.check(future.result())
+            result = future.result()
+            if type(result) is AnswerStream:
+                self._streamed(result, name)
+                return
+            answer = DeviceAnswer.check(result)
         except LinkUnavailable as exc:
             # Sent and unanswered: the leaf may have acted on it, so it is not re-sent elsewhere.
             logger.warning("leaf %s: %s", name, exc)
@@ -316,6 +321,18 @@ class _Call:
             return
         self.stats.answered[self.call.endpoint, answer.http_status] += 1
         self.reply(Response(answer.http_status, answer.content_type, answer.body))
+
+    def _streamed(self, stream: AnswerStream, name: str) -> None:
+        """A large answer: its head now, its body passed on as the device reads (streamed_body.py)."""
+        try:
+            status, content_type = streamed_answer_head(stream.meta)
+        except BadPayload as exc:
+            stream.cancel()
+            logger.error("leaf %s answered a malformed result: %.120s", name, exc)
+            self._unanswered("malformed_answer")
+            return
+        self.stats.answered[self.call.endpoint, status] += 1
+        self.reply(StreamedResponse(status, content_type, stream.total, stream))
 
     def _unanswered(self, cause: str) -> None:
         self.stats.unanswered[self.call.endpoint, cause] += 1

@@ -24,10 +24,11 @@ from device_protocol.feg import (
     response,
 )
 from device_protocol.tensors import decode_update
-from internal_link.calls import ClientLimit, DeviceAnswer
+from internal_link.calls import ClientLimit, DeviceAnswer, device_answer
 from internal_link.errors import ErrorCode, LinkUnavailable, RemoteError
 from internal_link.messages import GroupsReply, GroupsRequest, JobStatus, RegisterGroup
 from internal_link.server import answer_room
+from internal_link.streams import Streamed
 
 from ..device_groups import MAX_GROUPS, MAX_PREFIX_CHARS
 from ..result_log import ResultRecord
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 SIMULATOR_GROUP = re.compile(r"(?P<prefix>[^?#]+)\?(?P<count>[1-9][0-9]{0,5})")
 STARTING_RETRY_WAIT = 5
 
-FegReply = DeviceAnswer
+FegReply = DeviceAnswer | Streamed  # a task with a large model is streamed (internal_link/streams.py)
 ANSWER_MARGIN = 0.05  # seconds a held /task keeps for its answer to reach the proxy in time
 # Seconds a durable result waits for the server's answer, so that the device hears whether it
 # counted (its round may close meanwhile); then OK all the same: it is delivered later.
@@ -186,9 +187,9 @@ class DeviceEndpoints:
             cookie = self._signer.issue(
                 view.job_id, request.identity.device_id, lease.task_id, lease.version, lease.selection_id
             )
-            content_type, data = payload.render(lease.task_id, cookie, as_msgpack)
+            content_type, parts = payload.render_parts(lease.task_id, cookie, as_msgpack)
             self._metrics.answers["task", Status.OK.value] += 1
-            return DeviceAnswer(200, content_type, data)
+            return device_answer(200, content_type, parts)
         if decision is TaskDecision.NO_JOB:
             reply = response(Status.NO_JOB, job_id=view.job_id, message="job finished")
         elif decision is TaskDecision.NOT_READY:

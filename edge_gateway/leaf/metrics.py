@@ -78,6 +78,30 @@ class LeafMetrics:
         """Read the live sessions at every scrape: how many in each phase, and what closed them."""
         self.registry.register(_LeafSessions(sessions))
 
+    def watch_streams(self, counts: collections.Counter[str], open_streams: Callable[[], int]) -> None:
+        """Read the proxy link's streamed answers (large task downloads) at every scrape."""
+        self.registry.register(_LeafStreams(counts, open_streams))
+
+
+class _LeafStreams(Collector):
+    def __init__(self, counts: collections.Counter[str], open_streams: Callable[[], int]) -> None:
+        self._counts = counts
+        self._open = open_streams
+
+    def collect(self) -> Iterator[Metric]:
+        streams = CounterMetricFamily(
+            "edgefl_leaf_download_streams",
+            "Answers streamed to the proxy in chunks, by outcome: started, then completed, cancelled "
+            "(the device left) or lost (the link dropped)",
+            labels=["outcome"],
+        )
+        for outcome, count in list(self._counts.items()):
+            streams.add_metric([outcome], count)
+        yield streams
+        yield GaugeMetricFamily(
+            "edgefl_leaf_download_streams_open", "Streamed answers with bytes left to send", value=self._open()
+        )
+
 
 class _LeafCounts(Collector):
     def __init__(self, metrics: LeafMetrics) -> None:

@@ -38,6 +38,7 @@ from internal_link.calls import (
     ClientLimit,
     DeviceAnswer,
     DeviceCall,
+    answer_bytes,
     device_call_handler,
     xain_call_handler,
 )
@@ -109,6 +110,7 @@ class Leaf:
         self.uplink = ResultUplink(self.name, self._link, results, on_late=self._count_late)
         self.metrics = LeafMetrics()
         self.metrics.watch(results, self.uplink.undelivered, self._server_connected)
+        self.metrics.watch_streams(self._rpc.streams, lambda: self._rpc.open_streams)
         self.jobs: dict[str, LeafJob] = {}
         self._no_shows = NoShowScores()  # a device's past, whatever job it was in
         self._payloads = PayloadCache(self._link, self._is_current, config.payload_cache_bytes)
@@ -190,7 +192,10 @@ class Leaf:
         loop = asyncio.get_running_loop()
         started, in_flight = loop.time(), self._busy
         deadline = started + self.config.drain_timeout
-        while loop.time() < deadline and (self._busy or loop.time() - self._last_request < DRAIN_QUIET):
+        # Streamed downloads too: cut, their devices would fetch the whole model again elsewhere.
+        while loop.time() < deadline and (
+            self._busy or self._rpc.open_streams or loop.time() - self._last_request < DRAIN_QUIET
+        ):
             await asyncio.sleep(0.05)
         if self._busy:
             log.warning(
@@ -240,7 +245,7 @@ class Leaf:
         outcome = self._answer_feg(call)
         if isinstance(outcome, Awaitable):
             return self._in_flight(self._sent(outcome))
-        self.metrics.sent_bytes += len(outcome.body)
+        self.metrics.sent_bytes += answer_bytes(outcome)
         return outcome
 
     def _session_call(self, handle: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -271,7 +276,7 @@ class Leaf:
             outcome = self._xain.answer(call)
         if isinstance(outcome, Awaitable):
             return self._in_flight(self._sent(outcome))
-        self.metrics.sent_bytes += len(outcome.body)
+        self.metrics.sent_bytes += answer_bytes(outcome)
         return outcome
 
     def _in_flight(self, outcome: Awaitable[T]) -> Awaitable[T]:
@@ -287,7 +292,7 @@ class Leaf:
 
     async def _sent(self, outcome: Awaitable[FegReply]) -> FegReply:
         answer = await outcome
-        self.metrics.sent_bytes += len(answer.body)
+        self.metrics.sent_bytes += answer_bytes(answer)
         return answer
 
     def _answer_feg(self, call: DeviceCall) -> FegReply | Awaitable[FegReply]:

@@ -79,12 +79,21 @@ class TaskPayload:
         return cls(job_id, version, orjson.dumps(task), msgpack.packb(task, use_bin_type=True))
 
     def render(self, task_id: str, cookie: Mapping[str, Any], as_msgpack: bool) -> tuple[str, bytes]:
+        content_type, parts = self.render_parts(task_id, cookie, as_msgpack)
+        return content_type, b"".join(parts)
+
+    def render_parts(
+        self, task_id: str, cookie: Mapping[str, Any], as_msgpack: bool
+    ) -> tuple[str, tuple[bytes, bytes]]:
+        """The answer as (the shared head, this task's tail): streamed, every download sends the
+        one cached head, never a copy of its own."""
         if as_msgpack:
             tail = msgpack.packb("task_id") + msgpack.packb(task_id) + msgpack.packb("cookie") + msgpack.packb(cookie)
-            return MSGPACK, self._msgpack_head + tail
-        return JSON, self._json_head + b',"task_id":' + orjson.dumps(task_id) + b',"cookie":' + orjson.dumps(
-            cookie
-        ) + b"}"
+            return MSGPACK, (self._msgpack_head, tail)
+        return JSON, (
+            self._json_head,
+            b',"task_id":' + orjson.dumps(task_id) + b',"cookie":' + orjson.dumps(cookie) + b"}",
+        )
 
     def render_session(self, task_id: str, deadline: float, as_msgpack: bool) -> bytes:
         """The `task` message of a live session (PROTOCOL.md §9): the cookie stays at the leaf."""

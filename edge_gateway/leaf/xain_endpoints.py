@@ -29,8 +29,9 @@ from device_protocol.errors import CookieInvalid, UpdateRejected
 from device_protocol.tensors import MAX_NUM_SAMPLES
 from device_protocol.xain.flat_weights import flat_length, flatten, unflatten
 from device_protocol.xain.npy_vector import flat_vector_from_npy, npy_from_flat_vector
-from internal_link.calls import DeviceAnswer, DeviceCall
+from internal_link.calls import DeviceAnswer, DeviceCall, device_answer
 from internal_link.messages import JobStatus
+from internal_link.streams import Streamed
 
 from ..result_log import ResultRecord
 from ..robustness import ScreenBounds, Screened, screen_update
@@ -56,6 +57,9 @@ def max_upload_bytes(values: int) -> int:
 
 def _serving(job: LeafJob) -> bool:
     return job.view.status is not JobStatus.DONE
+
+
+XainAnswer = DeviceAnswer | Streamed
 
 
 def _answer(body: dict[str, Any]) -> DeviceAnswer:
@@ -108,7 +112,7 @@ class XainEndpoints:
     def jobs(self) -> dict[str, LeafJob]:
         return self._jobs
 
-    def answer(self, call: DeviceCall) -> DeviceAnswer | Awaitable[DeviceAnswer]:
+    def answer(self, call: DeviceCall) -> XainAnswer | Awaitable[XainAnswer]:
         query = call.query
         participant = query.get("id", "")
         if call.endpoint == "heartbeat":
@@ -190,7 +194,7 @@ class XainEndpoints:
         return _answer({"ok": True, "url": url, "token": token})
 
     # -- aggregator -----------------------------------------------------------------------------
-    def download(self, participant: str, token: str) -> DeviceAnswer | Awaitable[DeviceAnswer]:
+    def download(self, participant: str, token: str) -> XainAnswer | Awaitable[XainAnswer]:
         try:
             job_id, _, _ = _read_token(token)
         except CookieInvalid as exc:
@@ -200,14 +204,14 @@ class XainEndpoints:
             return _answer({"status": "ERROR", "reason": "unknown_job"})
         current = self._global(job)
         if current is not None:
-            return DeviceAnswer(200, OCTET_STREAM, current.npy)
+            return device_answer(200, OCTET_STREAM, (current.npy,))  # a large model is streamed
         return self._download_built(job)
 
-    async def _download_built(self, job: LeafJob) -> DeviceAnswer:
+    async def _download_built(self, job: LeafJob) -> XainAnswer:
         built = await self._build_global(job)
         if built is None:
             return _answer({"status": "RETRY", "reason": "model_not_ready"})
-        return DeviceAnswer(200, OCTET_STREAM, built.npy)
+        return device_answer(200, OCTET_STREAM, (built.npy,))
 
     def _global(self, job: LeafJob) -> _Global | None:
         """The served version's vector if it is built and still current."""

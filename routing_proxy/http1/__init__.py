@@ -6,7 +6,7 @@ the whole forwarding path (docs/BENCHMARKS.md §1). `messages` is what the dispa
 """
 
 from .limits import HttpLimits
-from .messages import Dispatcher, Reply, Request, Response, Switch, invalid_request, json_error
+from .messages import Dispatcher, Reply, Request, Response, StreamedResponse, Switch, invalid_request, json_error
 from .server import HttpServer
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "Reply",
     "Request",
     "Response",
+    "StreamedResponse",
     "Switch",
     "invalid_request",
     "json_error",

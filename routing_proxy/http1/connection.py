@@ -16,30 +16,29 @@ import httptools
 
 from internal_link.flow_control import FlowControl
 
-from .messages import Reply, Request, Response, Switch, invalid_request, json_error, origin_form, response_head
+from .messages import (
+    Reply,
+    Request,
+    Response,
+    StreamedResponse,
+    Switch,
+    invalid_request,
+    json_error,
+    origin_form,
+    response_head,
+)
+from .refusals import LINGER_SECONDS, Refused, body_too_large, parser_error_reason
 from .state import SLOW_MESSAGES, Deadline, Hold, Incoming, Pending
+from .streamed_body import StreamedBody
 
 if TYPE_CHECKING:
     from .server import HttpServer
 
 logger = logging.getLogger(__name__)
 
-# Read at most this much past a refused request before closing, so the client sees the answer
-# instead of a reset (the kernel resets a socket closed with unread data).
-_LINGER_SECONDS = 2.0
 # Complete requests queued behind the one in flight before reading stops (pipelining clients).
 _MAX_QUEUED = 8
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-class _Refused(Exception):
-    """Raised inside a parser callback to stop parsing and answer with `response`, then read (and
-    discard) for `linger` seconds what the client still sends."""
-
-    def __init__(self, response: Response, linger: float = _LINGER_SECONDS) -> None:
-        super().__init__(response.status)
-        self.response = response
-        self.linger = linger
 
 
 class HttpConnection(asyncio.Protocol):
@@ -68,6 +67,7 @@ class HttpConnection(asyncio.Protocol):
         self._peer_done = False  # the client half-closed: answer what it sent, then close
         self._successor: asyncio.Protocol | None = None  # what took the connection over (Switch)
         self._client = ""  # the peer's address, from connection_made on
+        self._body: StreamedBody | None = None  # a streamed answer being written
 
     # asyncio.Protocol
 
@@ -82,6 +82,9 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
+        if self._body is not None:
+            self._body.cancel()  # the device left mid-download: the leaf stops sending it
+            self._body = None
         self._flow.connection_lost()
         self.transport = None
         self._queue.clear()
@@ -108,7 +111,7 @@ class HttpConnection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             refused = exc.__context__
-            if not isinstance(refused, _Refused):
+            if not isinstance(refused, Refused):
                 raise
             self._refuse(refused.response, refused.linger)
             return
@@ -127,7 +130,7 @@ class HttpConnection(asyncio.Protocol):
                 self._close_after_write()  # its answer is already out
             return
         except httptools.HttpParserError as exc:
-            self._refuse(invalid_request(400, f"malformed HTTP request: {_reason(exc)}"))
+            self._refuse(invalid_request(400, f"malformed HTTP request: {parser_error_reason(exc)}"))
             return
         incoming = self._incoming
         if incoming is not None and not incoming.headers_done and not self._began_here:
@@ -143,6 +146,8 @@ class HttpConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._flow.resume_writing()
+        if self._body is not None:
+            self._body.resume()
         if not self._idle():
             self._flow.pause_reading(Hold.BACKLOG)  # more requests once the client caught up
         self._flow.resume_reading(Hold.UNREAD_ANSWERS)
@@ -162,23 +167,23 @@ class HttpConnection(asyncio.Protocol):
         incoming.target += url
         incoming.head_bytes += len(url)
         if incoming.head_bytes > self.limits.max_head_bytes:
-            raise _Refused(self._head_too_large())
+            raise Refused(self._head_too_large())
 
     def on_header(self, name: bytes, value: bytes) -> None:
         incoming = self._parsing()
         incoming.header_count += 1
         if incoming.header_count > self.limits.max_headers:
-            raise _Refused(invalid_request(431, f"more than {self.limits.max_headers} header fields"))
+            raise Refused(invalid_request(431, f"more than {self.limits.max_headers} header fields"))
         incoming.head_bytes += len(name) + len(value)
         if incoming.head_bytes > self.limits.max_head_bytes:
-            raise _Refused(self._head_too_large())
+            raise Refused(self._head_too_large())
         incoming.headers.setdefault(name.lower(), value)
 
     def on_headers_complete(self) -> None:
         incoming = self._parsing()
         incoming.headers_done = True
         if self._parser.get_http_version() not in ("1.1", "1.0"):
-            raise _Refused(
+            raise Refused(
                 invalid_request(505, f"HTTP/{self._parser.get_http_version()} is not supported; use HTTP/1.1")
             )
         limits = self.limits
@@ -193,7 +198,7 @@ class HttpConnection(asyncio.Protocol):
         if length is not None:
             incoming.length = int(length)  # llhttp has checked that it is a number
             if incoming.length > incoming.body_limit:
-                raise _Refused(_body_too_large(incoming))
+                raise Refused(body_too_large(incoming))
             if incoming.length:
                 # All of it now: a body that does not fit is refused before the client sends it.
                 self._hold(incoming, incoming.length, incoming.length)
@@ -207,7 +212,7 @@ class HttpConnection(asyncio.Protocol):
         incoming = self._parsing()
         incoming.body_bytes += len(body)
         if incoming.body_bytes > incoming.body_limit:
-            raise _Refused(_body_too_large(incoming))
+            raise Refused(body_too_large(incoming))
         if incoming.length is None:  # chunked: held as it streams
             self._hold(incoming, len(body), incoming.body_bytes)
         incoming.body.append(body)
@@ -241,7 +246,7 @@ class HttpConnection(asyncio.Protocol):
         """Count `size` more bytes of this body (`body_size` long) against the server's budget, or
         refuse the request at once: RETRY, never a pause (budget.py says why)."""
         if not self.server.budget.take(size, body_size, self._held):
-            raise _Refused(self.server.busy(), linger=self.limits.body_timeout)
+            raise Refused(self.server.busy(), linger=self.limits.body_timeout)
         incoming.held += size
         self._held += size
 
@@ -318,6 +323,9 @@ class HttpConnection(asyncio.Protocol):
             # Answered: the request's body is done with once the answer is in the transport's hands.
             self._release(self._in_flight_held)
             self._in_flight_held = 0
+            if type(response) is StreamedResponse:
+                self._stream(response, head_only, again)
+                return
             self._write(response, head_only, again)
             self._next()
 
@@ -336,7 +344,7 @@ class HttpConnection(asyncio.Protocol):
         self.transport = None
         self._successor = switch.take_over(transport)
 
-    def _write(self, response: Response, head_only: bool, keep_alive: bool, linger: float = _LINGER_SECONDS) -> None:
+    def _write(self, response: Response, head_only: bool, keep_alive: bool, linger: float = LINGER_SECONDS) -> None:
         transport = self.transport
         if transport is None:
             return
@@ -352,7 +360,40 @@ class HttpConnection(asyncio.Protocol):
         else:
             self._close_after_write(linger)
 
-    def _refuse(self, response: Response, linger: float = _LINGER_SECONDS) -> None:
+    def _stream(self, response: StreamedResponse, head_only: bool, keep_alive: bool) -> None:
+        """Write the head now and the body as it arrives; the next answer waits for its end."""
+        transport = cast(asyncio.Transport, self.transport)
+        head = response_head(response, self.server.clock.date, keep_alive, response.length)
+        transport.write(head)
+        self.server.bytes_out += len(head)
+        if head_only:
+            response.source.cancel()
+            self._streamed(keep_alive, complete=True)
+            return
+        self._in_flight = True
+        self._body = StreamedBody(
+            transport, self._flow, response.source, self._wrote, lambda complete: self._streamed(keep_alive, complete)
+        )
+        self._arm(self.limits.send_timeout, Deadline.ABORT)
+        self._body.start()
+
+    def _wrote(self, nbytes: int) -> None:
+        self.server.bytes_out += nbytes
+        self._arm(self.limits.send_timeout, Deadline.ABORT)  # a body that stops moving is dropped
+
+    def _streamed(self, keep_alive: bool, complete: bool) -> None:
+        self._body = None
+        self._in_flight = False
+        if not complete:
+            self.abort()  # cut short: a closed connection, never a body that looks whole
+            return
+        if keep_alive:
+            self._arm_for_state()
+        else:
+            self._close_after_write()
+        self._next()
+
+    def _refuse(self, response: Response, linger: float = LINGER_SECONDS) -> None:
         """Stop reading this connection; answer `response` after the answers already owed, then
         close, reading (and discarding) for `linger` seconds what the client still sends."""
         self.server.refused[response.status] += 1
@@ -361,14 +402,14 @@ class HttpConnection(asyncio.Protocol):
         self._queue.append(Pending(response, keep_alive=False, linger=linger))
         self._next()
 
-    def _close_after_write(self, linger: float = _LINGER_SECONDS) -> None:
+    def _close_after_write(self, linger: float = LINGER_SECONDS) -> None:
         transport = self.transport
         if transport is None or self._closing:
             return
         self._closing = True
         self._discard_queue()
         if transport.can_write_eof() and not self._peer_done:
-            # Half-close and read (discarding) a while longer: see _LINGER_SECONDS.
+            # Half-close and read (discarding) a while longer: see LINGER_SECONDS.
             transport.write_eof()
             self._flow.resume_reading_regardless()
             self._arm(linger, Deadline.ABORT)
@@ -411,12 +452,3 @@ class HttpConnection(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
-
-
-def _body_too_large(incoming: Incoming) -> Response:
-    return invalid_request(413, f"request body larger than {incoming.body_limit} bytes")
-
-
-def _reason(exc: httptools.HttpParserError) -> str:
-    text = str(exc) or type(exc).__name__
-    return text[:200]

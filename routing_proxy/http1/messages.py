@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from http import HTTPStatus
+from typing import Protocol
 
 import orjson
 
@@ -63,6 +64,28 @@ class Switch(Response):
         self.take_over = take_over
 
 
+class BodySource(Protocol):
+    """Where a streamed body comes from (a leaf's streamed answer: internal_link/answer_stream.py)."""
+
+    def consume(self, on_chunk: Callable[[bytes], None], on_end: Callable[[bool], None]) -> None: ...
+
+    def grant(self, nbytes: int) -> None: ...
+
+    def cancel(self) -> None: ...
+
+
+class StreamedResponse(Response):
+    """An answer of `length` bytes whose body `source` delivers in chunks after the head; the
+    connection grants the source more as the client reads (streamed_body.py)."""
+
+    __slots__ = ("length", "source")
+
+    def __init__(self, status: int, content_type: str, length: int, source: BodySource) -> None:
+        super().__init__(status, content_type, b"")
+        self.length = length
+        self.source = source
+
+
 Reply = Callable[[Response], None]
 # Called once per request; must call `reply` exactly once, now or later.
 Dispatcher = Callable[[Request, Reply], None]
@@ -89,14 +112,15 @@ def origin_form(target: bytes) -> bytes:
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode("ascii") for s in HTTPStatus}
 
 
-def response_head(response: Response, date: bytes, keep_alive: bool) -> bytes:
-    """The status line and header block of `response`, its blank line included."""
+def response_head(response: Response, date: bytes, keep_alive: bool, length: int | None = None) -> bytes:
+    """The status line and header block of `response`, its blank line included; `length`: the
+    Content-Length of a body that is not `response.body` (a streamed one)."""
     head = [
         _STATUS_LINES.get(response.status) or f"HTTP/1.1 {response.status} Unknown\r\n".encode("ascii"),
         b"Content-Type: ",
         response.content_type.encode("latin-1"),
         b"\r\nContent-Length: ",
-        str(len(response.body)).encode("ascii"),
+        str(len(response.body) if length is None else length).encode("ascii"),
         b"\r\nDate: ",
         date,
         b"\r\n",

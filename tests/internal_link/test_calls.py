@@ -7,8 +7,16 @@ from typing import Any
 import msgpack
 import pytest
 
-from internal_link.calls import BadPayload, DeviceAnswer, DeviceCall, device_call_handler
+from internal_link.calls import (
+    BadPayload,
+    DeviceAnswer,
+    DeviceCall,
+    device_answer,
+    device_call_handler,
+    streamed_answer_head,
+)
 from internal_link.errors import ErrorCode
+from internal_link.streams import STREAM_THRESHOLD, Streamed
 
 GOOD = ["task", {"job_id": "J"}, {"x-flare-device-id": "D", "accept": "application/json"}, b"{}", 24.5]
 
@@ -83,3 +91,15 @@ def test_client_limit_round_trips_through_headers_and_refuses_malformed_ones():
     for cap in ("0", "-1", "x", "²", ""):
         assert ClientLimit.of({CLIENT_HEADER: "ip:a", CLIENT_LEASES_HEADER: cap}) is None
     assert ClientLimit.of({CLIENT_LEASES_HEADER: "3"}) is None
+
+
+def test_a_device_answer_above_the_threshold_is_streamed_unjoined() -> None:
+    head = b"h" * STREAM_THRESHOLD
+    small = device_answer(200, "application/json", (b"{", b"}"))
+    assert small == DeviceAnswer(200, "application/json", b"{}")
+    large = device_answer(200, "application/msgpack", (head, b"tail"))
+    assert isinstance(large, Streamed) and large.parts[0] is head  # the cached head itself, no copy
+    assert streamed_answer_head(large.meta) == (200, "application/msgpack")
+    for meta in ([200], [99, "x"], [200, b"x"], None):
+        with pytest.raises(BadPayload):
+            streamed_answer_head(meta)
