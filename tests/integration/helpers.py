@@ -55,3 +55,16 @@ async def wait_for(api_url: str, job_id: str, predicate: Any, timeout: float = 9
 
 async def wait_leaves_synced(api_url: str, job_id: str, leaves: int) -> None:
     await wait_for(api_url, job_id, lambda s: len(s["leaves"]) == leaves, timeout=30)
+
+
+async def stop_launcher(proc: asyncio.subprocess.Process, grace: float = 30.0) -> None:
+    """Stop a `local` launcher a test gave up on: SIGTERM, on which it stops its stack by PID;
+    SIGKILL only past `grace` (it would leave the stack's processes running)."""
+    if proc.returncode is not None:
+        return
+    proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), grace)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()

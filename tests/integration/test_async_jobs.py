@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from edge_gateway.launcher import Stack
 from internal_link.messages import JobStatus
 
-from .helpers import submit_job, wait_for, wait_leaves_synced
+from .helpers import stop_launcher, submit_job, wait_for, wait_leaves_synced
 from .load import LoadRun, assert_counted_once, assert_no_device_refused, start_devices
 from .stack_control import child, kill, restart_server
 
@@ -134,9 +134,7 @@ async def test_local_launcher_runs_an_async_job_over_live_sessions(tmp_path: Pat
                     pushed = await rounds_pushed(leaves)  # the devices' rounds came as session pushes
             await proc.wait()
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await stop_launcher(proc)
     text = "".join(out)
     assert proc.returncode == 0, text[-3000:]
     assert "job done" in text and "refused 0" in text, text

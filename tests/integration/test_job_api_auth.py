@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
+from .helpers import stop_launcher
 from .test_cli_errors import ENV, assert_one_line_error, cli
 
 TOKEN = "job-api-test-token-0123456789"
@@ -156,7 +157,5 @@ async def test_local_sends_the_token_its_server_inherits(tmp_path: Path) -> None
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), 180)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await stop_launcher(proc)
     assert proc.returncode == 0 and "job done" in out.decode(), out.decode()[-3000:]

@@ -13,6 +13,8 @@ import aiohttp
 import orjson
 import pytest
 
+from .helpers import stop_launcher
+
 
 async def run_cli(args: list[str], timeout: float) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
@@ -27,9 +29,7 @@ async def run_cli(args: list[str], timeout: float) -> tuple[int, str]:
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await stop_launcher(proc)
     return int(proc.returncode or 0), out.decode(errors="replace")
 
 
@@ -120,9 +120,7 @@ async def test_sigterm_stops_every_process(tmp_path: Path) -> None:
         assert b"stopped before the job finished" in out
         assert all(gone(pid) for pid in pids)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await stop_launcher(proc)
 
 
 @pytest.mark.slow
