@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .local_checks import non_negative_int, port_number, positive_int
 from .models.specs import MODEL_NAMES
+from .simulator.behaviour_flags import add_behaviour_arguments
 
 
 def add_local_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,25 +47,7 @@ def add_local_arguments(parser: argparse.ArgumentParser) -> None:
         help="simulated devices' trainer (default: executorch for executorch jobs, else pytorch)",
     )
     parser.add_argument("--codec", default="json", choices=("json", "msgpack"))
-    parser.add_argument("--slow-fraction", type=float, default=0.0, help="this fraction of simulated devices is slow")
-    parser.add_argument(
-        "--slow-factor", type=float, default=1.0, help="a slow device takes this many times its training time"
-    )
-    parser.add_argument(
-        "--transport",
-        choices=("http", "ws"),
-        default="http",
-        help="simulated devices: http polling, or ws live sessions (GET /ws, pushed rounds)",
-    )
-    parser.add_argument(
-        "--abort-rate", type=float, default=0.0, help="share of tasks simulated devices give up part-way"
-    )
-    parser.add_argument(
-        "--train-seconds",
-        type=float,
-        default=0.0,
-        help="the least a simulated training takes, before --slow-factor (phones take seconds)",
-    )
+    add_behaviour_arguments(parser)  # of the simulated devices
     parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet α of the non-IID split")
     parser.add_argument("--epochs", type=int, default=None, help="default: the model's (digits: 10)")
     parser.add_argument("--lr", type=float, default=None, help="default: the model's (digits: 0.5)")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from .behaviour_flags import add_behaviour_arguments
 from .runner import SimulationConfig, run_simulation
 from .summary import print_summary
 from .trainers import TRAINERS
@@ -50,28 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="when a job ends, go back to /job instead of stopping (until --duration)",
     )
-    parser.add_argument("--slow-fraction", type=float, default=0.0, help="this fraction of the devices is slow")
-    parser.add_argument(
-        "--slow-factor", type=float, default=1.0, help="a slow device takes this many times its training time"
-    )
-    parser.add_argument(
-        "--train-seconds",
-        type=float,
-        default=0.0,
-        help="the least a training takes, before --slow-factor (phones take seconds; digits computes in ms)",
-    )
-    parser.add_argument(
-        "--transport",
-        choices=("http", "ws"),
-        default="http",
-        help="http: FEG polling; ws: live sessions over WebSocket (GET /ws, pushed rounds)",
-    )
-    parser.add_argument(
-        "--abort-rate",
-        type=float,
-        default=0.0,
-        help="share of tasks a device gives up (ws: sends abort; http: drops it unreported, its lease runs out)",
-    )
+    add_behaviour_arguments(parser)
     parser.add_argument("--report-json", type=Path, default=None, help="also write the report to this file")
 
 
