@@ -114,14 +114,7 @@ class DeviceAnswer(NamedTuple):
     @classmethod
     def check(cls, payload: Any) -> DeviceAnswer:
         """The answer `payload` carries; raises `BadPayload` otherwise."""
-        if (
-            type(payload) is list
-            and len(payload) == 3
-            and type(payload[0]) is int
-            and 200 <= payload[0] <= 599
-            and type(payload[1]) is str
-            and type(payload[2]) is bytes
-        ):
+        if type(payload) is list and len(payload) == 3 and _is_head(payload) and type(payload[2]) is bytes:
             answer: DeviceAnswer = _new(cls, payload)
             return answer
         raise BadPayload(f"malformed device answer: {reprlib.repr(payload)}")
@@ -143,15 +136,14 @@ def answer_bytes(answer: DeviceAnswer | Streamed) -> int:
 
 def streamed_answer_head(meta: Any) -> tuple[int, str]:
     """A streamed device answer's status and content type; raises `BadPayload` if malformed."""
-    if (
-        type(meta) is list
-        and len(meta) == 2
-        and type(meta[0]) is int
-        and 200 <= meta[0] <= 599
-        and type(meta[1]) is str
-    ):
+    if type(meta) is list and len(meta) == 2 and _is_head(meta):
         return meta[0], meta[1]
     raise BadPayload(f"malformed streamed answer head: {reprlib.repr(meta)}")
+
+
+def _is_head(answer: list[Any]) -> bool:
+    """An answer's first two fields are an HTTP status and a content type."""
+    return type(answer[0]) is int and 200 <= answer[0] <= 599 and type(answer[1]) is str
 
 
 def device_call_handler(handle: Callable[[DeviceCall], Any]) -> Callable[[Any], Any]:

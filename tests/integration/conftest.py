@@ -22,6 +22,15 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
 
 
 @pytest.fixture
+async def one_leaf(tmp_path: Path) -> AsyncIterator[Stack]:
+    stack = await start_stack(tmp_path, leaves=1, proxy_host="127.0.0.1", proxy_port=0)
+    try:
+        yield stack
+    finally:
+        await stack.stop()
+
+
+@pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session

@@ -12,15 +12,13 @@ One leaf, so that "per leaf" is the whole gateway and every device meets the sam
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-import pytest
 
-from edge_gateway.launcher import Stack, start_stack
+from edge_gateway.launcher import Stack
 from internal_link.messages import JobStatus
 
 from .clients import IosDevice
@@ -44,15 +42,6 @@ class TokenDevice(IosDevice):
 
     def headers(self, endpoint: str) -> dict[str, str]:
         return {**super().headers(endpoint), "X-Flare-User-Info": f'{{"auth_token": "{self.token}"}}'}
-
-
-@pytest.fixture
-async def one_leaf(tmp_path: Path) -> AsyncIterator[Stack]:
-    stack = await start_stack(tmp_path, leaves=1, proxy_host="127.0.0.1", proxy_port=0)
-    try:
-        yield stack
-    finally:
-        await stack.stop()
 
 
 async def proxy_with(stack: Stack, run_dir: Path, *flags: str) -> None:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import msgpack
 import pytest
 
-from edge_gateway.launcher import Stack, start_stack
+from edge_gateway.launcher import Stack
 
 from .helpers import UNSCREENED, submit_job, wait_leaves_synced
 from .stack_control import child, terminate
@@ -36,15 +35,6 @@ PROXY_PEAK_RSS_MIB = 90
 # 132 MiB when every stream slices the one cached payload.
 LEAF_PEAK_RSS_MIB = 155
 _JOB_REQUEST = {"job_name": "wide", "capabilities": {"methods": ["cnn"]}}
-
-
-@pytest.fixture
-async def one_leaf(tmp_path: Path) -> AsyncIterator[Stack]:
-    stack = await start_stack(tmp_path, leaves=1, proxy_host="127.0.0.1", proxy_port=0)
-    try:
-        yield stack
-    finally:
-        await stack.stop()
 
 
 def _task_request(job_id: str, device: str) -> bytes:
