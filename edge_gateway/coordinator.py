@@ -1,8 +1,10 @@
 """The server's core: jobs, sync FedAvg rounds, device-slot grants to leaves. No I/O.
 
-Time is passed in (`now`); what the shell must do (checkpoint, evaluate) comes back as
-`NewVersion` events. A round ("selection") is open until `devices_per_round` results are counted,
-or until its deadline, when it closes with at least `min_results` or opens a fresh selection.
+Time is passed in (`now`); what the shell must do comes back as events: `VersionDue` (tell the
+leaves now), `NewVersion` (checkpoint, evaluate). A round ("selection") is open until
+`devices_per_round` results are counted, or until its deadline, when it closes with at least
+`min_results` or opens a fresh selection. A version that comes due is made once the leaves have
+answered for what they acknowledged (closing.py).
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from internal_link.messages import (
     SyncRequest,
 )
 
+from .closing import Closing, begin_closing, closing_settled, record_answer
 from .device_groups import DeviceGroups
 from .fair_share import fair_level
 from .fedavg import PartialSum
 from .fedbuff import FedBuffBuffer, repeated_ids
-from .fedbuff_jobs import grant_async, new_buffer, step_async, submit_async
+from .fedbuff_jobs import CLOSED_BY_BUFFER, grant_async, new_buffer, step_async, submit_async
 from .jobs import JobSpec
 from .robustness import (
     ScreenBounds,
@@ -60,6 +63,16 @@ class NewVersion:
     version: int
 
 
+@dataclass(frozen=True)
+class VersionDue:
+    """A job's next version is due: the leaves must hear it at once and answer (closing.py)."""
+
+    job_id: str
+
+
+Event = NewVersion | VersionDue
+
+
 @dataclass
 class LeafSlots:
     report: LeafJobReport
@@ -68,6 +81,7 @@ class LeafSlots:
     selection_id: int  # the selection `granted` is for: a grant for an earlier one holds nothing
     leaf_boot: str  # the leaf process the report is from: its counters start at 0 in the next
     serving: bool  # the leaf's last report named the job: it has the job and answers its devices
+    missed_close: bool = False  # silent through a closing: not waited for again until it syncs
 
 
 @dataclass
@@ -93,6 +107,7 @@ class JobState:
     # a buffered result may have been screened with (fedbuff_jobs.py).
     async_screened: PartialSum = field(default_factory=lambda: PartialSum({}))
     async_bounds: list[ScreenBounds] = field(default_factory=list)
+    closing: Closing | None = None  # the next version is due: made once the leaves have answered
 
     def __post_init__(self) -> None:
         self.shapes = {name: tuple(arr.shape) for name, arr in self.weights.items()}
@@ -165,7 +180,8 @@ class Coordinator:
             raise JobNotFound(job_id) from None
 
     def end_job(self, job_id: str) -> None:
-        self.job(job_id).status = JobStatus.DONE
+        job = self.job(job_id)
+        job.status, job.closing = JobStatus.DONE, None
 
     def retire(self, job_id: str) -> None:
         """Forget a finished job: leaves no longer see it in their syncs (retirement.py)."""
@@ -214,6 +230,8 @@ class Coordinator:
         views = []
         for job in self.jobs.values():
             report = request.jobs.get(job.job_id)
+            if job.closing is not None:
+                record_answer(job.closing, request.leaf, request.closing.get(job.job_id), report is not None)
             views.append(self._view(job, request.leaf, request.boot, report, now))
         return SyncReply(boot=self.boot, jobs=views)
 
@@ -239,7 +257,7 @@ class Coordinator:
                     job.ended_leaf_totals[key] += getattr(slots.report, key)
                 slots.leaf_boot = leaf_boot
             slots.report, slots.granted, slots.seen_at, slots.selection_id = report, grant, now, job.selection_id
-            slots.serving = serving
+            slots.serving, slots.missed_close = serving, False
         spec = job.spec
         return JobView(
             job_id=job.job_id,
@@ -247,6 +265,7 @@ class Coordinator:
             status=job.status,
             model_version=job.version,
             round=job.round,
+            closing=job.closing is not None,
             selection_id=job.selection_id,
             quota=grant,
             free_slots=free,
@@ -300,7 +319,7 @@ class Coordinator:
     # -- results ------------------------------------------------------------------------------
     def submit(
         self, batch: SubmitBatch, update: Mapping[str, np.ndarray], now: float
-    ) -> tuple[SubmitReply, list[NewVersion]]:
+    ) -> tuple[SubmitReply, list[Event]]:
         """Count a leaf's batch exactly once, or say why not; may close the round."""
         job = self.job(batch.job_id)
         if job.fedbuff is not None:
@@ -328,45 +347,60 @@ class Coordinator:
             update, batch.sum_weight, len(batch.task_ids), clipped=batch.clipped, capped=batch.capped
         )
         job.counted.update(batch.task_ids)
-        events = []
-        # Only a quorum closes a round here; deadlines are the tick's.
-        if self._round_due(job, now) is RoundEnd.QUORUM:
-            events.append(self._close_round(job, now, RoundEnd.QUORUM))
-        return SubmitReply(accepted=True, boot=self.boot), events
+        # Only a quorum brings a version due here; deadlines are the tick's.
+        return SubmitReply(accepted=True, boot=self.boot), self._advance(job, now, quorum_only=True)
 
     def _submit_async(
         self, job: JobState, buffer: FedBuffBuffer, batch: SubmitBatch, update: Mapping[str, np.ndarray], now: float
-    ) -> tuple[SubmitReply, list[NewVersion]]:
+    ) -> tuple[SubmitReply, list[Event]]:
         reply = submit_async(job, buffer, batch, update, self.boot)
-        events = []
-        if reply.accepted and buffer.due() and not self.rounds_held(now):
-            step_async(job, buffer, now)
-            events.append(NewVersion(job.job_id, job.version))
-        return reply, events
+        return reply, self._advance(job, now) if reply.accepted else []
 
-    def tick(self, now: float) -> list[NewVersion]:
-        """Apply round deadlines, and close rounds (or make async versions) that came due while held."""
-        events = []
-        for job in self.jobs.values():
-            if job.status is not JobStatus.RUNNING:
-                continue
-            if job.fedbuff is not None:
-                if job.fedbuff.due() and not self.rounds_held(now):
-                    step_async(job, job.fedbuff, now)
-                    events.append(NewVersion(job.job_id, job.version))
-                continue
-            end = self._round_due(job, now)
-            if end is RoundEnd.RESELECT:
-                job.selection_id += 1
-                job.selection_opened_at = now
-            elif end is not None:
-                events.append(self._close_round(job, now, end))
-        return events
+    def tick(self, now: float) -> list[Event]:
+        """Apply round deadlines; make the versions that came due while held or closing."""
+        return [event for job in list(self.jobs.values()) for event in self._advance(job, now)]
 
-    def _round_due(self, job: JobState, now: float) -> RoundEnd | None:
-        return round_due(job.spec, job.partial.count, job.selection_opened_at, now, held=self.rounds_held(now))
+    def settle_closings(self, now: float) -> list[Event]:
+        """After a leaf's sync: make the versions whose closings it was the last to answer."""
+        return [
+            event for job in list(self.jobs.values()) if job.closing is not None for event in self._advance(job, now)
+        ]
 
-    def _close_round(self, job: JobState, now: float, reason: RoundEnd) -> NewVersion:
+    def _advance(self, job: JobState, now: float, quorum_only: bool = False) -> list[Event]:
+        """Bring the job's next version due (announced: `VersionDue`), and make it (`NewVersion`)
+        once the leaves have answered for what they acknowledged and no hold is on."""
+        if job.status is not JobStatus.RUNNING:
+            return []
+        came_due = job.closing is None
+        if job.closing is None:
+            closed_by = self._due(job, now, quorum_only)
+            if closed_by is None:
+                return []
+            job.closing = begin_closing(job.version, closed_by, job.leaves, now, seen_within=RESEND_WAIT_LIMIT)
+        if self.rounds_held(now) or not closing_settled(
+            job.closing, job.leaves, now, silent_after=LEAF_STALE_AFTER, limit=RESEND_WAIT_LIMIT
+        ):
+            return [VersionDue(job.job_id)] if came_due else []
+        closed_by, job.closing = job.closing.closed_by, None
+        if job.fedbuff is not None:
+            step_async(job, job.fedbuff, now)
+        else:
+            self._close_round(job, now, RoundEnd(closed_by))
+        return [NewVersion(job.job_id, job.version)]
+
+    def _due(self, job: JobState, now: float, quorum_only: bool) -> str | None:
+        """How the job's next version comes due now (the history's `closed_by`), or None."""
+        if job.fedbuff is not None:
+            return CLOSED_BY_BUFFER if job.fedbuff.due() and not self.rounds_held(now) else None
+        end = round_due(job.spec, job.partial.count, job.selection_opened_at, now, held=self.rounds_held(now))
+        if end is RoundEnd.RESELECT and not quorum_only:
+            job.selection_id += 1
+            job.selection_opened_at = now
+        if end is None or end is RoundEnd.RESELECT or (quorum_only and end is not RoundEnd.QUORUM):
+            return None
+        return end.value
+
+    def _close_round(self, job: JobState, now: float, reason: RoundEnd) -> None:
         partial, bounds = job.partial, job.bounds
         new = partial.apply_to(job.weights, job.spec.server_lr)
         rejected = check_global_model(new, job.weights, model_limits(job.policy, bounds, job.spec.server_lr))
@@ -397,7 +431,6 @@ class Coordinator:
         job.counted = set()
         if job.round >= job.spec.rounds:
             job.status = JobStatus.DONE
-        return NewVersion(job.job_id, job.version)
 
     def record_evaluation(self, job_id: str, version: int, accuracy: float, loss: float) -> None:
         for entry in self.job(job_id).history:

@@ -29,7 +29,7 @@ from internal_link.messages import (
 from internal_link.server import LinkServer
 
 from .config import ServerConfig
-from .coordinator import LEAF_STALE_AFTER, RESEND_WAIT_LIMIT, Coordinator, JobNotFound, NewVersion
+from .coordinator import LEAF_STALE_AFTER, RESEND_WAIT_LIMIT, Coordinator, Event, JobNotFound, VersionDue
 from .device_groups import GroupRefused
 from .job_api import create_api
 from .job_api_auth import refuse_exposed_without_token
@@ -290,8 +290,11 @@ class Server:
         log.info("job %s model v%d: test accuracy %.4f, loss %.4f", job_id, version, accuracy, loss)
         self._checkpoint(job_id)  # keep the accuracy history with the checkpoint
 
-    def _on_versions(self, events: list[NewVersion]) -> None:
+    def _on_versions(self, events: list[Event]) -> None:
         for event in events:
+            if isinstance(event, VersionDue):  # the leaves answer for what they acknowledged (closing.py)
+                self._announce()
+                continue
             job = self.coordinator.job(event.job_id)
             self.metrics.version_made(event.job_id, job.spec.mode, done=job.status is not JobStatus.RUNNING)
             started = time.perf_counter()
@@ -366,6 +369,8 @@ class Server:
         awaited = len(self.coordinator.awaiting_resends)
         reply = self.coordinator.sync(request, time.monotonic()).model_dump()
         self.metrics.leaf_synced(request.leaf)
+        # This leaf may be the last a due version waited for, or its hold the last on.
+        self._on_versions(self.coordinator.settle_closings(time.monotonic()))
         if awaited and not self.coordinator.awaiting_resends:
             log.info("every leaf has re-sent what the last process took: rounds may close")
         return reply
@@ -406,7 +411,7 @@ class Server:
         if reply.accepted:
             self._unsaved_by_leaf.setdefault(batch.leaf, set()).add(batch.job_id)
             self.metrics.results.inc(len(batch.task_ids))  # an accepted batch counts every one
-        if events:
+        if any(not isinstance(e, VersionDue) for e in events):
             log.info(
                 "job %s: batch of %d results added and round closed in %.1f ms",
                 batch.job_id,

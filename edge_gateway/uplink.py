@@ -4,7 +4,10 @@ A device's result is acknowledged once it is in the leaf's acknowledged results 
 log, edge_gateway.acknowledged). One task delivers them in the background, per (job, model
 version) summed in float64 as `(Σ w·Δ, Σ w, n)` with the task ids, one batch in flight at a time,
 and tries again for as long as the server cannot be reached. A device waits a moment for the
-server's answer (to hear "late" or "counted once" when that is so), never longer: then OK.
+server's answer (to hear "late" or "counted once" when that is so), never longer: then OK —
+unless the server has said its next version is due and would make the result late (closing.py):
+then the device waits for the server's answer as long as it still waits at all, and past that
+hears RETRY (its re-send waits for the same answer).
 
 What the server took stays in the log until the server serves a newer version (so has checkpointed
 that one); in memory only its task ids are kept, per server boot. After a server restart the ids an
@@ -12,7 +15,7 @@ earlier boot took are read back from the log and delivered again; after a leaf r
 the log replays is. The server counts a task id once: its `duplicates` answer means "counted
 already", and the rest of such a batch is summed again without them and sent, never dropped. A
 `late` answer for a result whose device heard OK already (the round closed before the leaf could
-deliver it) is counted as late.
+deliver it: the server's closing leaves only a leaf gone past its limits that way) is counted as late.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ class Outcome(Enum):
     DURABLE = "durable"  # in the log; the server has not answered yet: it is delivered later
     LATE = "late"  # the server had closed its round
     DUPLICATE = "duplicate"  # the server had counted this task id already (sent before, or by another leaf)
+    PENDING = "pending"  # in the log; no answer yet, and the next version may make it late: ask again
     UNAVAILABLE = "unavailable"  # not durable: the device must send it again
 
 
@@ -86,17 +90,22 @@ class ResultUplink:
         leaf: str,
         link: ServerLink,
         results: AcknowledgedResults,
-        on_late: Callable[[str, int], None] = lambda job_id, count: None,
+        on_late: Callable[[str, list[str], int], None] = lambda job_id, task_ids, acknowledged: None,
+        may_promise: Callable[[str, int], bool] = lambda job_id, version: True,
         call_timeout: float = 10.0,
     ) -> None:
         self._leaf = leaf
         self._link = link
         self._results = results
-        self._on_late = on_late  # (job id, how many): results the server no longer counts
+        # (job id, task ids, how many of them were answered OK): results the server did not count
+        self._on_late = on_late
+        # (job id, model version): whether a device may hear OK before the server has answered
+        self._may_promise = may_promise
         self._call_timeout = call_timeout
         self._open: dict[tuple[str, int], _Group] = {}
         self._appending: dict[tuple[str, str], asyncio.Future[bool]] = {}  # (job, task) -> made durable?
-        self._answers: dict[tuple[str, str], asyncio.Future[Outcome]] = {}  # (job, task) -> server's answer
+        # (job, task) -> the server's answer, until it comes (devices and their re-sends wait on it)
+        self._answers: dict[tuple[str, str], asyncio.Future[Outcome]] = {}
         self._owed: set[tuple[str, str]] = set()  # answered OK before the server had answered
         # (job id, model version, server boot that took them) -> their task ids
         self._taken: dict[tuple[str, int, str], list[str]] = {}
@@ -138,10 +147,13 @@ class ResultUplink:
         await self._results.close()
 
     # -- devices' results ---------------------------------------------------------------------
-    async def accept(self, record: ResultRecord, answer_wait: float = 0.0) -> Outcome:
+    async def accept(self, record: ResultRecord, answer_wait: float = 0.0, patience: float = 0.0) -> Outcome:
         """Make `record` durable, then wait up to `answer_wait` seconds for the server's answer
         (so the device hears whether it counted); DURABLE if none came by then: it is delivered in
-        the background, however long the server takes. UNAVAILABLE if it could not be made durable."""
+        the background, however long the server takes. While the next version is due and would make
+        it late, the wait goes on for up to `patience` seconds in all (what the device still
+        waits), then PENDING. UNAVAILABLE if it could not be made durable."""
+        started = asyncio.get_running_loop().time()
         key = (record.job_id, record.task_id)
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._appending[key] = done
@@ -154,17 +166,37 @@ class ResultUplink:
         finally:
             del self._appending[key]
         done.set_result(True)
-        answer: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._answers[key] = answer
+        self._answers[key] = asyncio.get_running_loop().create_future()
         self._group(record.job_id, record.version).items.append(record)
         self._wake.set()
+        patience -= asyncio.get_running_loop().time() - started
+        outcome = await self.answer_for(record.job_id, record.task_id, record.version, answer_wait, patience)
+        assert outcome is not None, "a result just taken has its answer to come"
+        return outcome
+
+    async def answer_for(
+        self, job_id: str, task_id: str, version: int, answer_wait: float, patience: float
+    ) -> Outcome | None:
+        """The server's answer on a result taken before, waited for as `accept` does (a re-send
+        hears what its first copy became); None when there is none to wait for: it came already."""
+        key = (job_id, task_id)
+        if key in self._owed:
+            return Outcome.DURABLE
+        answer = self._answers.get(key)
+        if answer is None:
+            return None
         try:
             return await asyncio.wait_for(asyncio.shield(answer), answer_wait)
         except TimeoutError:
-            if self._answers.get(key) is answer:  # the device hears OK now; the answer finds no one
-                del self._answers[key]
-                self._owed.add(key)
+            if answer.done():  # answered in the turn the wait ran out
+                return answer.result()
+        if self._may_promise(job_id, version):
+            self._owed.add(key)  # the device hears OK now: the server holds its rounds until it is in
             return Outcome.DURABLE
+        try:
+            return await asyncio.wait_for(asyncio.shield(answer), max(0.0, patience - answer_wait))
+        except TimeoutError:
+            return Outcome.PENDING
 
     def first_copy(self, job_id: str, task_id: str) -> asyncio.Future[bool] | None:
         """While a task's first result is being made durable: whether it will have been."""
@@ -333,17 +365,19 @@ class ResultUplink:
         group.items[:0] = await self._results.results(job_id, version, rest)
 
     def _answer(self, job_id: str, task_ids: list[str], outcome: Outcome) -> None:
-        """Tell the devices still waiting; count as late those answered OK before the server refused."""
-        late = 0
+        """Tell the devices still waiting; report those the server did not count, and how many of
+        them were answered OK before it refused."""
+        acknowledged = 0
         for task_id in task_ids:
-            self._owed.discard((job_id, task_id))
-            waiting = self._answers.pop((job_id, task_id), None)
+            key = (job_id, task_id)
+            if key in self._owed:
+                self._owed.discard(key)
+                acknowledged += 1
+            waiting = self._answers.pop(key, None)
             if waiting is not None and not waiting.done():
                 waiting.set_result(outcome)
-            elif outcome is Outcome.LATE:
-                late += 1
-        if late:
-            self._on_late(job_id, late)
+        if outcome is Outcome.LATE:
+            self._on_late(job_id, task_ids, acknowledged)
 
     @staticmethod
     def _forget(group: _Group) -> None:

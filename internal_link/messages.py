@@ -40,6 +40,10 @@ class JobView(_Message):
     status: JobStatus
     model_version: int = Field(description="version devices train on now; -1 before the first")
     round: int
+    # The next version is due: the server makes it once this leaf has answered (a sync naming this
+    # version in `SyncRequest.closing`); until then the leaf tells no device that a result counts
+    # which the next version would make late, before the server has answered for it.
+    closing: bool = False
     selection_id: int
     quota: int = Field(
         description="sync: tasks this leaf may have out (leased or done) in this selection; async: leases out at once"
@@ -89,6 +93,9 @@ class SyncRequest(_Message):
     # Results wait at this leaf that it could not deliver when they came (the server was out of
     # reach or restarted, or the leaf restarted): the server closes no round until they are in.
     undelivered: bool = False
+    # Jobs whose next version this leaf knows is due (`JobView.closing`), by the model version it
+    # follows: the leaf's answer, `undelivered` saying whether it holds results still to deliver.
+    closing: dict[str, int] = {}
     payload_bytes: int = Field(default=0, ge=0, description="bytes of task payloads the leaf holds")
 
 

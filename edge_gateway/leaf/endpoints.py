@@ -33,7 +33,7 @@ from internal_link.streams import Streamed
 from ..device_groups import MAX_GROUPS, MAX_PREFIX_CHARS
 from ..result_log import ResultRecord
 from ..robustness import ScreenBounds, Screened, screen_update
-from ..uplink import ResultUplink, ServerLink
+from ..uplink import Outcome, ResultUplink, ServerLink
 from .job_state import LeafJob, Lease, TaskDecision
 from .metrics import LeafMetrics
 from .payload_cache import PayloadCache
@@ -49,6 +49,16 @@ ANSWER_MARGIN = 0.05  # seconds a held /task keeps for its answer to reach the p
 # Seconds a durable result waits for the server's answer, so that the device hears whether it
 # counted (its round may close meanwhile); then OK all the same: it is delivered later.
 RESULT_ANSWER_WAIT = 2.0
+# Seconds a device waits for a result's answer when no proxy says (sessions, XAIN): below the
+# proxy's own wait, so the device hears the leaf rather than a gateway timeout.
+RESULT_PATIENCE = 20.0
+
+
+# What a repeat hears, by its first copy's outcome (None: the server had answered it already).
+_REPEAT_VERDICTS: dict[Outcome | None, ResultVerdict] = {
+    Outcome.LATE: ResultVerdict.LATE_UPSTREAM,
+    Outcome.PENDING: ResultVerdict.PENDING,
+}
 
 
 def _decode_and_screen(result: Any, shapes: dict[str, tuple[int, ...]], bounds: ScreenBounds | None) -> Screened:
@@ -210,8 +220,11 @@ class DeviceEndpoints:
         content_type, data = encode(reply, as_msgpack)
         return DeviceAnswer(200, content_type, data)
 
-    async def result(self, request: ResultRequest, offload: bool) -> dict[str, Any]:
+    async def result(self, request: ResultRequest, offload: bool, patience: float = RESULT_PATIENCE) -> dict[str, Any]:
+        """The answer to a device's result; `patience`: the seconds the device still waits for it."""
         # Facts are gathered and `judge_result` asked after each step; it alone decides.
+        loop = asyncio.get_running_loop()
+        answer_by = loop.time() + patience
         job = self._jobs.get(request.job_id)
         detail: str | None = None  # why the cookie or the update was refused
         version = -1
@@ -230,7 +243,7 @@ class DeviceEndpoints:
                 facts, detail = ResultFacts(cookie_ok=False), exc.message
         verdict = judge_result(facts)
         if verdict is ResultVerdict.DUPLICATE and job is not None:
-            verdict = await self._once_first_copy_is_safe(job.view.job_id, request.task_id)
+            verdict = await self._first_copy(job.view.job_id, request.task_id, version, answer_by)
         if verdict is None and job is not None:
             try:
                 shapes = {k: tuple(v) for k, v in job.view.param_shapes.items()}
@@ -258,10 +271,10 @@ class DeviceEndpoints:
                     clipped=screened.clipped,
                     capped=screened.capped,
                 )
-                outcome = await self._uplink.accept(record, RESULT_ANSWER_WAIT)
+                outcome = await self._uplink.accept(record, RESULT_ANSWER_WAIT, answer_by - loop.time())
                 verdict = judge_result(replace(facts, upstream=outcome))
             elif verdict is ResultVerdict.DUPLICATE:
-                verdict = await self._once_first_copy_is_safe(job.view.job_id, request.task_id)
+                verdict = await self._first_copy(job.view.job_id, request.task_id, version, answer_by)
         assert verdict is not None, "a result the server has answered always has a verdict"
         if job is not None:
             job.settle(request.task_id, verdict)
@@ -285,13 +298,16 @@ class DeviceEndpoints:
         if verdict is ResultVerdict.COUNTED and lease is not None:
             self._metrics.turnaround.observe(asyncio.get_running_loop().time() - lease.issued_at)
 
-    async def _once_first_copy_is_safe(self, job_id: str, task_id: str) -> ResultVerdict:
-        """A repeat is "counted once" only when the first copy is acknowledged: while that one is
-        still being made durable, its outcome decides."""
+    async def _first_copy(self, job_id: str, task_id: str, version: int, answer_by: float) -> ResultVerdict:
+        """A repeat hears what its first copy became: "counted once" only once that one is durable
+        and counted or promised (while it is being made durable, or waits for the server's answer,
+        the repeat waits as the first copy's device would)."""
         first = self._uplink.first_copy(job_id, task_id)
-        if first is None or await asyncio.shield(first):
-            return ResultVerdict.DUPLICATE
-        return ResultVerdict.UNAVAILABLE
+        if first is not None and not await asyncio.shield(first):
+            return ResultVerdict.UNAVAILABLE
+        patience = answer_by - asyncio.get_running_loop().time()
+        outcome = await self._uplink.answer_for(job_id, task_id, version, RESULT_ANSWER_WAIT, patience)
+        return _REPEAT_VERDICTS.get(outcome, ResultVerdict.DUPLICATE)
 
     async def selection(self, request: SelectionRequest) -> dict[str, Any]:
         # NVFlare's Python simulator: it announces its devices as "<prefix>?N", reads which of

@@ -236,6 +236,13 @@ class LeafJob:
     def param_count(self) -> int:
         return sum(math.prod(shape) for shape in self.view.param_shapes.values())
 
+    def may_promise(self, version: int) -> bool:
+        """Whether a device may hear that its result of `version` counts before the server has
+        answered for it: not while the next version is due and would make it late (closing.py)."""
+        view = self.view
+        staleness = view.max_staleness if self.is_async else 0
+        return not (view.closing and is_late(version, view.model_version + 1, staleness))
+
     def reported_already(self, task_id: str) -> bool:
         """Whether this task's result was taken before (this model version or the one before)."""
         return task_id in self.reported_tasks or task_id in self.reported_before
@@ -287,6 +294,13 @@ class LeafJob:
             return
         self.reported_tasks |= task_ids.get(self.view.model_version, set())
         self.reported_before |= task_ids.get(self.view.model_version - 1, set())
+
+    def not_counted(self, task_ids: list[str], acknowledged: int) -> None:
+        """The server counted none of these (they reached it late): a device sending one again hears
+        "late", not "counted once". `acknowledged` of them were told they count: late all the same."""
+        self.late += acknowledged
+        self.reported_tasks.difference_update(task_ids)
+        self.reported_before.difference_update(task_ids)
 
     def settle(self, task_id: str, verdict: ResultVerdict) -> None:
         """Book the verdict on a result: the counter it moves, and what it undoes of `take`."""

@@ -36,6 +36,7 @@ class ResultVerdict(StrEnum):
     LATE = "late"  # the lease ran out, or the round closed while the update was decoded
     LATE_UPSTREAM = "late_upstream"  # the server had closed the round before the result reached it
     UNAVAILABLE = "unavailable"  # the server did not take it: the device sends it again
+    PENDING = "pending"  # durable, but whether it counts is the server's answer still to come
     COUNTED = "counted"
 
 
@@ -80,6 +81,16 @@ RESULT_ANSWERS: Mapping[ResultVerdict, ResultAnswer] = {
     ResultVerdict.UNAVAILABLE: ResultAnswer(
         _S.RETRY, "server unavailable: send the result again", False, "unavailable", None, RESULT_RETRY_WAIT
     ),
+    # Only while the server makes its next version and does not answer (closing.py): the re-send
+    # hears what the first copy became.
+    ResultVerdict.PENDING: ResultAnswer(
+        _S.RETRY,
+        "the server has not answered for this result yet: send it again",
+        False,
+        "pending",
+        None,
+        RESULT_RETRY_WAIT,
+    ),
     ResultVerdict.COUNTED: ResultAnswer(_S.OK, None, True, None, None),
 }
 
@@ -89,6 +100,7 @@ _UPSTREAM: Mapping[Outcome, ResultVerdict] = {
     Outcome.LATE: ResultVerdict.LATE_UPSTREAM,
     Outcome.DUPLICATE: ResultVerdict.DUPLICATE,
     Outcome.UNAVAILABLE: ResultVerdict.UNAVAILABLE,
+    Outcome.PENDING: ResultVerdict.PENDING,
 }
 
 

@@ -54,7 +54,7 @@ from ..metrics_http import serve_metrics
 from ..result_log import ResultLog
 from ..uplink import ResultUplink, ServerLink
 from ..user_errors import UserError
-from .endpoints import STARTING_RETRY_WAIT, DeviceEndpoints, FegReply
+from .endpoints import ANSWER_MARGIN, STARTING_RETRY_WAIT, DeviceEndpoints, FegReply
 from .job_state import LeafJob
 from .metrics import LeafMetrics, endpoint_label, error_kind
 from .no_shows import NoShowScores
@@ -107,7 +107,9 @@ class Leaf:
             ssl=config.link_tls(),
         )
         results: AcknowledgedResults = ResultLog(config.result_log_dir()) if config.result_log else MemoryResults()
-        self.uplink = ResultUplink(self.name, self._link, results, on_late=self._count_late)
+        self.uplink = ResultUplink(
+            self.name, self._link, results, on_late=self._not_counted, may_promise=self._may_promise
+        )
         self.metrics = LeafMetrics()
         self.metrics.watch(results, self.uplink.undelivered, self._server_connected)
         self.metrics.watch_streams(self._rpc.streams, lambda: self._rpc.open_streams)
@@ -315,11 +317,13 @@ class Leaf:
     async def _feg_decoded_in_thread(
         self, endpoint: str, query: Any, headers: Any, body: bytes, wait: float
     ) -> FegReply:
+        started = asyncio.get_running_loop().time()
         try:
             fields = await asyncio.to_thread(decode_body, headers.get("content-type", ""), body)
             request = parse_request(endpoint, query, headers, fields)
         except ProtocolError as exc:
             return self._refused(endpoint, exc)
+        wait -= asyncio.get_running_loop().time() - started
         outcome = self._feg(endpoint, request, headers, len(body), wait)
         return await outcome if isinstance(outcome, Awaitable) else outcome
 
@@ -348,7 +352,8 @@ class Leaf:
             return self._endpoints.task(request, as_msgpack, wait, ClientLimit.of(headers))
         elif isinstance(request, ResultRequest):
             offload = body_size > INLINE_DECODE_LIMIT
-            return self._encoded("result", self._endpoints.result(request, offload=offload), as_msgpack)
+            patience = wait - ANSWER_MARGIN
+            return self._encoded("result", self._endpoints.result(request, offload, patience), as_msgpack)
         else:
             return self._encoded("selection", self._endpoints.selection(request), as_msgpack)
         return self._answer(endpoint, reply, as_msgpack)
@@ -429,6 +434,9 @@ class Leaf:
             boot=self.boot,
             jobs=reports,
             server_boot=self._server_boot,
+            # Its answer to the versions due (closing.py): built after the views that announced
+            # them were applied, so no result promised since is missing from `undelivered`.
+            closing={job_id: job.view.model_version for job_id, job in self.jobs.items() if job.view.closing},
             undelivered=self.uplink.behind(),
             payload_bytes=self._payloads.nbytes,
         )
@@ -464,14 +472,20 @@ class Leaf:
             # A device whose OK was answered before this leaf restarted hears "counted once" again.
             job.taken_before(self.uplink.replayed(view.job_id))
         else:
+            if view.closing and not (job.view.closing and job.view.model_version == view.model_version):
+                self._wake_sync.set()  # the server makes the next version once this leaf answers
             job.apply_view(view)
         self.uplink.release(view.job_id, view.model_version, view.max_staleness if view.mode == "async" else 0)
         self._payloads.want(view)
 
-    def _count_late(self, job_id: str, count: int) -> None:
+    def _not_counted(self, job_id: str, task_ids: list[str], acknowledged: int) -> None:
         job = self.jobs.get(job_id)
         if job is not None:
-            job.late += count
+            job.not_counted(task_ids, acknowledged)
+
+    def _may_promise(self, job_id: str, version: int) -> bool:
+        job = self.jobs.get(job_id)
+        return job is not None and job.may_promise(version)
 
     def _is_current(self, job_id: str, version: int) -> bool:
         job = self.jobs.get(job_id)

@@ -36,7 +36,7 @@ from internal_link.streams import Streamed
 from ..result_log import ResultRecord
 from ..robustness import ScreenBounds, Screened, screen_update
 from ..uplink import ResultUplink
-from .endpoints import RESULT_ANSWER_WAIT
+from .endpoints import RESULT_ANSWER_WAIT, RESULT_PATIENCE
 from .job_state import LeafJob, TaskDecision
 from .payload_cache import PayloadCache
 from .result_verdicts import RESULT_ANSWERS, ResultFacts, ResultVerdict, judge_result
@@ -304,7 +304,7 @@ class XainEndpoints:
                     clipped=screened.clipped,
                     capped=screened.capped,
                 )
-                outcome = await self._uplink.accept(record, RESULT_ANSWER_WAIT)
+                outcome = await self._uplink.accept(record, RESULT_ANSWER_WAIT, RESULT_PATIENCE)
                 verdict = judge_result(replace(facts, upstream=outcome))
         assert verdict is not None, "a result the server has answered always has a verdict"
         if job is not None:

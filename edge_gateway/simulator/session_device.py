@@ -154,7 +154,7 @@ class SessionDevice:
             self._stats.add((Outcome.ACCEPTED,))
         elif ack.get("message", "").startswith("aborted"):
             return  # the answer to our abort, counted when sent
-        elif ack.get("reason") == "unavailable":
+        elif ack.get("reason") in ("unavailable", "pending"):  # RETRY: this device does not send it again
             self._stats.add((Outcome.ABANDONED,))
         else:
             self._stats.add((Outcome.NOT_COUNTED,))

@@ -160,6 +160,8 @@ class Coordinator06:
         answer = RESULT_ANSWERS[verdict]
         if verdict is ResultVerdict.UNAVAILABLE:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server unavailable: the result was not taken")
+        if verdict is ResultVerdict.PENDING:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the server has not answered for the result yet")
         if answer.status is not Status.OK:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{answer.reason}: {detail or verdict.value}")
         return MESSAGES["EndTrainingRoundResponse"]()

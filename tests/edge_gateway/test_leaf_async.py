@@ -108,3 +108,11 @@ def test_sync_mode_keeps_its_rules():
     assert job.decide_task("a", 0.1, True)[0] is TaskDecision.ALREADY_TRAINED
     new_version(job, 1)
     assert job.leases == {}
+
+
+def test_while_a_step_is_due_only_results_it_would_make_late_wait_for_the_server():
+    job = LeafJob(view=view(model_version=5, closing=True), waiting_window=60.0)  # max_staleness 2
+    assert job.may_promise(5) and job.may_promise(4)  # still within the window after the step
+    assert not job.may_promise(3)
+    job.apply_view(view(model_version=6))
+    assert job.may_promise(4)

@@ -158,3 +158,22 @@ def test_tasks_a_restarted_leaf_replayed_are_duplicates_when_sent_again():
     job.taken_before({3: {"now"}, 2: {"before"}, 1: {"older"}})
     assert job.reported_already("now") and job.reported_already("before")
     assert not job.reported_already("older")  # late for its version anyway
+
+
+def test_no_promise_for_the_current_version_while_the_next_is_due():
+    job = LeafJob(view=view(model_version=3), waiting_window=60.0)
+    assert job.may_promise(3)
+    job.apply_view(view(model_version=3, closing=True))
+    assert not job.may_promise(3)
+    job.apply_view(view(model_version=4, round=1, selection_id=1))
+    assert job.may_promise(4)
+
+
+def test_a_result_the_server_did_not_count_is_late_if_sent_again():
+    job = LeafJob(view=view(), waiting_window=60.0)
+    assert judge(job, "t1", 0) is None and judge(job, "t2", 0) is None
+    job.not_counted(["t1"], acknowledged=1)  # its device had been told OK
+    job.apply_view(view(model_version=1, round=1, selection_id=1))
+    assert job.late == 1
+    assert judge(job, "t1", 0) is ResultVerdict.LATE  # not "counted once"
+    assert judge(job, "t2", 0) is ResultVerdict.DUPLICATE

@@ -38,6 +38,8 @@ JUDGED = [
     (ResultFacts(decoded=True, upstream=Outcome.LATE), V.LATE_UPSTREAM),
     (ResultFacts(decoded=True, upstream=Outcome.DUPLICATE), V.DUPLICATE),
     (ResultFacts(decoded=True, upstream=Outcome.UNAVAILABLE), V.UNAVAILABLE),
+    (ResultFacts(decoded=True, upstream=Outcome.DURABLE), V.COUNTED),
+    (ResultFacts(decoded=True, upstream=Outcome.PENDING), V.PENDING),
 ]
 
 
@@ -101,6 +103,13 @@ ANSWERS: dict[ResultVerdict, dict[str, Any]] = {
         "counted": False,
         "reason": "unavailable",
     },
+    V.PENDING: {
+        "status": "RETRY",
+        "retry_wait": 5,
+        "message": "the server has not answered for this result yet: send it again",
+        "counted": False,
+        "reason": "pending",
+    },
     V.COUNTED: {"status": "OK", "counted": True},
 }
 
@@ -146,6 +155,7 @@ def counters(job: LeafJob) -> tuple[int, int, int]:
         (V.LATE, (0, 1, 0)),
         (V.LATE_UPSTREAM, (0, 1, 0)),
         (V.UNAVAILABLE, (0, 0, 0)),
+        (V.PENDING, (0, 0, 0)),
         (V.COUNTED, (0, 0, 0)),
     ],
 )
@@ -165,6 +175,14 @@ def test_a_result_the_server_could_not_take_counts_when_sent_again() -> None:
     facts = job.result_facts(lease.task_id, 0)
     assert not facts.reported and judge_result(facts) is None
     assert job.selection() == {"a": 0} and not job.leases["a"].reported  # its slot is still its own
+
+
+def test_a_result_whose_answer_is_pending_is_a_repeat_when_sent_again() -> None:
+    """Its first copy is in the log and on its way: the re-send waits for that one's answer."""
+    job = LeafJob(view=view(), waiting_window=60)
+    job.take("t")
+    job.settle("t", V.PENDING)
+    assert judge_result(job.result_facts("t", 0)) is V.DUPLICATE
 
 
 def test_a_result_the_server_called_late_is_late_when_sent_again() -> None:

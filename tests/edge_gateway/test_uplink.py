@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from device_protocol.tensors import tensors_to_binary
 from edge_gateway.config import ServerConfig
 from edge_gateway.jobs import JobSpec
 from edge_gateway.models import initial_weights
@@ -279,3 +280,43 @@ async def test_a_job_the_server_no_longer_lists_is_forgotten(tmp_path: Path) -> 
         again.release(j, 1)
         again.keep_jobs({"another-job"})  # j was retired: the server's sync no longer lists it
         assert again.replayed(j) == {} and again._truncated == {}
+
+
+async def test_while_a_version_is_due_a_device_hears_ok_only_from_the_server(tmp_path: Path) -> None:
+    """No promise the next version could break (closing.py): the device waits for the server's
+    answer as long as it waits at all, then hears PENDING; its re-send hears what the first became."""
+    async with AsyncExitStack() as lives:
+        server = await lives.enter_async_context(server_at(tmp_path))
+        j = await server.submit_job(SPEC)
+        link = SwitchableLink({})
+        link.point_at(None)  # paused, as far as this leaf can tell
+        not_counted: list[tuple[list[str], int]] = []
+        uplink = ResultUplink(
+            "leaf-0",
+            link,
+            ResultLog(tmp_path / "leaf-0"),
+            on_late=lambda job_id, task_ids, acknowledged: not_counted.append((task_ids, acknowledged)),
+            may_promise=lambda job_id, version: version > 0,  # version 0's successor is due
+        )
+        await uplink.start()
+        lives.push_async_callback(uplink.stop)
+        assert await uplink.accept(record(j, 1), answer_wait=0.1, patience=0.5) is Outcome.PENDING
+        assert await uplink.answer_for(j, "t1", 0, answer_wait=0.1, patience=0.3) is Outcome.PENDING
+        # Version 1 is made from other results (no leaf waited for: none synced) ...
+        others = SubmitBatch(
+            leaf="leaf-1",
+            job_id=j,
+            version=0,
+            task_ids=[f"o{i}" for i in range(10)],
+            sum_weight=10.0,
+            sum_update=tensors_to_binary({k: v.astype(np.float64) for k, v in update(9).items()}),
+        )
+        assert (await server.handle_submit(others.model_dump()))["accepted"]
+        assert server.coordinator.job(j).version == 1
+        # ... so t1 reaches the server late: its re-send hears that, and it was promised to nobody.
+        repeat = asyncio.ensure_future(uplink.answer_for(j, "t1", 0, answer_wait=10.0, patience=10.0))
+        link.point_at(server)
+        assert await repeat is Outcome.LATE
+        assert not_counted == [(["t1"], 0)]
+        # A result the next version cannot make late is promised as before.
+        assert await uplink.accept(record(j, 2, version=1), answer_wait=0.0) is Outcome.DURABLE

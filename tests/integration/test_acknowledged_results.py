@@ -6,7 +6,9 @@
    retry is answered "duplicates", then the server killed in the same round;
 3. the server and every leaf killed at once (`kill -9`) mid-round, then started again;
 4. the server down for longer than the leaf used to hold a result, while Android-shaped devices
-   upload: none hears a non-OK result answer (Android ends its session on one, PROTOCOL.md §4).
+   upload: none hears a non-OK result answer (Android ends its session on one, PROTOCOL.md §4);
+5. the server paused with the batch that makes its quorum in flight, while leaves acknowledge more
+   results of the round: once it resumes, they count in it (not late after it closed).
 
 Each job is one round, so the server's count of that round says exactly what was counted.
 """
@@ -126,6 +128,47 @@ async def test_a_batch_whose_answer_was_lost_is_kept_for_re_send(
     await restart_server(stack, tmp_path)
     assert acknowledged(await send_result(phones[2], job_id, tasks[2]))
     await counted_in_the_round(stack, job_id, 3, timeout=45)
+
+
+async def test_results_acknowledged_while_the_server_paused_count_in_the_round_its_quorum_closes(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    # Two results make the quorum; the selection has five tasks, so three more may still count.
+    job_id = await submit_job(
+        stack.api_url,
+        name="xor_paused_quorum",
+        model="xor",
+        rounds=1,
+        devices_per_round=2,
+        over_selection=1.5,
+        retry_wait=1,
+        task_timeout=600.0,
+        round_timeout=600.0,
+        evaluate=False,
+    )
+    await wait_leaves_synced(stack.api_url, job_id, 2)
+    phones = [IosDevice(http, stack.proxy_url, f"paused-quorum-{i}", "xor_paused_quorum") for i in range(5)]
+    tasks = [await take_task(p, job_id) for p in phones]
+    assert acknowledged(await send_result(phones[0], job_id, tasks[0]))
+    await wait_for(stack.api_url, job_id, lambda s: s["reported"] == 1, timeout=10)
+
+    server = child(stack, "server")
+    # Paused for less than the leaves' sync and submit timeouts (5 s, 10 s): their calls wait in
+    # the server's sockets, the one sync among them sent before any result below was acknowledged.
+    server.process.send_signal(signal.SIGSTOP)
+    try:
+        quorum = asyncio.ensure_future(send_result(phones[1], job_id, tasks[1]))
+        await asyncio.sleep(0.5)  # its batch is in flight when the next results reach the leaves
+        more = [asyncio.ensure_future(send_result(p, job_id, t)) for p, t in zip(phones[2:], tasks[2:], strict=True)]
+        answers = await asyncio.gather(quorum, *more)  # each told OK after its leaf's answer wait
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+    assert all(acknowledged(a) for a in answers), answers
+    # The old server read the quorum's batch first and closed the round: three results told they
+    # count arrived late (history [2], late 3).
+    await counted_in_the_round(stack, job_id, 5, timeout=30)
+    status = await job_status(stack.api_url, job_id)
+    assert status["late"] == 0, status
 
 
 async def test_kill_9_of_the_server_and_every_leaf_loses_no_acknowledged_result(
