@@ -297,6 +297,8 @@ class Coordinator:
             return grant_async(job, leaf, report, now, LEAF_STALE_AFTER)
         current = job.selection_id
         assigned = report.assigned if report.selection_id == current else 0
+        if job.closing is not None:  # the round has what it needs: a task now would only be late
+            return assigned, 0
         waiting = report.waiting if report.selection_id == current else 0
         held = 0
         others = []

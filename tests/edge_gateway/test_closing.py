@@ -163,3 +163,21 @@ def test_an_async_step_waits_for_the_leaves_and_takes_what_came_meanwhile():
     assert reply.accepted and events == []
     assert sync(c, "a", 1.3, closing=0)[1] == [NewVersion("j", 1)]
     assert c.jobs["j"].history[-1]["results"] == 3 and c.jobs["j"].history[-1]["closed_by"] == "buffer"
+
+
+def test_a_closing_round_grants_no_new_slots_an_async_job_goes_on_granting():
+    c = make(devices_per_round=2, over_selection=2.0)  # 6 slots
+    sync(c, "a", 0.0)
+    submit(c, ["t1", "t2"], 1.0)
+    request = SyncRequest(
+        leaf="b", boot="boot-b", jobs={"j": LeafJobReport(selection_id=c.jobs["j"].selection_id, waiting=4)}
+    )
+    view = c.sync(request, 1.1).jobs[0]
+    assert view.closing and (view.quota, view.free_slots) == (0, 0)
+
+    c = make(mode="async", concurrency=4, buffer_size=2, max_staleness=1, rounds=3)
+    sync(c, "a", 0.0)
+    submit(c, ["t1", "t2"], 1.0)
+    request = SyncRequest(leaf="b", boot="boot-b", jobs={"j": LeafJobReport(selection_id=0, waiting=4)})
+    view = c.sync(request, 1.1).jobs[0]
+    assert view.closing and view.quota > 0
