@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from urllib.parse import parse_qsl
 
 import orjson
@@ -20,8 +21,8 @@ from internal_link.versions import versions
 
 from .admission import DEVICE_RATE_REASON, AdmissionControl
 from .device_auth import DeviceAuthenticator
-from .http1 import Reply, Request, Response, invalid_request
-from .leaf_calls import LeafCall, XainLeafCall
+from .http1 import Reply, Request, Response, UploadRequest, invalid_request
+from .leaf_calls import LeafCall, UploadCall, XainLeafCall, XainUploadCall, retry
 from .lease_caps import LeaseCaps
 from .sessions.hub import SessionHub
 from .stats import ProxyStats
@@ -60,6 +61,7 @@ class Forwarder:
         tls: bool = False,
         stats: ProxyStats,
         sessions: SessionHub | None = None,
+        busy: Callable[[], Response] = retry,
     ) -> None:
         self._upstreams = upstreams
         self.stats = stats
@@ -70,6 +72,7 @@ class Forwarder:
         self._admission = admission
         self._ids_refused = 0  # requests refused for an over-long identifier (shown by /health)
         self._lease_caps = lease_caps
+        self._busy = busy  # the answer to an upload a leaf has no room for now
 
     def __call__(self, request: Request, reply: Reply) -> None:
         path, query_string = request.path, request.query
@@ -120,7 +123,7 @@ class Forwarder:
             reply = _releasing(self._admission, reply)
         body = request.body
         # Any charset parameter is fine: only the media type counts (PROTOCOL.md §2).
-        if body and media_type(headers.get("content-type", "")) not in _BODY_TYPES:
+        if (body or type(request) is UploadRequest) and media_type(headers.get("content-type", "")) not in _BODY_TYPES:
             message = "unsupported content type: send application/json or application/msgpack"
             self._refuse(reply, "unsupported_content_type", invalid_request(415, message))
             return
@@ -141,6 +144,12 @@ class Forwarder:
                 return
         candidates = self._upstreams.candidates(device_id)
         call = DeviceCall(endpoint, query, headers, body, self._timeout)
+        if type(request) is UploadRequest:  # a large body, passed on as it arrives
+            upload = UploadCall(
+                candidates, call, reply, self._timeout, self.stats, request.length, request.attach, self._busy
+            )
+            upload.next()
+            return
         LeafCall(candidates, call, reply, self._timeout, self.stats).next()
 
     def _refuse(self, reply: Reply, reason: str, response: Response) -> None:
@@ -178,7 +187,12 @@ class Forwarder:
             if xain.endpoint == "start_training":
                 query["url"] = aggregator_url(request.headers.get(b"host"), self._tls)
             call = DeviceCall(xain.endpoint, query, {}, request.body, self._timeout)
-            XainLeafCall(self._upstreams.candidates(xain.participant), call, reply, self._timeout, self.stats).next()
+            candidates = self._upstreams.candidates(xain.participant)
+            if type(request) is UploadRequest:
+                args = (request.length, request.attach, self._busy)
+                XainUploadCall(candidates, call, reply, self._timeout, self.stats, *args).next()
+                return
+            XainLeafCall(candidates, call, reply, self._timeout, self.stats).next()
 
     def _not_feg(self, request: Request, path: bytes, endpoint: str, reply: Reply) -> None:
         if endpoint != "health":

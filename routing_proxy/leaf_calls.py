@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from device_protocol.codecs import JSON
 from internal_link.answer_stream import AnswerStream
 from internal_link.calls import FEG, XAIN, BadPayload, DeviceAnswer, DeviceCall, streamed_answer_head
-from internal_link.errors import LinkUnavailable, RemoteError
+from internal_link.errors import ErrorCode, LinkUnavailable, RemoteError
 
-from .http1 import Reply, Response, StreamedResponse
+from .http1 import BodySink, Reply, Response, StreamedResponse
 from .stats import ProxyStats
 from .upstreams import Upstream
 
@@ -107,6 +108,9 @@ class LeafCall:
             self._unanswered("link_lost")
             return
         except RemoteError as exc:
+            if exc.code is ErrorCode.BUSY:  # no room for a streamed request now: come back later
+                self._busy()
+                return
             logger.error("leaf %s failed on a request: %s", name, exc)
             self._unanswered("leaf_failed")
             return
@@ -133,6 +137,58 @@ class LeafCall:
         self.stats.unanswered[self.call.endpoint, cause] += 1
         self.reply(self.retry())
 
+    def _busy(self) -> None:
+        self._unanswered("leaf_busy")
+
+
+class UploadCall(LeafCall):
+    """A request whose body, `length` bytes, is passed on as it arrives (http1/upload_body.py): a
+    streamed request to the first leaf that takes its head, the body's sink handed to `attach`.
+    No failing over once the head is sent: the body is not held to be sent again. A leaf with no
+    room for it answers `busy()` (a RETRY with a wait, as the proxy's own body budget does)."""
+
+    __slots__ = ("attach", "busy", "length")
+
+    def __init__(
+        self,
+        candidates: list[Upstream],
+        call: DeviceCall,
+        reply: Reply,
+        timeout: float,
+        stats: ProxyStats,
+        length: int,
+        attach: Callable[[BodySink], None],
+        busy: Callable[[], Response],
+    ) -> None:
+        super().__init__(candidates, call, reply, timeout, stats)
+        self.length = length
+        self.attach = attach
+        self.busy = busy
+
+    def next(self) -> None:
+        while self.index < len(self.candidates):
+            upstream = self.candidates[self.index]
+            self.index += 1
+            timeout = self.deadline - self.loop.time()
+            if timeout <= 0:
+                break
+            self.upstream = upstream
+            if self.index > 1:
+                self.call = self.call._replace(wait=timeout)
+            try:
+                # The head goes even on a congested link: the body's chunks wait for room.
+                future, sink = upstream.client.send_upload(self.METHOD, self.call, self.length, timeout)
+            except LinkUnavailable:
+                continue  # not connected: the next leaf in preference order may take it
+            future.add_done_callback(self._answered)
+            self.attach(sink)
+            return
+        self._unanswered("no_leaf")
+
+    def _busy(self) -> None:
+        self.stats.unanswered[self.call.endpoint, "leaf_busy"] += 1
+        self.reply(self.busy())
+
 
 # What a participant hears when no leaf answers: a heartbeat waits (`stand_by`; anything that is
 # not a state ends the SDK's participant), the other calls read what they need from this too.
@@ -148,3 +204,17 @@ class XainLeafCall(LeafCall):
     @staticmethod
     def retry() -> Response:
         return Response(200, JSON, _XAIN_RETRY_BODY)
+
+
+class XainUploadCall(UploadCall):
+    """A xain-sdk participant's large upload: method `XAIN`, HTTP 200 and its RETRY whatever happens."""
+
+    __slots__ = ()
+    METHOD = XAIN
+
+    @staticmethod
+    def retry() -> Response:
+        return XainLeafCall.retry()
+
+    def _busy(self) -> None:
+        self._unanswered("leaf_busy")

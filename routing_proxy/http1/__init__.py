@@ -6,10 +6,22 @@ the whole forwarding path (docs/BENCHMARKS.md §1). `messages` is what the dispa
 """
 
 from .limits import HttpLimits
-from .messages import Dispatcher, Reply, Request, Response, StreamedResponse, Switch, invalid_request, json_error
+from .messages import (
+    BodySink,
+    Dispatcher,
+    Reply,
+    Request,
+    Response,
+    StreamedResponse,
+    Switch,
+    UploadRequest,
+    invalid_request,
+    json_error,
+)
 from .server import HttpServer
 
 __all__ = [
+    "BodySink",
     "Dispatcher",
     "HttpLimits",
     "HttpServer",
@@ -18,6 +30,7 @@ __all__ = [
     "Response",
     "StreamedResponse",
     "Switch",
+    "UploadRequest",
     "invalid_request",
     "json_error",
 ]

@@ -6,7 +6,10 @@ which are JSON like the rest (PROTOCOL.md §3, ours).
 
 Over 400 lines on purpose: reading (limits, deadlines), the answer queue and writing (whole and
 streamed bodies) share one connection's state on the proxy's hottest path, where a call between
-objects per request shows in the benchmark. Next to move out if it grows: the streamed-body writer.
+objects per request shows in the benchmark. Bodies passed on as they arrive live in
+upload_body.py; what is here of them is where they touch that state (dispatch from the head, the
+answer before the body is whole, the deadline). Next to move out: the streamed-body writer
+(`_stream`, `_wrote`, `_streamed`) with the upload glue, as one helper owning a streamed body.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from internal_link.flow_control import FlowControl
+from internal_link.streams import STREAM_THRESHOLD
 
 from .messages import (
     Reply,
@@ -26,6 +30,7 @@ from .messages import (
     Response,
     StreamedResponse,
     Switch,
+    UploadRequest,
     invalid_request,
     json_error,
     origin_form,
@@ -34,6 +39,7 @@ from .messages import (
 from .refusals import LINGER_SECONDS, Refused, body_too_large, parser_error_reason
 from .state import SLOW_MESSAGES, Deadline, Hold, Incoming, Pending
 from .streamed_body import StreamedBody
+from .upload_body import HELD, UploadBody
 
 if TYPE_CHECKING:
     from .server import HttpServer
@@ -72,6 +78,7 @@ class HttpConnection(asyncio.Protocol):
         self._successor: asyncio.Protocol | None = None  # what took the connection over (Switch)
         self._client = ""  # the peer's address, from connection_made on
         self._body: StreamedBody | None = None  # a streamed answer being written
+        self._upload: UploadBody | None = None  # the in-flight request's body, passed on as it arrives
 
     # asyncio.Protocol
 
@@ -89,6 +96,8 @@ class HttpConnection(asyncio.Protocol):
         if self._body is not None:
             self._body.cancel()  # the device left mid-download: the leaf stops sending it
             self._body = None
+        if self._upload is not None:
+            self._upload.cut()  # the device left mid-upload: the leaf drops what it has
         self._flow.connection_lost()
         self.transport = None
         self._queue.clear()
@@ -100,6 +109,8 @@ class HttpConnection(asyncio.Protocol):
         """A client may shut its sending side once its request is out (HTTP/1.0 scripts, `nc -N`):
         the requests it completed are still answered, then the connection closes."""
         self._drop_incoming()  # a request it can no longer finish
+        if self._upload is not None:
+            self._upload.cut()
         tls = self.transport is not None and self.transport.get_extra_info("sslcontext") is not None
         if self._closing or self._idle() or tls:  # TLS cannot stay half-open
             return False  # the transport closes
@@ -201,9 +212,16 @@ class HttpConnection(asyncio.Protocol):
         length = incoming.headers.get(b"content-length")
         if length is not None:
             incoming.length = int(length)  # llhttp has checked that it is a number
-            if incoming.length > incoming.body_limit:
+            if incoming.length > STREAM_THRESHOLD and self._idle():
+                # Passed on as it arrives: the budget holds what waits here, not the whole body.
+                incoming.body_limit = path_limit
+                if incoming.length > path_limit:
+                    raise Refused(body_too_large(incoming))
+                self._hold(incoming, HELD, incoming.length)
+                incoming.upload = UploadBody(self._flow, incoming.length)
+            elif incoming.length > incoming.body_limit:
                 raise Refused(body_too_large(incoming))
-            if incoming.length:
+            elif incoming.length:
                 # All of it now: a body that does not fit is refused before the client sends it.
                 self._hold(incoming, incoming.length, incoming.length)
         if self._idle():
@@ -211,18 +229,28 @@ class HttpConnection(asyncio.Protocol):
             # Only when nothing is owed before it: a 100 must not land inside an earlier answer.
             if incoming.headers.get(b"expect", b"").lower() == b"100-continue" and self.transport is not None:
                 self.transport.write(_CONTINUE)
+            if incoming.upload is not None:
+                self._dispatch_upload(incoming, incoming.upload)
 
     def on_body(self, body: bytes) -> None:
         incoming = self._parsing()
         incoming.body_bytes += len(body)
         if incoming.body_bytes > incoming.body_limit:
             raise Refused(body_too_large(incoming))
+        if incoming.upload is not None:
+            incoming.upload.feed(body)
+            self._arm(self.limits.body_timeout, Deadline.SLOW_BODY)  # a body that stops moving is dropped
+            return
         if incoming.length is None:  # chunked: held as it streams
             self._hold(incoming, len(body), incoming.body_bytes)
         incoming.body.append(body)
 
     def on_message_complete(self) -> None:
         incoming = self._parsing()
+        if incoming.upload is not None:  # dispatched from its head; now the leaf has all of it
+            self._incoming = None
+            self._arm(float("inf"), Deadline.CLOSE)
+            return
         body = incoming.body[0] if len(incoming.body) == 1 else b"".join(incoming.body)
         request = Request(
             self._parser.get_method().decode("ascii"),
@@ -238,6 +266,21 @@ class HttpConnection(asyncio.Protocol):
         if len(self._queue) > _MAX_QUEUED:
             self._flow.pause_reading(Hold.BACKLOG)
         self._next()
+
+    def _dispatch_upload(self, incoming: Incoming, upload: UploadBody) -> None:
+        """Dispatch a request from its head; its body goes where the dispatcher attaches it."""
+        method = self._parser.get_method().decode("ascii")
+        request = UploadRequest(
+            method, incoming.path, incoming.query, incoming.headers, self._client, upload.length, upload.attach
+        )
+        self._in_flight = True
+        self._upload = upload
+        self._in_flight_held, incoming.held = incoming.held, 0  # answered, it frees the budget
+        try:
+            self.server.dispatch(request, self._replier(method == "HEAD", self._parser.should_keep_alive()))
+        except Exception:
+            logger.exception("dispatcher failed on %s %.200r", method, incoming.path)
+            self.abort()
 
     def _parsing(self) -> Incoming:
         incoming = self._incoming
@@ -317,12 +360,14 @@ class HttpConnection(asyncio.Protocol):
                 raise RuntimeError("a request was answered twice")
             answered = True
             self._in_flight = False
-            if self.transport is None:
-                return  # the device left; nothing to write to (and nothing held: see connection_lost)
+            if self.transport is None or self._closing:
+                return  # the device left, or was answered already (an upload too slow); nothing held
             if response.status == 101:
                 self._hand_over(cast(Switch, response))
                 return
             last = (self._upgraded or self._peer_done) and not self._queue
+            if self._upload is not None:
+                last = self._upload_answered() or last
             again = keep_alive and not response.close and not self.server.draining and not last
             # Answered: the request's body is done with once the answer is in the transport's hands.
             self._release(self._in_flight_held)
@@ -334,6 +379,17 @@ class HttpConnection(asyncio.Protocol):
             self._next()
 
         return reply
+
+    def _upload_answered(self) -> bool:
+        """The upload in flight is answered: whether before its body was whole (then it is cut at
+        the leaf, and the connection closes after the answer: the rest cannot be parsed)."""
+        upload, self._upload = cast(UploadBody, self._upload), None
+        if upload.complete:
+            self._flow.resume_reading(Hold.UPLOAD_ROOM)  # its last bytes may not have had room
+            return False
+        upload.cut()
+        self._drop_incoming()
+        return True
 
     def _hand_over(self, switch: Switch) -> None:
         """An accepted upgrade: the connection leaves this server (its deadlines, its drain) for
@@ -445,6 +501,13 @@ class HttpConnection(asyncio.Protocol):
             self.close_if_idle()
         elif action is Deadline.ABORT:
             self.abort()
+        elif self._upload is not None:  # its body stopped on its way: cut it, answer 408 now
+            self._in_flight = False
+            self._release(self._in_flight_held)
+            self._in_flight_held = 0
+            self._upload_answered()
+            self.server.refused[408] += 1
+            self._write(invalid_request(408, SLOW_MESSAGES[Deadline.SLOW_BODY]), head_only=False, keep_alive=False)
         else:
             logger.debug("closing a slow connection: %s", SLOW_MESSAGES[action])
             self._refuse(invalid_request(408, SLOW_MESSAGES[action]))
