@@ -238,8 +238,9 @@ class HttpConnection(asyncio.Protocol):
         if incoming.body_bytes > incoming.body_limit:
             raise Refused(body_too_large(incoming))
         if incoming.upload is not None:
-            incoming.upload.feed(body)
-            self._arm(self.limits.body_timeout, Deadline.SLOW_BODY)  # a body that stops moving is dropped
+            incoming.upload.feed(body)  # once answered: discarded
+            if self._upload is incoming.upload:
+                self._arm(self.limits.body_timeout, Deadline.SLOW_BODY)  # a body that stops moving is dropped
             return
         if incoming.length is None:  # chunked: held as it streams
             self._hold(incoming, len(body), incoming.body_bytes)
@@ -249,7 +250,8 @@ class HttpConnection(asyncio.Protocol):
         incoming = self._parsing()
         if incoming.upload is not None:  # dispatched from its head; now the leaf has all of it
             self._incoming = None
-            self._arm(float("inf"), Deadline.CLOSE)
+            if self._upload is incoming.upload:
+                self._arm(float("inf"), Deadline.CLOSE)
             return
         body = incoming.body[0] if len(incoming.body) == 1 else b"".join(incoming.body)
         request = Request(
@@ -382,13 +384,13 @@ class HttpConnection(asyncio.Protocol):
 
     def _upload_answered(self) -> bool:
         """The upload in flight is answered: whether before its body was whole (then it is cut at
-        the leaf, and the connection closes after the answer: the rest cannot be parsed)."""
+        the leaf, and the connection closes after the answer: the rest is read only to be dropped,
+        maybe by the parser callback this answer came from)."""
         upload, self._upload = cast(UploadBody, self._upload), None
         if upload.complete:
             self._flow.resume_reading(Hold.UPLOAD_ROOM)  # its last bytes may not have had room
             return False
         upload.cut()
-        self._drop_incoming()
         return True
 
     def _hand_over(self, switch: Switch) -> None:

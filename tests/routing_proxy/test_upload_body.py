@@ -123,3 +123,18 @@ async def test_small_and_pipelined_bodies_are_held_whole_as_before() -> None:
     dispatched.answer(0, ok())
     # The large one came behind a request in flight: held whole, as a pipelined body always was.
     assert type(dispatched.requests[1]) is not UploadRequest and dispatched.requests[1].body == BODY
+
+
+async def test_a_refusal_from_the_head_alone_discards_the_body_read_with_it() -> None:
+    # A dispatcher answering at once (a missing device id, a wrong content type) answers from
+    # inside the parser's callback, with body bytes of the same read still to be parsed.
+    refused = Response(400, "application/json", b'{"status":"INVALID_REQUEST"}')
+    server, _ = make_server()
+    server.dispatch = lambda request, reply: reply(refused)
+    _, transport = open_connection(server)
+    transport.feed(HEAD + BODY[:50_000])
+    ((status, headers, _),) = split_answers(transport.sent)
+    assert status == 400 and headers["connection"] == "close" and transport.eof_written
+    assert server.budget.held == 0 and not transport.aborted
+    transport.feed(BODY[50_000:] + TASK)  # read while lingering, and dropped
+    assert len(split_answers(transport.sent)) == 1 and transport.reading
