@@ -4,12 +4,9 @@ one request at a time and write the answers back in request order.
 It knows nothing about FEG: the dispatcher decides every answer except the ones about HTTP itself,
 which are JSON like the rest (PROTOCOL.md §3, ours).
 
-Over 400 lines on purpose: reading (limits, deadlines), the answer queue and writing (whole and
-streamed bodies) share one connection's state on the proxy's hottest path, where a call between
-objects per request shows in the benchmark. Bodies passed on as they arrive live in
-upload_body.py; what is here of them is where they touch that state (dispatch from the head, the
-answer before the body is whole, the deadline). Next to move out: the streamed-body writer
-(`_stream`, `_wrote`, `_streamed`) with the upload glue, as one helper owning a streamed body.
+Reading, the answer queue and whole answers are here; streamed answers and bodies passed on as
+they arrive in body_streams.py, the deadline in deadlines.py: parts of this class in modules of
+their own (one object per connection: a call between objects per request shows in the benchmark).
 """
 
 from __future__ import annotations
@@ -24,20 +21,21 @@ import httptools
 from internal_link.flow_control import FlowControl
 from internal_link.streams import STREAM_THRESHOLD
 
+from .body_streams import BodyStreams
+from .deadlines import Deadlines
 from .messages import (
     Reply,
     Request,
     Response,
     StreamedResponse,
     Switch,
-    UploadRequest,
     invalid_request,
     json_error,
     origin_form,
     response_head,
 )
 from .refusals import LINGER_SECONDS, Refused, body_too_large, parser_error_reason
-from .state import SLOW_MESSAGES, Deadline, Hold, Incoming, Pending
+from .state import Deadline, Hold, Incoming, Pending
 from .streamed_body import StreamedBody
 from .upload_body import HELD, UploadBody
 
@@ -51,7 +49,7 @@ _MAX_QUEUED = 8
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-class HttpConnection(asyncio.Protocol):
+class HttpConnection(BodyStreams, Deadlines, asyncio.Protocol):
     """One device connection: parse, queue, dispatch one request at a time, answer in order."""
 
     _flow: FlowControl  # from connection_made on
@@ -269,21 +267,6 @@ class HttpConnection(asyncio.Protocol):
             self._flow.pause_reading(Hold.BACKLOG)
         self._next()
 
-    def _dispatch_upload(self, incoming: Incoming, upload: UploadBody) -> None:
-        """Dispatch a request from its head; its body goes where the dispatcher attaches it."""
-        method = self._parser.get_method().decode("ascii")
-        request = UploadRequest(
-            method, incoming.path, incoming.query, incoming.headers, self._client, upload.length, upload.attach
-        )
-        self._in_flight = True
-        self._upload = upload
-        self._in_flight_held, incoming.held = incoming.held, 0  # answered, it frees the budget
-        try:
-            self.server.dispatch(request, self._replier(method == "HEAD", self._parser.should_keep_alive()))
-        except Exception:
-            logger.exception("dispatcher failed on %s %.200r", method, incoming.path)
-            self.abort()
-
     def _parsing(self) -> Incoming:
         incoming = self._incoming
         assert incoming is not None, "httptools calls back only inside a message"
@@ -382,17 +365,6 @@ class HttpConnection(asyncio.Protocol):
 
         return reply
 
-    def _upload_answered(self) -> bool:
-        """The upload in flight is answered: whether before its body was whole (then it is cut at
-        the leaf, and the connection closes after the answer: the rest is read only to be dropped,
-        maybe by the parser callback this answer came from)."""
-        upload, self._upload = cast(UploadBody, self._upload), None
-        if upload.complete:
-            self._flow.resume_reading(Hold.UPLOAD_ROOM)  # its last bytes may not have had room
-            return False
-        upload.cut()
-        return True
-
     def _hand_over(self, switch: Switch) -> None:
         """An accepted upgrade: the connection leaves this server (its deadlines, its drain) for
         the protocol `switch` names; nothing more is parsed here."""
@@ -422,39 +394,6 @@ class HttpConnection(asyncio.Protocol):
         else:
             self._close_after_write(linger)
 
-    def _stream(self, response: StreamedResponse, head_only: bool, keep_alive: bool) -> None:
-        """Write the head now and the body as it arrives; the next answer waits for its end."""
-        transport = cast(asyncio.Transport, self.transport)
-        head = response_head(response, self.server.clock.date, keep_alive, response.length)
-        transport.write(head)
-        self.server.bytes_out += len(head)
-        if head_only:
-            response.source.cancel()
-            self._streamed(keep_alive, complete=True)
-            return
-        self._in_flight = True
-        self._body = StreamedBody(
-            transport, self._flow, response.source, self._wrote, lambda complete: self._streamed(keep_alive, complete)
-        )
-        self._arm(self.limits.send_timeout, Deadline.ABORT)
-        self._body.start()
-
-    def _wrote(self, nbytes: int) -> None:
-        self.server.bytes_out += nbytes
-        self._arm(self.limits.send_timeout, Deadline.ABORT)  # a body that stops moving is dropped
-
-    def _streamed(self, keep_alive: bool, complete: bool) -> None:
-        self._body = None
-        self._in_flight = False
-        if not complete:
-            self.abort()  # cut short: a closed connection, never a body that looks whole
-            return
-        if keep_alive:
-            self._arm_for_state()
-        else:
-            self._close_after_write()
-        self._next()
-
     def _refuse(self, response: Response, linger: float = LINGER_SECONDS) -> None:
         """Stop reading this connection; answer `response` after the answers already owed, then
         close, reading (and discarding) for `linger` seconds what the client still sends."""
@@ -477,47 +416,3 @@ class HttpConnection(asyncio.Protocol):
             self._arm(linger, Deadline.ABORT)
         else:
             transport.close()
-
-    # Deadlines and shutdown
-
-    def _arm(self, seconds: float, action: Deadline) -> None:
-        self.deadline = self.loop.time() + seconds
-        self._on_deadline = action
-
-    def _arm_for_state(self) -> None:
-        """The deadline that fits once nothing is owed: the partial request's, or idleness'."""
-        if self._flow.write_paused or not self._idle():
-            return
-        incoming = self._incoming
-        if incoming is None:
-            self._arm(self.limits.keepalive_timeout, Deadline.CLOSE)
-        elif incoming.headers_done:
-            self._arm(self.limits.body_timeout, Deadline.SLOW_BODY)
-        else:
-            self._arm(self.limits.head_timeout, Deadline.SLOW_HEAD)
-
-    def deadline_passed(self) -> None:
-        action = self._on_deadline
-        self._arm(float("inf"), Deadline.CLOSE)
-        if action is Deadline.CLOSE:
-            self.close_if_idle()
-        elif action is Deadline.ABORT:
-            self.abort()
-        elif self._upload is not None:  # its body stopped on its way: cut it, answer 408 now
-            self._in_flight = False
-            self._release(self._in_flight_held)
-            self._in_flight_held = 0
-            self._upload_answered()
-            self.server.refused[408] += 1
-            self._write(invalid_request(408, SLOW_MESSAGES[Deadline.SLOW_BODY]), head_only=False, keep_alive=False)
-        else:
-            logger.debug("closing a slow connection: %s", SLOW_MESSAGES[action])
-            self._refuse(invalid_request(408, SLOW_MESSAGES[action]))
-
-    def close_if_idle(self) -> None:
-        if self.transport is not None and self._idle() and self._incoming is None:
-            self.transport.close()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
