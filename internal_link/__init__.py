@@ -9,6 +9,8 @@ Both services import it; it imports nothing of ours but `device_protocol`'s kind
                     protocol.py   one connection's handshake and call multiplexing: bytes in,
                                   events and bytes out (ServerConnection, ClientConnection)
                     streams.py    answers too large for one frame: chunks within granted credit
+                    request_streams.py  requests too large for one frame, the other way, bounded
+                    events.py     what the core returns from the bytes it is fed
                     calls.py      the proxy <-> leaf contract (DeviceCall, DeviceAnswer)
                     sessions.py   the proxy <-> leaf calls of live WebSocket sessions, pushes included
                     messages.py   the leaf <-> server messages (pydantic)
@@ -17,6 +19,7 @@ Both services import it; it imports nothing of ours but `device_protocol`'s kind
                     server.py     LinkServer: serves handlers on a port
                     client.py     LinkClient: one link kept up, calls with deadlines
                     answer_stream.py  a streamed answer as its caller consumes and paces it
+                    upload_stream.py  a streamed request's body as its caller writes it
     process set-up  process.py    event loop, logging, stop signals, gc, the link secret
                     tls.py        the TLS contexts of a serving and a connecting end
 

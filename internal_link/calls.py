@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .errors import CallRefused, ErrorCode
+from .request_streams import StreamedRequest
 from .streams import STREAM_THRESHOLD, Streamed
 
 FEG = "feg"  # method of a device request
@@ -44,7 +45,8 @@ class DeviceCall(NamedTuple):
 
     `query` holds the first value of each key; `headers` every `x-flare-*` header plus
     `content-type` and `accept`, names lower-case; `body` the raw request bytes; `wait` the seconds
-    the proxy still waits for the answer (what is left of its deadline when it sends).
+    the proxy still waits for the answer (what is left of its deadline when it sends). A body
+    above `STREAM_THRESHOLD` comes as a streamed request whose meta is the call with an empty body.
     """
 
     endpoint: str  # one of ENDPOINTS
@@ -72,11 +74,15 @@ class DeviceCall(NamedTuple):
         ):
             call: DeviceCall = _new(cls, payload)
             return call
+        if type(payload) is StreamedRequest:
+            return cls.check(_with_body(payload))
         raise BadPayload(f"malformed device call: {_problems(payload)}")
 
     @classmethod
     def check_xain(cls, payload: Any) -> DeviceCall:
         """The XAIN call `payload` carries (endpoint one of XAIN_ENDPOINTS); raises `BadPayload` otherwise."""
+        if type(payload) is StreamedRequest:
+            payload = _with_body(payload)
         if type(payload) is list and len(payload) == 5 and type(payload[0]) is str and payload[0] in XAIN_ENDPOINTS:
             call = cls.check(["job", *payload[1:]])
             return call._replace(endpoint=payload[0])
@@ -162,6 +168,14 @@ def xain_call_handler(handle: Callable[[DeviceCall], Any]) -> Callable[[Any], An
         return handle(DeviceCall.check_xain(payload))
 
     return handler
+
+
+def _with_body(request: StreamedRequest) -> Any:
+    """A streamed call's fields, its body in place (a meta of another shape is left to be refused)."""
+    meta = request.meta
+    if type(meta) is list and len(meta) == 5:
+        return [*meta[:3], request.body, meta[4]]
+    return meta
 
 
 def _is_text_map(value: Any, lower_case: bool) -> bool:

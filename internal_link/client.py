@@ -12,8 +12,10 @@ from typing import Any
 from .answer_stream import AnswerStream
 from .connection import LinkProtocol, channel_binding
 from .errors import LinkProtocolError, LinkUnavailable
+from .events import Answered, Failed, StreamChunk, StreamEnded, StreamStarted, UploadCancelled, UploadCredit
 from .frames import DEFAULT_MAX_FRAME, NONCE_SIZE
-from .protocol import Answered, ClientConnection, Failed, StreamChunk, StreamEnded, StreamStarted
+from .protocol import ClientConnection
+from .upload_stream import UploadStream
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +32,7 @@ class _ClientProtocol(LinkProtocol):
         self.client = client
         self.ready: asyncio.Future[None] = self.loop.create_future()
         self.streams: dict[int, AnswerStream] = {}  # answers arriving as streams, by call id
+        self.uploads: dict[int, UploadStream] = {}  # streamed requests with bytes left to send
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -48,6 +51,9 @@ class _ClientProtocol(LinkProtocol):
         streams, self.streams = self.streams, {}
         for stream in streams.values():
             stream.ended(False)
+        uploads, self.uploads = self.uploads, {}
+        for upload in uploads.values():
+            upload.stopped()
         if waiting:
             error = LinkUnavailable(f"{name}: connection lost")
             for future in waiting:
@@ -62,6 +68,7 @@ class _ClientProtocol(LinkProtocol):
             return
         if not self.ready.done():
             self.queued()  # the auth, when this was the hello
+        credit = False
         for event in events:
             if type(event) is Answered:
                 if not event.waiter.done():
@@ -77,8 +84,34 @@ class _ClientProtocol(LinkProtocol):
                     stream.ended(event.complete)
             elif type(event) is StreamStarted:
                 self._stream_started(event)
+            elif type(event) is UploadCredit:
+                credit = True
+            elif type(event) is UploadCancelled:
+                if (upload := self.uploads.pop(event.call_id, None)) is not None:
+                    upload.stopped()
+                self.queued()  # the stream's end, acknowledging the cancel
             elif not self.ready.done():  # Accepted
                 self.ready.set_result(None)
+        if credit:
+            self.pump_uploads()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        # Later in this turn: the calls that waited for room are queued first, the chunks behind them.
+        if self.uploads:
+            self.loop.call_soon(self.pump_uploads)
+
+    def pump_uploads(self) -> None:
+        """Send streamed requests' chunks, one per stream in turn, while credit and the link allow."""
+        while self.uploads and not self.flow.write_paused and self.transport is not None:
+            sent = False
+            for call_id, upload in list(self.uploads.items()):
+                sent = upload.send_one() or sent
+                if call_id not in self.core.sending.streams:
+                    self.uploads.pop(call_id, None)  # all sent
+            if not sent:
+                return  # every stream waits for credit or for its caller's bytes
+            self.flush()  # may pause writing: the rest waits for the server to read
 
     def _stream_started(self, event: StreamStarted[CallFuture]) -> None:
         stream = AnswerStream(self.core, self.queued, self._forget_stream, event.call_id, event.meta, event.total)
@@ -191,6 +224,43 @@ class LinkClient:
         if not link.flush_scheduled:
             link.queued()
         return future
+
+    def send_upload(self, method: str, meta: Any, total: int, timeout: float) -> tuple[CallFuture, UploadStream]:
+        """Send the head of a call whose payload is `total` bytes written to the returned stream,
+        and the future of its result (the errors of `call`). The head goes even on a congested
+        link: the chunks wait for room. `timeout` runs from the body's last byte.
+
+        Raises `LinkUnavailable` (`sent` False) at once when not connected.
+        """
+        link = self._link
+        if link is None:
+            raise LinkUnavailable(f"{self.name}: not connected", sent=False)
+        loop = link.loop
+        future: CallFuture = loop.create_future()
+        core = link.core
+        call_id = core.send_streamed_call(method, meta, total, future)
+        timer: list[asyncio.TimerHandle] = []
+
+        def sent_all() -> None:
+            link.uploads.pop(call_id, None)
+            if not future.done():
+                timer.append(loop.call_later(timeout, _expire, future, self.name, method, timeout))
+
+        def fail(reason: str) -> None:
+            if not future.done():
+                future.set_exception(LinkUnavailable(f"{self.name}: {method!r}: {reason}"))
+
+        def settled(_: CallFuture) -> None:
+            core.pending.pop(call_id, None)
+            link.uploads.pop(call_id, None)
+            for handle in timer:
+                handle.cancel()
+
+        future.add_done_callback(settled)
+        upload = UploadStream(link, core, call_id, sent_all, fail)
+        link.uploads[call_id] = upload
+        link.queued()
+        return future, upload
 
     def fail_pending(self, reason: str) -> int:
         """Fail every call waiting for an answer (`LinkUnavailable`, `sent` True); return how many.

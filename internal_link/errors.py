@@ -23,6 +23,7 @@ class ErrorCode(IntEnum):
     INTERNAL = 8  # the handler failed unexpectedly
     NAME_TAKEN = 9  # another live leaf syncs under this leaf's name
     TOO_MANY_GROUPS = 10  # a device group refused: the job lists as many groups as it may
+    BUSY = 11  # no room for this now (a streamed request past the bytes being received): try later
 
 
 # Codes a response may carry: UNAVAILABLE never crosses the link.

@@ -10,12 +10,15 @@ unsigned length `N` followed by `N` bytes of msgpack. Messages are msgpack array
     auth      [3, client_nonce, client_proof]     client -> server
     accept    [1, 0, None, server_proof]          server -> client: a response to `HANDSHAKE_ID` (0)
     head      [4, call_id, meta, total]           server -> client: the answer follows as `total` bytes
-    data      [5, call_id, chunk]                 server -> client: the next bytes of a streamed answer
-    credit    [6, call_id, nbytes]                client -> server: send up to `nbytes` more of it
-    cancel    [7, call_id]                        client -> server: stop sending it
+    data      [5, call_id, chunk]                 the stream's sender -> its receiver: its next bytes
+    credit    [6, call_id, nbytes]                receiver -> sender: send up to `nbytes` more of it
+    cancel    [7, call_id]                        receiver -> sender: stop sending it
+    call head [8, call_id, method, meta, total]   client -> server: a call whose payload follows as
+                                                  `total` bytes of `data`
 
-A streamed answer (`streams.py`) is for answers too large to hold whole per request; an empty
-`data` chunk ends one early (acknowledging a cancel, or a sender that could not finish).
+A streamed answer (`streams.py`) is for answers too large to hold whole per request, a streamed
+request (`request_streams.py`) for such requests; an empty `data` chunk ends either early
+(acknowledging a cancel, or a sender that could not finish).
 
 The proofs are in `proofs.py`; calls use ids from 1 up. After the handshake of a link without TLS,
 every frame's body is followed by a `sealing.TAG_SIZE`-byte tag (counted in its length).
@@ -41,6 +44,7 @@ STREAM_HEAD = 4
 STREAM_DATA = 5
 STREAM_CREDIT = 6
 STREAM_CANCEL = 7
+REQUEST_HEAD = 8
 
 HANDSHAKE_ID = 0
 DEFAULT_MAX_FRAME = 256 * 1024 * 1024
@@ -145,7 +149,8 @@ def _unpack(chunk: memoryview) -> Any:
 
 
 def message_kind(msg: Any) -> int:
-    """Check a decoded message's shape and return its kind (REQUEST, RESPONSE, HELLO, AUTH, STREAM_*).
+    """Check a decoded message's shape and return its kind (REQUEST, RESPONSE, HELLO, AUTH, STREAM_*,
+    REQUEST_HEAD).
 
     Callers then unpack the list themselves, so a call costs no allocation beyond the message.
     """
@@ -173,6 +178,9 @@ def message_kind(msg: Any) -> int:
         elif kind == STREAM_CREDIT:
             if n == 3 and type(msg[1]) is int and type(msg[2]) is int and msg[2] >= 1:
                 return STREAM_CREDIT
+        elif kind == REQUEST_HEAD:
+            if n == 5 and type(msg[1]) is int and type(msg[2]) is str and type(msg[4]) is int and msg[4] >= 1:
+                return REQUEST_HEAD
         elif kind == STREAM_CANCEL and n == 2 and type(msg[1]) is int:
             return STREAM_CANCEL
     # reprlib: bounded in length and nesting (a plain repr of a 1,000-deep list raises).

@@ -18,22 +18,40 @@ sent behind the handshake's last one escapes the seal; a wrong proof is `WrongSe
 message a protocol error.
 
 Once open, a server may answer a call with a stream instead of one response (`streams.py`): a head,
-then chunks within the credit the client grants. A chunk beyond its credit or on a stream never
+then chunks within the credit the client grants; a client may send a call's payload the same way,
+within the server's credit (`request_streams.py`). A chunk beyond its credit or on a stream never
 headed, a credit past a stream's end or for no stream, is a protocol error.
 """
 
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic
 
 from .errors import ErrorCode, LinkProtocolError, RemoteError, WrongSecret
+from .events import (
+    ACCEPTED,
+    Accepted,
+    Answered,
+    CallReceived,
+    ClientEvent,
+    CreditGranted,
+    Failed,
+    StreamCancelled,
+    StreamChunk,
+    StreamEnded,
+    StreamStarted,
+    UploadCancelled,
+    UploadCredit,
+    Waiter,
+)
 from .frames import (
     AUTH,
     DEFAULT_MAX_FRAME,
     HANDSHAKE_ID,
     HELLO,
     REQUEST,
+    REQUEST_HEAD,
     RESPONSE,
     STREAM_CANCEL,
     STREAM_CREDIT,
@@ -44,6 +62,7 @@ from .frames import (
     message_kind,
 )
 from .proofs import CLIENT, SERVER, frame_key, proof, transcript, verify_proof
+from .request_streams import Receiving, Sending, UploadLedger
 from .sealing import Opener, Sealer
 from .streams import Incoming, Outgoing
 
@@ -51,7 +70,8 @@ HANDSHAKE_MAX_FRAME = 256
 # Seconds a server gives a new connection to authenticate (the shell keeps the time).
 HANDSHAKE_TIMEOUT = 10.0
 
-Waiter = TypeVar("Waiter")
+# Builds an event from a ready tuple, without a named tuple's Python-level __new__: one per call.
+_new = tuple.__new__
 
 
 class State(Enum):
@@ -59,73 +79,6 @@ class State(Enum):
     AWAITING_ACCEPT = "awaiting accept"  # client
     AWAITING_AUTH = "awaiting auth"  # server
     OPEN = "open"
-
-
-class Accepted(NamedTuple):
-    """The handshake succeeded: calls may flow."""
-
-
-class CallReceived(NamedTuple):
-    """The peer calls `method`; answer with `send_result` or `send_error` and this `call_id`."""
-
-    call_id: int
-    method: str
-    payload: Any
-
-
-class Answered(NamedTuple, Generic[Waiter]):
-    """The call `waiter` was sent with got its result."""
-
-    waiter: Waiter
-    result: Any
-
-
-class Failed(NamedTuple, Generic[Waiter]):
-    """The call `waiter` was sent with was answered with an error."""
-
-    waiter: Waiter
-    error: RemoteError
-
-
-class CreditGranted(NamedTuple):
-    """The client may take `nbytes` more of stream `call_id`: send them when the link has room."""
-
-    call_id: int
-    nbytes: int
-
-
-class StreamCancelled(NamedTuple):
-    """The client wants no more of stream `call_id` (its device left): send none."""
-
-    call_id: int
-
-
-class StreamStarted(NamedTuple, Generic[Waiter]):
-    """The call `waiter` was sent with is answered by a stream of `total` bytes under `call_id`."""
-
-    waiter: Waiter
-    call_id: int
-    meta: Any
-    total: int
-
-
-class StreamChunk(NamedTuple):
-    """The next bytes of stream `call_id`."""
-
-    call_id: int
-    chunk: bytes
-
-
-class StreamEnded(NamedTuple):
-    """Stream `call_id` is over: `complete`, or cut short by its sender (the answer is truncated)."""
-
-    call_id: int
-    complete: bool
-
-
-ACCEPTED = Accepted()
-# Builds an event from a ready tuple, without a named tuple's Python-level __new__: one per call.
-_new = tuple.__new__
 
 
 class _Connection:
@@ -188,14 +141,23 @@ class _Connection:
 
 class ServerConnection(_Connection):
     """The accepting end: greets with `nonce`, takes calls once the client has proved `secret`
-    over this connection (`binding`: the TLS channel binding, empty without TLS), and proves it back."""
+    over this connection (`binding`: the TLS channel binding, empty without TLS), and proves it back.
+    Streamed requests are assembled within `uploads`, shared by a server's connections."""
 
-    __slots__ = ("_nonce", "streams")
+    __slots__ = ("_nonce", "receiving", "streams")
 
-    def __init__(self, secret: bytes, nonce: bytes, max_frame: int = DEFAULT_MAX_FRAME, binding: bytes = b"") -> None:
+    def __init__(
+        self,
+        secret: bytes,
+        nonce: bytes,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        binding: bytes = b"",
+        uploads: UploadLedger | None = None,
+    ) -> None:
         super().__init__(State.AWAITING_AUTH, secret, binding, max_frame)
         self._nonce = nonce
         self.streams: dict[int, Outgoing] = {}  # by call id, while bytes are left to send
+        self.receiving = Receiving(uploads if uploads is not None else UploadLedger(), self._queue)
         self._queue([HELLO, nonce])
 
     def receive_data(self, data: bytes) -> list[CallReceived | Accepted | CreditGranted | StreamCancelled]:
@@ -220,6 +182,11 @@ class ServerConnection(_Connection):
                 if self.streams.pop(msg[1], None) is not None:
                     self._queue([STREAM_DATA, msg[1], b""])
                     events.append(StreamCancelled(msg[1]))
+            elif kind == STREAM_DATA:  # of a streamed request: a call once its last byte is in
+                if (call := self.receiving.data(msg[1], msg[2])) is not None:
+                    events.append(_new(CallReceived, (msg[1], call[0], call[1])))
+            elif kind == REQUEST_HEAD:
+                self.receiving.head(msg[1], msg[2], msg[3], msg[4])
             else:
                 raise LinkProtocolError(f"unexpected message kind {msg[0]} in state {self.state.value}")
         return events
@@ -269,7 +236,7 @@ class ClientConnection(_Connection, Generic[Waiter]):
     a call abandoned (deadline passed) is forgotten, and its late answer dropped.
     """
 
-    __slots__ = ("_covered", "_next_id", "_nonce", "pending", "streams")
+    __slots__ = ("_covered", "_next_id", "_nonce", "pending", "sending", "streams")
 
     def __init__(self, secret: bytes, nonce: bytes, max_frame: int = DEFAULT_MAX_FRAME, binding: bytes = b"") -> None:
         super().__init__(State.AWAITING_HELLO, secret, binding, max_frame)
@@ -278,6 +245,7 @@ class ClientConnection(_Connection, Generic[Waiter]):
         self._next_id = HANDSHAKE_ID + 1
         self.pending: dict[int, Waiter] = {}
         self.streams: dict[int, Incoming] = {}  # by call id, until their last chunk
+        self.sending = Sending(self._queue, self._issued)  # streamed requests with bytes left to send
 
     def receive_data(self, data: bytes) -> list[ClientEvent[Waiter]]:
         """The events `data` completes, in order. Raises `LinkProtocolError` on bad bytes."""
@@ -294,6 +262,12 @@ class ClientConnection(_Connection, Generic[Waiter]):
                     self._stream_data(msg[1], msg[2], events)
                 elif kind == STREAM_HEAD:
                     self._stream_head(msg[1], msg[2], msg[3], events)
+                elif kind == STREAM_CREDIT:
+                    if self.sending.credit(msg[1], msg[2]):
+                        events.append(UploadCredit(msg[1]))
+                elif kind == STREAM_CANCEL:
+                    if self.sending.cancelled(msg[1]):
+                        events.append(UploadCancelled(msg[1]))
                 else:
                     raise LinkProtocolError(f"unexpected message kind {msg[0]} in state {self.state.value}")
                 continue
@@ -332,6 +306,19 @@ class ClientConnection(_Connection, Generic[Waiter]):
         self.pending[call_id] = waiter
         return call_id
 
+    def send_streamed_call(self, method: str, meta: Any, total: int, waiter: Waiter) -> int:
+        """Queue the head of a call whose payload follows as `total` bytes (`sending.send` each
+        chunk within its credit) and return its id. Raises as `send_call` does for `meta`."""
+        call_id = self._next_id
+        self._queue([REQUEST_HEAD, call_id, method, meta, total])
+        self._next_id = call_id + 1
+        self.pending[call_id] = waiter
+        self.sending.start(call_id, total)
+        return call_id
+
+    def _issued(self, call_id: int) -> bool:
+        return HANDSHAKE_ID < call_id < self._next_id
+
     def abandon(self, call_id: int) -> None:
         """Forget a call whose caller no longer waits: its answer, should it come, is dropped."""
         self.pending.pop(call_id, None)
@@ -341,6 +328,7 @@ class ClientConnection(_Connection, Generic[Waiter]):
         waiters = list(self.pending.values())
         self.pending.clear()
         self.streams.clear()
+        self.sending.streams.clear()
         return waiters
 
     def grant(self, call_id: int, nbytes: int) -> None:
@@ -388,6 +376,3 @@ class ClientConnection(_Connection, Generic[Waiter]):
             del self.streams[call_id]
             if not stream.cancelled:
                 events.append(StreamEnded(call_id, True))
-
-
-ClientEvent = Answered[Waiter] | Failed[Waiter] | Accepted | StreamStarted[Waiter] | StreamChunk | StreamEnded

@@ -14,8 +14,10 @@ from typing import Any
 
 from .connection import LinkProtocol, channel_binding
 from .errors import CallRefused, ErrorCode, LinkProtocolError
+from .events import CallReceived, CreditGranted, StreamCancelled
 from .frames import DEFAULT_MAX_FRAME, NONCE_SIZE
-from .protocol import HANDSHAKE_TIMEOUT, CallReceived, CreditGranted, ServerConnection, StreamCancelled
+from .protocol import HANDSHAKE_TIMEOUT, ServerConnection
+from .request_streams import DEFAULT_MAX_RECEIVING, UploadLedger
 from .streams import STREAM_CHUNK, Streamed, chunk_at
 
 logger = logging.getLogger(__name__)
@@ -63,7 +65,7 @@ class _ServerProtocol(LinkProtocol):
         super().connection_made(transport)
         server = self.server
         self.core = ServerConnection(
-            server.secret, os.urandom(NONCE_SIZE), server.max_frame, channel_binding(transport)
+            server.secret, os.urandom(NONCE_SIZE), server.max_frame, channel_binding(transport), server.uploads
         )
         server.links.add(self)
         self.queued()  # the hello
@@ -74,6 +76,7 @@ class _ServerProtocol(LinkProtocol):
         self.server.links.discard(self)
         self.server.streams["lost"] += len(self._sending)
         self._sending.clear()
+        self.core.receiving.drop_all()  # the bytes of requests that will never be whole
         if self._auth_timer is not None:
             self._auth_timer.cancel()
 
@@ -103,6 +106,8 @@ class _ServerProtocol(LinkProtocol):
                 self.queued()
         if credit:
             self._pump()
+        if self.core.queued_bytes and not self.flush_scheduled:
+            self.queued()  # credit for streamed requests, or a refusal of one
 
     def resume_writing(self) -> None:
         super().resume_writing()
@@ -230,6 +235,9 @@ class LinkServer:
     `refusals` counts the connections dropped for breaking the protocol, by reason (`wrong_secret`,
     `tampered_frame`, `protocol_error`). A handler answering `Streamed` sends a stream
     (`streams.py`); `streams` counts them: started, then completed, cancelled or lost (link gone).
+    A call may come as a streamed request (`request_streams.py`): its handler gets a
+    `StreamedRequest` once the last byte is in; `uploads` bounds the bytes being received at
+    `max_receiving` and counts what became of each stream.
     """
 
     def __init__(
@@ -239,6 +247,7 @@ class LinkServer:
         *,
         ssl: ssl_module.SSLContext | None = None,
         max_frame: int = DEFAULT_MAX_FRAME,
+        max_receiving: int = DEFAULT_MAX_RECEIVING,
     ) -> None:
         self.handlers = handlers
         self.secret = secret
@@ -246,6 +255,7 @@ class LinkServer:
         self.links: set[_ServerProtocol] = set()
         self.refusals: Counter[str] = Counter()
         self.streams: Counter[str] = Counter()
+        self.uploads = UploadLedger(max_receiving)
         self.tasks: set[asyncio.Task[None]] = set()
         self.closing = False
         self._ssl = ssl
@@ -255,6 +265,11 @@ class LinkServer:
     def open_streams(self) -> int:
         """Streamed answers with bytes left to send, over every link."""
         return sum(len(link._sending) for link in self.links)
+
+    @property
+    def open_uploads(self) -> int:
+        """Streamed requests being received, over every link."""
+        return sum(link.core.receiving.receiving for link in self.links)
 
     async def start(self, host: str, port: int) -> int:
         """Listen on (host, port) and return the bound port; port 0 picks a free one."""
@@ -270,6 +285,10 @@ class LinkServer:
         self.closing = True
         if self._server is not None:
             self._server.close()
+        for link in self.links:
+            # Streamed requests will not be whole in time: their callers hear now, and send elsewhere.
+            if link.core.receiving.stop_all(ErrorCode.SHUTTING_DOWN, "the leaf is stopping"):
+                link.queued()
         if grace > 0 and self.tasks:
             await asyncio.wait(set(self.tasks), timeout=grace)
         # One turn so that every handler task has started: a task cancelled before its first step

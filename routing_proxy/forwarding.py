@@ -9,25 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Callable
 from urllib.parse import parse_qsl
 
 import orjson
 
 from device_protocol.codecs import JSON, MSGPACK, media_type
 from device_protocol.identifiers import ID_FIELDS, length_problem
-from internal_link.answer_stream import AnswerStream
-from internal_link.calls import FEG, XAIN, BadPayload, DeviceAnswer, DeviceCall, streamed_answer_head
-from internal_link.errors import LinkUnavailable, RemoteError
+from internal_link.calls import DeviceCall
 from internal_link.versions import versions
 
 from .admission import DEVICE_RATE_REASON, AdmissionControl
 from .device_auth import DeviceAuthenticator
-from .http1 import Reply, Request, Response, StreamedResponse, invalid_request
+from .http1 import Reply, Request, Response, UploadRequest, invalid_request
+from .leaf_calls import LeafCall, UploadCall, XainLeafCall, XainUploadCall, retry
 from .lease_caps import LeaseCaps
 from .sessions.hub import SessionHub
 from .stats import ProxyStats
-from .upstreams import Upstream, Upstreams
+from .upstreams import Upstreams
 from .xain_routes import aggregator_url, mint_id, parse
 
 logger = logging.getLogger(__name__)
@@ -47,17 +46,6 @@ ENDPOINTS: dict[str, frozenset[str]] = {
 _HEALTH_METHODS = frozenset({"GET", "HEAD"})
 NO_LEASE_CAPS = LeaseCaps(per_token=0, per_ip=0)
 
-# PROTOCOL.md §8: an unreachable upstream is RETRY with no retry_wait, never ERROR or an HTTP error.
-_RETRY_BODY = b'{"status":"RETRY"}'
-
-
-# Tasks of congested calls, held so that they are not collected while they wait.
-_waiting_for_room: set[asyncio.Task[None]] = set()
-
-
-def retry() -> Response:
-    return Response(200, JSON, _RETRY_BODY)
-
 
 class Forwarder:
     """The dispatcher of the proxy's HTTP server: FEG endpoints, `/health`, JSON errors."""
@@ -73,6 +61,7 @@ class Forwarder:
         tls: bool = False,
         stats: ProxyStats,
         sessions: SessionHub | None = None,
+        busy: Callable[[], Response] = retry,
     ) -> None:
         self._upstreams = upstreams
         self.stats = stats
@@ -83,6 +72,7 @@ class Forwarder:
         self._admission = admission
         self._ids_refused = 0  # requests refused for an over-long identifier (shown by /health)
         self._lease_caps = lease_caps
+        self._busy = busy  # the answer to an upload a leaf has no room for now
 
     def __call__(self, request: Request, reply: Reply) -> None:
         path, query_string = request.path, request.query
@@ -133,7 +123,7 @@ class Forwarder:
             reply = _releasing(self._admission, reply)
         body = request.body
         # Any charset parameter is fine: only the media type counts (PROTOCOL.md §2).
-        if body and media_type(headers.get("content-type", "")) not in _BODY_TYPES:
+        if (body or type(request) is UploadRequest) and media_type(headers.get("content-type", "")) not in _BODY_TYPES:
             message = "unsupported content type: send application/json or application/msgpack"
             self._refuse(reply, "unsupported_content_type", invalid_request(415, message))
             return
@@ -154,7 +144,13 @@ class Forwarder:
                 return
         candidates = self._upstreams.candidates(device_id)
         call = DeviceCall(endpoint, query, headers, body, self._timeout)
-        _Call(candidates, call, reply, self._timeout, self.stats).next()
+        if type(request) is UploadRequest:  # a large body, passed on as it arrives
+            upload = UploadCall(
+                candidates, call, reply, self._timeout, self.stats, request.length, request.attach, self._busy
+            )
+            upload.next()
+            return
+        LeafCall(candidates, call, reply, self._timeout, self.stats).next()
 
     def _refuse(self, reply: Reply, reason: str, response: Response) -> None:
         self.stats.refused[reason] += 1
@@ -191,7 +187,12 @@ class Forwarder:
             if xain.endpoint == "start_training":
                 query["url"] = aggregator_url(request.headers.get(b"host"), self._tls)
             call = DeviceCall(xain.endpoint, query, {}, request.body, self._timeout)
-            _XainCall(self._upstreams.candidates(xain.participant), call, reply, self._timeout, self.stats).next()
+            candidates = self._upstreams.candidates(xain.participant)
+            if type(request) is UploadRequest:
+                args = (request.length, request.attach, self._busy)
+                XainUploadCall(candidates, call, reply, self._timeout, self.stats, *args).next()
+                return
+            XainLeafCall(candidates, call, reply, self._timeout, self.stats).next()
 
     def _not_feg(self, request: Request, path: bytes, endpoint: str, reply: Reply) -> None:
         if endpoint != "health":
@@ -234,122 +235,3 @@ def _method_not_allowed(method: str, endpoint: str, methods: frozenset[str]) -> 
     response = invalid_request(405, f"method {method} not allowed on /{endpoint}; use {allow}")
     response.headers = (("Allow", allow),)
     return response
-
-
-class _Call:
-    """One request's way to a leaf: the candidates in preference order, one shared deadline."""
-
-    __slots__ = ("call", "candidates", "deadline", "index", "loop", "reply", "stats", "upstream")
-    METHOD = FEG
-
-    def __init__(
-        self, candidates: list[Upstream], call: DeviceCall, reply: Reply, timeout: float, stats: ProxyStats
-    ) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.stats = stats
-        self.candidates = candidates
-        self.call = call
-        self.reply = reply
-        # Failing over shares one deadline: the device must hear back in time (PROTOCOL.md §6).
-        self.deadline = self.loop.time() + timeout
-        self.index = 0
-        self.upstream: Upstream | None = None
-
-    def next(self) -> None:
-        """Send to the next candidate that takes it now; RETRY when none is left or time is out."""
-        while self.index < len(self.candidates):
-            upstream = self.candidates[self.index]
-            self.index += 1
-            timeout = self.deadline - self.loop.time()
-            if timeout <= 0:
-                break
-            self.upstream = upstream
-            if self.index > 1:
-                # Failing over: the next leaf has only what is left of the deadline (PROTOCOL.md §6).
-                self.call = self.call._replace(wait=timeout)
-            try:
-                future = upstream.client.send(self.METHOD, self.call, timeout)
-            except LinkUnavailable:
-                if upstream.client.connected:
-                    # Congested (a big upload still leaving): wait for room rather than fail over.
-                    task = self.loop.create_task(self._call_when_writable(upstream, timeout))
-                    _waiting_for_room.add(task)
-                    task.add_done_callback(_waiting_for_room.discard)
-                    return
-                continue  # never left this process: the next leaf in preference order may take it
-            future.add_done_callback(self._answered)
-            return
-        self._unanswered("no_leaf")  # no healthy leaf, or out of time (PROTOCOL.md §8)
-
-    async def _call_when_writable(self, upstream: Upstream, timeout: float) -> None:
-        future: asyncio.Future[Any] = self.loop.create_future()
-        try:
-            future.set_result(await upstream.client.call(self.METHOD, self.call._replace(wait=timeout), timeout))
-        except LinkUnavailable as exc:
-            if not exc.sent:
-                self.next()
-                return
-            future.set_exception(exc)
-        except RemoteError as exc:
-            future.set_exception(exc)
-        self._answered(future)
-
-    @staticmethod
-    def retry() -> Response:
-        return retry()
-
-    def _answered(self, future: asyncio.Future[Any]) -> None:
-        name = self.upstream.leaf.name if self.upstream is not None else "?"
-        try:
-            result = future.result()
-            if type(result) is AnswerStream:
-                self._streamed(result, name)
-                return
-            answer = DeviceAnswer.check(result)
-        except LinkUnavailable as exc:
-            # Sent and unanswered: the leaf may have acted on it, so it is not re-sent elsewhere.
-            logger.warning("leaf %s: %s", name, exc)
-            self._unanswered("link_lost")
-            return
-        except RemoteError as exc:
-            logger.error("leaf %s failed on a request: %s", name, exc)
-            self._unanswered("leaf_failed")
-            return
-        except BadPayload as exc:
-            logger.error("leaf %s answered a malformed result: %.120s", name, exc)
-            self._unanswered("malformed_answer")
-            return
-        self.stats.answered[self.call.endpoint, answer.http_status] += 1
-        self.reply(Response(answer.http_status, answer.content_type, answer.body))
-
-    def _streamed(self, stream: AnswerStream, name: str) -> None:
-        """A large answer: its head now, its body passed on as the device reads (streamed_body.py)."""
-        try:
-            status, content_type = streamed_answer_head(stream.meta)
-        except BadPayload as exc:
-            stream.cancel()
-            logger.error("leaf %s answered a malformed result: %.120s", name, exc)
-            self._unanswered("malformed_answer")
-            return
-        self.stats.answered[self.call.endpoint, status] += 1
-        self.reply(StreamedResponse(status, content_type, stream.total, stream))
-
-    def _unanswered(self, cause: str) -> None:
-        self.stats.unanswered[self.call.endpoint, cause] += 1
-        self.reply(self.retry())
-
-
-# What a participant hears when no leaf answers: a heartbeat waits (`stand_by`; anything that is
-# not a state ends the SDK's participant), the other calls read what they need from this too.
-_XAIN_RETRY_BODY = b'{"state":"stand_by","round":0,"ok":false,"url":"","token":"","status":"RETRY"}'
-
-
-class _XainCall(_Call):
-    """A xain-sdk participant's call: method `XAIN`, and HTTP 200 whatever happens (docs/XAIN.md)."""
-
-    __slots__ = ()
-    METHOD = XAIN
-
-    @staticmethod
-    def retry() -> Response:
-        return Response(200, JSON, _XAIN_RETRY_BODY)

@@ -77,6 +77,7 @@ class ProxyServer:
             admission=admission,
             stats=stats,
         )
+        busy = partial(no_memory_for_body, config.refusal_retry_wait)
         forwarder = Forwarder(
             self.upstreams,
             upstream_timeout=config.upstream_timeout,
@@ -86,8 +87,8 @@ class ProxyServer:
             tls=config.ssl_cert is not None,
             stats=stats,
             sessions=self.sessions,
+            busy=busy,
         )
-        busy = partial(no_memory_for_body, config.refusal_retry_wait)
         self.http = HttpServer(forwarder, limits, busy=busy)
         # Its own listener and connections: operators' scrapes never queue behind devices.
         self.metrics = HttpServer(MetricsPage(proxy_registry(stats, self.http, self.upstreams)), HttpLimits(), busy)

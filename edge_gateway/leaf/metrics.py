@@ -18,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from device_protocol.errors import ProtocolError
+from internal_link.request_streams import UploadLedger
 
 from ..acknowledged import AcknowledgedResults
 from ..metrics_http import process_registry
@@ -81,6 +82,36 @@ class LeafMetrics:
     def watch_streams(self, counts: collections.Counter[str], open_streams: Callable[[], int]) -> None:
         """Read the proxy link's streamed answers (large task downloads) at every scrape."""
         self.registry.register(_LeafStreams(counts, open_streams))
+
+    def watch_uploads(self, ledger: UploadLedger, open_uploads: Callable[[], int]) -> None:
+        """Read the proxy link's streamed requests (large result uploads) at every scrape."""
+        self.registry.register(_LeafUploads(ledger, open_uploads))
+
+
+class _LeafUploads(Collector):
+    def __init__(self, ledger: UploadLedger, open_uploads: Callable[[], int]) -> None:
+        self._ledger = ledger
+        self._open = open_uploads
+
+    def collect(self) -> Iterator[Metric]:
+        uploads = CounterMetricFamily(
+            "edgefl_leaf_upload_streams",
+            "Requests received from the proxy in chunks (a large result), by outcome: started, then "
+            "completed, cancelled (the device left), stopped (this leaf stopping) or lost (the link "
+            "dropped); refused: no room to receive them",
+            labels=["outcome"],
+        )
+        for outcome, count in list(self._ledger.outcomes.items()):
+            uploads.add_metric([outcome], count)
+        yield uploads
+        yield GaugeMetricFamily(
+            "edgefl_leaf_upload_streams_open", "Streamed requests being received", value=self._open()
+        )
+        yield GaugeMetricFamily(
+            "edgefl_leaf_upload_streams_bytes",
+            "Bytes of the streamed requests being received (their whole bodies, bounded)",
+            value=self._ledger.held,
+        )
 
 
 class _LeafStreams(Collector):

@@ -113,6 +113,7 @@ class Leaf:
         self.metrics = LeafMetrics()
         self.metrics.watch(results, self.uplink.undelivered, self._server_connected)
         self.metrics.watch_streams(self._rpc.streams, lambda: self._rpc.open_streams)
+        self.metrics.watch_uploads(self._rpc.uploads, lambda: self._rpc.open_uploads)
         self.jobs: dict[str, LeafJob] = {}
         self._no_shows = NoShowScores()  # a device's past, whatever job it was in
         self._payloads = PayloadCache(self._link, self._is_current, config.payload_cache_bytes)

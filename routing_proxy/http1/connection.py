@@ -4,9 +4,9 @@ one request at a time and write the answers back in request order.
 It knows nothing about FEG: the dispatcher decides every answer except the ones about HTTP itself,
 which are JSON like the rest (PROTOCOL.md §3, ours).
 
-Over 400 lines on purpose: reading (limits, deadlines), the answer queue and writing (whole and
-streamed bodies) share one connection's state on the proxy's hottest path, where a call between
-objects per request shows in the benchmark. Next to move out if it grows: the streamed-body writer.
+Reading, the answer queue and whole answers are here; streamed answers and bodies passed on as
+they arrive in body_streams.py, the deadline in deadlines.py: parts of this class in modules of
+their own (one object per connection: a call between objects per request shows in the benchmark).
 """
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from internal_link.flow_control import FlowControl
+from internal_link.streams import STREAM_THRESHOLD
 
+from .body_streams import BodyStreams
+from .deadlines import Deadlines
 from .messages import (
     Reply,
     Request,
@@ -32,8 +35,9 @@ from .messages import (
     response_head,
 )
 from .refusals import LINGER_SECONDS, Refused, body_too_large, parser_error_reason
-from .state import SLOW_MESSAGES, Deadline, Hold, Incoming, Pending
+from .state import Deadline, Hold, Incoming, Pending
 from .streamed_body import StreamedBody
+from .upload_body import HELD, UploadBody
 
 if TYPE_CHECKING:
     from .server import HttpServer
@@ -45,7 +49,7 @@ _MAX_QUEUED = 8
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-class HttpConnection(asyncio.Protocol):
+class HttpConnection(BodyStreams, Deadlines, asyncio.Protocol):
     """One device connection: parse, queue, dispatch one request at a time, answer in order."""
 
     _flow: FlowControl  # from connection_made on
@@ -72,6 +76,7 @@ class HttpConnection(asyncio.Protocol):
         self._successor: asyncio.Protocol | None = None  # what took the connection over (Switch)
         self._client = ""  # the peer's address, from connection_made on
         self._body: StreamedBody | None = None  # a streamed answer being written
+        self._upload: UploadBody | None = None  # the in-flight request's body, passed on as it arrives
 
     # asyncio.Protocol
 
@@ -89,6 +94,8 @@ class HttpConnection(asyncio.Protocol):
         if self._body is not None:
             self._body.cancel()  # the device left mid-download: the leaf stops sending it
             self._body = None
+        if self._upload is not None:
+            self._upload.cut()  # the device left mid-upload: the leaf drops what it has
         self._flow.connection_lost()
         self.transport = None
         self._queue.clear()
@@ -100,6 +107,8 @@ class HttpConnection(asyncio.Protocol):
         """A client may shut its sending side once its request is out (HTTP/1.0 scripts, `nc -N`):
         the requests it completed are still answered, then the connection closes."""
         self._drop_incoming()  # a request it can no longer finish
+        if self._upload is not None:
+            self._upload.cut()
         tls = self.transport is not None and self.transport.get_extra_info("sslcontext") is not None
         if self._closing or self._idle() or tls:  # TLS cannot stay half-open
             return False  # the transport closes
@@ -201,9 +210,16 @@ class HttpConnection(asyncio.Protocol):
         length = incoming.headers.get(b"content-length")
         if length is not None:
             incoming.length = int(length)  # llhttp has checked that it is a number
-            if incoming.length > incoming.body_limit:
+            if incoming.length > STREAM_THRESHOLD and self._idle():
+                # Passed on as it arrives: the budget holds what waits here, not the whole body.
+                incoming.body_limit = path_limit
+                if incoming.length > path_limit:
+                    raise Refused(body_too_large(incoming))
+                self._hold(incoming, HELD, incoming.length)
+                incoming.upload = UploadBody(self._flow, incoming.length)
+            elif incoming.length > incoming.body_limit:
                 raise Refused(body_too_large(incoming))
-            if incoming.length:
+            elif incoming.length:
                 # All of it now: a body that does not fit is refused before the client sends it.
                 self._hold(incoming, incoming.length, incoming.length)
         if self._idle():
@@ -211,18 +227,30 @@ class HttpConnection(asyncio.Protocol):
             # Only when nothing is owed before it: a 100 must not land inside an earlier answer.
             if incoming.headers.get(b"expect", b"").lower() == b"100-continue" and self.transport is not None:
                 self.transport.write(_CONTINUE)
+            if incoming.upload is not None:
+                self._dispatch_upload(incoming, incoming.upload)
 
     def on_body(self, body: bytes) -> None:
         incoming = self._parsing()
         incoming.body_bytes += len(body)
         if incoming.body_bytes > incoming.body_limit:
             raise Refused(body_too_large(incoming))
+        if incoming.upload is not None:
+            incoming.upload.feed(body)  # once answered: discarded
+            if self._upload is incoming.upload:
+                self._arm(self.limits.body_timeout, Deadline.SLOW_BODY)  # a body that stops moving is dropped
+            return
         if incoming.length is None:  # chunked: held as it streams
             self._hold(incoming, len(body), incoming.body_bytes)
         incoming.body.append(body)
 
     def on_message_complete(self) -> None:
         incoming = self._parsing()
+        if incoming.upload is not None:  # dispatched from its head; now the leaf has all of it
+            self._incoming = None
+            if self._upload is incoming.upload:
+                self._arm(float("inf"), Deadline.CLOSE)
+            return
         body = incoming.body[0] if len(incoming.body) == 1 else b"".join(incoming.body)
         request = Request(
             self._parser.get_method().decode("ascii"),
@@ -317,12 +345,14 @@ class HttpConnection(asyncio.Protocol):
                 raise RuntimeError("a request was answered twice")
             answered = True
             self._in_flight = False
-            if self.transport is None:
-                return  # the device left; nothing to write to (and nothing held: see connection_lost)
+            if self.transport is None or self._closing:
+                return  # the device left, or was answered already (an upload too slow); nothing held
             if response.status == 101:
                 self._hand_over(cast(Switch, response))
                 return
             last = (self._upgraded or self._peer_done) and not self._queue
+            if self._upload is not None:
+                last = self._upload_answered() or last
             again = keep_alive and not response.close and not self.server.draining and not last
             # Answered: the request's body is done with once the answer is in the transport's hands.
             self._release(self._in_flight_held)
@@ -364,39 +394,6 @@ class HttpConnection(asyncio.Protocol):
         else:
             self._close_after_write(linger)
 
-    def _stream(self, response: StreamedResponse, head_only: bool, keep_alive: bool) -> None:
-        """Write the head now and the body as it arrives; the next answer waits for its end."""
-        transport = cast(asyncio.Transport, self.transport)
-        head = response_head(response, self.server.clock.date, keep_alive, response.length)
-        transport.write(head)
-        self.server.bytes_out += len(head)
-        if head_only:
-            response.source.cancel()
-            self._streamed(keep_alive, complete=True)
-            return
-        self._in_flight = True
-        self._body = StreamedBody(
-            transport, self._flow, response.source, self._wrote, lambda complete: self._streamed(keep_alive, complete)
-        )
-        self._arm(self.limits.send_timeout, Deadline.ABORT)
-        self._body.start()
-
-    def _wrote(self, nbytes: int) -> None:
-        self.server.bytes_out += nbytes
-        self._arm(self.limits.send_timeout, Deadline.ABORT)  # a body that stops moving is dropped
-
-    def _streamed(self, keep_alive: bool, complete: bool) -> None:
-        self._body = None
-        self._in_flight = False
-        if not complete:
-            self.abort()  # cut short: a closed connection, never a body that looks whole
-            return
-        if keep_alive:
-            self._arm_for_state()
-        else:
-            self._close_after_write()
-        self._next()
-
     def _refuse(self, response: Response, linger: float = LINGER_SECONDS) -> None:
         """Stop reading this connection; answer `response` after the answers already owed, then
         close, reading (and discarding) for `linger` seconds what the client still sends."""
@@ -419,40 +416,3 @@ class HttpConnection(asyncio.Protocol):
             self._arm(linger, Deadline.ABORT)
         else:
             transport.close()
-
-    # Deadlines and shutdown
-
-    def _arm(self, seconds: float, action: Deadline) -> None:
-        self.deadline = self.loop.time() + seconds
-        self._on_deadline = action
-
-    def _arm_for_state(self) -> None:
-        """The deadline that fits once nothing is owed: the partial request's, or idleness'."""
-        if self._flow.write_paused or not self._idle():
-            return
-        incoming = self._incoming
-        if incoming is None:
-            self._arm(self.limits.keepalive_timeout, Deadline.CLOSE)
-        elif incoming.headers_done:
-            self._arm(self.limits.body_timeout, Deadline.SLOW_BODY)
-        else:
-            self._arm(self.limits.head_timeout, Deadline.SLOW_HEAD)
-
-    def deadline_passed(self) -> None:
-        action = self._on_deadline
-        self._arm(float("inf"), Deadline.CLOSE)
-        if action is Deadline.CLOSE:
-            self.close_if_idle()
-        elif action is Deadline.ABORT:
-            self.abort()
-        else:
-            logger.debug("closing a slow connection: %s", SLOW_MESSAGES[action])
-            self._refuse(invalid_request(408, SLOW_MESSAGES[action]))
-
-    def close_if_idle(self) -> None:
-        if self.transport is not None and self._idle() and self._incoming is None:
-            self.transport.close()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()

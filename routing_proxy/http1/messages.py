@@ -32,6 +32,39 @@ class Request:
         self.client = client
 
 
+class BodySink(Protocol):
+    """Where a request body passed on as it arrives goes (a leaf's streamed request:
+    internal_link/upload_stream.py)."""
+
+    def when_room(self, resume: Callable[[], None]) -> None: ...
+
+    def write(self, data: bytes) -> bool: ...  # False: some kept back, read on at `resume`
+
+    def cut(self) -> None: ...
+
+
+class UploadRequest(Request):
+    """A request whose body, `length` bytes, is passed on as it arrives instead of held whole: the
+    dispatcher takes it from its head and hands `attach` the sink for the body (upload_body.py).
+    Answered before its body is whole, the connection closes after the answer."""
+
+    __slots__ = ("attach", "length")
+
+    def __init__(
+        self,
+        method: str,
+        path: bytes,
+        query: bytes,
+        headers: dict[bytes, bytes],
+        client: str,
+        length: int,
+        attach: Callable[[BodySink], None],
+    ) -> None:
+        super().__init__(method, path, query, headers, b"", client)
+        self.length = length
+        self.attach = attach
+
+
 class Response:
     """One answer: status, content type and body, plus headers and whether to close after it."""
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import enum
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .messages import Request, Response
+
+if TYPE_CHECKING:
+    from .upload_body import UploadBody
 
 
 class Deadline(enum.Enum):
@@ -29,6 +32,7 @@ class Hold(enum.IntFlag):
     UNREAD_ANSWERS = enum.auto()  # the client does not read what it is sent
     BACKLOG = enum.auto()  # too many parsed requests wait their turn
     STOPPED = enum.auto()  # refused or upgraded: nothing more is parsed
+    UPLOAD_ROOM = enum.auto()  # a body passed on as it arrives waits for room on its way to the leaf
 
 
 class Incoming:
@@ -47,6 +51,7 @@ class Incoming:
         "path",
         "query",
         "target",
+        "upload",
     )
 
     def __init__(self) -> None:
@@ -61,6 +66,7 @@ class Incoming:
         self.body_limit = 0  # from the path and the budget, once the head is complete
         self.length: int | None = None  # announced by Content-Length
         self.held = 0  # of the body budget: the announced length, or what a chunked body streamed
+        self.upload: UploadBody | None = None  # a body passed on as it arrives (upload_body.py)
 
 
 class Pending(NamedTuple):

@@ -16,6 +16,7 @@ from internal_link.calls import (
     streamed_answer_head,
 )
 from internal_link.errors import ErrorCode
+from internal_link.request_streams import StreamedRequest
 from internal_link.streams import STREAM_THRESHOLD, Streamed
 
 GOOD = ["task", {"job_id": "J"}, {"x-flare-device-id": "D", "accept": "application/json"}, b"{}", 24.5]
@@ -103,3 +104,13 @@ def test_a_device_answer_above_the_threshold_is_streamed_unjoined() -> None:
     for meta in ([200], [99, "x"], [200, b"x"], None):
         with pytest.raises(BadPayload):
             streamed_answer_head(meta)
+
+
+def test_a_streamed_call_is_checked_with_its_body_in_place() -> None:
+    call = DeviceCall("result", {"job_id": "j"}, {"content-type": "application/json"}, b"", 30.0)
+    body = b"x" * 10
+    assert DeviceCall.check(StreamedRequest(list(call), body)) == call._replace(body=body)
+    xain = DeviceCall.check_xain(StreamedRequest(["upload", {"id": "p"}, {}, b"", 5.0], body))
+    assert (xain.endpoint, xain.body) == ("upload", body)
+    with pytest.raises(BadPayload, match="not a list of 5 fields"):
+        DeviceCall.check(StreamedRequest({"not": "a call"}, body))

@@ -71,10 +71,11 @@ def retry_answer(raw: bytes, wait: int) -> str:
 
 
 async def test_slow_large_uploads_cannot_stop_a_small_honest_one(leaves: MakeLeaf, proxy: MakeProxy) -> None:
-    """Nine uploads of 2 MiB stall one byte short of their end; with a 16 MiB budget they would hold
-    it all. The honest 512 KiB upload after them is served while they are still stalled."""
+    """Nine uploads of 2 MiB stall one byte short of their end. Each is passed on to the leaf as it
+    arrives and holds a window (256 KiB) of the 2 MiB budget: seven fill the share large bodies may
+    take, two are told RETRY. The honest 512 KiB upload after them is served while they stall."""
     leaf = await leaves("C11")
-    px = await proxy([leaf], max_buffered_bytes=16 * MiB, body_timeout=30.0, refusal_retry_wait=3)
+    px = await proxy([leaf], max_buffered_bytes=2 * MiB, body_timeout=30.0, refusal_retry_wait=3)
     port = port_of(px)
     stalled: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     try:
@@ -141,10 +142,12 @@ async def test_pipelined_bodies_count_until_their_answer_is_written(leaves: Make
 
 
 async def test_a_body_that_does_not_fit_is_told_retry_before_it_is_sent(leaves: MakeLeaf, proxy: MakeProxy) -> None:
+    """Bodies held whole (up to STREAM_THRESHOLD: larger ones are passed on as they arrive)."""
+    budget = 200 * 1024
     leaf = await leaves("C11")
-    px = await proxy([leaf], max_buffered_bytes=MiB, refusal_retry_wait=2)
+    px = await proxy([leaf], max_buffered_bytes=budget, refusal_retry_wait=2)
     port = port_of(px)
-    size = 600 * 1024  # two do not fit in 1 MiB
+    size = 120 * 1024  # two do not fit
     holder_reader, holder = await asyncio.open_connection("127.0.0.1", port)
     try:
         # It holds its whole announced length from its head on: the 100 says the head was taken.
@@ -181,15 +184,15 @@ async def test_a_body_that_does_not_fit_is_told_retry_before_it_is_sent(leaves: 
                 b"POST /result?job_id=J HTTP/1.1\r\nHost: x\r\nX-Flare-Device-ID: D\r\n"
                 b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
             )
-            piece = 128 * 1024
+            piece = 32 * 1024
             for _ in range(8):
                 writer.write(b"%x\r\n" % piece + b" " * piece + b"\r\n")
             retry_answer(await asyncio.wait_for(read_answers(reader, 1, 5.0), 5), 2)
         finally:
             writer.close()
         # A body larger than the budget could ever take: refused for good, not told to come back.
-        ((status, _, body),) = answers(await exchange(px, upload_head(2 * MiB)))
-        assert status == 413 and orjson.loads(body)["message"] == f"request body larger than {MiB} bytes"
+        ((status, _, body),) = answers(await exchange(px, upload_head(250 * 1024)))
+        assert status == 413 and orjson.loads(body)["message"] == f"request body larger than {budget} bytes"
         assert px.server.http.budget.refused == 3
     finally:
         holder.close()
@@ -205,4 +208,34 @@ async def test_a_body_that_does_not_fit_is_told_retry_before_it_is_sent(leaves: 
     finally:
         writer.close()
     assert len(leaf.received) == 3
+    await wait_for(lambda: px.server.http.budget.held == 0)
+
+
+async def test_a_large_upload_a_leaf_has_no_room_for_is_told_retry_with_a_wait(
+    leaves: MakeLeaf, proxy: MakeProxy
+) -> None:
+    """Passed on as it arrives, a large body is bounded at the leaf too: past the bytes it may be
+    receiving, the leaf refuses the stream and the device hears the proxy's own RETRY with a wait."""
+    leaf = await leaves("C11")
+    px = await proxy([leaf], refusal_retry_wait=3)
+    assert leaf._server is not None
+    leaf._server.uploads.limit = MiB
+    port = port_of(px)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(upload_head(2 * MiB) + json_body(2 * MiB)[:100_000])
+        assert "memory" in retry_answer(await asyncio.wait_for(read_answers(reader, 1, 5.0), 10), 3)
+    finally:
+        writer.close()
+    assert leaf._server.uploads.outcomes == {"refused": 1} and leaf.received == []
+    # One that fits, on a connection of its own, is received whole and answered.
+    body = json_body(MiB // 2)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(upload_head(len(body)) + body)
+        ((status, _, answer),) = answers(await asyncio.wait_for(read_answers(reader, 1, 5.0), 10))
+    finally:
+        writer.close()
+    assert status == 200 and echoed(answer)["payload"][3] == body
+    assert leaf._server.uploads.outcomes == {"refused": 1, "started": 1, "completed": 1}
     await wait_for(lambda: px.server.http.budget.held == 0)

@@ -192,40 +192,41 @@ async def test_a_lost_connection_frees_all_it_held() -> None:
 
 
 async def test_large_bodies_leave_an_eighth_of_the_budget_to_small_ones() -> None:
-    server, dispatched = make_server(budget_limits(800 * KiB, small=64 * KiB))
+    # Bodies held whole: up to STREAM_THRESHOLD (256 KiB); larger ones are passed on as they arrive.
+    server, dispatched = make_server(budget_limits(240 * KiB, small=16 * KiB))
     _, large = open_connection(server)
-    large.feed(upload(700 * KiB)[:-1])  # stalls one byte short: holds 700 KiB
+    large.feed(upload(200 * KiB)[:-1])  # stalls one byte short: holds 200 KiB
     _, second = open_connection(server)
-    second.feed(upload(65 * KiB)[:100])  # large too: would pass 7/8 of the budget
+    second.feed(upload(17 * KiB)[:100])  # large too: would pass 7/8 of the budget
     assert orjson.loads(split_answers(second.sent)[0][2])["status"] == "RETRY"
     _, small = open_connection(server)
-    small.feed(upload(64 * KiB))  # small: may use the last eighth
-    assert [r.path for r in dispatched.requests] == [b"/result"] and server.budget.held == 764 * KiB
+    small.feed(upload(16 * KiB))  # small: may use the last eighth
+    assert [r.path for r in dispatched.requests] == [b"/result"] and server.budget.held == 216 * KiB
 
 
 async def test_a_body_larger_than_the_budget_could_ever_take_is_413_not_retry() -> None:
-    server, _ = make_server(budget_limits(800 * KiB, small=64 * KiB))
+    server, _ = make_server(budget_limits(240 * KiB, small=16 * KiB))
     _, transport = open_connection(server)
-    transport.feed(b"POST /result HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (700 * KiB + 1))
+    transport.feed(b"POST /result HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (210 * KiB + 1))
     ((status, _, body),) = split_answers(transport.sent)
-    assert status == 413 and orjson.loads(body)["message"] == f"request body larger than {700 * KiB} bytes"
+    assert status == 413 and orjson.loads(body)["message"] == f"request body larger than {210 * KiB} bytes"
     assert server.budget.refused == 0
 
 
 async def test_a_chunked_body_is_held_as_it_streams_and_refused_when_it_no_longer_fits() -> None:
-    server, dispatched = make_server(budget_limits(1000 * KiB, small=2000 * KiB))
+    server, dispatched = make_server(budget_limits(600 * KiB, small=2000 * KiB))
     _, holder = open_connection(server)
-    holder.feed(upload(600 * KiB)[:-1])
+    holder.feed(upload(200 * KiB)[:-1])
     _, transport = open_connection(server)
     transport.feed(b"POST /result HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
     chunk = b"%x\r\n" % (100 * KiB) + b"y" * (100 * KiB) + b"\r\n"
-    for held in (700, 800, 900, 1000):
+    for held in (300, 400, 500, 600):
         transport.feed(chunk)
         assert server.budget.held == held * KiB and transport.sent == b""
     transport.feed(chunk)
     assert orjson.loads(split_answers(transport.sent)[0][2])["status"] == "RETRY"
-    assert server.budget.held == 600 * KiB and dispatched.calls == []
+    assert server.budget.held == 200 * KiB and dispatched.calls == []
     # Lingering after it (it may still be sending): read and discarded, never held.
     assert transport.reading and transport.eof_written
     transport.feed(chunk * 3)
-    assert server.budget.held == 600 * KiB
+    assert server.budget.held == 200 * KiB

@@ -3,6 +3,7 @@ on one leaf under the link method `xain`, uploads under the upload body limit, 2
 
 from __future__ import annotations
 
+import io
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -91,3 +92,22 @@ async def test_participants_hear_stand_by_when_no_leaf_answers(
         assert reply.status == 200
         answer = orjson.loads(await reply.read())
     assert answer["state"] == "stand_by" and answer["ok"] is False
+
+
+async def test_a_large_model_upload_is_passed_on_as_it_arrives(proxy: MakeProxy, http: aiohttp.ClientSession) -> None:
+    (leaf,) = await started("C11")
+    try:
+        px = await proxy([leaf])
+        model = b"\x93NUMPY" + bytes(range(256)) * 8192  # 2 MiB: a streamed request on the link
+        async with http.post(f"{px.url}/x8-abc/tok", data=io.BytesIO(model)) as reply:
+            assert reply.status == 200 and orjson.loads(await reply.read())["leaf"] == "C11"
+        assert leaf.xain == [("upload", {"id": "x8-abc", "token": "tok"}, len(model))]
+        assert leaf._server is not None and leaf._server.uploads.outcomes == {"started": 1, "completed": 1}
+        # A leaf with no room for it: the participant hears its stand-by, HTTP 200, as ever.
+        leaf._server.uploads.limit = len(model) - 1
+        async with http.post(f"{px.url}/x8-abc/tok", data=io.BytesIO(model)) as reply:
+            assert reply.status == 200
+            assert orjson.loads(await reply.read())["state"] == "stand_by"
+        assert leaf._server.uploads.outcomes["refused"] == 1 and len(leaf.xain) == 1
+    finally:
+        await leaf.stop()
