@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
@@ -17,6 +18,7 @@ from websockets.uri import parse_uri
 from internal_link.answer_stream import AnswerStream
 from internal_link.errors import LinkUnavailable
 from internal_link.sessions import SessionOpen
+from routing_proxy.sessions import relay as relay_module
 from routing_proxy.sessions.relay import SessionRelay
 
 
@@ -183,3 +185,14 @@ async def test_a_device_gone_mid_frame_cancels_the_stream() -> None:
     stream.chunk_arrived(b"abc")
     relay.connection_lost(None)
     assert core.cancelled
+
+
+async def test_a_frame_that_stops_moving_aborts_the_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(relay_module, "STALL_TIMEOUT", 0.5)
+    _, socket, stream, _ = _streaming_relay("json")
+    await asyncio.sleep(0)
+    stream.chunk_arrived(b"abc")
+    await asyncio.sleep(0.1)
+    assert not socket.aborted
+    await asyncio.sleep(1.5)
+    assert socket.aborted  # its loss then cancels the stream (test_a_device_gone_mid_frame_...)
