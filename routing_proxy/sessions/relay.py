@@ -53,6 +53,9 @@ CLOSE_TIMEOUT = 5.0
 # Seconds a streamed message may go without a chunk written before the socket is cut: a device that
 # stopped reading (or a leaf that stopped sending) would otherwise hold its window for ever.
 STALL_TIMEOUT = 60.0
+# Bytes of the core's own output (pongs, a close) held behind a streamed frame before the device's
+# socket is not read: a device sending pings while not reading cannot grow them without bound.
+MAX_HELD_BYTES = 16 * 1024
 
 # Tasks of sessions waiting for room on a congested link, held so that they are not collected.
 _waiting_for_room: set[asyncio.Task[None]] = set()
@@ -90,6 +93,8 @@ class SessionRelay(asyncio.Protocol):
         self._body: StreamedBody | None = None  # a streamed message being written: nothing else may be
         self._behind: deque[SessionReply | tuple[SessionReply, AnswerStream]] = deque()  # waiting for it
         self._stall: asyncio.TimerHandle | None = None
+        self._held: list[bytes] = []  # the core's output while a frame is being written
+        self._held_bytes = 0
 
     # asyncio.Protocol
 
@@ -184,7 +189,12 @@ class SessionRelay(asyncio.Protocol):
 
     def _update_reading(self) -> None:
         # Unread while messages wait for the link, or answers for the device: both stay bounded.
-        self._set_reading(self._in_flight < MAX_IN_FLIGHT and not self._backlog and len(self._behind) < MAX_IN_FLIGHT)
+        self._set_reading(
+            self._in_flight < MAX_IN_FLIGHT
+            and not self._backlog
+            and len(self._behind) < MAX_IN_FLIGHT
+            and self._held_bytes < MAX_HELD_BYTES
+        )
 
     def _set_reading(self, reading: bool) -> None:
         if self._transport is not None and reading != self._reading:
@@ -315,9 +325,16 @@ class SessionRelay(asyncio.Protocol):
 
     def _flush(self) -> None:
         transport = self._transport
-        if transport is None or self._body is not None:
-            return  # mid-frame: the rest waits for its end
-        for data in self._ws.data_to_send():
+        if transport is None:
+            return
+        if self._body is not None:  # mid-frame: the core's output waits for its end
+            for data in self._ws.data_to_send():
+                self._held.append(data)
+                self._held_bytes += len(data)
+            self._update_reading()
+            return
+        held, self._held, self._held_bytes = self._held, [], 0
+        for data in held + self._ws.data_to_send():
             if data:
                 transport.write(data)
             elif transport.can_write_eof():

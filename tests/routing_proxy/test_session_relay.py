@@ -196,3 +196,19 @@ async def test_a_frame_that_stops_moving_aborts_the_socket(monkeypatch: pytest.M
     assert not socket.aborted
     await asyncio.sleep(1.5)
     assert socket.aborted  # its loss then cancels the stream (test_a_device_gone_mid_frame_...)
+
+
+async def test_pongs_wait_behind_the_frame_and_a_device_piling_up_pings_is_not_read() -> None:
+    relay, socket, stream, _ = _streaming_relay("msgpack")
+    await asyncio.sleep(0)
+    device = ClientProtocol(parse_uri("ws://127.0.0.1/ws"), state=State.OPEN)
+    for number in range(200):  # about 20 KiB of pongs owed
+        device.send_ping(b"%0100d" % number)
+    relay.data_received(b"".join(device.data_to_send()))
+    assert not socket.reading
+    stream.chunk_arrived(b"abcdef")
+    assert _frames_read(socket.written) == [(Opcode.BINARY, b"before"), (Opcode.BINARY, b"abcdef")]
+    stream.ended(True)
+    frames = _frames_read(socket.written)
+    assert frames[2:] == [(Opcode.PONG, b"%0100d" % number) for number in range(200)]
+    assert socket.reading
