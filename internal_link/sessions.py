@@ -11,9 +11,11 @@ process) and a number that process gives it. Named tuples checked by hand, like 
 from __future__ import annotations
 
 import reprlib
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from .calls import BadPayload, _is_text_map
+from .streams import STREAM_THRESHOLD, Streamed
 
 SESSION_OPEN = "session_open"  # payload SessionOpen -> SessionReply
 SESSION_MESSAGE = "session_message"  # payload SessionMessage -> SessionReply
@@ -129,6 +131,24 @@ class SessionReply(NamedTuple):
             reply: SessionReply = _new(cls, payload)
             return reply
         raise BadPayload(f"malformed session reply: {reprlib.repr(payload)}")
+
+
+def session_reply(
+    before: list[bytes], last: Sequence[bytes | memoryview], close: int = KEEP_OPEN
+) -> SessionReply | Streamed:
+    """A reply whose last message is the bytes of `last` joined (a `task`: its model part is a
+    cached payload shared by every session). Up to `STREAM_THRESHOLD` bytes a `SessionReply`, as
+    ever; above, a stream (`streams.py`) whose head carries `before` and `close` and whose bytes
+    are the last message, its parts sent as slices, never joined (ARCHITECTURE.md "Sessions")."""
+    if sum(len(part) for part in last) > STREAM_THRESHOLD:
+        return Streamed([before, close], last)
+    return SessionReply([*before, b"".join(last)], close)
+
+
+def streamed_session_head(meta: Any) -> SessionReply:
+    """A streamed session reply's head as the messages before the streamed one and the close code
+    to send after it; raises `BadPayload` if malformed."""
+    return SessionReply.check(meta)
 
 
 class Push(NamedTuple):

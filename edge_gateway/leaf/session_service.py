@@ -39,7 +39,9 @@ from internal_link.sessions import (
     SessionMessage,
     SessionOpen,
     SessionReply,
+    session_reply,
 )
+from internal_link.streams import Streamed
 
 from .endpoints import DeviceEndpoints
 from .job_state import LeafJob, TaskDecision
@@ -121,7 +123,7 @@ class SessionService:
             self._push(replaced, [], NORMAL_CLOSURE)
         return SessionReply([])
 
-    def message(self, payload: Any) -> SessionReply | Awaitable[SessionReply]:
+    def message(self, payload: Any) -> SessionReply | Streamed | Awaitable[SessionReply]:
         call = SessionMessage.check(payload)
         session = self.table.sessions.get((call.hub, call.session))
         if session is None:
@@ -148,7 +150,7 @@ class SessionService:
             self._gone(session)
 
     # -- device messages ----------------------------------------------------------------------
-    def _answer(self, session: Session, received: Received) -> SessionReply | Awaitable[SessionReply]:
+    def _answer(self, session: Session, received: Received) -> SessionReply | Streamed | Awaitable[SessionReply]:
         kind, fields = received
         state = device_state(fields)
         if state is not None:
@@ -167,7 +169,7 @@ class SessionService:
         if kind is DeviceMessage.HEARTBEAT:
             return SessionReply([self._status(session, job)])
         if kind is DeviceMessage.START_TRAINING:
-            return SessionReply([self._start_training(session, job)])
+            return session_reply([], self._start_training(session, job))  # a large task is streamed
         if kind is DeviceMessage.ABORT:
             return SessionReply([self._abort(session, job, fields)])
         return self._end_training(session, job, fields)
@@ -202,13 +204,14 @@ class SessionService:
         view = job.view
         return self._encode(session, GatewayMessage.ROUND, round=view.round, model_version=view.model_version)
 
-    def _start_training(self, session: Session, job: LeafJob) -> bytes:
+    def _start_training(self, session: Session, job: LeafJob) -> tuple[bytes, ...]:
+        """The `task` message's parts (`standby` when the slot is gone)."""
         lease = job.by_task.get(session.task_id) if session.holds_slot else None
         payload = self._payloads.get(job.view.job_id)
         if lease is None or lease.reported or payload is None or payload.version != lease.version:
             if session.holds_slot:
                 self.table.to_standby(session, session.job_id)
-            return self._encode(session, GatewayMessage.STANDBY)
+            return (self._encode(session, GatewayMessage.STANDBY),)
         cookie = self._signer.issue(
             job.view.job_id, session.device_id, lease.task_id, lease.version, lease.selection_id
         )

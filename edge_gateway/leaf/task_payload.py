@@ -95,12 +95,14 @@ class TaskPayload:
             b',"task_id":' + orjson.dumps(task_id) + b',"cookie":' + orjson.dumps(cookie) + b"}",
         )
 
-    def render_session(self, task_id: str, deadline: float, as_msgpack: bool) -> bytes:
-        """The `task` message of a live session (PROTOCOL.md §9): the cookie stays at the leaf."""
+    def render_session(self, task_id: str, deadline: float, as_msgpack: bool) -> tuple[bytes, bytes, bytes]:
+        """The `task` message of a live session (PROTOCOL.md §9) as (its own head, the shared task
+        data, its tail): streamed, every session sends the one cached task data, never a copy of
+        its own. The cookie stays at the leaf."""
         fields: tuple[Any, ...] = ("type", "task", "task_id", task_id, "task_name", TASK_NAME)
         fields += ("model_version", self.version, "deadline", deadline)
         if as_msgpack:  # a map of 6 entries, task_data last
             head = b"\x86" + b"".join(msgpack.packb(x, use_bin_type=True) for x in fields)
-            return head + msgpack.packb("task_data") + self._task_msgpack
+            return head + msgpack.packb("task_data"), self._task_msgpack, b""
         head = orjson.dumps(dict(zip(fields[::2], fields[1::2], strict=True)))
-        return head[:-1] + b',"task_data":' + self._task_json + b"}"
+        return head[:-1] + b',"task_data":', self._task_json, b"}"

@@ -4,6 +4,12 @@ whole messages to the leaf that owns the device (and of the leaf's answers and p
 The proxy parses no message: it assembles frames into messages (the core checks the framing and
 the size), sends each message's payload to the leaf, and writes back what the leaf says to, in a
 text frame for JSON sessions and a binary frame for msgpack ones (PROTOCOL.md §9).
+
+A large reply (a `task` with its model) comes as a link stream: its frame's head is written at
+once with the whole length, then its payload as the chunks arrive, more granted only as the
+device's socket drains, so the proxy holds about a window per session however slow the phone.
+Frames cannot interleave: whatever else is to be written (later replies, pushes, the core's pongs
+and close) waits behind it, in order.
 """
 
 from __future__ import annotations
@@ -17,8 +23,21 @@ from typing import TYPE_CHECKING, Any, cast
 from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
 
+from internal_link.answer_stream import AnswerStream
 from internal_link.errors import LinkError, RemoteError
-from internal_link.sessions import KEEP_OPEN, SESSION_CLOSED, SESSION_MESSAGE, SESSION_OPEN, SessionOpen, SessionReply
+from internal_link.flow_control import FlowControl
+from internal_link.sessions import (
+    KEEP_OPEN,
+    SESSION_CLOSED,
+    SESSION_MESSAGE,
+    SESSION_OPEN,
+    SessionOpen,
+    SessionReply,
+    streamed_session_head,
+)
+
+from ..http1.streamed_body import StreamedBody
+from .frame_head import data_frame_head
 
 if TYPE_CHECKING:
     from ..upstreams import Upstream
@@ -31,6 +50,12 @@ SERVICE_RESTART = 1012  # the leaf went away: reconnect, the proxy routes to a l
 MAX_IN_FLIGHT = 4
 # Seconds the device gets to answer our close frame before the socket is cut (RFC 6455 §7.1.1).
 CLOSE_TIMEOUT = 5.0
+# Seconds a streamed message may go without a chunk written before the socket is cut: a device that
+# stopped reading (or a leaf that stopped sending) would otherwise hold its window for ever.
+STALL_TIMEOUT = 60.0
+# Bytes of the core's own output (pongs, a close) held behind a streamed frame before the device's
+# socket is not read: a device sending pings while not reading cannot grow them without bound.
+MAX_HELD_BYTES = 16 * 1024
 
 # Tasks of sessions waiting for room on a congested link, held so that they are not collected.
 _waiting_for_room: set[asyncio.Task[None]] = set()
@@ -64,11 +89,18 @@ class SessionRelay(asyncio.Protocol):
         self._reading = True
         self._closing = False
         self._cut_armed = False
+        self._flow: FlowControl | None = None
+        self._body: StreamedBody | None = None  # a streamed message being written: nothing else may be
+        self._behind: deque[SessionReply | tuple[SessionReply, AnswerStream]] = deque()  # waiting for it
+        self._stall: asyncio.TimerHandle | None = None
+        self._held: list[bytes] = []  # the core's output while a frame is being written
+        self._held_bytes = 0
 
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        self._flow = FlowControl(self._transport)
         self._flush()  # the 101 the handshake queued
         self._call(SESSION_OPEN, self._opened)
 
@@ -87,12 +119,25 @@ class SessionRelay(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._forget(self)
+        if self._flow is not None:
+            self._flow.connection_lost()
+        self._drop_streams()  # the leaf stops sending what nobody will read
         if self.upstream.client.connected:
             try:
                 future = self.upstream.client.send(SESSION_CLOSED, [self.hub, self.number], self._timeout)
             except LinkError:
                 return  # the leaf finds the session silent instead
             future.add_done_callback(_ignore_outcome)
+
+    def pause_writing(self) -> None:
+        if self._flow is not None:
+            self._flow.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._flow is not None:
+            self._flow.resume_writing()
+        if self._body is not None:
+            self._body.resume()  # the device read: the leaf may send what it is owed
 
     # messages in
 
@@ -120,14 +165,13 @@ class SessionRelay(asyncio.Protocol):
                 return
             # Congested (a large upload leaving): wait for room, reading nothing more meanwhile.
             self._backlog.append((method, payload))
-            self._set_reading(False)
+            self._update_reading()
             task = asyncio.get_running_loop().create_task(self._send_backlog())
             _waiting_for_room.add(task)
             task.add_done_callback(_waiting_for_room.discard)
             return
         self._in_flight += 1
-        if self._in_flight >= MAX_IN_FLIGHT:
-            self._set_reading(False)
+        self._update_reading()
         future.add_done_callback(self._answered)
 
     async def _send_backlog(self) -> None:
@@ -143,6 +187,15 @@ class SessionRelay(asyncio.Protocol):
             self._answered(answer)
         self._backlog.clear()
 
+    def _update_reading(self) -> None:
+        # Unread while messages wait for the link, or answers for the device: both stay bounded.
+        self._set_reading(
+            self._in_flight < MAX_IN_FLIGHT
+            and not self._backlog
+            and len(self._behind) < MAX_IN_FLIGHT
+            and self._held_bytes < MAX_HELD_BYTES
+        )
+
     def _set_reading(self, reading: bool) -> None:
         if self._transport is not None and reading != self._reading:
             self._reading = reading
@@ -153,10 +206,13 @@ class SessionRelay(asyncio.Protocol):
 
     def _answered(self, future: asyncio.Future[Any]) -> None:
         self._in_flight -= 1
-        if self._in_flight < MAX_IN_FLIGHT and not self._backlog:
-            self._set_reading(True)
+        self._update_reading()
         try:
-            reply = SessionReply.check(future.result())
+            result = future.result()
+            if type(result) is AnswerStream:
+                self._queue_stream(result)
+                return
+            reply = SessionReply.check(result)
         except RemoteError as exc:
             logger.error("leaf %s failed on a session message: %s", self.upstream.leaf.name, exc)
             self.close(INTERNAL_ERROR, "gateway error")
@@ -173,6 +229,13 @@ class SessionRelay(asyncio.Protocol):
         """Write the leaf's messages in order, then close with `close` unless KEEP_OPEN."""
         if self._transport is None or self._closing:
             return
+        if self._body is not None or self._behind:
+            self._behind.append(SessionReply(messages, close))
+            self._update_reading()
+            return
+        self._send_now(messages, close)
+
+    def _send_now(self, messages: list[bytes], close: int) -> None:
         for message in messages:
             if self._binary:
                 self._ws.send_binary(message)
@@ -182,6 +245,72 @@ class SessionRelay(asyncio.Protocol):
             self.close(close)
         else:
             self._flush()
+
+    def _queue_stream(self, stream: AnswerStream) -> None:
+        try:
+            head = streamed_session_head(stream.meta)
+        except LinkError as exc:  # a malformed head: the leaf is broken
+            stream.cancel()
+            logger.error("leaf %s sent a bad session stream: %s", self.upstream.leaf.name, exc)
+            self.close(INTERNAL_ERROR, "gateway error")
+            return
+        if self._transport is None or self._closing:
+            stream.cancel()
+        elif self._body is not None or self._behind:
+            self._behind.append((head, stream))
+            self._update_reading()
+        else:
+            self._start_stream(head, stream)
+
+    def _start_stream(self, head: SessionReply, stream: AnswerStream) -> None:
+        """The messages before the streamed one, its frame's head, then its payload as it comes."""
+        transport, flow = self._transport, self._flow
+        assert transport is not None and flow is not None  # checked by the callers
+        self._send_now(head.messages, KEEP_OPEN)
+        transport.write(data_frame_head(stream.total, self._binary))
+        self._body = StreamedBody(transport, flow, stream, self._moved, lambda complete: self._streamed(complete, head))
+        self._moved(0)
+        self._body.start()
+
+    def _moved(self, nbytes: int) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+        self._stall = asyncio.get_running_loop().call_later(STALL_TIMEOUT, self._abort)
+
+    def _streamed(self, complete: bool, head: SessionReply) -> None:
+        self._body = None
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+        if not complete:
+            # Cut short (link lost, leaf gone): a dropped socket, never a short frame that looks whole.
+            self._drop_streams()
+            self._abort()
+            return
+        if head.close != KEEP_OPEN:
+            self.close(head.close)
+        self._flush()  # what the core queued meanwhile (pongs, a close)
+        while self._behind and self._body is None and not self._closing:
+            item = self._behind.popleft()
+            if isinstance(item, SessionReply):
+                self._send_now(item.messages, item.close)
+            else:
+                self._start_stream(*item)
+        if self._closing:
+            self._drop_streams()
+        self._update_reading()
+
+    def _drop_streams(self) -> None:
+        body, self._body = self._body, None
+        if body is not None:
+            body.cancel()
+        for item in self._behind:
+            if not isinstance(item, SessionReply):
+                item[1].cancel()
+        self._behind.clear()
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
 
     def close(self, code: int, reason: str = "") -> None:
         """Start the closing handshake; the socket is cut if the device does not finish it."""
@@ -198,7 +327,14 @@ class SessionRelay(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
-        for data in self._ws.data_to_send():
+        if self._body is not None:  # mid-frame: the core's output waits for its end
+            for data in self._ws.data_to_send():
+                self._held.append(data)
+                self._held_bytes += len(data)
+            self._update_reading()
+            return
+        held, self._held, self._held_bytes = self._held, [], 0
+        for data in held + self._ws.data_to_send():
             if data:
                 transport.write(data)
             elif transport.can_write_eof():

@@ -4,6 +4,7 @@ PROTOCOL.md §9 (JSON text frames, or msgpack binary frames), every wait bounded
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import msgpack
@@ -26,7 +27,11 @@ class SessionDevice:
         self.binary = binary
 
     @classmethod
-    async def connect(cls, proxy_url: str, device_id: str, binary: bool = False) -> SessionDevice:
+    async def connect(
+        cls, proxy_url: str, device_id: str, binary: bool = False, sock: socket.socket | None = None
+    ) -> SessionDevice:
+        """A session; on `sock` (connected already, e.g. with a small receive buffer) if given,
+        then with no keep-alive pings: a device that pauses reading would time its own pongs out."""
         url = proxy_url.replace("http://", "ws://") + "/ws"
         subprotocol = "edgefl.v1.msgpack" if binary else "edgefl.v1.json"
         connection = await connect(
@@ -35,6 +40,8 @@ class SessionDevice:
             additional_headers={"X-Flare-Device-ID": device_id, "X-Flare-Device-Info": "platform=sim"},
             open_timeout=WAIT,
             max_size=None,
+            sock=sock,
+            ping_interval=None if sock is not None else 20,
         )
         assert connection.subprotocol == subprotocol
         return cls(connection, device_id, binary)
