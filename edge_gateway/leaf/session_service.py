@@ -210,6 +210,9 @@ class SessionService:
         payload = self._payloads.get(job.view.job_id)
         if lease is None or lease.reported or payload is None or payload.version != lease.version:
             if session.holds_slot:
+                # An async lease outlives versions, its payload may not: held, it would keep a slot
+                # of the job's concurrency until it ran out. Given back, the session may get a new one.
+                self._give_up_slot(session)
                 self.table.to_standby(session, session.job_id)
             return (self._encode(session, GatewayMessage.STANDBY),)
         cookie = self._signer.issue(
