@@ -1,8 +1,8 @@
-"""The leaf process: lifecycle and drain, the proxy-facing handlers, and keeping in sync with the server.
+"""The leaf process: lifecycle and drain, and the proxy-facing handlers.
 
-Past 400 lines because the three share the process's state (jobs, uplink, payloads, sessions,
-drain): the device endpoints, sessions and XAIN doors already live apart (endpoints.py,
-session_service.py, xain_endpoints.py); the server sync is the next part to move out.
+The device endpoints, sessions, XAIN doors and the server sync live apart (endpoints.py,
+session_service.py, xain_endpoints.py, server_sync.py); this module wires them to one process's
+state (jobs, uplink, payloads, sessions, drain).
 """
 
 from __future__ import annotations
@@ -43,8 +43,7 @@ from internal_link.calls import (
     xain_call_handler,
 )
 from internal_link.client import LinkClient
-from internal_link.errors import CallRefused, ErrorCode, LinkUnavailable, RemoteError
-from internal_link.messages import JobView, SyncReply, SyncRequest
+from internal_link.errors import CallRefused, ErrorCode
 from internal_link.server import LinkServer
 from internal_link.sessions import SESSION_CLOSED, SESSION_MESSAGE, SESSION_OPEN, SESSION_PUSHES, SessionReply
 
@@ -57,8 +56,8 @@ from ..user_errors import UserError
 from .endpoints import ANSWER_MARGIN, STARTING_RETRY_WAIT, DeviceEndpoints, FegReply
 from .job_state import LeafJob
 from .metrics import LeafMetrics, endpoint_label, error_kind
-from .no_shows import NoShowScores
 from .payload_cache import PayloadCache
+from .server_sync import ServerSync
 from .session_service import SERVICE_RESTART, SessionService
 from .xain_endpoints import XainEndpoints
 
@@ -71,7 +70,6 @@ INLINE_DECODE_LIMIT = 64 * 1024
 # once its next health ping (every second by default) fails.
 DRAIN_QUIET = 1.0
 DRAINING_RETRY_WAIT = 1  # another leaf will answer: no need to wait long
-WATCH_WAIT = 20.0  # seconds the server may hold a "watch" call
 _XAIN_STAND_BY = b'{"state":"stand_by","round":0,"ok":false,"status":"RETRY"}'
 
 
@@ -115,8 +113,17 @@ class Leaf:
         self.metrics.watch_streams(self._rpc.streams, lambda: self._rpc.open_streams)
         self.metrics.watch_uploads(self._rpc.uploads, lambda: self._rpc.open_uploads)
         self.jobs: dict[str, LeafJob] = {}
-        self._no_shows = NoShowScores()  # a device's past, whatever job it was in
         self._payloads = PayloadCache(self._link, self._is_current, config.payload_cache_bytes)
+        self._server = ServerSync(
+            self.name,
+            self.boot,
+            self._control,
+            self.jobs,
+            self.uplink,
+            self._payloads,
+            self._after_sync,
+            config.sync_interval,
+        )
         self._endpoints = DeviceEndpoints(
             self.jobs,
             self._payloads,
@@ -124,7 +131,7 @@ class Leaf:
             self.uplink,
             self._link,
             config.quota_hold,
-            self._sync_soon,
+            self._server.sync_soon,
             self.metrics,
         )
         self.sessions = SessionService(
@@ -137,14 +144,10 @@ class Leaf:
         )
         self.metrics.watch_sessions(self.sessions)
         self._xain = XainEndpoints(
-            self.jobs, self._payloads, CookieSigner(config.cookie_key()), self.uplink, self._sync_soon
+            self.jobs, self._payloads, CookieSigner(config.cookie_key()), self.uplink, self._server.sync_soon
         )
         self._xain06: Any = None  # Xain06Listeners when the 0.6 ports are open
         self.xain06_ports: tuple[int, int] | None = None  # (gRPC, object) ports bound
-        self._server_boot: str | None = None
-        self._name_refused = False  # the server said another live leaf has this name (logged once)
-        self._synced = asyncio.Event()  # replaced after every sync, so waiters see the next one
-        self._wake_sync = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self.port = 0
         self.metrics_port: int | None = None
@@ -160,8 +163,8 @@ class Leaf:
             await self._control_client.start()
         await self.uplink.start()  # replays the log before any device is answered
         loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self._sync_loop(), name="leaf-sync"))
-        self._tasks.append(loop.create_task(self._watch_loop(), name="leaf-watch"))
+        self._tasks.append(loop.create_task(self._server.run(), name="leaf-sync"))
+        self._tasks.append(loop.create_task(self._server.watch(), name="leaf-watch"))
         self._tasks.append(loop.create_task(self._sweep_loop(), name="leaf-sessions"))
         self.port = await self._rpc.start(self.config.host, self.config.port)
         log.info("leaf %s listening on %s:%d", self.name, self.config.host, self.port)
@@ -173,7 +176,7 @@ class Leaf:
             except ImportError as exc:
                 raise UserError(f"--xain-grpc-port needs grpcio: pip install 'edgefl[xain]' ({exc})") from None
 
-            self._xain06 = Xain06Listeners(self._xain, self._sync_soon)
+            self._xain06 = Xain06Listeners(self._xain, self._server.sync_soon)
             host = config.xain_host or config.host
             self.xain06_ports = await self._xain06.start(host, config.xain_grpc_port, config.xain_object_port)
             log.info("leaf %s: xain-sdk 0.6 gRPC on %s:%d, objects on port %d", self.name, host, *self.xain06_ports)
@@ -230,7 +233,7 @@ class Leaf:
         if self._draining:
             # The proxy marks it unhealthy and moves its devices.
             raise CallRefused(ErrorCode.SHUTTING_DOWN, "leaf shutting down")
-        if self._name_refused:  # the proxy sends its devices to leaves that can serve them
+        if self._server.name_refused:  # the proxy sends its devices to leaves that can serve them
             raise CallRefused(
                 ErrorCode.NAME_TAKEN, f"the server refuses this leaf: another live leaf is named {self.name!r}"
             )
@@ -273,7 +276,7 @@ class Leaf:
         """A xain-sdk participant's call (xain_endpoints.py); while draining or starting, `stand_by`."""
         self._last_request = asyncio.get_running_loop().time()
         self.metrics.received_bytes += len(call.body)
-        if (self._draining and call.endpoint == "heartbeat") or not self._synced_once():
+        if (self._draining and call.endpoint == "heartbeat") or not self._server.synced_once():
             outcome: FegReply | Awaitable[FegReply] = DeviceAnswer(200, JSON, _XAIN_STAND_BY)
         else:
             outcome = self._xain.answer(call)
@@ -345,7 +348,7 @@ class Leaf:
         self, endpoint: str, request: FegRequest, headers: Any, body_size: int, wait: float
     ) -> FegReply | Awaitable[FegReply]:
         as_msgpack = wants_msgpack(headers.get("accept", ""))
-        if not self._synced_once():
+        if not self._server.synced_once():
             reply = response(Status.RETRY, retry_wait=STARTING_RETRY_WAIT, message="Gateway starting")
         elif isinstance(request, JobRequest):
             reply = self._endpoints.job(request)
@@ -368,42 +371,10 @@ class Leaf:
         content_type, data = encode(reply, as_msgpack)
         return DeviceAnswer(200, content_type, data)
 
-    def _synced_once(self) -> bool:
-        return self._server_boot is not None
-
-    # -- server sync --------------------------------------------------------------------------
-    async def _sync_soon(self, timeout: float) -> None:
-        """Ask for a sync now and wait for the next one to finish, at most `timeout` seconds."""
-        self._wake_sync.set()
-        try:
-            await asyncio.wait_for(self._synced.wait(), timeout)
-        except TimeoutError:
-            pass
-
-    async def _sync_loop(self) -> None:
-        while True:
-            try:
-                await self._sync_once()
-            except RemoteError as exc:
-                if exc.code is ErrorCode.NAME_TAKEN and not self._name_refused:
-                    log.error("leaf %s: the server refuses this leaf: %s", self.name, exc.text)
-                self._name_refused = exc.code is ErrorCode.NAME_TAKEN
-                log.debug("sync failed: %s", exc)
-            except LinkUnavailable as exc:
-                log.debug("sync failed: %s", exc)
-            except Exception:
-                log.exception("sync failed")
-            else:
-                if self._name_refused:
-                    log.info(
-                        "leaf %s: the server takes this leaf now (the other one under its name is gone)", self.name
-                    )
-                self._name_refused = False
-            try:
-                await asyncio.wait_for(self._wake_sync.wait(), self.config.sync_interval)
-            except TimeoutError:
-                pass
-            self._wake_sync.clear()
+    # -- sessions, and what the uplink and payload cache ask of the jobs ------------------------
+    def _after_sync(self) -> None:
+        self.sessions.serving = True
+        self.sessions.after_sync()
 
     async def _sweep_loop(self) -> None:
         # Silent sessions are found within half a heartbeat interval (at most a second) of going silent.
@@ -414,70 +385,6 @@ class Leaf:
                 self.sessions.sweep()
             except Exception:
                 log.exception("session sweep failed")
-
-    async def _watch_loop(self) -> None:
-        # A new model version is served as soon as the server has it, not up to a sync interval later.
-        seen = -1
-        while True:
-            try:
-                seen = await self._control.call("watch", {"seen": seen, "wait": WATCH_WAIT}, WATCH_WAIT + 5.0)
-            except (LinkUnavailable, RemoteError) as exc:
-                log.debug("watch failed: %s", exc)
-                await asyncio.sleep(self.config.sync_interval)  # the periodic sync still runs
-                continue
-            self._wake_sync.set()
-
-    async def _sync_once(self) -> None:
-        now = asyncio.get_running_loop().time()
-        reports = {job_id: job.report(now) for job_id, job in self.jobs.items()}
-        request = SyncRequest(
-            leaf=self.name,
-            boot=self.boot,
-            jobs=reports,
-            server_boot=self._server_boot,
-            # Its answer to the versions due (closing.py): built after the views that announced
-            # them were applied, so no result promised since is missing from `undelivered`.
-            closing={job_id: job.view.model_version for job_id, job in self.jobs.items() if job.view.closing},
-            undelivered=self.uplink.behind(),
-            payload_bytes=self._payloads.nbytes,
-        )
-        reply = SyncReply.model_validate(await self._control.call("sync", request.model_dump(), 5.0))
-        if reply.boot != self._server_boot:
-            if self._server_boot is not None:
-                log.warning("server restarted (boot %s): sending again what it had not checkpointed", reply.boot)
-                await self.uplink.resend_taken(reply.boot)
-                for job in self.jobs.values():
-                    job.groups_version = -1  # the new process counts group versions afresh: fetch
-            self._server_boot = reply.boot
-            self._wake_sync.set()  # the server holds its rounds until this leaf says it has delivered
-        seen = set()
-        for view in reply.jobs:
-            seen.add(view.job_id)
-            self._apply(view)
-        for job_id in [j for j in self.jobs if j not in seen]:
-            del self.jobs[job_id]
-            self._payloads.drop(job_id)
-        self.uplink.keep_jobs(seen)
-        self.sessions.serving = True
-        self.sessions.after_sync()
-        self._synced.set()
-        self._synced = asyncio.Event()
-
-    def _apply(self, view: JobView) -> None:
-        job = self.jobs.get(view.job_id)
-        if job is None:
-            job = self.jobs[view.job_id] = LeafJob(
-                view=view, waiting_window=2.0 * view.retry_wait + 5.0, no_shows=self._no_shows
-            )
-            self._wake_sync.set()  # the server lists this leaf on the job once a report names it
-            # A device whose OK was answered before this leaf restarted hears "counted once" again.
-            job.taken_before(self.uplink.replayed(view.job_id))
-        else:
-            if view.closing and not (job.view.closing and job.view.model_version == view.model_version):
-                self._wake_sync.set()  # the server makes the next version once this leaf answers
-            job.apply_view(view)
-        self.uplink.release(view.job_id, view.model_version, view.max_staleness if view.mode == "async" else 0)
-        self._payloads.want(view)
 
     def _not_counted(self, job_id: str, task_ids: list[str], acknowledged: int) -> None:
         job = self.jobs.get(job_id)

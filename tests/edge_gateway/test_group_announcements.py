@@ -112,7 +112,7 @@ async def test_after_a_server_restart_a_leaf_fetches_the_groups_again_whatever_t
     await restarted.start()
     try:
         async with asyncio.timeout(20):
-            while not all(leaf._server_boot == restarted.coordinator.boot for leaf in leaves):
+            while not all(leaf._server.server_boot == restarted.coordinator.boot for leaf in leaves):
                 await asyncio.sleep(0.05)
         # The other leaf announces one more: version 2 again, as the first leaf last fetched.
         assert (await answer(second, selection("g3?2")))["status"] == "OK"
