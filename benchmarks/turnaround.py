@@ -12,7 +12,8 @@ servable on every leaf the devices hash to); "first" is the earliest device. Eac
 receiving the whole model (4 MB in msgpack) once.
 
 Breakdown per round, from the server's and leaves' INFO logs (wall-clock, 1 ms resolution):
-the server's batch add + round close (partials combined, FedAvg applied) and checkpoint; each
+how long the due version waited for the leaves' answers (edge_gateway/closing.py) and the
+checkpoint; each
 leaf's model fetch and task payload build, and when the leaf started fetching (learned of the new
 version) counted from the client's `OK`. The answers each device got while polling are counted by
 message too. References measured in the same run: one numpy pass over the model (float32
@@ -156,8 +157,9 @@ async def references(device: Device, interval: float) -> dict[str, float]:
 
 # -- the processes' own timings -------------------------------------------------------------------
 LOG_TIME = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) "
-SERVER_CLOSE = re.compile(LOG_TIME + r".*batch of \d+ results added and round closed in ([\d.]+) ms")
-SERVER_CHECKPOINT = re.compile(LOG_TIME + r".*model v(\d+) \(\d+ results\), checkpoint written in ([\d.]+) ms")
+SERVER_CHECKPOINT = re.compile(
+    LOG_TIME + r".*model v(\d+) \(\d+ results\) after ([\d.]+) ms for the leaves, checkpoint written in ([\d.]+) ms"
+)
 LEAF_READY = re.compile(
     LOG_TIME + r".*model v(\d+) servable: fetched in ([\d.]+) ms, task payload built in ([\d.]+) ms"
 )
@@ -168,16 +170,13 @@ def _wall(stamp: str) -> float:
 
 
 def breakdown(server_log: Path, leaf_logs: list[Path]) -> dict[int, dict[str, Any]]:
-    """Per version: server close/checkpoint ms; per leaf: (learned at, fetch ms, build ms), wall-clock."""
+    """Per version: the server's wait for the leaves and checkpoint, ms; per leaf: (learned at,
+    fetch ms, build ms), wall-clock."""
     out: dict[int, dict[str, Any]] = {}
-    closes = []
     for line in server_log.read_text(errors="replace").splitlines():
-        if m := SERVER_CLOSE.match(line):
-            closes.append(float(m[2]))
-        elif m := SERVER_CHECKPOINT.match(line):
-            out.setdefault(int(m[2]), {"leaves": {}})["checkpoint_ms"] = float(m[3])
-            if closes:
-                out[int(m[2])]["close_ms"] = closes.pop()
+        if m := SERVER_CHECKPOINT.match(line):
+            entry = out.setdefault(int(m[2]), {"leaves": {}})
+            entry["leaves_ms"], entry["checkpoint_ms"] = float(m[3]), float(m[4])
     for log in leaf_logs:
         for line in log.read_text(errors="replace").splitlines():
             if m := LEAF_READY.match(line):
@@ -250,7 +249,7 @@ def main() -> None:
         f"{status['results_counted']} results in {status['round']} rounds"
     )
     print(
-        "\n| version | **all devices served, ms** | first device, ms | server close + checkpoint, ms | "
+        "\n| version | **all devices served, ms** | first device, ms | server: leaves' answers + checkpoint, ms | "
         "per leaf: learned after OK / fetch / payload build, ms | answers while polling |"
     )
     print("|---:|---:|---:|---|---|---|")
@@ -263,7 +262,7 @@ def main() -> None:
         )
         answers = ", ".join(f"{k} ×{n}" for k, n in sorted(r["answers"].items()))
         print(
-            f"| {r['version']} | {r['all_ms']:.0f} | {r['first_ms']:.0f} | {p.get('close_ms', float('nan')):.0f} + "
+            f"| {r['version']} | {r['all_ms']:.0f} | {r['first_ms']:.0f} | {p.get('leaves_ms', float('nan')):.0f} + "
             f"{p.get('checkpoint_ms', float('nan')):.0f} | {leaves} | {answers} |"
         )
     every, first = [r["all_ms"] for r in rounds], [r["first_ms"] for r in rounds]

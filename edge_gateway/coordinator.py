@@ -61,6 +61,8 @@ LEAF_COUNTERS = ("tasks_issued", "refused", "late", "duplicates", "over_cap", "g
 class NewVersion:
     job_id: str
     version: int
+    # Seconds it waited, once due, for the leaves' answers (closing.py); for the logs only.
+    waited: float = field(default=0.0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class VersionDue:
     """A job's next version is due: the leaves must hear it at once and answer (closing.py)."""
 
     job_id: str
+    leaves: int = field(default=0, compare=False)  # how many it waits for
 
 
 Event = NewVersion | VersionDue
@@ -382,13 +385,13 @@ class Coordinator:
         if self.rounds_held(now) or not closing_settled(
             job.closing, job.leaves, now, silent_after=LEAF_STALE_AFTER, limit=RESEND_WAIT_LIMIT
         ):
-            return [VersionDue(job.job_id)] if came_due else []
-        closed_by, job.closing = job.closing.closed_by, None
+            return [VersionDue(job.job_id, len(job.closing.waiting))] if came_due else []
+        closing, job.closing = job.closing, None
         if job.fedbuff is not None:
             step_async(job, job.fedbuff, now)
         else:
-            self._close_round(job, now, RoundEnd(closed_by))
-        return [NewVersion(job.job_id, job.version)]
+            self._close_round(job, now, RoundEnd(closing.closed_by))
+        return [NewVersion(job.job_id, job.version, now - closing.since)]
 
     def _due(self, job: JobState, now: float, quorum_only: bool) -> str | None:
         """How the job's next version comes due now (the history's `closed_by`), or None."""

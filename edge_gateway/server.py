@@ -293,6 +293,7 @@ class Server:
     def _on_versions(self, events: list[Event]) -> None:
         for event in events:
             if isinstance(event, VersionDue):  # the leaves answer for what they acknowledged (closing.py)
+                log.info("job %s: next version due, waiting for %d leaves to answer", event.job_id, event.leaves)
                 self._announce()
                 continue
             job = self.coordinator.job(event.job_id)
@@ -303,11 +304,12 @@ class Server:
             self._checkpoint(event.job_id)
             self._results_checkpointed(event.job_id)
             log.info(
-                "job %s: round %d closed, model v%d (%d results), checkpoint written in %.1f ms",
+                "job %s: round %d closed, model v%d (%d results) after %.1f ms for the leaves, checkpoint written in %.1f ms",
                 event.job_id,
                 job.round,
                 event.version,
                 job.history[-1]["results"],
+                event.waited * 1e3,
                 (time.perf_counter() - started) * 1e3,
             )
             if "rejected" in job.history[-1]:
