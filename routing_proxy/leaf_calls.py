@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from device_protocol.codecs import JSON
@@ -51,18 +51,23 @@ class LeafCall:
         self.index = 0
         self.upstream: Upstream | None = None
 
-    def next(self) -> None:
-        """Send to the next candidate that takes it now; RETRY when none is left or time is out."""
+    def _candidates_left(self) -> Iterator[tuple[Upstream, float]]:
+        """The leaves still to try, each with what is left of the deadline, until it runs out."""
         while self.index < len(self.candidates):
             upstream = self.candidates[self.index]
             self.index += 1
             timeout = self.deadline - self.loop.time()
             if timeout <= 0:
-                break
+                return
             self.upstream = upstream
             if self.index > 1:
                 # Failing over: the next leaf has only what is left of the deadline (PROTOCOL.md §6).
                 self.call = self.call._replace(wait=timeout)
+            yield upstream, timeout
+
+    def next(self) -> None:
+        """Send to the next candidate that takes it now; RETRY when none is left or time is out."""
+        for upstream, timeout in self._candidates_left():
             try:
                 future = upstream.client.send(self.METHOD, self.call, timeout)
             except LinkUnavailable:
@@ -166,15 +171,7 @@ class UploadCall(LeafCall):
         self.busy = busy
 
     def next(self) -> None:
-        while self.index < len(self.candidates):
-            upstream = self.candidates[self.index]
-            self.index += 1
-            timeout = self.deadline - self.loop.time()
-            if timeout <= 0:
-                break
-            self.upstream = upstream
-            if self.index > 1:
-                self.call = self.call._replace(wait=timeout)
+        for upstream, timeout in self._candidates_left():
             try:
                 # The head goes even on a congested link: the body's chunks wait for room.
                 future, sink = upstream.client.send_upload(self.METHOD, self.call, self.length, timeout)
