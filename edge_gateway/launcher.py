@@ -15,7 +15,7 @@ import logging
 import os
 import secrets
 import time
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from internal_link.messages import JobStatus
 from .job_api_auth import authorization, environment_token
 from .local_checks import check_job, check_port_free, phone_url
 from .models.demo import training_defaults
-from .processes import Child, ChildFailed, free_port, spawn, wait_ready_file
+from .processes import Child, ChildFailed, reserved_port, spawn, wait_ready_file
 from .user_errors import UserError
 
 log = logging.getLogger(__name__)
@@ -65,12 +65,15 @@ async def start_stack(
     logs.mkdir(parents=True, exist_ok=True)
     env = {"EDGEFL_LINK_SECRET": os.environ.get("EDGEFL_LINK_SECRET") or secrets.token_hex(16)}
     children: list[Child] = []
+    # Ports chosen up front are held until every child listens: the leaves' connections, made
+    # meanwhile, could otherwise take one as their local port (a proxy then failed to bind).
+    reservations = ExitStack()
     # Chosen first: the server's status page shows the proxy's /health.
-    port = proxy_port or free_port(proxy_host)
+    port = proxy_port or reservations.enter_context(reserved_port(proxy_host))
     connect_host = "127.0.0.1" if proxy_host in ("0.0.0.0", "::") else proxy_host
     proxy_url = f"http://{connect_host}:{port}"
     # Chosen here too, so that the leaves start beside the server instead of after it.
-    link_port = free_port()
+    link_port = reservations.enter_context(reserved_port())
     try:
         server = await spawn(
             "server",
@@ -136,7 +139,7 @@ async def start_stack(
         lcp_map = run_dir / "lcp_map.json"
         lcp_map.write_bytes(orjson.dumps(lcp, option=orjson.OPT_INDENT_2))
         # On loopback, as the leaves' and the server's: the proxy may face a LAN, its counts need not.
-        metrics_port = free_port()
+        metrics_port = reservations.enter_context(reserved_port())
         proxy_args = ["routing_proxy", str(port), str(lcp_map), "--host", proxy_host]
         proxy_args += ["--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port)]
         proxy = await spawn("proxy", proxy_args, logs, env)
@@ -149,6 +152,8 @@ async def start_stack(
         for child in reversed(children):
             await child.stop()
         raise
+    finally:
+        reservations.close()
 
 
 def _connect_host(host: str) -> str:

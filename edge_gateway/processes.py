@@ -8,6 +8,8 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,18 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+@contextmanager
+def reserved_port(host: str = "127.0.0.1") -> Iterator[int]:
+    """A free port, held until the block ends: unlike `free_port`'s, no outgoing connection takes
+    it as its local port meanwhile (the kernel skips ports a socket is bound to), while a child
+    told to listen on it still can (asyncio's servers bind with SO_REUSEADDR, as this socket does,
+    and it never listens)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, 0))
+        yield int(sock.getsockname()[1])
 
 
 @dataclass
