@@ -394,7 +394,8 @@ class Coordinator:
         return [NewVersion(job.job_id, job.version, now - closing.since)]
 
     def _due(self, job: JobState, now: float, quorum_only: bool) -> str | None:
-        """How the job's next version comes due now (the history's `closed_by`), or None."""
+        """How the job's next version comes due now (the history's `closed_by`), or None. A sync
+        round past its deadline short of `min_results` opens a fresh selection here instead."""
         if job.fedbuff is not None:
             return CLOSED_BY_BUFFER if job.fedbuff.due() and not self.rounds_held(now) else None
         end = round_due(job.spec, job.partial.count, job.selection_opened_at, now, held=self.rounds_held(now))

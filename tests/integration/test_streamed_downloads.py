@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from pathlib import Path
 
 import aiohttp
 import msgpack
@@ -20,6 +19,7 @@ import pytest
 from edge_gateway.launcher import Stack
 
 from .helpers import UNSCREENED, submit_job, wait_leaves_synced
+from .process_figures import metric_values, metrics_until, peak_rss_mib
 from .stack_control import child, terminate
 
 pytestmark = pytest.mark.integration
@@ -35,6 +35,7 @@ PROXY_PEAK_RSS_MIB = 90
 # 132 MiB when every stream slices the one cached payload.
 LEAF_PEAK_RSS_MIB = 155
 _JOB_REQUEST = {"job_name": "wide", "capabilities": {"methods": ["cnn"]}}
+DOWNLOAD_STREAMS = "edgefl_leaf_download_streams"
 
 
 def _task_request(job_id: str, device: str) -> bytes:
@@ -72,12 +73,6 @@ async def _model_ready(http: aiohttp.ClientSession, url: str, job_id: str) -> No
     raise AssertionError("the model never became ready")
 
 
-def _peak_rss_mib(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    line = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
-    return int(line.split()[1]) / 1024
-
-
 async def _job(one_leaf: Stack, devices: int) -> str:
     job_id = await submit_job(
         one_leaf.api_url, name="wide", model="cifar10_wide", rounds=1, devices_per_round=devices, **UNSCREENED
@@ -86,15 +81,12 @@ async def _job(one_leaf: Stack, devices: int) -> str:
     return job_id
 
 
-async def _leaf_streams(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
-    async with http.get(url) as response:
-        text = await response.text()
-    counts = {}
-    for line in text.splitlines():
-        if line.startswith("edgefl_leaf_download_streams"):
-            name, value = line.rsplit(" ", 1)
-            counts[name] = float(value)
-    return counts
+async def leaf_streams(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    return await metric_values(http, url, DOWNLOAD_STREAMS)
+
+
+def cancelled_once(counts: dict[str, float]) -> bool:
+    return counts.get('edgefl_leaf_download_streams_total{outcome="cancelled"}') == 1
 
 
 async def test_stalled_large_downloads_hold_a_window_each_at_the_proxy(one_leaf: Stack) -> None:
@@ -112,8 +104,8 @@ async def test_stalled_large_downloads_hold_a_window_each_at_the_proxy(one_leaf:
         async with http.post(f"{one_leaf.proxy_url}/job", json=_JOB_REQUEST, headers=headers) as response:
             small = await response.json()
         small_seconds = time.monotonic() - started
-        peak = _peak_rss_mib(child(one_leaf, "proxy").process.pid)
-        leaf_peak = _peak_rss_mib(child(one_leaf, "leaf-0").process.pid)
+        peak = peak_rss_mib(child(one_leaf, "proxy").process.pid)
+        leaf_peak = peak_rss_mib(child(one_leaf, "leaf-0").process.pid)
         assert small["status"] == "OK", small
         for reader, writer, length in devices:
             body = await asyncio.wait_for(reader.readexactly(length), 60)
@@ -134,13 +126,7 @@ async def test_a_download_cut_midway_frees_its_stream_at_the_leaf(one_leaf: Stac
         reader, writer, _ = await _ask_task(port, job_id, "leaver")
         await reader.readexactly(100_000)
         writer.transport.abort()  # the device is gone mid-download
-        give_up = time.monotonic() + 20
-        counts: dict[str, float] = {}
-        while time.monotonic() < give_up:  # bounded: 20 s
-            counts = await _leaf_streams(http, metrics)
-            if counts.get('edgefl_leaf_download_streams_total{outcome="cancelled"}') == 1:
-                break
-            await asyncio.sleep(0.2)
+        counts = await metrics_until(http, metrics, DOWNLOAD_STREAMS, cancelled_once)
     assert counts.get('edgefl_leaf_download_streams_total{outcome="cancelled"}') == 1, counts
     assert counts.get("edgefl_leaf_download_streams_open") == 0, counts
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import math
 import socket
-import time
 
 import aiohttp
 import numpy as np
@@ -23,9 +22,10 @@ from edge_gateway.launcher import Stack
 from edge_gateway.models.specs import param_shapes
 
 from .helpers import UNSCREENED, submit_job, wait_leaves_synced
+from .process_figures import metrics_until, peak_rss_mib
 from .session_client import SessionDevice
 from .stack_control import child
-from .test_streamed_downloads import _leaf_streams, _peak_rss_mib
+from .test_streamed_downloads import DOWNLOAD_STREAMS, cancelled_once
 
 pytestmark = pytest.mark.integration
 
@@ -90,8 +90,8 @@ async def test_stalled_session_tasks_hold_a_window_each(one_leaf: Stack) -> None
             await device.send({"type": "start_training", "round": 1})
         # Nobody reads: whatever the proxy and the leaf hold for them, they hold now.
         await asyncio.sleep(4.0)
-        proxy_peak = _peak_rss_mib(child(one_leaf, "proxy").process.pid)
-        leaf_peak = _peak_rss_mib(child(one_leaf, "leaf-0").process.pid)
+        proxy_peak = peak_rss_mib(child(one_leaf, "proxy").process.pid)
+        leaf_peak = peak_rss_mib(child(one_leaf, "leaf-0").process.pid)
         for device in devices:
             device.ws.transport.resume_reading()
         tasks = await asyncio.wait_for(asyncio.gather(*(d.expect("task", 60) for d in devices)), 120)
@@ -126,14 +126,8 @@ async def test_a_session_closed_mid_task_frees_its_stream_at_the_leaf(one_leaf: 
     await device.send({"type": "start_training", "round": 1})
     await asyncio.sleep(1.0)  # the task's first window is on its way
     device.ws.transport.abort()  # the device is gone mid-message
-    counts: dict[str, float] = {}
     async with aiohttp.ClientSession() as http:
-        give_up = time.monotonic() + 20
-        while time.monotonic() < give_up:  # bounded: 20 s
-            counts = await _leaf_streams(http, metrics)
-            if counts.get('edgefl_leaf_download_streams_total{outcome="cancelled"}') == 1:
-                break
-            await asyncio.sleep(0.2)
+        counts = await metrics_until(http, metrics, DOWNLOAD_STREAMS, cancelled_once)
     assert counts.get('edgefl_leaf_download_streams_total{outcome="started"}') == 1, counts
     assert counts.get('edgefl_leaf_download_streams_total{outcome="cancelled"}') == 1, counts
     assert counts.get("edgefl_leaf_download_streams_open") == 0, counts

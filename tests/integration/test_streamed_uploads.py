@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -22,6 +21,7 @@ from edge_gateway.launcher import Stack
 from edge_gateway.simulator import wire
 
 from .helpers import UNSCREENED, job_status, submit_job, wait_for, wait_leaves_synced
+from .process_figures import metric_values, metrics_until, peak_rss_mib
 from .stack_control import child
 
 pytestmark = pytest.mark.integration
@@ -36,16 +36,11 @@ TRICKLE_SECONDS = 6.0
 PROXY_PEAK_RSS_MIB = 100
 _JOB_REQUEST = {"job_name": "wide", "capabilities": {"methods": ["cnn"]}}
 _SMALL_HEADERS = {"X-Flare-Device-ID": "small", "Content-Type": "application/json"}
+UPLOAD_STREAMS = "edgefl_leaf_upload_streams"
 
 
 def _headers(device: str) -> dict[str, str]:
     return {"X-Flare-Device-ID": device, "Accept": MSGPACK, "Content-Type": "application/json"}
-
-
-def _peak_rss_mib(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    line = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
-    return int(line.split()[1]) / 1024
 
 
 async def _task(http: aiohttp.ClientSession, url: str, job_id: str, device: str) -> dict[str, Any]:
@@ -105,17 +100,6 @@ async def _timed(http: aiohttp.ClientSession, method: str, url: str, **kwargs: A
     return time.monotonic() - started, body
 
 
-async def _leaf_uploads(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
-    async with http.get(url) as response:
-        text = await response.text()
-    counts = {}
-    for line in text.splitlines():
-        if line.startswith("edgefl_leaf_upload_streams"):
-            name, value = line.rsplit(" ", 1)
-            counts[name] = float(value)
-    return counts
-
-
 async def _job(one_leaf: Stack, devices: int) -> str:
     job_id = await submit_job(
         one_leaf.api_url, name="wide", model="cifar10_wide", rounds=1, devices_per_round=devices, **UNSCREENED
@@ -143,11 +127,11 @@ async def test_slow_large_uploads_hold_a_window_each_at_the_proxy(one_leaf: Stac
         small_seconds, small = await _timed(http, "POST", f"{url}/job", json=_JOB_REQUEST, headers=_SMALL_HEADERS)
         health_seconds, health = await _timed(http, "GET", f"{url}/health")
         replies = await asyncio.wait_for(uploads, 120)
-        peak = _peak_rss_mib(child(one_leaf, "proxy").process.pid)
+        peak = peak_rss_mib(child(one_leaf, "proxy").process.pid)
         status = await wait_for(one_leaf.api_url, job_id, lambda s: s["results_counted"] >= DEVICES, timeout=60)
         await asyncio.sleep(1.0)  # a second count would show by now
         status = await job_status(one_leaf.api_url, job_id)
-        counts = await _leaf_uploads(http, one_leaf.metrics["leaf-0"])
+        counts = await metric_values(http, one_leaf.metrics["leaf-0"], UPLOAD_STREAMS)
     print(f"proxy peak RSS {peak:.0f} MiB; /job in {small_seconds:.3f} s, /health in {health_seconds:.3f} s")
     assert [reply["status"] for reply in replies] == ["OK"] * DEVICES, replies
     assert small["status"] == "OK", small
@@ -169,21 +153,14 @@ async def test_an_upload_cut_midway_frees_its_stream_at_the_leaf(one_leaf: Stack
         _, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(_result_head(job_id, task, "leaver", len(body)) + body[: len(body) // 2])
         await writer.drain()
-        give_up = time.monotonic() + 20
-        counts: dict[str, float] = {}
-        while time.monotonic() < give_up:  # bounded: 20 s
-            counts = await _leaf_uploads(http, metrics)
-            if counts.get("edgefl_leaf_upload_streams_bytes", 0) > 0:
-                break
-            await asyncio.sleep(0.1)
+        counts = await metrics_until(
+            http, metrics, UPLOAD_STREAMS, lambda c: c.get("edgefl_leaf_upload_streams_bytes", 0) > 0, pause=0.1
+        )
         assert counts.get("edgefl_leaf_upload_streams_bytes", 0) > 0, counts  # the leaf holds part of it
         writer.transport.abort()  # the device is gone mid-upload
-        give_up = time.monotonic() + 20
-        while time.monotonic() < give_up:  # bounded: 20 s
-            counts = await _leaf_uploads(http, metrics)
-            if counts.get('edgefl_leaf_upload_streams_total{outcome="cancelled"}') == 1:
-                break
-            await asyncio.sleep(0.2)
+        counts = await metrics_until(
+            http, metrics, UPLOAD_STREAMS, lambda c: c.get('edgefl_leaf_upload_streams_total{outcome="cancelled"}') == 1
+        )
         status = await job_status(one_leaf.api_url, job_id)
     assert counts.get('edgefl_leaf_upload_streams_total{outcome="cancelled"}') == 1, counts
     assert counts.get("edgefl_leaf_upload_streams_bytes") == 0, counts
